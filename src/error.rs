@@ -1,0 +1,78 @@
+//! One error type for the library, grouped by who has to act, and the process exit codes.
+use std::path::PathBuf;
+
+/// `reprodiff` exit codes. Documented in README.md; CI and scripts rely on them.
+pub mod exit {
+    /// Every scenario identical or within tolerance (scenarios not run for a stated reason count).
+    pub const OK: i32 = 0;
+    /// At least one scenario drifted, failed or had no golden.
+    pub const FAILED: i32 = 1;
+    /// Bad usage or bad input: a flag, a suite, a golden, a model folder.
+    pub const USAGE: i32 = 2;
+    /// `bless` refused (outputs not repeatable, NaN/Inf, or running in CI); nothing was written.
+    pub const REFUSED: i32 = 3;
+    /// libtorch or the file system failed underneath us.
+    pub const INTERNAL: i32 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // --- the user's input is at fault (exit 2) ---
+    /// A file (suite, golden, config, weights) is malformed; names the file and the field.
+    #[error("{}: {message}", path.display())]
+    InvalidFile { path: PathBuf, message: String },
+    /// A flag or a parameter is out of range or inconsistent.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request needs something this host does not have (CUDA, a CPU capability).
+    #[error("{0}")]
+    Unavailable(String),
+
+    // --- bless refused (exit 3) ---
+    #[error("bless refused: {0}")]
+    BlessRefused(String),
+
+    // --- the machinery underneath failed (exit 4) ---
+    #[error("libtorch: {0}")]
+    Torch(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::InvalidFile { .. } | Error::InvalidArgument(_) | Error::Unavailable(_) => {
+                exit::USAGE
+            }
+            Error::BlessRefused(_) => exit::REFUSED,
+            Error::Torch(_) | Error::Io { .. } => exit::INTERNAL,
+        }
+    }
+
+    pub fn invalid_file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        Error::InvalidFile {
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<tch::TchError> for Error {
+    fn from(e: tch::TchError) -> Self {
+        Error::Torch(e.to_string())
+    }
+}

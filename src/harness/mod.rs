@@ -1,0 +1,2 @@
+//! The harness: suites → scenarios → runs → records → comparisons → report.
+pub mod metrics;

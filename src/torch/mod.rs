@@ -1,0 +1,62 @@
+//! The torch seam: everything reprodiff needs from libtorch that tch does not give directly.
+//!
+//! - [`Generator`]: real `torch.Generator` objects (C++ extension `ext.cpp`), and
+//!   [`GeneratorSpec`] / [`randn_tensor`], diffusers' ways of seeding a pipeline.
+//! - [`Determinism`]: `torch.use_deterministic_algorithms`, cuDNN, TF32, CUBLAS_WORKSPACE_CONFIG,
+//!   threads and the CPU capability, with diffusers' `enable_full_determinism` as a preset.
+//! - [`DType`] and [`DeviceSpec`]: the spellings suites and flags use.
+mod determinism;
+mod ffi;
+mod generator;
+mod types;
+
+pub use determinism::{CpuCapability, Determinism, DeterminismSpec, Preset};
+pub use generator::{randn_tensor, Generator, GeneratorSpec, Generators};
+pub use types::{tensor_bytes, tensor_to_f64, DType, DeviceSpec};
+
+use crate::error::{Error, Result};
+
+/// The libtorch version compiled in (e.g. "2.13.0").
+pub fn torch_version() -> Result<String> {
+    read_string(ffi::rd_torch_version)
+}
+
+/// The CPU capability ATen dispatches to in this process ("avx512", "avx2", "default", ...),
+/// lower-cased. Fixed when libtorch starts: ATEN_CPU_CAPABILITY changes it for a new process.
+pub fn cpu_capability() -> Result<String> {
+    Ok(read_string(ffi::rd_cpu_capability)?.to_ascii_lowercase())
+}
+
+/// ATen's parallel backend description (OpenMP version, thread counts).
+pub fn parallel_info() -> Result<String> {
+    read_string(ffi::rd_parallel_info)
+}
+
+/// What CUDA libtorch sees: available, device count, CUDA runtime and cuDNN versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CudaInfo {
+    pub available: bool,
+    pub devices: usize,
+    pub runtime_version: i64,
+    pub cudnn_version: i64,
+}
+
+pub fn cuda_info() -> Result<CudaInfo> {
+    let (mut has, mut n, mut rt, mut dnn) = (0, 0, 0, 0);
+    ffi::check(unsafe { ffi::rd_cuda_info(&mut has, &mut n, &mut rt, &mut dnn) })
+        .map_err(Error::Torch)?;
+    Ok(CudaInfo {
+        available: has != 0,
+        devices: n.max(0) as usize,
+        runtime_version: rt as i64,
+        cudnn_version: dnn as i64,
+    })
+}
+
+fn read_string(
+    f: unsafe extern "C" fn(*mut *mut std::ffi::c_char) -> *mut std::ffi::c_char,
+) -> Result<String> {
+    let mut out = std::ptr::null_mut();
+    ffi::check(unsafe { f(&mut out) }).map_err(Error::Torch)?;
+    Ok(ffi::take_string(out))
+}
