@@ -16,8 +16,21 @@ fn main() {
         "torch-sys did not report its libtorch directory; run the build through ci/cargo, \
          which installs libtorch and sets LIBTORCH",
     ));
-    let root = lib.parent().expect("libtorch lib dir has a parent").to_path_buf();
+    let root = lib
+        .parent()
+        .expect("libtorch lib dir has a parent")
+        .to_path_buf();
     check_version(&root);
+    // The wheel's build tag ("2.13.0+cu130") for the environment fingerprint.
+    let build_tag = std::fs::read_to_string(root.join("version.py"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("__version__ = "))
+                .map(|v| v.trim().trim_matches('\'').to_string())
+        })
+        .unwrap_or_default();
+    println!("cargo:rustc-env=REPRODIFF_TORCH_BUILD={build_tag}");
 
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()

@@ -1,1 +1,188 @@
-//! placeholder
+//! The environment fingerprint: what produced a number. Every record and golden carries one.
+//!
+//! Schema 1 (README.md, "Environment fingerprint"); the Python oracle writes the same shape with
+//! `producer = "oracle"` and its own versions filled in.
+use crate::error::Result;
+use crate::torch::{self, Determinism};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const SCHEMA: u32 = 1;
+
+/// ISA flags that decide which ATen kernels can run, in a fixed order.
+const X86_ISA: &[&str] = &[
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx512_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+];
+const ARM_ISA: &[&str] = &["asimd", "sve", "sve2", "bf16", "i8mm"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub schema: u32,
+    /// "reprodiff" or "oracle".
+    pub producer: String,
+    pub versions: Versions,
+    pub os: Os,
+    pub cpu: Cpu,
+    pub cuda: Cuda,
+    pub determinism: Determinism,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Versions {
+    pub reprodiff: Option<String>,
+    pub tch: Option<String>,
+    /// libtorch's version, without a build suffix ("2.13.0").
+    pub libtorch: String,
+    /// The Python torch build the oracle ran ("2.13.0+cu130"); reprodiff: the wheel it links.
+    pub torch_build: Option<String>,
+    pub python: Option<String>,
+    pub diffusers: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Os {
+    pub name: String,
+    pub arch: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cpu {
+    pub model: String,
+    pub isa: Vec<String>,
+    /// The capability ATen dispatches to in the process that ran ("avx512", "avx2", "default").
+    pub capability: String,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cuda {
+    pub available: bool,
+    pub runtime: Option<String>,
+    pub cudnn: Option<i64>,
+    pub devices: Vec<String>,
+}
+
+impl Fingerprint {
+    /// The fingerprint of this process, now.
+    pub fn current() -> Result<Self> {
+        let info = torch::cuda_info()?;
+        let (model, isa) = cpu_model_and_isa();
+        Ok(Fingerprint {
+            schema: SCHEMA,
+            producer: "reprodiff".into(),
+            versions: Versions {
+                reprodiff: Some(env!("CARGO_PKG_VERSION").into()),
+                tch: Some(TCH_VERSION.into()),
+                libtorch: torch::torch_version()?,
+                torch_build: option_env!("REPRODIFF_TORCH_BUILD").map(String::from),
+                python: None,
+                diffusers: None,
+            },
+            os: Os {
+                name: std::env::consts::OS.into(),
+                arch: std::env::consts::ARCH.into(),
+            },
+            cpu: Cpu {
+                model,
+                isa,
+                capability: torch::cpu_capability()?,
+                threads: tch::get_num_threads().max(1) as usize,
+            },
+            cuda: Cuda {
+                available: info.available,
+                runtime: info.available.then(|| cuda_version(info.runtime_version)),
+                cudnn: (info.cudnn_version > 0).then_some(info.cudnn_version),
+                devices: if info.available {
+                    gpu_names(info.devices)
+                } else {
+                    Vec::new()
+                },
+            },
+            determinism: Determinism::in_force()?,
+        })
+    }
+
+    /// A short stable id ("env-" + 12 hex of the SHA-256 of the canonical JSON), used to
+    /// de-duplicate fingerprints inside golden files.
+    pub fn id(&self) -> String {
+        let value = serde_json::to_value(self).expect("a fingerprint serialises");
+        let canonical = serde_json::to_string(&value).expect("a JSON value serialises");
+        let digest = Sha256::digest(canonical.as_bytes());
+        format!("env-{}", &hex(&digest)[..12])
+    }
+}
+
+/// The tch version this build links (kept in step with Cargo.toml's `tch = "=..."`).
+pub const TCH_VERSION: &str = "0.26.0";
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn cuda_version(v: i64) -> String {
+    // CUDART encodes 13.0 as 13000.
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+fn cpu_model_and_isa() -> (String, Vec<String>) {
+    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        text.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name")
+        .or_else(|| field("Model"))
+        .unwrap_or_else(|| "unknown".into());
+    let flags: Vec<String> = field("flags")
+        .or_else(|| field("Features"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let known = if std::env::consts::ARCH == "aarch64" {
+        ARM_ISA
+    } else {
+        X86_ISA
+    };
+    let isa = known
+        .iter()
+        .filter(|k| flags.iter().any(|f| f == *k))
+        .map(|k| k.to_string())
+        .collect();
+    (model, isa)
+}
+
+/// GPU names from nvidia-smi when it is there (libtorch's C API has no device-name query
+/// without the CUDA headers); "cuda:N" otherwise.
+fn gpu_names(n: usize) -> Vec<String> {
+    let names = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    (0..n)
+        .map(|i| names.get(i).cloned().unwrap_or_else(|| format!("cuda:{i}")))
+        .collect()
+}

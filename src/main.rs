@@ -1,10 +1,296 @@
-fn main() {
-    let mut g = reprodiff::torch::Generator::cpu(0).unwrap();
-    let t = g.randn(&[4], reprodiff::torch::DType::F32, reprodiff::torch::DeviceSpec::Cpu).unwrap();
-    t.print();
-    let mut g2 = reprodiff::torch::Generator::cpu(1).unwrap();
-    let a = g2.randn(&[3], reprodiff::torch::DType::F32, reprodiff::torch::DeviceSpec::Cpu).unwrap();
-    a.print();
-    println!("{} {:?} {:?}", reprodiff::torch::cpu_capability().unwrap(), reprodiff::torch::cuda_info().unwrap(), reprodiff::torch::Determinism::in_force().unwrap());
-    let s = g.get_state().unwrap(); println!("{:?}", s.size());
+//! The `reprodiff` command line. Exit codes: see `reprodiff::error::exit` and README.md.
+use clap::{Args, Parser, Subcommand};
+use reprodiff::env::Fingerprint;
+use reprodiff::error::{exit, Error, Result};
+use reprodiff::harness::check::ScenarioResult;
+use reprodiff::harness::golden::GoldenFile;
+use reprodiff::harness::observe::{self, NotObserved, Runner};
+use reprodiff::harness::report;
+use reprodiff::harness::session::{self, Fixtures, Selection};
+use reprodiff::harness::suite::Suite;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "reprodiff",
+    version,
+    about = "Reproducibility harness and conformance suite for diffusion pipelines on libtorch"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenarios and compare them with their goldens (exit 0 pass, 1 drift/failure, 2 bad input).
+    Check {
+        #[command(flatten)]
+        sel: SelectArgs,
+        /// Print the results as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Directory for one JSON record per scenario run.
+        #[arg(long, default_value = "reprodiff-out/records")]
+        out: PathBuf,
+    },
+    /// Deliberately refresh goldens: each scenario runs twice and must repeat bit for bit.
+    Bless {
+        #[command(flatten)]
+        sel: SelectArgs,
+    },
+    /// List the selected scenarios.
+    List {
+        #[command(flatten)]
+        sel: SelectArgs,
+    },
+    /// Print the environment fingerprint.
+    Env {
+        /// Print JSON (the schema every record and golden carries).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one scenario and write its observation (used for child processes).
+    #[command(hide = true)]
+    Observe {
+        #[arg(long)]
+        suite_file: PathBuf,
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct SelectArgs {
+    /// Suite to run (repeatable; default: every suite in <fixtures>/suites).
+    #[arg(long = "suite", value_name = "NAME")]
+    suites: Vec<String>,
+    /// Regular expression on scenario names ("suite/scenario" matches too).
+    #[arg(long, value_name = "PATTERN")]
+    filter: Option<String>,
+    /// The fixtures directory (suites/ and golden/).
+    #[arg(long, env = "REPRODIFF_FIXTURES", value_name = "DIR")]
+    fixtures: Option<PathBuf>,
+}
+
+impl SelectArgs {
+    fn selection(&self) -> Selection {
+        Selection {
+            suites: self.suites.clone(),
+            filter: self.filter.clone(),
+        }
+    }
+
+    fn fixtures(&self) -> Result<Fixtures> {
+        let root = match &self.fixtures {
+            Some(dir) => dir.clone(),
+            None if Path::new("fixtures/suites").is_dir() => PathBuf::from("fixtures"),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+        };
+        if !root.join("suites").is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "--fixtures {}: no suites/ directory there",
+                root.display()
+            )));
+        }
+        Ok(Fixtures::new(root))
+    }
+}
+
+fn runner(fixtures: &Fixtures) -> Runner {
+    Runner {
+        exe: std::env::current_exe().ok(),
+        fixtures: fixtures.root.clone(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Check { sel, json, out } => check(&sel, json, &out),
+        Command::Bless { sel } => bless(&sel),
+        Command::List { sel } => {
+            for suite in sel.fixtures()?.select(&sel.selection())? {
+                for s in &suite.scenarios {
+                    println!("{}/{}", suite.name, s.name);
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Env { json } => {
+            let fp = Fingerprint::current()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&fp).expect("serialises"));
+            } else {
+                print_env(&fp);
+            }
+            Ok(exit::OK)
+        }
+        Command::Observe {
+            suite_file,
+            scenario,
+            out,
+        } => observe_child(&suite_file, &scenario, &out),
+    }
+}
+
+fn check(sel: &SelectArgs, json: bool, out: &Path) -> Result<i32> {
+    let fixtures = sel.fixtures()?;
+    let suites = fixtures.select(&sel.selection())?;
+    if suites.is_empty() {
+        return Err(Error::InvalidArgument(
+            "no scenario matches the selection (see `reprodiff list`)".into(),
+        ));
+    }
+    let store = fixtures.store();
+    let runner = runner(&fixtures);
+    let total: usize = suites.iter().map(|s| s.scenarios.len()).sum();
+    let progress = progress_bar(total);
+    let mut results: Vec<ScenarioResult> = Vec::new();
+    for suite in &suites {
+        let golden: Option<GoldenFile> = store.load(&suite.name)?;
+        for scenario in &suite.scenarios {
+            progress.set_message(format!("{}/{}", suite.name, scenario.name));
+            let (result, obs) =
+                session::check_one(&runner, &store, suite, golden.as_ref(), scenario);
+            session::write_record(out, scenario, &result, obs.as_ref().map(|o| &o.environment))?;
+            results.push(result);
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&results).expect("serialises")
+        );
+    } else {
+        print!("{}", report::table(&results));
+        println!();
+        print!("{}", report::summary(&results));
+        println!("records: {}", out.display());
+    }
+    Ok(if results.iter().all(|r| r.verdict.passed()) {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}
+
+fn bless(sel: &SelectArgs) -> Result<i32> {
+    let fixtures = sel.fixtures()?;
+    let changes = session::bless(&runner(&fixtures), &fixtures, &sel.selection())?;
+    if changes.is_empty() {
+        println!("every selected golden is already up to date; nothing written");
+    }
+    for c in &changes {
+        println!("{}/{}", c.suite, c.scenario);
+        for line in &c.changes {
+            println!("    {line}");
+        }
+    }
+    if !changes.is_empty() {
+        println!(
+            "{} golden(s) written under {}",
+            changes.len(),
+            fixtures.store().dir.display()
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// The child side of [`Runner`]'s capability switch.
+fn observe_child(suite_file: &Path, name: &str, out: &Path) -> Result<i32> {
+    let suite = Suite::load(suite_file)?;
+    let scenario = suite
+        .scenarios
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "--scenario {name}: not in {}",
+                suite_file.display()
+            ))
+        })?;
+    let runner = Runner {
+        exe: None,
+        fixtures: PathBuf::new(),
+    };
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    match runner.observe(suite_file, scenario) {
+        Ok(obs) => {
+            observe::write_observation(out, &obs)?;
+            Ok(exit::OK)
+        }
+        Err(NotObserved::NotRun(why)) => {
+            let path = out.join(observe::NOT_RUN_FILE);
+            std::fs::write(&path, &why).map_err(|e| Error::io(&path, e))?;
+            Err(Error::Unavailable(why))
+        }
+        Err(NotObserved::Failed(e)) => Err(e),
+    }
+}
+
+fn progress_bar(total: usize) -> indicatif::ProgressBar {
+    let interactive = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+    if !interactive {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{pos}/{len} [{elapsed}] {wide_msg}")
+            .expect("a valid template"),
+    );
+    bar
+}
+
+fn print_env(fp: &Fingerprint) {
+    let v = &fp.versions;
+    println!(
+        "reprodiff {} · tch {} · libtorch {} ({})",
+        v.reprodiff.as_deref().unwrap_or("?"),
+        v.tch.as_deref().unwrap_or("?"),
+        v.libtorch,
+        v.torch_build.as_deref().unwrap_or("?")
+    );
+    println!("os        {} {}", fp.os.name, fp.os.arch);
+    println!("cpu       {} ({} threads)", fp.cpu.model, fp.cpu.threads);
+    println!("isa       {}", fp.cpu.isa.join(" "));
+    println!("dispatch  {}", fp.cpu.capability);
+    if fp.cuda.available {
+        println!(
+            "cuda      {} · cuDNN {} · {}",
+            fp.cuda.runtime.as_deref().unwrap_or("?"),
+            fp.cuda.cudnn.map_or("-".into(), |v| v.to_string()),
+            fp.cuda.devices.join(", ")
+        );
+    } else {
+        println!("cuda      not available");
+    }
+    let d = &fp.determinism;
+    println!(
+        "determinism  algorithms={} warn_only={} cudnn.deterministic={} cudnn.benchmark={} tf32(cublas)={} tf32(cudnn)={} CUBLAS_WORKSPACE_CONFIG={}",
+        d.deterministic_algorithms,
+        d.warn_only,
+        d.cudnn_deterministic,
+        d.cudnn_benchmark,
+        d.allow_tf32_cublas,
+        d.allow_tf32_cudnn,
+        d.cublas_workspace_config.as_deref().unwrap_or("unset")
+    );
 }

@@ -134,7 +134,13 @@ pub fn sum_abs(x: &[f64]) -> f64 {
 }
 
 pub fn max_abs(x: &[f64]) -> f64 {
-    x.iter().fold(0.0f64, |m, v| if v.abs() > m || v.is_nan() { v.abs() } else { m })
+    x.iter().fold(0.0f64, |m, v| {
+        if v.abs() > m || v.is_nan() {
+            v.abs()
+        } else {
+            m
+        }
+    })
 }
 
 pub fn mean_abs(x: &[f64]) -> f64 {
@@ -180,7 +186,9 @@ pub fn psnr(got: &[f64], golden: &[f64]) -> f64 {
 
 /// The first flat index where the bits of two equally long arrays differ.
 pub fn first_difference(a: &[f64], b: &[f64]) -> Option<usize> {
-    a.iter().zip(b).position(|(x, y)| x.to_bits() != y.to_bits())
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x.to_bits() != y.to_bits())
 }
 
 /// Row-major multi-index of a flat index.

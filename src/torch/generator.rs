@@ -348,7 +348,8 @@ pub fn randn_tensor(
 
 fn draw_one(g: &mut Generator, shape: &[i64], device: DeviceSpec, dtype: DType) -> Result<Tensor> {
     let rand_device = rand_device(g.device(), device)?;
-    Ok(g.randn(shape, dtype, rand_device)?.f_to_device(device.device())?)
+    Ok(g.randn(shape, dtype, rand_device)?
+        .f_to_device(device.device())?)
 }
 
 /// diffusers compares device *types* only: a CPU generator draws on the CPU for any target.

@@ -164,7 +164,10 @@ impl<'de> Deserialize<'de> for DeviceSpec {
 
 /// The raw bytes of a tensor in its own dtype (row-major, native endian): what `sha256` hashes.
 pub fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    let flat = t.f_to_device(Device::Cpu)?.f_contiguous()?.f_flatten(0, -1)?;
+    let flat = t
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?
+        .f_flatten(0, -1)?;
     let bytes = flat.f_view_dtype(Kind::Uint8)?;
     Ok(Vec::<u8>::try_from(&bytes)?)
 }

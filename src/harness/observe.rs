@@ -1,0 +1,198 @@
+//! Running one scenario and describing its output: an [`Observation`].
+//!
+//! A scenario that asks for a CPU capability other than the one this process dispatches to
+//! (ATEN_CPU_CAPABILITY is read once, when libtorch starts) runs in a child process: the
+//! hidden `reprodiff observe` command, which writes the observation and the output array.
+use super::metrics;
+use super::suite::Scenario;
+use crate::error::{Error, Result};
+use crate::torch::{tensor_bytes, tensor_to_f64, CpuCapability, DType};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// Set in the environment of a child `reprodiff observe`, so it never spawns another.
+pub const CHILD_ENV: &str = "REPRODIFF_CHILD";
+/// Written by a child `reprodiff observe` that could not run its scenario on this host.
+pub const NOT_RUN_FILE: &str = "not-run.txt";
+
+/// What one run of a scenario produced.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Observation {
+    pub shape: Vec<i64>,
+    pub dtype: DType,
+    pub sha256: String,
+    /// sum_abs, max_abs, mean_abs.
+    pub metrics: BTreeMap<String, f64>,
+    pub finite: bool,
+    pub unseeded_seed: Option<u64>,
+    pub elapsed_s: f64,
+    /// The environment the run happened in (a child's own, when it ran in one).
+    pub environment: crate::env::Fingerprint,
+    #[serde(skip)]
+    pub values: Vec<f64>,
+    /// The output in its storage dtype (bf16 upcast to f32), for bless.
+    #[serde(skip)]
+    pub stored: Option<Tensor>,
+}
+
+/// Why a scenario did not produce an observation.
+#[derive(Debug)]
+pub enum NotObserved {
+    /// The host lacks what the scenario needs (CUDA, a CPU capability, model weights).
+    NotRun(String),
+    /// The scenario failed to run.
+    Failed(Error),
+}
+
+impl From<Error> for NotObserved {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Unavailable(m) => NotObserved::NotRun(m),
+            other => NotObserved::Failed(other),
+        }
+    }
+}
+
+/// How to run scenarios: in this process, or in a child when the scenario needs one.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    /// The reprodiff executable for child processes (`None`: never spawn; such scenarios
+    /// report "not run").
+    pub exe: Option<PathBuf>,
+    /// The fixtures root (children get it explicitly).
+    pub fixtures: PathBuf,
+}
+
+impl Runner {
+    pub fn observe(
+        &self,
+        suite_path: &Path,
+        scenario: &Scenario,
+    ) -> Result<Observation, NotObserved> {
+        let det = scenario.determinism.resolve();
+        if let Some(want) = det.cpu_capability {
+            let now = crate::torch::cpu_capability()?;
+            if now != want.name() {
+                return self.observe_in_child(suite_path, scenario, want, &now);
+            }
+        }
+        scenario.device.ensure_available()?;
+        det.apply()?;
+        let start = std::time::Instant::now();
+        let out = scenario.run.run(scenario.device)?;
+        let elapsed = start.elapsed().as_secs_f64();
+        Ok(describe(out.tensor, out.unseeded_seed, elapsed)?)
+    }
+
+    fn observe_in_child(
+        &self,
+        suite_path: &Path,
+        scenario: &Scenario,
+        want: CpuCapability,
+        now: &str,
+    ) -> Result<Observation, NotObserved> {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            return Err(NotObserved::NotRun(format!(
+                "CPU capability '{want}' requested, but libtorch dispatches to '{now}' even with \
+                 {}={want}: this CPU lacks it",
+                CpuCapability::ENV
+            )));
+        }
+        let Some(exe) = &self.exe else {
+            return Err(NotObserved::NotRun(format!(
+                "needs a child process with {}={want}, and no reprodiff executable was given",
+                CpuCapability::ENV
+            )));
+        };
+        let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let status = std::process::Command::new(exe)
+            .arg("observe")
+            .arg("--suite-file")
+            .arg(suite_path)
+            .arg("--scenario")
+            .arg(&scenario.name)
+            .arg("--out")
+            .arg(dir.path())
+            .env(CHILD_ENV, "1")
+            .envs(scenario.determinism.resolve().child_env())
+            .status()
+            .map_err(|e| Error::io(exe, e))?;
+        let not_run = dir.path().join(NOT_RUN_FILE);
+        match status.code() {
+            Some(0) => read_observation(dir.path()).map_err(NotObserved::Failed),
+            _ if not_run.exists() => {
+                let why = std::fs::read_to_string(&not_run).unwrap_or_default();
+                Err(NotObserved::NotRun(why.trim().to_string()))
+            }
+            _ => Err(NotObserved::Failed(Error::Torch(format!(
+                "child `reprodiff observe` for '{}' exited with {status}",
+                scenario.name
+            )))),
+        }
+    }
+}
+
+/// Computes the observation of an output tensor.
+pub fn describe(tensor: Tensor, unseeded_seed: Option<u64>, elapsed_s: f64) -> Result<Observation> {
+    let dtype = DType::from_kind(tensor.kind()).ok_or_else(|| {
+        Error::Torch(format!(
+            "output dtype {:?} is not a float dtype",
+            tensor.kind()
+        ))
+    })?;
+    let bytes = tensor_bytes(&tensor)?;
+    let sha256 = crate::env::hex(&Sha256::digest(&bytes));
+    let values = tensor_to_f64(&tensor)?;
+    let finite = values.iter().all(|v| v.is_finite());
+    let metrics = BTreeMap::from([
+        ("sum_abs".to_string(), metrics::sum_abs(&values)),
+        ("max_abs".to_string(), metrics::max_abs(&values)),
+        ("mean_abs".to_string(), metrics::mean_abs(&values)),
+    ]);
+    let cpu = tensor.f_to_device(tch::Device::Cpu)?;
+    let stored = if dtype == DType::Bf16 {
+        cpu.f_to_kind(Kind::Float)?
+    } else {
+        cpu
+    };
+    Ok(Observation {
+        shape: tensor.size(),
+        dtype,
+        sha256,
+        metrics,
+        finite,
+        unseeded_seed,
+        elapsed_s,
+        environment: crate::env::Fingerprint::current()?,
+        values,
+        stored: Some(stored),
+    })
+}
+
+/// Writes an observation for a parent process: observation.json and output.npy in `dir`.
+pub fn write_observation(dir: &Path, obs: &Observation) -> Result<()> {
+    let json = serde_json::to_string_pretty(obs).expect("an observation serialises");
+    let path = dir.join("observation.json");
+    std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+    if let Some(t) = &obs.stored {
+        let npy = dir.join("output.npy");
+        t.write_npy(&npy)
+            .map_err(|e| Error::Torch(format!("writing {}: {e}", npy.display())))?;
+    }
+    Ok(())
+}
+
+fn read_observation(dir: &Path) -> Result<Observation> {
+    let path = dir.join("observation.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let mut obs: Observation =
+        serde_json::from_str(&text).map_err(|e| Error::invalid_file(&path, e))?;
+    let npy = dir.join("output.npy");
+    let t = Tensor::read_npy(&npy).map_err(|e| Error::invalid_file(&npy, e))?;
+    obs.values = tensor_to_f64(&t)?;
+    obs.stored = Some(t);
+    Ok(obs)
+}

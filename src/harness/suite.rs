@@ -1,0 +1,337 @@
+//! Suites: data files listing named scenarios (fixtures/suites/*.toml).
+//!
+//! A suite has `[defaults]` merged into every `[[scenario]]` (scenario keys win), and a scenario
+//! with a `matrix` expands into one scenario per combination: the string "$key" anywhere in it
+//! becomes the matrix value, "{key}" in its name the value's label. ci/oracle/goldens.py
+//! implements the same expansion; README.md ("Suites") documents the format.
+use super::metrics::Metric;
+use super::workload::Workload;
+use crate::error::{Error, Result};
+use crate::torch::{DeterminismSpec, DeviceSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::Value;
+
+pub const SCHEMA: i64 = 1;
+
+/// A tolerance for one metric. Intrinsic metrics (sum_abs, max_abs, mean_abs) pass when
+/// `|got - golden| <= abs + rel * |golden|`; l_inf and cosine_distance when `got <= max`;
+/// psnr when `got >= min` (dB).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Tolerance {
+    // Order matters for the untagged match: `max`/`min` are required keys, Band's are not.
+    Max {
+        max: f64,
+    },
+    Min {
+        min: f64,
+    },
+    Band {
+        #[serde(default)]
+        abs: f64,
+        #[serde(default)]
+        rel: f64,
+    },
+}
+
+/// One named thing to run and check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// What runs.
+    pub run: Workload,
+    /// Where it runs.
+    #[serde(default)]
+    pub device: DeviceSpec,
+    #[serde(default)]
+    pub determinism: DeterminismSpec,
+    /// What is checked against the golden.
+    pub metrics: Vec<Metric>,
+    #[serde(default)]
+    pub tolerance: BTreeMap<Metric, Tolerance>,
+    /// Store the output array in the golden (needed by l_inf, cosine_distance, psnr and to
+    /// locate the first differing element). Default: true.
+    #[serde(default = "yes")]
+    pub store_array: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Scenario {
+    /// The tolerance for `metric`, defaulting to exact (zero width).
+    pub fn tolerance_for(&self, metric: Metric) -> Tolerance {
+        self.tolerance
+            .get(&metric)
+            .copied()
+            .unwrap_or(match metric {
+                Metric::Psnr => Tolerance::Min { min: f64::INFINITY },
+                Metric::LInf | Metric::CosineDistance => Tolerance::Max { max: 0.0 },
+                _ => Tolerance::Band { abs: 0.0, rel: 0.0 },
+            })
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.metrics.is_empty() {
+            return Err("`metrics` is empty: a scenario must check something".into());
+        }
+        for (metric, tol) in &self.tolerance {
+            let ok = match tol {
+                Tolerance::Band { abs, rel } => metric.is_intrinsic() && *abs >= 0.0 && *rel >= 0.0,
+                Tolerance::Max { max } => {
+                    matches!(metric, Metric::LInf | Metric::CosineDistance) && *max >= 0.0
+                }
+                Tolerance::Min { .. } => *metric == Metric::Psnr,
+            };
+            if !ok {
+                return Err(format!(
+                    "tolerance.{metric}: {tol:?} does not fit this metric (sum_abs/max_abs/mean_abs \
+                     take {{ abs, rel }} >= 0, l_inf/cosine_distance {{ max }}, psnr {{ min }})"
+                ));
+            }
+        }
+        if self.metrics.iter().any(|m| m.needs_array()) && !self.store_array {
+            return Err("metrics compare against the golden array but store_array = false".into());
+        }
+        self.run.validate()
+    }
+}
+
+/// A parsed suite file.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    pub name: String,
+    pub description: String,
+    pub path: PathBuf,
+    pub scenarios: Vec<Scenario>,
+}
+
+impl Suite {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let bad = |msg: String| Error::invalid_file(path, msg);
+        let root: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        for key in root.keys() {
+            if !["schema", "name", "description", "defaults", "scenario"].contains(&key.as_str()) {
+                return Err(bad(format!(
+                    "unknown top-level key `{key}` (expected schema, name, description, \
+                     defaults, scenario)"
+                )));
+            }
+        }
+        match root.get("schema") {
+            Some(Value::Integer(SCHEMA)) => {}
+            other => {
+                return Err(bad(format!(
+                    "`schema` must be {SCHEMA}, found {}",
+                    other.map_or("nothing".into(), |v| v.to_string())
+                )))
+            }
+        }
+        let name = match root.get("name") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err(bad("`name` must be a non-empty string".into())),
+        };
+        let description = match root.get("description") {
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let defaults = match root.get("defaults") {
+            None => toml::Table::new(),
+            Some(Value::Table(t)) => t.clone(),
+            Some(_) => return Err(bad("`defaults` must be a table".into())),
+        };
+        let raw = match root.get("scenario") {
+            Some(Value::Array(a)) => a.clone(),
+            _ => return Err(bad("no [[scenario]] entries".into())),
+        };
+
+        let mut scenarios = Vec::new();
+        for (i, entry) in raw.into_iter().enumerate() {
+            let Value::Table(own) = entry else {
+                return Err(bad(format!("scenario #{}: must be a table", i + 1)));
+            };
+            let mut merged = defaults.clone();
+            merged.extend(own);
+            let label = merged
+                .get("name")
+                .and_then(Value::as_str)
+                .map_or(format!("scenario #{}", i + 1), |n| {
+                    format!("scenario '{n}'")
+                });
+            for table in expand(merged).map_err(|m| bad(format!("{label}: {m}")))? {
+                let name = table
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string();
+                let scenario: Scenario =
+                    Value::Table(table)
+                        .try_into()
+                        .map_err(|e: toml::de::Error| {
+                            bad(format!("scenario '{name}': {}", e.message()))
+                        })?;
+                scenario
+                    .validate()
+                    .map_err(|m| bad(format!("scenario '{name}': {m}")))?;
+                scenarios.push(scenario);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &scenarios {
+            if !seen.insert(s.name.as_str()) {
+                return Err(bad(format!("scenario name '{}' appears twice", s.name)));
+            }
+        }
+        Ok(Suite {
+            name,
+            description,
+            path: path.to_path_buf(),
+            scenarios,
+        })
+    }
+
+    /// Every suite in `dir` (*.toml), sorted by name.
+    pub fn load_dir(dir: &Path) -> Result<Vec<Suite>> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| Suite::load(p)).collect()
+    }
+}
+
+/// Expands `matrix` (if any) into one table per combination, last key varying fastest.
+fn expand(mut table: toml::Table) -> std::result::Result<Vec<toml::Table>, String> {
+    let Some(matrix) = table.remove("matrix") else {
+        return Ok(vec![table]);
+    };
+    let Value::Table(matrix) = matrix else {
+        return Err("`matrix` must be a table of lists".into());
+    };
+    let mut combos: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+    for (key, values) in &matrix {
+        let Value::Array(values) = values else {
+            return Err(format!("matrix.{key} must be a list"));
+        };
+        if values.is_empty() {
+            return Err(format!("matrix.{key} is empty"));
+        }
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                values.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.push((key.clone(), v.clone()));
+                    c
+                })
+            })
+            .collect();
+    }
+    Ok(combos
+        .into_iter()
+        .map(|combo| {
+            let mut t = table.clone();
+            for (key, value) in &combo {
+                for (_, v) in t.iter_mut() {
+                    substitute(v, key, value);
+                }
+                if let Some(Value::String(name)) = t.get_mut("name") {
+                    *name = name.replace(&format!("{{{key}}}"), &label(value));
+                }
+            }
+            t
+        })
+        .collect())
+}
+
+fn substitute(v: &mut Value, key: &str, value: &Value) {
+    match v {
+        Value::String(s) if s.strip_prefix('$') == Some(key) => *v = value.clone(),
+        Value::Array(a) => a.iter_mut().for_each(|x| substitute(x, key, value)),
+        Value::Table(t) => t.iter_mut().for_each(|(_, x)| substitute(x, key, value)),
+        _ => {}
+    }
+}
+
+/// How a matrix value reads in a scenario name: lists join with "x", floats as Python's repr.
+fn label(v: &Value) -> String {
+    match v {
+        Value::Array(a) => a.iter().map(label).collect::<Vec<_>>().join("x"),
+        Value::String(s) => s.clone(),
+        Value::Float(f) => format!("{f:?}"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUITE: &str = r#"
+schema = 1
+name = "t"
+[defaults]
+metrics = ["bits"]
+[[scenario]]
+name = "r/seed{seed}/{shape}"
+matrix = { seed = [0, 1], shape = [[2, 3], [4]] }
+run = { kind = "random", op = "randn", shape = "$shape", generator = { type = "single", seed = "$seed" } }
+"#;
+
+    #[test]
+    fn matrix_expands_last_key_fastest_with_labels() {
+        let s = Suite::parse(SUITE, Path::new("t.toml")).unwrap();
+        let names: Vec<_> = s.scenarios.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["r/seed0/2x3", "r/seed0/4", "r/seed1/2x3", "r/seed1/4"]
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_the_file_and_scenario() {
+        let text = SUITE.replace("op = \"randn\"", "op = \"randn\", shaep = [1]");
+        let err = Suite::parse(&text, Path::new("fixtures/suites/t.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("fixtures/suites/t.toml: scenario 'r/seed0/2x3'"),
+            "{msg}"
+        );
+        assert!(msg.contains("shaep"), "{msg}");
+        assert_eq!(err.exit_code(), crate::error::exit::USAGE);
+    }
+
+    #[test]
+    fn a_tolerance_of_the_wrong_kind_is_rejected() {
+        let text = SUITE.replace(
+            "metrics = [\"bits\"]",
+            "metrics = [\"bits\"]\ntolerance = { l_inf = { abs = 1.0 } }",
+        );
+        let msg = Suite::parse(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("tolerance.l_inf"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let text = SUITE.replace("r/seed{seed}/{shape}", "same");
+        let msg = Suite::parse(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("appears twice"), "{msg}");
+    }
+}

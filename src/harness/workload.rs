@@ -1,0 +1,180 @@
+//! What a scenario runs. Each workload turns its parameters into one output tensor, drawing
+//! every random number from the scenario's generators. The pipelines join this enum later.
+use crate::error::{Error, Result};
+use crate::torch::{randn_tensor, DType, DeviceSpec, GeneratorSpec, Generators};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Workload {
+    /// Random draws through a generator spec: the RNG parity suite.
+    Random {
+        op: RandomOp,
+        shape: Vec<i64>,
+        #[serde(default)]
+        dtype: DType,
+        generator: GeneratorSpec,
+        /// A draw of this shape made first and discarded (the stream continues).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skip: Option<Vec<i64>>,
+        /// get_state, draw, set_state, draw again: the output is the second draw.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        state_roundtrip: bool,
+        /// For op "normal".
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mean: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        std: Option<f64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RandomOp {
+    /// diffusers' randn_tensor.
+    Randn,
+    /// torch.rand, per sample for a list like randn_tensor.
+    Rand,
+    /// torch.empty(shape).normal_(mean, std, generator=g).
+    Normal,
+}
+
+/// What a workload produced.
+#[derive(Debug)]
+pub struct Output {
+    pub tensor: Tensor,
+    /// The seed drawn from the OS for an unseeded run, so that the run can be repeated.
+    pub unseeded_seed: Option<u64>,
+}
+
+impl Workload {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match self {
+            Workload::Random {
+                op,
+                shape,
+                generator,
+                skip,
+                state_roundtrip,
+                mean,
+                std,
+                ..
+            } => {
+                if shape.iter().any(|&d| d < 0) {
+                    return Err(format!("run.shape {shape:?} has a negative dimension"));
+                }
+                if let Some(n) = generator.list_len() {
+                    for s in std::iter::once(shape).chain(skip.as_ref()) {
+                        if s.first().copied() != Some(n as i64) {
+                            return Err(format!(
+                                "run.generator lists {n} generators but shape {s:?} has batch {}",
+                                s.first().map_or("none".into(), |b| b.to_string())
+                            ));
+                        }
+                    }
+                }
+                if *state_roundtrip && !matches!(generator, GeneratorSpec::Single { .. }) {
+                    return Err("run.state_roundtrip needs a generator of type single".into());
+                }
+                if *op == RandomOp::Normal {
+                    if generator.list_len().is_some() {
+                        return Err("run.op normal takes a single or global generator".into());
+                    }
+                    if std.is_some_and(|s| s < 0.0) {
+                        return Err("run.std must be >= 0".into());
+                    }
+                } else if mean.is_some() || std.is_some() {
+                    return Err("run.mean and run.std only apply to op normal".into());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs the workload on `device`.
+    pub fn run(&self, device: DeviceSpec) -> Result<Output> {
+        match self {
+            Workload::Random {
+                op,
+                shape,
+                dtype,
+                generator,
+                skip,
+                state_roundtrip,
+                mean,
+                std,
+            } => {
+                let (mut gens, unseeded_seed) = generator.build()?;
+                let (mean, std) = (mean.unwrap_or(0.0), std.unwrap_or(1.0));
+                let draw = |gens: &mut Generators, shape: &[i64]| {
+                    random_draw(*op, shape, gens, device, *dtype, mean, std)
+                };
+                if let Some(skip) = skip {
+                    let _discarded = draw(&mut gens, skip)?;
+                }
+                let tensor = match &mut gens {
+                    Generators::One(g) if *state_roundtrip => {
+                        let state = g.get_state()?;
+                        let mut gens = Generators::One(g.share());
+                        let _first = draw(&mut gens, shape)?; // advances the shared state
+                        g.set_state(&state)?;
+                        draw(&mut gens, shape)?
+                    }
+                    _ => draw(&mut gens, shape)?,
+                };
+                Ok(Output {
+                    tensor,
+                    unseeded_seed,
+                })
+            }
+        }
+    }
+}
+
+fn random_draw(
+    op: RandomOp,
+    shape: &[i64],
+    gens: &mut Generators,
+    device: DeviceSpec,
+    dtype: DType,
+    mean: f64,
+    std: f64,
+) -> Result<Tensor> {
+    match (op, gens) {
+        (RandomOp::Randn, gens) => randn_tensor(shape, gens, device, dtype),
+        (RandomOp::Rand, Generators::Global) => {
+            device.ensure_available()?;
+            Ok(Tensor::f_rand(shape, (dtype.kind(), device.device()))?)
+        }
+        (RandomOp::Rand, Generators::One(g)) => {
+            let on = g.device();
+            Ok(g.rand(shape, dtype, on)?.f_to_device(device.device())?)
+        }
+        (RandomOp::Rand, Generators::List(gs)) => {
+            let mut one = shape.to_vec();
+            one[0] = 1;
+            let parts = gs
+                .iter_mut()
+                .map(|g| {
+                    let on = g.device();
+                    g.rand(&one, dtype, on)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::f_cat(&parts, 0)?.f_to_device(device.device())?)
+        }
+        (RandomOp::Normal, Generators::Global) => {
+            device.ensure_available()?;
+            let mut t = Tensor::f_empty(shape, (dtype.kind(), device.device()))?;
+            Ok(t.f_normal_(mean, std)?)
+        }
+        (RandomOp::Normal, Generators::One(g)) => {
+            let mut t = Tensor::f_empty(shape, (dtype.kind(), g.device().device()))?;
+            g.normal_(&mut t, mean, std)?;
+            Ok(t.f_to_device(device.device())?)
+        }
+        (RandomOp::Normal, Generators::List(_)) => Err(Error::InvalidArgument(
+            "op normal takes a single or global generator".into(),
+        )),
+    }
+}
