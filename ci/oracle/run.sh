@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Regenerates golden fixtures (fixtures/golden/) with real PyTorch: the Python oracle.
+#
+#   ci/oracle/run.sh [--suite NAME]... [--filter REGEX]
+#
+# Installs (once) libtorch's torch venv through ci/install-libtorch.sh, adds the oracle's pinned
+# requirements to it (again only when ci/oracle/requirements.txt changes), then runs
+# ci/oracle/goldens.py from the repository root with the Hugging Face Hub offline.
+#
+#   REPRODIFF_CACHE   cache root shared with ci/install-libtorch.sh
+#                     (default: ${XDG_CACHE_HOME:-$HOME/.cache}/reprodiff)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+
+# Same location as ci/install-libtorch.sh; its last stdout line is torch's directory.
+cache="${REPRODIFF_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reprodiff}"
+venv="$cache/torch-2.13.0"
+torch_dir="$(bash ci/install-libtorch.sh | tail -n 1)"
+python="$venv/bin/python"
+if [ ! -x "$python" ] || [ ! -d "$torch_dir" ]; then
+  echo "oracle: no Python at $python (torch reported at '$torch_dir')" >&2
+  exit 1
+fi
+
+requirements=ci/oracle/requirements.txt
+stamp="$venv/.reprodiff-oracle-requirements"
+want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  echo "oracle: installing $requirements into $venv" >&2
+  "$python" -m pip install -q --disable-pip-version-check -r "$requirements" >&2
+  echo "$want" > "$stamp"
+fi
+
+export HF_HUB_OFFLINE=1
+export PYTHONDONTWRITEBYTECODE=1
+exec "$python" ci/oracle/goldens.py "$@"
