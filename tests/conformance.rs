@@ -30,7 +30,9 @@ fn main() {
             let (suite, runner, store) = (suite.clone(), runner.clone(), store.clone());
             let name = format!("{}/{}", suite.name, suite.scenarios[index].name);
             trials.push(Trial::test(name, move || {
-                let golden = store.load(&suite.name).map_err(|e| Failed::from(e.to_string()))?;
+                let golden = store
+                    .load(&suite.name)
+                    .map_err(|e| Failed::from(e.to_string()))?;
                 let scenario = &suite.scenarios[index];
                 let (result, _) = check_one(&runner, &store, &suite, golden.as_ref(), scenario);
                 let table = report::table(std::slice::from_ref(&result));

@@ -1,0 +1,641 @@
+//! Properties of the torch seam, the command line's contract (exit codes, errors that name the
+//! file and field at fault, bless never losing a golden) and snapshots of what people read.
+use proptest::prelude::*;
+use reprodiff::error::exit;
+use reprodiff::harness::check::{MetricCheck, ScenarioResult, Verdict};
+use reprodiff::harness::metrics::Metric;
+use reprodiff::harness::report;
+use reprodiff::torch::{
+    randn_tensor, CpuCapability, DType, Determinism, DeviceSpec, Generator, GeneratorSpec,
+    Generators, Preset,
+};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tch::Tensor;
+
+const CPU: DeviceSpec = DeviceSpec::Cpu;
+
+fn bits(t: &Tensor) -> Vec<u8> {
+    reprodiff::torch::tensor_bytes(t).unwrap()
+}
+
+fn shape_strategy() -> impl Strategy<Value = Vec<i64>> {
+    prop::collection::vec(1i64..6, 1..4)
+}
+
+// ---------------------------------------------------------------- generators (properties)
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn same_seed_gives_identical_draws(seed in any::<u32>(), shape in shape_strategy()) {
+        let a = Generator::cpu(seed as u64).unwrap().randn(&shape, DType::F32, CPU).unwrap();
+        let b = Generator::cpu(seed as u64).unwrap().randn(&shape, DType::F32, CPU).unwrap();
+        prop_assert_eq!(bits(&a), bits(&b));
+    }
+
+    #[test]
+    fn drawing_from_one_generator_leaves_others_and_the_global_one_alone(
+        seed in any::<u32>(), other in any::<u32>(), shape in shape_strategy()
+    ) {
+        // Reference: what `other` and the global generator give when nothing else draws.
+        let alone = Generator::cpu(other as u64).unwrap().randn(&shape, DType::F32, CPU).unwrap();
+        tch::manual_seed(11);
+        let global_alone = Tensor::randn(shape.as_slice(), (tch::Kind::Float, tch::Device::Cpu));
+
+        tch::manual_seed(11);
+        let mut busy = Generator::cpu(seed as u64).unwrap();
+        let mut quiet = Generator::cpu(other as u64).unwrap();
+        for _ in 0..3 {
+            let _ = busy.randn(&[17], DType::F32, CPU).unwrap();
+        }
+        let global_after = Tensor::randn(shape.as_slice(), (tch::Kind::Float, tch::Device::Cpu));
+        prop_assert_eq!(bits(&quiet.randn(&shape, DType::F32, CPU).unwrap()), bits(&alone));
+        prop_assert_eq!(bits(&global_after), bits(&global_alone));
+    }
+
+    #[test]
+    fn generator_list_equals_samples_drawn_alone(
+        seeds in prop::collection::vec(any::<u32>(), 2..5), sample in shape_strategy()
+    ) {
+        let seeds: Vec<u64> = seeds.into_iter().map(u64::from).collect();
+        let mut shape = vec![seeds.len() as i64];
+        shape.extend(&sample);
+        let (mut gens, _) = GeneratorSpec::PerSample { seeds: seeds.clone(), device: CPU }.build().unwrap();
+        let batch = randn_tensor(&shape, &mut gens, CPU, DType::F32).unwrap();
+        let mut one = vec![1];
+        one.extend(&sample);
+        for (i, &s) in seeds.iter().enumerate() {
+            let alone = Generator::cpu(s).unwrap().randn(&one, DType::F32, CPU).unwrap();
+            prop_assert_eq!(bits(&batch.narrow(0, i as i64, 1)), bits(&alone));
+        }
+    }
+
+    #[test]
+    fn repeated_generator_draws_its_samples_in_sequence(
+        seed in any::<u32>(), count in 2usize..5, sample in shape_strategy()
+    ) {
+        let mut shape = vec![count as i64];
+        shape.extend(&sample);
+        let (mut gens, _) = GeneratorSpec::Repeated { seed: seed as u64, count, device: CPU }.build().unwrap();
+        let batch = randn_tensor(&shape, &mut gens, CPU, DType::F32).unwrap();
+        let mut one = vec![1];
+        one.extend(&sample);
+        let mut g = Generator::cpu(seed as u64).unwrap();
+        for i in 0..count {
+            let next = g.randn(&one, DType::F32, CPU).unwrap();
+            prop_assert_eq!(bits(&batch.narrow(0, i as i64, 1)), bits(&next));
+        }
+    }
+
+    #[test]
+    fn restoring_a_state_replays_the_draws(seed in any::<u32>(), warmup in 0i64..40, shape in shape_strategy()) {
+        let mut g = Generator::cpu(seed as u64).unwrap();
+        if warmup > 0 {
+            let _ = g.randn(&[warmup], DType::F32, CPU).unwrap();
+        }
+        let state = g.get_state().unwrap();
+        let first = g.randn(&shape, DType::F32, CPU).unwrap();
+        g.set_state(&state).unwrap();
+        prop_assert_eq!(bits(&g.randn(&shape, DType::F32, CPU).unwrap()), bits(&first));
+    }
+}
+
+#[test]
+fn clone_copies_the_state_and_share_aliases_it() {
+    let mut g = Generator::cpu(3).unwrap();
+    let _ = g.randn(&[5], DType::F32, CPU).unwrap();
+    let mut copy = g.clone();
+    let mut alias = g.share();
+    assert!(alias.shares_state_with(&g));
+    assert!(!copy.shares_state_with(&g));
+    let from_copy = copy.randn(&[20], DType::F32, CPU).unwrap();
+    let from_alias = alias.randn(&[20], DType::F32, CPU).unwrap();
+    assert_eq!(
+        bits(&from_copy),
+        bits(&from_alias),
+        "clone starts where g was"
+    );
+    // The alias advanced g; the copy did not.
+    assert_ne!(
+        bits(&g.randn(&[20], DType::F32, CPU).unwrap()),
+        bits(&from_alias)
+    );
+    assert_eq!(g.initial_seed(), 3);
+    assert_eq!(g.device(), CPU);
+}
+
+#[test]
+fn manual_seed_resets_a_used_generator() {
+    let mut g = Generator::cpu(5).unwrap();
+    let first = g.randn(&[7], DType::F32, CPU).unwrap();
+    g.manual_seed(5).unwrap();
+    assert_eq!(bits(&g.randn(&[7], DType::F32, CPU).unwrap()), bits(&first));
+}
+
+#[test]
+fn generators_in_concurrent_threads_match_draws_made_alone() {
+    let alone: Vec<Vec<u8>> = (0..4)
+        .map(|s| {
+            bits(
+                &Generator::cpu(s)
+                    .unwrap()
+                    .randn(&[3, 32, 32], DType::F32, CPU)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let handles: Vec<_> = (0..4u64)
+        .map(|s| {
+            std::thread::spawn(move || {
+                let mut g = Generator::cpu(s).unwrap();
+                let mut last = Vec::new();
+                for _ in 0..20 {
+                    g.manual_seed(s).unwrap();
+                    last = bits(&g.randn(&[3, 32, 32], DType::F32, CPU).unwrap());
+                    tch::manual_seed(99); // a neighbour seeding the global generator
+                }
+                last
+            })
+        })
+        .collect();
+    for (s, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), alone[s], "seed {s}");
+    }
+}
+
+#[test]
+fn a_state_of_the_wrong_size_is_an_error_not_a_crash() {
+    let mut g = Generator::cpu(0).unwrap();
+    let garbage = Tensor::zeros([3], (tch::Kind::Uint8, tch::Device::Cpu));
+    let err = g.set_state(&garbage).unwrap_err();
+    assert_eq!(err.exit_code(), exit::USAGE, "{err}");
+}
+
+#[test]
+fn a_generator_list_of_the_wrong_length_is_rejected() {
+    let (mut gens, _) = GeneratorSpec::PerSample {
+        seeds: vec![0, 1, 2],
+        device: CPU,
+    }
+    .build()
+    .unwrap();
+    let err = randn_tensor(&[2, 3], &mut gens, CPU, DType::F32).unwrap_err();
+    assert!(err.to_string().contains("length 3"), "{err}");
+    assert_eq!(err.exit_code(), exit::USAGE);
+}
+
+#[test]
+fn cuda_generators_and_devices_are_clear_errors_without_cuda() {
+    if tch::Cuda::is_available() {
+        return; // this host has CUDA: the error cannot occur
+    }
+    let err = Generator::cuda(0, 0).unwrap_err();
+    assert!(err.to_string().contains("CUDA is not available"), "{err}");
+    assert_eq!(err.exit_code(), exit::USAGE);
+    let err = randn_tensor(
+        &[2],
+        &mut Generators::Global,
+        DeviceSpec::Cuda(0),
+        DType::F32,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("cuda:0"), "{err}");
+    let mut one = Generators::One(Generator::cpu(0).unwrap());
+    assert!(randn_tensor(&[2], &mut one, DeviceSpec::Cuda(0), DType::F32).is_err());
+}
+
+// ---------------------------------------------------------------- determinism
+
+#[test]
+fn full_determinism_preset_is_diffusers_enable_full_determinism_and_reads_back() {
+    let full = Determinism::preset(Preset::Full);
+    full.apply().unwrap();
+    let now = Determinism::in_force().unwrap();
+    assert!(now.deterministic_algorithms && now.cudnn_deterministic);
+    assert!(!now.cudnn_benchmark && !now.allow_tf32_cublas);
+    assert_eq!(now.cublas_workspace_config.as_deref(), Some(":16:8"));
+    assert!(now.cuda_launch_blocking);
+    // enable_full_determinism leaves cuDNN TF32 alone.
+    assert!(now.allow_tf32_cudnn);
+}
+
+#[test]
+fn threads_setting_is_applied() {
+    let det = Determinism {
+        threads: Some(1),
+        ..Determinism::torch_defaults()
+    };
+    det.apply().unwrap();
+    assert_eq!(Determinism::in_force().unwrap().threads, Some(1));
+}
+
+#[test]
+fn another_cpu_capability_needs_a_child_process() {
+    let now = reprodiff::torch::cpu_capability().unwrap();
+    let other = if now == "default" {
+        CpuCapability::Avx2
+    } else {
+        CpuCapability::Default
+    };
+    let det = Determinism {
+        cpu_capability: Some(other),
+        ..Determinism::torch_defaults()
+    };
+    let err = det.apply().unwrap_err();
+    assert!(err.to_string().contains("child process"), "{err}");
+    assert!("avx9".parse::<CpuCapability>().is_err());
+    assert!("paranoid".parse::<Preset>().is_err());
+}
+
+// ---------------------------------------------------------------- the command line
+
+fn reprodiff(args: &[&str], fixtures: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reprodiff"));
+    cmd.args(args)
+        .env_remove("CI")
+        .env_remove("REPRODIFF_FIXTURES");
+    if let Some(f) = fixtures {
+        cmd.arg("--fixtures").arg(f);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A private copy of fixtures/ for tests that change goldens.
+fn fixtures_copy() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("fixtures");
+    copy_dir(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+        &root,
+    );
+    (tmp, root)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+const ONE: &str = "^randn/cpu-generator/seed1/17$";
+
+#[test]
+fn check_passes_on_an_untouched_golden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = reprodiff(
+        &[
+            "check",
+            "--suite",
+            "rng",
+            "--filter",
+            ONE,
+            "--out",
+            tmp.path().to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
+    let record = tmp.path().join("rng/randn__cpu-generator__seed1__17.json");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+    assert_eq!(record["verdict"], "identical");
+    assert_eq!(record["environment"]["versions"]["libtorch"], "2.13.0");
+    assert_eq!(record["spec"]["run"]["generator"]["seed"], 1);
+}
+
+#[test]
+fn check_exits_1_naming_the_scenario_and_metric_when_a_golden_value_is_perturbed() {
+    let (_tmp, fixtures) = fixtures_copy();
+    edit_json(&fixtures.join("golden/rng.json"), |v| {
+        let m = &mut v["scenarios"]["randn/cpu-generator/seed1/17"]["metrics"]["sum_abs"];
+        *m = serde_json::json!(m.as_f64().unwrap() * (1.0 + 1e-12));
+    });
+    let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
+    let row = t
+        .lines()
+        .find(|l| l.contains("seed1/17") && l.contains("sum_abs"))
+        .unwrap();
+    assert!(row.ends_with("drifted"), "{row}");
+}
+
+#[test]
+fn check_reports_the_first_differing_element_when_bits_differ() {
+    let (_tmp, fixtures) = fixtures_copy();
+    // Replace the golden's output with another seed's: same shape, other bits.
+    let other = reprodiff::torch::Generator::cpu(9)
+        .unwrap()
+        .randn(&[17], DType::F32, CPU)
+        .unwrap();
+    edit_json(&fixtures.join("golden/rng.json"), |v| {
+        let entry = &mut v["scenarios"]["randn/cpu-generator/seed1/17"];
+        other
+            .write_npy(
+                fixtures
+                    .join("golden")
+                    .join(entry["array"].as_str().unwrap()),
+            )
+            .unwrap();
+        entry["sha256"] = serde_json::json!("0".repeat(64));
+    });
+    let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
+    assert!(t.contains("first differing element at [0]"), "{t}");
+    assert!(t.contains("largest difference"), "{t}");
+}
+
+#[test]
+fn a_missing_golden_fails_and_names_the_bless_command() {
+    let (_tmp, fixtures) = fixtures_copy();
+    edit_json(&fixtures.join("golden/rng.json"), |v| {
+        v["scenarios"]
+            .as_object_mut()
+            .unwrap()
+            .remove("randn/cpu-generator/seed1/17");
+    });
+    let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
+    assert!(t.contains("no golden"), "{t}");
+    assert!(t.contains("reprodiff bless --suite rng --filter"), "{t}");
+}
+
+#[test]
+fn a_malformed_suite_is_exit_2_naming_the_file_and_field() {
+    let (_tmp, fixtures) = fixtures_copy();
+    let suite = fixtures.join("suites/rng.toml");
+    let text0 = std::fs::read_to_string(&suite).unwrap();
+    std::fs::write(
+        &suite,
+        text0.replacen("op = \"randn\"", "op = \"randm\"", 1),
+    )
+    .unwrap();
+    let out = reprodiff(&["check"], Some(&fixtures));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::USAGE), "{t}");
+    assert!(t.contains("rng.toml") && t.contains("randm"), "{t}");
+}
+
+#[test]
+fn a_malformed_golden_is_exit_2_naming_the_file() {
+    let (_tmp, fixtures) = fixtures_copy();
+    edit_json(&fixtures.join("golden/rng.json"), |v| {
+        v["scenarios"]["randn/cpu-generator/seed1/17"]["sha256"] = serde_json::json!("nothex");
+    });
+    let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::USAGE), "{t}");
+    assert!(t.contains("rng.json") && t.contains("sha256"), "{t}");
+}
+
+#[test]
+fn unknown_suites_and_bad_patterns_are_usage_errors() {
+    let out = reprodiff(&["check", "--suite", "nope"], None);
+    assert_eq!(out.status.code(), Some(exit::USAGE), "{}", text(&out));
+    assert!(text(&out).contains("--suite nope"));
+    let out = reprodiff(&["check", "--filter", "("], None);
+    assert_eq!(out.status.code(), Some(exit::USAGE), "{}", text(&out));
+    let out = reprodiff(&["check", "--no-such-flag"], None);
+    assert_eq!(out.status.code(), Some(exit::USAGE));
+}
+
+// ---------------------------------------------------------------- bless
+
+fn golden_bytes(fixtures: &Path) -> Vec<u8> {
+    std::fs::read(fixtures.join("golden/rng.json")).unwrap()
+}
+
+#[test]
+fn bless_writes_a_missing_golden_with_provenance_and_check_then_passes() {
+    let (_tmp, fixtures) = fixtures_copy();
+    edit_json(&fixtures.join("golden/rng.json"), |v| {
+        v["scenarios"]
+            .as_object_mut()
+            .unwrap()
+            .remove("randn/cpu-generator/seed1/17");
+    });
+    let out = reprodiff(&["bless", "--filter", ONE], Some(&fixtures));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+    assert!(t.contains("new golden"), "{t}");
+    let v: serde_json::Value = serde_json::from_slice(&golden_bytes(&fixtures)).unwrap();
+    let entry = &v["scenarios"]["randn/cpu-generator/seed1/17"];
+    assert_eq!(entry["provenance"]["producer"], "reprodiff");
+    assert!(entry["provenance"]["command"]
+        .as_str()
+        .unwrap()
+        .starts_with("reprodiff bless"));
+    let env = entry["provenance"]["environment"].as_str().unwrap();
+    assert!(v["environments"][env]["versions"]["libtorch"].is_string());
+    // It matches what the oracle had stored before (same bits).
+    let original: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden/rng.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        entry["sha256"],
+        original["scenarios"]["randn/cpu-generator/seed1/17"]["sha256"]
+    );
+    let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
+}
+
+#[test]
+fn bless_leaves_unchanged_goldens_byte_for_byte() {
+    let (_tmp, fixtures) = fixtures_copy();
+    let before = golden_bytes(&fixtures);
+    let out = reprodiff(
+        &["bless", "--filter", "^randn/cpu-generator/seed0/"],
+        Some(&fixtures),
+    );
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
+    assert!(text(&out).contains("already up to date"));
+    assert_eq!(golden_bytes(&fixtures), before);
+}
+
+#[test]
+fn bless_refuses_in_ci_and_writes_nothing() {
+    let (_tmp, fixtures) = fixtures_copy();
+    edit_json(&fixtures.join("golden/rng.json"), |v| {
+        v["scenarios"]
+            .as_object_mut()
+            .unwrap()
+            .remove("randn/cpu-generator/seed1/17");
+    });
+    let before = golden_bytes(&fixtures);
+    let out = Command::new(env!("CARGO_BIN_EXE_reprodiff"))
+        .args(["bless", "--filter", ONE, "--fixtures"])
+        .arg(&fixtures)
+        .env("CI", "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit::REFUSED), "{}", text(&out));
+    assert_eq!(golden_bytes(&fixtures), before);
+}
+
+#[test]
+fn bless_refuses_an_unrepeatable_scenario_and_writes_nothing() {
+    let (_tmp, fixtures) = fixtures_copy();
+    let suite = fixtures.join("suites/rng.toml");
+    let mut s = std::fs::read_to_string(&suite).unwrap();
+    s.push_str(
+        "\n[[scenario]]\nname = \"unseeded/4\"\n\
+         run = { kind = \"random\", op = \"randn\", shape = [4], generator = { type = \"unseeded\" } }\n",
+    );
+    std::fs::write(&suite, s).unwrap();
+    let before = golden_bytes(&fixtures);
+    let out = reprodiff(
+        &[
+            "bless",
+            "--filter",
+            "^(unseeded/4|randn/cpu-generator/seed1/17)$",
+        ],
+        Some(&fixtures),
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::REFUSED), "{t}");
+    assert!(t.contains("unseeded/4: two runs differ"), "{t}");
+    assert_eq!(golden_bytes(&fixtures), before);
+}
+
+// ---------------------------------------------------------------- snapshots
+
+fn snapshot_settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path("../snapshots");
+    s.set_prepend_module_to_snapshot(false);
+    s
+}
+
+#[test]
+fn env_json_schema() {
+    let out = reprodiff(&["env", "--json"], None);
+    assert_eq!(out.status.code(), Some(exit::OK));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    snapshot_settings().bind(|| {
+        insta::assert_json_snapshot!("env_json_schema", v, {
+            ".versions.reprodiff" => "[version]",
+            ".versions.torch_build" => "[build]",
+            ".cpu.model" => "[cpu model]",
+            ".cpu.isa" => "[isa flags]",
+            ".cpu.capability" => "[capability]",
+            ".cpu.threads" => "[threads]",
+            ".determinism.threads" => "[threads]",
+            ".determinism.cpu_capability" => "[capability]",
+            ".cuda" => "[cuda]",
+            ".os.arch" => "[arch]",
+        });
+    });
+}
+
+#[test]
+fn check_table_layout() {
+    let row = |metric, golden: &str, got: &str, delta, tolerance: &str, verdict| MetricCheck {
+        metric,
+        golden: golden.into(),
+        got: got.into(),
+        delta,
+        tolerance: tolerance.into(),
+        verdict,
+    };
+    let results = vec![
+        ScenarioResult {
+            suite: "rng".into(),
+            scenario: "randn/seed0/4".into(),
+            verdict: Verdict::Identical,
+            checks: vec![
+                row(
+                    Metric::Bits,
+                    "3d2a6e6ad1af",
+                    "3d2a6e6ad1af",
+                    None,
+                    "bit-exact",
+                    Verdict::Identical,
+                ),
+                row(
+                    Metric::SumAbs,
+                    "4.581645607948303",
+                    "4.581645607948303",
+                    Some(0.0),
+                    "exact",
+                    Verdict::Identical,
+                ),
+            ],
+            notes: vec![],
+            output: None,
+            golden_producer: Some("oracle".into()),
+        },
+        ScenarioResult {
+            suite: "ddim".into(),
+            scenario: "cifar10/50-steps".into(),
+            verdict: Verdict::Drifted,
+            checks: vec![
+                row(
+                    Metric::SumAbs,
+                    "1491.1711",
+                    "1491.2",
+                    Some(0.0289),
+                    "abs 0.01",
+                    Verdict::Drifted,
+                ),
+                row(
+                    Metric::LInf,
+                    "0",
+                    "0.00002",
+                    Some(0.00002),
+                    "<= 0.0001",
+                    Verdict::WithinTolerance,
+                ),
+            ],
+            notes: vec![
+                "largest difference 0.00002 at [0, 31, 2, 1]: got 0.5 golden 0.49998".into(),
+            ],
+            output: None,
+            golden_producer: Some("oracle".into()),
+        },
+        ScenarioResult {
+            suite: "ddim".into(),
+            scenario: "docs/2-steps".into(),
+            verdict: Verdict::NotRun,
+            checks: vec![],
+            notes: vec!["not run: model not found".into()],
+            output: None,
+            golden_producer: None,
+        },
+    ];
+    snapshot_settings().bind(|| {
+        insta::assert_snapshot!(
+            "check_table_layout",
+            format!("{}\n{}", report::table(&results), report::summary(&results))
+        );
+    });
+}

@@ -215,7 +215,7 @@ char* rd_parallel_info(char** out) {
   return guarded([&] { *out = dup(at::get_parallel_info()); });
 }
 
-char* rd_cuda_info(int* has_cuda, int* gpus, long* cudart, long* cudnn) {
+char* rd_cuda_info(int* has_cuda, int* gpus, int64_t* cudart, int64_t* cudnn) {
   return guarded([&] {
     auto& hooks = at::detail::getCUDAHooks();
     *has_cuda = hooks.hasCUDA() ? 1 : 0;

@@ -1,5 +1,5 @@
 //! Raw declarations of src/torch/ext.cpp. Only src/torch/ uses them; see that file's contract.
-use std::ffi::{c_char, c_int, c_long, c_void};
+use std::ffi::{c_char, c_int, c_void};
 
 pub type Gen = *mut c_void;
 pub type TensorPtr = *mut c_void;
@@ -62,8 +62,8 @@ extern "C" {
     pub fn rd_cuda_info(
         has_cuda: *mut c_int,
         gpus: *mut c_int,
-        cudart: *mut c_long,
-        cudnn: *mut c_long,
+        cudart: *mut i64,
+        cudnn: *mut i64,
     ) -> *mut c_char;
 }
 

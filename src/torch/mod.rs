@@ -48,8 +48,8 @@ pub fn cuda_info() -> Result<CudaInfo> {
     Ok(CudaInfo {
         available: has != 0,
         devices: n.max(0) as usize,
-        runtime_version: rt as i64,
-        cudnn_version: dnn as i64,
+        runtime_version: rt,
+        cudnn_version: dnn,
     })
 }
 
