@@ -17,7 +17,18 @@ if [ ! -f "$stamp" ]; then
   echo "reprodiff: installing torch==$TORCH_VERSION into $venv (about 4.7 GB, once per machine)" >&2
   mkdir -p "$cache"
   rm -rf "$venv"
-  python3 -m venv "$venv"
+  if ! python3 -m venv "$venv" >&2; then
+    # Debian/Ubuntu's python3 ships venv separately.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "reprodiff: python3 -m venv failed; installing python3-venv" >&2
+      apt-get update -qq >&2 && apt-get install -y -qq python3-venv >&2
+      rm -rf "$venv"
+      python3 -m venv "$venv" >&2
+    else
+      echo "reprodiff: 'python3 -m venv' failed: install your distribution's python3-venv" >&2
+      exit 1
+    fi
+  fi
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     "torch==$TORCH_VERSION" "numpy<3" >&2
