@@ -301,7 +301,15 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
 
+const ONE_NAME: &str = "randn/cpu-generator/seed1/17";
 const ONE: &str = "^randn/cpu-generator/seed1/17$";
+
+/// Removes one scenario's entry from the copied rng golden file.
+fn drop_golden(fixtures: &Path, scenario: &str) {
+    edit_json(&fixtures.join("golden/rng.json"), |v| {
+        v["scenarios"].as_object_mut().unwrap().remove(scenario);
+    });
+}
 
 #[test]
 fn check_passes_on_an_untouched_golden() {
@@ -331,7 +339,7 @@ fn check_passes_on_an_untouched_golden() {
 fn check_exits_1_naming_the_scenario_and_metric_when_a_golden_value_is_perturbed() {
     let (_tmp, fixtures) = fixtures_copy();
     edit_json(&fixtures.join("golden/rng.json"), |v| {
-        let m = &mut v["scenarios"]["randn/cpu-generator/seed1/17"]["metrics"]["sum_abs"];
+        let m = &mut v["scenarios"][ONE_NAME]["metrics"]["sum_abs"];
         *m = serde_json::json!(m.as_f64().unwrap() * (1.0 + 1e-12));
     });
     let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
@@ -353,7 +361,7 @@ fn check_reports_the_first_differing_element_when_bits_differ() {
         .randn(&[17], DType::F32, CPU)
         .unwrap();
     edit_json(&fixtures.join("golden/rng.json"), |v| {
-        let entry = &mut v["scenarios"]["randn/cpu-generator/seed1/17"];
+        let entry = &mut v["scenarios"][ONE_NAME];
         other
             .write_npy(
                 fixtures
@@ -373,12 +381,7 @@ fn check_reports_the_first_differing_element_when_bits_differ() {
 #[test]
 fn a_missing_golden_fails_and_names_the_bless_command() {
     let (_tmp, fixtures) = fixtures_copy();
-    edit_json(&fixtures.join("golden/rng.json"), |v| {
-        v["scenarios"]
-            .as_object_mut()
-            .unwrap()
-            .remove("randn/cpu-generator/seed1/17");
-    });
+    drop_golden(&fixtures, ONE_NAME);
     let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
     let t = text(&out);
     assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
@@ -406,7 +409,7 @@ fn a_malformed_suite_is_exit_2_naming_the_file_and_field() {
 fn a_malformed_golden_is_exit_2_naming_the_file() {
     let (_tmp, fixtures) = fixtures_copy();
     edit_json(&fixtures.join("golden/rng.json"), |v| {
-        v["scenarios"]["randn/cpu-generator/seed1/17"]["sha256"] = serde_json::json!("nothex");
+        v["scenarios"][ONE_NAME]["sha256"] = serde_json::json!("nothex");
     });
     let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
     let t = text(&out);
@@ -434,18 +437,13 @@ fn golden_bytes(fixtures: &Path) -> Vec<u8> {
 #[test]
 fn bless_writes_a_missing_golden_with_provenance_and_check_then_passes() {
     let (_tmp, fixtures) = fixtures_copy();
-    edit_json(&fixtures.join("golden/rng.json"), |v| {
-        v["scenarios"]
-            .as_object_mut()
-            .unwrap()
-            .remove("randn/cpu-generator/seed1/17");
-    });
+    drop_golden(&fixtures, ONE_NAME);
     let out = reprodiff(&["bless", "--filter", ONE], Some(&fixtures));
     let t = text(&out);
     assert_eq!(out.status.code(), Some(exit::OK), "{t}");
     assert!(t.contains("new golden"), "{t}");
     let v: serde_json::Value = serde_json::from_slice(&golden_bytes(&fixtures)).unwrap();
-    let entry = &v["scenarios"]["randn/cpu-generator/seed1/17"];
+    let entry = &v["scenarios"][ONE_NAME];
     assert_eq!(entry["provenance"]["producer"], "reprodiff");
     assert!(entry["provenance"]["command"]
         .as_str()
@@ -461,10 +459,7 @@ fn bless_writes_a_missing_golden_with_provenance_and_check_then_passes() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(
-        entry["sha256"],
-        original["scenarios"]["randn/cpu-generator/seed1/17"]["sha256"]
-    );
+    assert_eq!(entry["sha256"], original["scenarios"][ONE_NAME]["sha256"]);
     let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
     assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
 }
@@ -485,12 +480,7 @@ fn bless_leaves_unchanged_goldens_byte_for_byte() {
 #[test]
 fn bless_refuses_in_ci_and_writes_nothing() {
     let (_tmp, fixtures) = fixtures_copy();
-    edit_json(&fixtures.join("golden/rng.json"), |v| {
-        v["scenarios"]
-            .as_object_mut()
-            .unwrap()
-            .remove("randn/cpu-generator/seed1/17");
-    });
+    drop_golden(&fixtures, ONE_NAME);
     let before = golden_bytes(&fixtures);
     let out = Command::new(env!("CARGO_BIN_EXE_reprodiff"))
         .args(["bless", "--filter", ONE, "--fixtures"])
@@ -638,4 +628,46 @@ fn check_table_layout() {
             format!("{}\n{}", report::table(&results), report::summary(&results))
         );
     });
+}
+
+// ---------------------------------------------------------------- spellings
+
+#[rstest::rstest]
+#[case("f32", DType::F32)]
+#[case("float16", DType::F16)]
+#[case("bf16", DType::Bf16)]
+#[case("float64", DType::F64)]
+fn dtype_spellings_parse(#[case] text: &str, #[case] want: DType) {
+    assert_eq!(text.parse::<DType>().unwrap(), want);
+}
+
+#[rstest::rstest]
+#[case("cpu", Some(DeviceSpec::Cpu))]
+#[case("cuda", Some(DeviceSpec::Cuda(0)))]
+#[case("cuda:3", Some(DeviceSpec::Cuda(3)))]
+#[case("gpu", None)]
+#[case("cuda:x", None)]
+fn device_spellings_parse(#[case] text: &str, #[case] want: Option<DeviceSpec>) {
+    let got = text.parse::<DeviceSpec>();
+    match want {
+        Some(d) => assert_eq!(got.unwrap(), d),
+        None => {
+            let err = got.unwrap_err();
+            assert!(err.to_string().contains(text), "{err}");
+            assert_eq!(err.exit_code(), exit::USAGE);
+        }
+    }
+}
+
+#[test]
+fn cosine_distance_is_diffusers_formula() {
+    use reprodiff::harness::metrics::cosine_distance;
+    // Orthogonal vectors are at distance 1, opposite ones at 2, scaled copies at 0.
+    approx::assert_abs_diff_eq!(cosine_distance(&[1.0, 0.0], &[0.0, 2.0]), 1.0);
+    approx::assert_abs_diff_eq!(cosine_distance(&[1.0, -2.0], &[-1.0, 2.0]), 2.0);
+    approx::assert_abs_diff_eq!(
+        cosine_distance(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]),
+        0.0,
+        epsilon = 1e-15
+    );
 }
