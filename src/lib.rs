@@ -11,6 +11,10 @@
 pub mod env;
 pub mod error;
 pub mod harness;
+pub mod loading;
+pub mod models;
+pub mod pipelines;
+pub mod schedulers;
 pub mod torch;
 
 pub use error::{Error, Result};

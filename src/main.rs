@@ -46,6 +46,20 @@ enum Command {
         #[command(flatten)]
         sel: SelectArgs,
     },
+    /// Run one pipeline and save or print its output.
+    Run {
+        #[command(subcommand)]
+        pipeline: RunPipeline,
+    },
+    /// Write a diffusers pipeline folder with deterministically derived weights.
+    DeriveWeights {
+        /// Architecture (ddpm-cifar10-32).
+        #[arg(long)]
+        arch: String,
+        /// Output folder (replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the environment fingerprint.
     Env {
         /// Print JSON (the schema every record and golden carries).
@@ -62,6 +76,55 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum RunPipeline {
+    /// DDIMPipeline (e.g. google/ddpm-cifar10-32).
+    Ddim(DdimArgs),
+}
+
+#[derive(Args)]
+struct DdimArgs {
+    /// A diffusers folder, a Hugging Face id in the local cache, or derived:ARCH.
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// One generator for the whole batch, seeded S.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// One generator per sample (the list's length must equal --batch).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// cpu: torch.Generator("cpu"); cuda: torch.Generator("cuda"); global: torch.manual_seed.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "global"])]
+    generator: String,
+    /// [torch.Generator().manual_seed(S)] * batch: one generator listed batch times.
+    #[arg(long, requires = "seed")]
+    repeat_generator: bool,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// diffusers' enable_full_determinism().
+    #[arg(long)]
+    deterministic: bool,
+    /// Intra-op threads (torch.set_num_threads).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, default_value = "np")]
+    output_type: String,
+    /// Write the output as .npy, exactly as diffusers returns it (bf16 as f32).
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Print the result record as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -130,6 +193,14 @@ fn run(cli: Cli) -> Result<i32> {
                     println!("{}/{}", suite.name, s.name);
                 }
             }
+            Ok(exit::OK)
+        }
+        Command::Run {
+            pipeline: RunPipeline::Ddim(args),
+        } => run_ddim(&args),
+        Command::DeriveWeights { arch, out } => {
+            reprodiff::models::derived::write(&arch, &out)?;
+            println!("wrote {} (derived weights for {arch})", out.display());
             Ok(exit::OK)
         }
         Command::Env { json } => {
@@ -210,6 +281,140 @@ fn bless(sel: &SelectArgs) -> Result<i32> {
             changes.len(),
             fixtures.store().dir.display()
         );
+    }
+    Ok(exit::OK)
+}
+
+/// `reprodiff run ddim`: one pipeline run, described as a scenario so the record matches
+/// what `check` writes.
+fn run_ddim(a: &DdimArgs) -> Result<i32> {
+    use reprodiff::harness::suite::Scenario;
+    use reprodiff::harness::workload::Workload;
+    use reprodiff::torch::{DeterminismSpec, GeneratorSpec, Preset};
+
+    let device: reprodiff::torch::DeviceSpec = a.device.parse()?;
+    let gen_device = match a.generator.as_str() {
+        "cuda" => reprodiff::torch::DeviceSpec::Cuda(match device {
+            reprodiff::torch::DeviceSpec::Cuda(i) => i,
+            _ => 0,
+        }),
+        _ => reprodiff::torch::DeviceSpec::Cpu,
+    };
+    let generator = match (&a.seeds, a.seed, a.generator.as_str(), a.repeat_generator) {
+        (Some(_), _, "global", _) => {
+            return Err(Error::InvalidArgument(
+                "--seeds cannot be used with --generator global".into(),
+            ))
+        }
+        (Some(seeds), _, _, _) => {
+            if seeds.len() != a.batch {
+                return Err(Error::InvalidArgument(format!(
+                    "--seeds has {} seeds but --batch is {}: one generator per sample",
+                    seeds.len(),
+                    a.batch
+                )));
+            }
+            GeneratorSpec::PerSample {
+                seeds: seeds.clone(),
+                device: gen_device,
+            }
+        }
+        (None, seed, "global", false) => GeneratorSpec::Global {
+            seed: seed.unwrap_or(0),
+        },
+        (None, _, "global", true) => {
+            return Err(Error::InvalidArgument(
+                "--repeat-generator needs --generator cpu or cuda".into(),
+            ))
+        }
+        (None, Some(seed), _, true) => GeneratorSpec::Repeated {
+            seed,
+            count: a.batch,
+            device: gen_device,
+        },
+        (None, Some(seed), _, false) => GeneratorSpec::Single {
+            seed,
+            device: gen_device,
+        },
+        (None, None, _, _) => GeneratorSpec::Unseeded,
+    };
+    let mut determinism = DeterminismSpec {
+        preset: if a.deterministic {
+            Preset::Full
+        } else {
+            Preset::Default
+        },
+        ..Default::default()
+    };
+    determinism.threads = a.threads;
+    let scenario = Scenario {
+        name: "run".into(),
+        description: None,
+        run: Workload::Ddim {
+            model: a.model.clone(),
+            steps: a.steps,
+            eta: a.eta,
+            batch: a.batch,
+            generator,
+            output_type: a.output_type.parse()?,
+            dtype: a.dtype.parse()?,
+            use_clipped_model_output: false,
+            scheduler: Default::default(),
+        },
+        device,
+        determinism,
+        metrics: vec![reprodiff::harness::metrics::Metric::SumAbs],
+        tolerance: Default::default(),
+        store_array: true,
+    };
+    scenario.run.validate().map_err(Error::InvalidArgument)?;
+    scenario.determinism.resolve().apply()?;
+    let start = std::time::Instant::now();
+    let out = scenario.run.run(device, None)?;
+    let obs = reprodiff::harness::observe::describe(
+        out.tensor,
+        out.unseeded_seed,
+        start.elapsed().as_secs_f64(),
+    )?;
+    if let Some(path) = &a.save {
+        let t = obs.stored.as_ref().expect("describe keeps the output");
+        t.write_npy(path)
+            .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
+    }
+    if a.json {
+        let record = serde_json::json!({
+            "schema": 1,
+            "spec": scenario,
+            "output": {
+                "shape": obs.shape,
+                "dtype": obs.dtype,
+                "sha256": obs.sha256,
+                "metrics": obs.metrics,
+                "unseeded_seed": obs.unseeded_seed,
+                "elapsed_s": obs.elapsed_s,
+            },
+            "environment": obs.environment,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&record).expect("serialises")
+        );
+    } else {
+        println!(
+            "{:?} {}  sum_abs {}  max_abs {}  sha256 {}  ({:.2} s)",
+            obs.shape,
+            obs.dtype,
+            obs.metrics["sum_abs"],
+            obs.metrics["max_abs"],
+            &obs.sha256[..12],
+            obs.elapsed_s
+        );
+        if let Some(seed) = obs.unseeded_seed {
+            println!("no seed given: the global generator was seeded with {seed} (pass --generator global --seed {seed} to repeat)");
+        }
+        if let Some(path) = &a.save {
+            println!("saved {}", path.display());
+        }
     }
     Ok(exit::OK)
 }

@@ -82,7 +82,12 @@ impl Runner {
         scenario.device.ensure_available()?;
         det.apply()?;
         let start = std::time::Instant::now();
-        let out = scenario.run.run(scenario.device)?;
+        // Models named by a bare name live in fixtures/models/, beside fixtures/suites/.
+        let models = suite_path
+            .parent()
+            .and_then(Path::parent)
+            .map(|f| f.join("models"));
+        let out = scenario.run.run(scenario.device, models.as_deref())?;
         let elapsed = start.elapsed().as_secs_f64();
         Ok(describe(out.tensor, out.unseeded_seed, elapsed)?)
     }

@@ -1,8 +1,11 @@
 //! What a scenario runs. Each workload turns its parameters into one output tensor, drawing
 //! every random number from the scenario's generators. The pipelines join this enum later.
 use crate::error::{Error, Result};
+use crate::pipelines::ddim::{DdimCall, DdimPipeline};
+use crate::pipelines::OutputType;
 use crate::torch::{randn_tensor, DType, DeviceSpec, GeneratorSpec, Generators};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use tch::Tensor;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +30,30 @@ pub enum Workload {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         std: Option<f64>,
     },
+    /// `DDIMPipeline(unet, scheduler)(...)`.
+    Ddim {
+        /// A folder under fixtures/models/, a path, `hub:org/name` or `derived:ARCH`.
+        model: String,
+        steps: usize,
+        #[serde(default)]
+        eta: f64,
+        #[serde(default = "one")]
+        batch: usize,
+        generator: GeneratorSpec,
+        #[serde(default)]
+        output_type: OutputType,
+        #[serde(default)]
+        dtype: DType,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        use_clipped_model_output: bool,
+        /// DDIMScheduler config overrides: `DDIMScheduler.from_config(config, **scheduler)`.
+        #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+        scheduler: serde_json::Map<String, serde_json::Value>,
+    },
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,12 +116,62 @@ impl Workload {
                 }
                 Ok(())
             }
+            Workload::Ddim {
+                steps,
+                eta,
+                batch,
+                generator,
+                ..
+            } => {
+                if *steps == 0 {
+                    return Err("run.steps must be >= 1".into());
+                }
+                if *eta < 0.0 {
+                    return Err(format!("run.eta = {eta}: must be >= 0"));
+                }
+                if *batch == 0 {
+                    return Err("run.batch must be >= 1".into());
+                }
+                match generator.list_len() {
+                    Some(n) if n != *batch => Err(format!(
+                        "run.generator lists {n} generators but run.batch is {batch}"
+                    )),
+                    _ => Ok(()),
+                }
+            }
         }
     }
 
-    /// Runs the workload on `device`.
-    pub fn run(&self, device: DeviceSpec) -> Result<Output> {
+    /// Runs the workload on `device`; bare model names resolve under `models_dir`.
+    pub fn run(&self, device: DeviceSpec, models_dir: Option<&Path>) -> Result<Output> {
         match self {
+            Workload::Ddim {
+                model,
+                steps,
+                eta,
+                batch,
+                generator,
+                output_type,
+                dtype,
+                use_clipped_model_output,
+                scheduler,
+            } => {
+                let folder = crate::loading::resolve(model, models_dir)?;
+                let mut pipe = DdimPipeline::load(&folder, *dtype, device, scheduler)?;
+                let (mut gens, unseeded_seed) = generator.build()?;
+                let call = DdimCall {
+                    batch_size: *batch,
+                    num_inference_steps: *steps,
+                    eta: *eta,
+                    use_clipped_model_output: *use_clipped_model_output,
+                    output_type: *output_type,
+                };
+                let tensor = pipe.call(&call, &mut gens)?;
+                Ok(Output {
+                    tensor,
+                    unseeded_seed,
+                })
+            }
             Workload::Random {
                 op,
                 shape,

@@ -1,0 +1,138 @@
+//! Finding a model on disk, offline: a diffusers pipeline folder (model_index.json, unet/,
+//! scheduler/), a single model folder (config.json + diffusion_pytorch_model.safetensors), a
+//! Hugging Face model id in the local hub cache, or weights reprodiff derives itself.
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Where a model's files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFolder {
+    /// The folder holding config.json and the weights of the UNet.
+    pub unet: PathBuf,
+    /// scheduler_config.json, if the model has one.
+    pub scheduler_config: Option<PathBuf>,
+}
+
+/// How a model is named: `hub:org/name` or `org/name` (local hub cache), `derived:ARCH`, or a
+/// path. `models_dir` resolves bare names used by suites (fixtures/models/).
+pub fn resolve(spec: &str, models_dir: Option<&Path>) -> Result<ModelFolder> {
+    if let Some(arch) = spec.strip_prefix("derived:") {
+        return crate::models::derived::materialize(arch);
+    }
+    if let Some(id) = spec.strip_prefix("hub:") {
+        return from_dir(&hub_snapshot(id)?);
+    }
+    let direct = PathBuf::from(spec);
+    if direct.is_dir() {
+        return from_dir(&direct);
+    }
+    if let Some(dir) = models_dir.map(|d| d.join(spec)).filter(|p| p.is_dir()) {
+        return from_dir(&dir);
+    }
+    if spec.matches('/').count() == 1 && !spec.starts_with('.') && !spec.starts_with('/') {
+        return from_dir(&hub_snapshot(spec)?);
+    }
+    Err(Error::InvalidArgument(format!(
+        "--model {spec}: no such folder{}",
+        models_dir.map_or(String::new(), |d| format!(
+            " (nor {})",
+            d.join(spec).display()
+        ))
+    )))
+}
+
+/// A pipeline folder or a single model folder.
+pub fn from_dir(dir: &Path) -> Result<ModelFolder> {
+    if dir.join("model_index.json").is_file() {
+        let unet = dir.join("unet");
+        if !unet.is_dir() {
+            return Err(Error::invalid_file(
+                dir.join("model_index.json"),
+                "this pipeline folder has no unet/ folder",
+            ));
+        }
+        check_weights(&unet)?;
+        let sched = dir.join("scheduler/scheduler_config.json");
+        return Ok(ModelFolder {
+            unet,
+            scheduler_config: sched.is_file().then_some(sched),
+        });
+    }
+    if dir.join("config.json").is_file() {
+        check_weights(dir)?;
+        return Ok(ModelFolder {
+            unet: dir.to_path_buf(),
+            scheduler_config: None,
+        });
+    }
+    Err(Error::invalid_file(
+        dir,
+        "not a diffusers folder: no model_index.json (pipeline) and no config.json (model)",
+    ))
+}
+
+pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
+
+/// Only safetensors are read: pickle files can run code when loaded.
+fn check_weights(dir: &Path) -> Result<()> {
+    if dir.join(WEIGHTS).is_file() {
+        return Ok(());
+    }
+    for pickle in [
+        "diffusion_pytorch_model.bin",
+        "model.ckpt",
+        "model.pt",
+        "pytorch_model.bin",
+    ] {
+        if dir.join(pickle).is_file() {
+            return Err(Error::invalid_file(
+                dir.join(pickle),
+                format!(
+                    "pickle-based weights are not read (loading them can run arbitrary code). \
+                     Convert them once with diffusers: `python -c \"from diffusers import \
+                     UNet2DModel as M; M.from_pretrained('{0}').save_pretrained('{0}', \
+                     safe_serialization=True)\"`",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Err(Error::invalid_file(dir, format!("no {WEIGHTS} here")))
+}
+
+/// The hub cache root: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub.
+pub fn hub_cache() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(p).join("hub");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache/huggingface/hub")
+}
+
+/// models--org--name/snapshots/<revision of refs/main, else the newest snapshot>.
+pub fn hub_snapshot(id: &str) -> Result<PathBuf> {
+    let repo = hub_cache().join(format!("models--{}", id.replace('/', "--")));
+    let snapshots = repo.join("snapshots");
+    let by_ref = std::fs::read_to_string(repo.join("refs/main"))
+        .ok()
+        .map(|r| snapshots.join(r.trim()))
+        .filter(|p| p.is_dir());
+    let newest = || {
+        std::fs::read_dir(&snapshots).ok().and_then(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+                .map(|e| e.path())
+        })
+    };
+    by_ref.or_else(newest).ok_or_else(|| {
+        Error::Unavailable(format!(
+            "model not found: {id} is not in the local Hugging Face cache (looked in {})",
+            repo.display()
+        ))
+    })
+}

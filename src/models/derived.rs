@@ -1,0 +1,136 @@
+//! Full-size architectures with weights derived deterministically (no download possible):
+//! `reprodiff derive-weights --arch ddpm-cifar10-32 --out DIR` writes a diffusers pipeline folder
+//! that the Python oracle loads too; `derived:ddpm-cifar10-32` materialises it in the cache.
+use super::params::{DerivedSource, ParamPath};
+use super::unet_2d::{UNet2DConfig, UNet2DModel};
+use crate::error::{Error, Result};
+use crate::loading::{ModelFolder, WEIGHTS};
+use crate::torch::DType;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// Bump when the derivation changes, so caches of an older derivation are not reused.
+pub const DERIVATION_VERSION: u32 = 1;
+
+/// google/ddpm-cifar10-32's published unet/config.json.
+pub const DDPM_CIFAR10_32_UNET: &str = r#"{
+  "_class_name": "UNet2DModel",
+  "act_fn": "silu",
+  "attention_head_dim": null,
+  "block_out_channels": [128, 256, 256, 256],
+  "center_input_sample": false,
+  "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+  "downsample_padding": 0,
+  "flip_sin_to_cos": false,
+  "freq_shift": 1,
+  "in_channels": 3,
+  "layers_per_block": 2,
+  "mid_block_scale_factor": 1,
+  "norm_eps": 1e-06,
+  "norm_num_groups": 32,
+  "out_channels": 3,
+  "sample_size": 32,
+  "time_embedding_type": "positional",
+  "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
+}
+"#;
+
+/// google/ddpm-cifar10-32's scheduler/scheduler_config.json.
+pub const DDPM_CIFAR10_32_SCHEDULER: &str = r#"{
+  "_class_name": "DDPMScheduler",
+  "beta_end": 0.02,
+  "beta_schedule": "linear",
+  "beta_start": 0.0001,
+  "clip_sample": true,
+  "num_train_timesteps": 1000,
+  "trained_betas": null,
+  "variance_type": "fixed_large"
+}
+"#;
+
+const MODEL_INDEX: &str = r#"{
+  "_class_name": "DDIMPipeline",
+  "scheduler": ["diffusers", "DDPMScheduler"],
+  "unet": ["diffusers", "UNet2DModel"]
+}
+"#;
+
+pub const ARCHS: &[&str] = &["ddpm-cifar10-32"];
+
+/// Writes the pipeline folder for `arch` (weights seed 0) into `out`, atomically.
+pub fn write(arch: &str, out: &Path) -> Result<()> {
+    let (unet_json, sched_json) = match arch {
+        "ddpm-cifar10-32" => (DDPM_CIFAR10_32_UNET, DDPM_CIFAR10_32_SCHEDULER),
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "--arch {arch}: unknown architecture (known: {})",
+                ARCHS.join(", ")
+            )))
+        }
+    };
+    let config: UNet2DConfig = serde_json::from_str(unet_json).expect("a valid built-in config");
+    let source = Rc::new(RefCell::new(DerivedSource::new(0, DType::F32)));
+    UNet2DModel::new(&ParamPath::root(source.clone()), config)?;
+    let made = std::mem::take(&mut source.borrow_mut().made);
+
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".derive-")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    let root = tmp.path();
+    for (dir, file, text) in [
+        ("", "model_index.json", MODEL_INDEX),
+        ("unet", "config.json", unet_json),
+        ("scheduler", "scheduler_config.json", sched_json),
+    ] {
+        let d = root.join(dir);
+        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        std::fs::write(d.join(file), text).map_err(|e| Error::io(d.join(file), e))?;
+    }
+    tch::Tensor::write_safetensors(&made, root.join("unet").join(WEIGHTS))
+        .map_err(|e| Error::Torch(format!("writing derived weights: {e}")))?;
+    std::fs::write(
+        root.join("DERIVED"),
+        format!(
+            "reprodiff derive-weights --arch {arch} (derivation v{DERIVATION_VERSION}, seed 0): \
+             each tensor from a CPU generator seeded by SHA-256 of its name; not trained weights\n"
+        ),
+    )
+    .map_err(|e| Error::io(root.join("DERIVED"), e))?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    let kept = tmp.keep();
+    std::fs::rename(&kept, out).map_err(|e| Error::io(out, e))?;
+    Ok(())
+}
+
+/// The cached folder for `derived:ARCH`, written on first use.
+pub fn materialize(arch: &str) -> Result<ModelFolder> {
+    let dir = cache_dir().join(format!("derived/{arch}-v{DERIVATION_VERSION}"));
+    if !dir.join("DERIVED").is_file() {
+        write(arch, &dir)?;
+    }
+    crate::loading::from_dir(&dir)
+}
+
+/// REPRODIFF_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/reprodiff (shared with ci/install-libtorch.sh).
+pub fn cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("REPRODIFF_CACHE") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map_or_else(|| PathBuf::from("."), PathBuf::from)
+                .join(".cache")
+        });
+    base.join("reprodiff")
+}

@@ -1,0 +1,12 @@
+//! Model re-implementations, one file per diffusers building block, named as in diffusers:
+//! [`unet_2d::UNet2DModel`] is diffusers' `UNet2DModel` (google/ddpm-cifar10-32).
+//! Every forward calls the same ATen ops in the same order as the PyTorch module it mirrors,
+//! which is what makes outputs bit-identical on the same libtorch and CPU.
+pub mod attention;
+pub mod derived;
+pub mod embeddings;
+pub mod nn;
+pub mod params;
+pub mod resnet;
+pub mod unet_2d;
+pub mod unet_2d_blocks;

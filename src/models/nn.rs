@@ -1,0 +1,133 @@
+//! The torch.nn layers the models use, each calling the same ATen op as its PyTorch module
+//! (`F.conv2d`, `F.linear`, `F.group_norm`, ...), so the same libtorch gives the same bits.
+use super::params::ParamPath;
+use crate::error::{Error, Result};
+use tch::Tensor;
+
+/// nn.Conv2d (bias always on in these models).
+#[derive(Debug)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: i64,
+    padding: i64,
+}
+
+impl Conv2d {
+    pub fn new(
+        p: &ParamPath,
+        cin: i64,
+        cout: i64,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+    ) -> Result<Self> {
+        Ok(Conv2d {
+            weight: p.get("weight", &[cout, cin, kernel, kernel])?,
+            bias: p.get("bias", &[cout])?,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_conv2d(
+            &self.weight,
+            Some(&self.bias),
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [1, 1],
+            1,
+        )?)
+    }
+}
+
+/// nn.Linear.
+#[derive(Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(p: &ParamPath, cin: i64, cout: i64, bias: bool) -> Result<Self> {
+        Ok(Linear {
+            weight: p.get("weight", &[cout, cin])?,
+            bias: if bias {
+                Some(p.get("bias", &[cout])?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    }
+}
+
+/// nn.GroupNorm(affine=True).
+#[derive(Debug)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: i64,
+    eps: f64,
+}
+
+impl GroupNorm {
+    pub fn new(p: &ParamPath, groups: i64, channels: i64, eps: f64) -> Result<Self> {
+        if groups <= 0 || channels % groups != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "GroupNorm: {channels} channels cannot be split into {groups} groups (norm_num_groups)"
+            )));
+        }
+        Ok(GroupNorm {
+            weight: p.get("weight", &[channels])?,
+            bias: p.get("bias", &[channels])?,
+            groups,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // F.group_norm passes torch.backends.cudnn.enabled (True by default).
+        Ok(x.f_group_norm(
+            self.groups,
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )?)
+    }
+}
+
+/// diffusers' `get_activation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    Mish,
+    Gelu,
+    Relu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "silu" | "swish" => Some(Activation::Silu),
+            "mish" => Some(Activation::Mish),
+            "gelu" => Some(Activation::Gelu),
+            "relu" => Some(Activation::Relu),
+            _ => None,
+        }
+    }
+
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Silu => x.f_silu()?,
+            Activation::Mish => x.f_mish()?,
+            Activation::Gelu => x.f_gelu("none")?,
+            Activation::Relu => x.f_relu()?,
+        })
+    }
+}

@@ -1,0 +1,197 @@
+//! Where a model's tensors come from: a diffusers safetensors file, or a deterministic
+//! derivation (for full-size architectures whose real weights cannot be downloaded here).
+//!
+//! Models ask for each tensor once, by its diffusers state-dict name and expected shape, through
+//! a [`ParamPath`]; a tensor with the wrong shape or missing is an error naming it.
+use crate::error::{Error, Result};
+use crate::torch::{DType, Generator};
+use sha2::{Digest, Sha256};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use tch::{Device, Tensor};
+
+/// A supplier of named tensors.
+pub trait ParamSource {
+    /// The tensor `name` with shape `shape`, in the model's dtype.
+    fn tensor(&mut self, name: &str, shape: &[i64]) -> Result<Tensor>;
+}
+
+/// Tensors read from a `.safetensors` file (copied into libtorch memory, so 64-byte aligned:
+/// memory-mapped, unaligned weights move CPU results by ~1e-6).
+pub struct SafetensorsSource {
+    path: PathBuf,
+    tensors: BTreeMap<String, Tensor>,
+    used: BTreeSet<String>,
+    dtype: DType,
+    device: Device,
+}
+
+impl SafetensorsSource {
+    pub fn load(path: &Path, dtype: DType, device: Device) -> Result<Self> {
+        let raw = Tensor::read_safetensors(path).map_err(|e| {
+            Error::invalid_file(path, format!("not a readable safetensors file: {e}"))
+        })?;
+        let tensors = raw
+            .into_iter()
+            .map(|(name, t)| (rename_legacy(&name), t))
+            .collect();
+        Ok(SafetensorsSource {
+            path: path.to_path_buf(),
+            tensors,
+            used: BTreeSet::new(),
+            dtype,
+            device,
+        })
+    }
+
+    /// Names present in the file that the model never asked for.
+    pub fn unused(&self) -> Vec<String> {
+        self.tensors
+            .keys()
+            .filter(|k| !self.used.contains(*k))
+            .cloned()
+            .collect()
+    }
+}
+
+/// diffusers renames the attention weights of old checkpoints (`query`, `key`, `value`,
+/// `proj_attn`) on load (`_convert_deprecated_attention_blocks`); so do we.
+fn rename_legacy(name: &str) -> String {
+    let Some((prefix, leaf)) = name.rsplit_once('.') else {
+        return name.to_string();
+    };
+    for (old, new) in [
+        (".query", ".to_q"),
+        (".key", ".to_k"),
+        (".value", ".to_v"),
+        (".proj_attn", ".to_out.0"),
+    ] {
+        if let Some(base) = prefix.strip_suffix(old) {
+            if base.contains(".attentions.") {
+                return format!("{base}{new}.{leaf}");
+            }
+        }
+    }
+    name.to_string()
+}
+
+impl ParamSource for SafetensorsSource {
+    fn tensor(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| {
+            Error::invalid_file(
+                &self.path,
+                format!("missing tensor `{name}` (expected shape {shape:?})"),
+            )
+        })?;
+        if t.size() != shape {
+            return Err(Error::invalid_file(
+                &self.path,
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}",
+                    t.size()
+                ),
+            ));
+        }
+        self.used.insert(name.to_string());
+        // Weights end up in the dtype asked for, never silently in the file's.
+        Ok(t.f_to_device(self.device)?.f_to_kind(self.dtype.kind())?)
+    }
+}
+
+/// Deterministic weights: tensor `name` is drawn from a CPU generator seeded with the first 8
+/// bytes of SHA-256(`seed` || name), so every tensor is independent of the order of creation.
+/// Matrices and kernels get N(0, 1/fan_in) (keeps activations of any depth finite), 1-d
+/// weights (norm scales) 1 + N(0, 0.05²), biases N(0, 0.05²).
+pub struct DerivedSource {
+    pub seed: u64,
+    pub dtype: DType,
+    /// Every tensor handed out, for writing them to a safetensors file.
+    pub made: Vec<(String, Tensor)>,
+}
+
+impl DerivedSource {
+    pub fn new(seed: u64, dtype: DType) -> Self {
+        DerivedSource {
+            seed,
+            dtype,
+            made: Vec::new(),
+        }
+    }
+}
+
+impl ParamSource for DerivedSource {
+    fn tensor(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let mut h = Sha256::new();
+        h.update(self.seed.to_le_bytes());
+        h.update(name.as_bytes());
+        let digest = h.finalize();
+        let seed = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")) >> 1;
+        let mut g = Generator::cpu(seed)?;
+        let noise = g.randn(shape, DType::F32, crate::torch::DeviceSpec::Cpu)?;
+        let t = if name.ends_with("bias") {
+            noise * 0.05
+        } else if shape.len() == 1 {
+            noise * 0.05 + 1.0
+        } else {
+            let fan_in: i64 = shape[1..].iter().product();
+            noise * (1.0 / (fan_in.max(1) as f64).sqrt())
+        };
+        let t = t.f_to_kind(self.dtype.kind())?;
+        self.made.push((name.to_string(), t.shallow_clone()));
+        Ok(t)
+    }
+}
+
+/// A position in the parameter tree ("down_blocks.0.resnets.1"), like tch's VarStore paths.
+#[derive(Clone)]
+pub struct ParamPath {
+    source: Rc<RefCell<dyn ParamSource>>,
+    prefix: String,
+}
+
+impl ParamPath {
+    pub fn root(source: Rc<RefCell<dyn ParamSource>>) -> Self {
+        ParamPath {
+            source,
+            prefix: String::new(),
+        }
+    }
+
+    /// The child path `name` (a field or a list index).
+    pub fn sub(&self, name: impl std::fmt::Display) -> ParamPath {
+        ParamPath {
+            source: self.source.clone(),
+            prefix: if self.prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{}.{name}", self.prefix)
+            },
+        }
+    }
+
+    pub fn get(&self, leaf: &str, shape: &[i64]) -> Result<Tensor> {
+        let name = self.sub(leaf).prefix;
+        self.source.borrow_mut().tensor(&name, shape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rename_legacy;
+
+    #[test]
+    fn legacy_attention_names_are_renamed_like_diffusers() {
+        assert_eq!(
+            rename_legacy("mid_block.attentions.0.query.weight"),
+            "mid_block.attentions.0.to_q.weight"
+        );
+        assert_eq!(
+            rename_legacy("down_blocks.1.attentions.1.proj_attn.bias"),
+            "down_blocks.1.attentions.1.to_out.0.bias"
+        );
+        assert_eq!(rename_legacy("conv_in.weight"), "conv_in.weight");
+        assert_eq!(rename_legacy("x.key.weight"), "x.key.weight");
+    }
+}
