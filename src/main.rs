@@ -51,6 +51,12 @@ enum Command {
         #[command(subcommand)]
         pipeline: RunPipeline,
     },
+    /// Time a pipeline: load once, one warm-up run, then timed runs; prints JSON with the
+    /// seconds of each run and the peak resident memory (ci/bench.py compares with diffusers).
+    Bench {
+        #[command(subcommand)]
+        pipeline: BenchPipeline,
+    },
     /// Write a diffusers pipeline folder with deterministically derived weights.
     DeriveWeights {
         /// Architecture (ddpm-cifar10-32).
@@ -82,6 +88,21 @@ enum Command {
 enum RunPipeline {
     /// DDIMPipeline (e.g. google/ddpm-cifar10-32).
     Ddim(DdimArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchPipeline {
+    /// DDIMPipeline with a CPU generator seeded 0, re-seeded before each run.
+    Ddim {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 #[derive(Args)]
@@ -198,6 +219,15 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Run {
             pipeline: RunPipeline::Ddim(args),
         } => run_ddim(&args),
+        Command::Bench {
+            pipeline:
+                BenchPipeline::Ddim {
+                    model,
+                    steps,
+                    runs,
+                    threads,
+                },
+        } => bench_ddim(&model, steps, runs, threads),
         Command::DeriveWeights { arch, out } => {
             reprodiff::models::derived::write(&arch, &out)?;
             println!("wrote {} (derived weights for {arch})", out.display());
@@ -359,12 +389,14 @@ fn run_ddim(a: &DdimArgs) -> Result<i32> {
             output_type: a.output_type.parse()?,
             dtype: a.dtype.parse()?,
             use_clipped_model_output: false,
+            twice: false,
             scheduler: Default::default(),
         },
         device,
         determinism,
         metrics: vec![reprodiff::harness::metrics::Metric::SumAbs],
         tolerance: Default::default(),
+        slice: None,
         store_array: true,
     };
     scenario.run.validate().map_err(Error::InvalidArgument)?;
@@ -416,6 +448,55 @@ fn run_ddim(a: &DdimArgs) -> Result<i32> {
             println!("saved {}", path.display());
         }
     }
+    Ok(exit::OK)
+}
+
+fn bench_ddim(model: &str, steps: usize, runs: usize, threads: Option<usize>) -> Result<i32> {
+    use reprodiff::pipelines::ddim::{DdimCall, DdimPipeline};
+    use reprodiff::torch::{DType, DeviceSpec, GeneratorSpec};
+    if let Some(n) = threads {
+        reprodiff::torch::Determinism {
+            threads: Some(n),
+            ..reprodiff::torch::Determinism::torch_defaults()
+        }
+        .apply()?;
+    }
+    let folder = reprodiff::loading::resolve(model, None)?;
+    let mut pipe = DdimPipeline::load(&folder, DType::F32, DeviceSpec::Cpu, &Default::default())?;
+    let call = DdimCall {
+        num_inference_steps: steps,
+        ..Default::default()
+    };
+    let spec = GeneratorSpec::Single {
+        seed: 0,
+        device: DeviceSpec::Cpu,
+    };
+    let mut times = Vec::new();
+    let mut sha = String::new();
+    for i in 0..=runs {
+        let (mut gens, _) = spec.build()?;
+        let start = std::time::Instant::now();
+        let image = pipe.call(&call, &mut gens)?;
+        let elapsed = start.elapsed().as_secs_f64();
+        if i > 0 {
+            times.push(elapsed); // run 0 warms up
+        }
+        sha = reprodiff::torch::tensor_sha256(&image)?;
+    }
+    let peak_kb = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
+            })
+        })
+        .and_then(|v| v.parse::<u64>().ok());
+    println!(
+        "{}",
+        serde_json::json!({"impl": "reprodiff", "steps": steps, "threads": tch::get_num_threads(),
+                           "seconds": times, "peak_rss_kb": peak_kb, "sha256": sha})
+    );
     Ok(exit::OK)
 }
 

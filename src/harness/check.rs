@@ -163,7 +163,7 @@ pub fn compare(
     if !obs.finite {
         result.notes.push("output holds NaN or Inf".into());
     }
-    let identical = golden.sha256 == obs.sha256;
+    let identical = golden.sha256.as_deref() == Some(obs.sha256.as_str());
 
     let needs_array = !identical || scenario.metrics.iter().any(|m| m.needs_array());
     let golden_values = match (&golden.array, needs_array) {
@@ -250,13 +250,21 @@ fn check_metric(
         verdict,
     };
     if metric == Metric::Bits {
+        let Some(want) = &golden.sha256 else {
+            return row(
+                "no bits".into(),
+                obs.sha256[..12].to_string(),
+                None,
+                Verdict::Failed,
+            );
+        };
         let verdict = if identical {
             Verdict::Identical
         } else {
             Verdict::Drifted
         };
         return row(
-            golden.sha256[..12].to_string(),
+            want[..12].to_string(),
             obs.sha256[..12].to_string(),
             None,
             verdict,

@@ -6,9 +6,8 @@
 use super::metrics;
 use super::suite::Scenario;
 use crate::error::{Error, Result};
-use crate::torch::{tensor_bytes, tensor_to_f64, CpuCapability, DType};
+use crate::torch::{tensor_sha256, tensor_to_f64, CpuCapability, DType};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
@@ -89,7 +88,14 @@ impl Runner {
             .map(|f| f.join("models"));
         let out = scenario.run.run(scenario.device, models.as_deref())?;
         let elapsed = start.elapsed().as_secs_f64();
-        Ok(describe(out.tensor, out.unseeded_seed, elapsed)?)
+        let tensor = match &scenario.slice {
+            Some(s) => {
+                let axes = super::suite::parse_slice(s).map_err(Error::InvalidArgument)?;
+                super::suite::apply_slice(&out.tensor, &axes)?
+            }
+            None => out.tensor,
+        };
+        Ok(describe(tensor, out.unseeded_seed, elapsed)?)
     }
 
     fn observe_in_child(
@@ -148,8 +154,7 @@ pub fn describe(tensor: Tensor, unseeded_seed: Option<u64>, elapsed_s: f64) -> R
             tensor.kind()
         ))
     })?;
-    let bytes = tensor_bytes(&tensor)?;
-    let sha256 = crate::env::hex(&Sha256::digest(&bytes));
+    let sha256 = tensor_sha256(&tensor)?;
     let values = tensor_to_f64(&tensor)?;
     let finite = values.iter().all(|v| v.is_finite());
     let metrics = BTreeMap::from([

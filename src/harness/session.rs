@@ -196,8 +196,11 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
                 continue;
             }
             let old = file.scenarios.get(&scenario.name);
-            if old.is_some_and(|o| o.sha256 == a.sha256 && o.shape == a.shape && o.dtype == a.dtype)
-            {
+            if old.is_some_and(|o| {
+                o.sha256.as_deref() == Some(a.sha256.as_str())
+                    && o.shape == a.shape
+                    && o.dtype == a.dtype
+            }) {
                 continue; // unchanged: keep the entry and its provenance as they are
             }
             let env_id = a.environment.id();
@@ -207,7 +210,7 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
             let entry = GoldenEntry {
                 shape: a.shape.clone(),
                 dtype: a.dtype,
-                sha256: a.sha256.clone(),
+                sha256: Some(a.sha256.clone()),
                 metrics: a.metrics.clone(),
                 array: array.clone(),
                 provenance: Provenance {
@@ -267,14 +270,14 @@ fn describe_change(old: Option<&GoldenEntry>, new: &GoldenEntry) -> Vec<String> 
     let Some(old) = old else {
         return vec![format!(
             "new golden: sha256 {} sum_abs {}",
-            &new.sha256[..12],
+            short(&new.sha256),
             new.metrics.get("sum_abs").copied().unwrap_or(f64::NAN)
         )];
     };
     let mut out = vec![format!(
         "sha256: {} -> {}",
-        &old.sha256[..12],
-        &new.sha256[..12]
+        short(&old.sha256),
+        short(&new.sha256)
     )];
     if old.shape != new.shape {
         out.push(format!("shape: {:?} -> {:?}", old.shape, new.shape));
@@ -296,4 +299,8 @@ fn describe_change(old: Option<&GoldenEntry>, new: &GoldenEntry) -> Vec<String> 
         ));
     }
     out
+}
+
+fn short(sha: &Option<String>) -> &str {
+    sha.as_deref().map_or("(none)", |s| &s[..12])
 }

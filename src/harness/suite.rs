@@ -54,6 +54,10 @@ pub struct Scenario {
     pub metrics: Vec<Metric>,
     #[serde(default)]
     pub tolerance: BTreeMap<Metric, Tolerance>,
+    /// Check only this part of the output, numpy-style: "0, -3:, -3:, -1" is
+    /// `image[0, -3:, -3:, -1]` (what diffusers' slow tests pin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<String>,
     /// Store the output array in the golden (needed by l_inf, cosine_distance, psnr and to
     /// locate the first differing element). Default: true.
     #[serde(default = "yes")]
@@ -96,11 +100,80 @@ impl Scenario {
                 ));
             }
         }
+        if let Some(s) = &self.slice {
+            parse_slice(s).map_err(|m| format!("slice: {m}"))?;
+        }
         if self.metrics.iter().any(|m| m.needs_array()) && !self.store_array {
             return Err("metrics compare against the golden array but store_array = false".into());
         }
         self.run.validate()
     }
+}
+
+/// One axis of a numpy-style slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    Index(i64),
+    Range(Option<i64>, Option<i64>),
+}
+
+/// Parses "0, -3:, -3:, -1" (indices and start:stop ranges, no steps).
+pub fn parse_slice(text: &str) -> std::result::Result<Vec<Axis>, String> {
+    let int = |s: &str| -> std::result::Result<Option<i64>, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            s.parse()
+                .map(Some)
+                .map_err(|_| format!("'{s}' is not an integer"))
+        }
+    };
+    text.split(',')
+        .map(|part| match part.split_once(':') {
+            Some((a, b)) => Ok(Axis::Range(int(a)?, int(b)?)),
+            None => int(part)?
+                .map(Axis::Index)
+                .ok_or_else(|| "empty index".to_string()),
+        })
+        .collect()
+}
+
+/// Applies a parsed slice to a tensor.
+pub fn apply_slice(t: &tch::Tensor, axes: &[Axis]) -> crate::error::Result<tch::Tensor> {
+    let mut out = t.shallow_clone();
+    let mut dim = 0i64;
+    for axis in axes {
+        let size = *out.size().get(dim as usize).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "slice has more axes than the output's {:?}",
+                t.size()
+            ))
+        })?;
+        let norm = |i: i64| {
+            if i < 0 {
+                (i + size).clamp(0, size)
+            } else {
+                i.min(size)
+            }
+        };
+        match *axis {
+            Axis::Index(i) => {
+                if i >= size || i < -size {
+                    return Err(Error::InvalidArgument(format!(
+                        "slice index {i} is out of range for size {size}"
+                    )));
+                }
+                out = out.f_select(dim, if i < 0 { i + size } else { i })?;
+            }
+            Axis::Range(a, b) => {
+                let (a, b) = (norm(a.unwrap_or(0)), norm(b.unwrap_or(size)));
+                out = out.f_narrow(dim, a, (b - a).max(0))?;
+                dim += 1;
+            }
+        }
+    }
+    Ok(out.f_contiguous()?)
 }
 
 /// A parsed suite file.

@@ -46,6 +46,10 @@ pub enum Workload {
         dtype: DType,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         use_clipped_model_output: bool,
+        /// Run the pipeline twice, re-seeding the generators in between, and output the
+        /// difference of the two images: the seed document's "L_inf dist = 0" claim.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        twice: bool,
         /// DDIMScheduler config overrides: `DDIMScheduler.from_config(config, **scheduler)`.
         #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
         scheduler: serde_json::Map<String, serde_json::Value>,
@@ -154,6 +158,7 @@ impl Workload {
                 output_type,
                 dtype,
                 use_clipped_model_output,
+                twice,
                 scheduler,
             } => {
                 let folder = crate::loading::resolve(model, models_dir)?;
@@ -166,7 +171,15 @@ impl Workload {
                     use_clipped_model_output: *use_clipped_model_output,
                     output_type: *output_type,
                 };
-                let tensor = pipe.call(&call, &mut gens)?;
+                let mut tensor = pipe.call(&call, &mut gens)?;
+                if *twice {
+                    // g.manual_seed(0) again: a fresh set of generators from the same spec.
+                    let (mut again, _) = match unseeded_seed {
+                        Some(seed) => GeneratorSpec::Global { seed }.build()?,
+                        None => generator.build()?,
+                    };
+                    tensor = tensor.f_sub(&pipe.call(&call, &mut again)?)?;
+                }
                 Ok(Output {
                     tensor,
                     unseeded_seed,

@@ -12,7 +12,7 @@ mod types;
 
 pub use determinism::{CpuCapability, Determinism, DeterminismSpec, Preset};
 pub use generator::{randn_tensor, Generator, GeneratorSpec, Generators};
-pub use types::{tensor_bytes, tensor_to_f64, DType, DeviceSpec};
+pub use types::{tensor_bytes, tensor_sha256, tensor_to_f64, DType, DeviceSpec};
 
 use crate::error::{Error, Result};
 

@@ -172,6 +172,12 @@ pub fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
     Ok(Vec::<u8>::try_from(&bytes)?)
 }
 
+/// SHA-256 (hex) of [`tensor_bytes`]: the identity the `bits` metric compares.
+pub fn tensor_sha256(t: &Tensor) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    Ok(crate::env::hex(&Sha256::digest(tensor_bytes(t)?)))
+}
+
 /// The values of a tensor as f64 (exact for every floating dtype reprodiff uses).
 pub fn tensor_to_f64(t: &Tensor) -> Result<Vec<f64>> {
     let flat = t

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Speed and memory of reprodiff against diffusers on the same machine, interleaved.
+
+    ci/oracle/run.sh is not needed; run with the oracle's venv:
+    ~/.cache/reprodiff/torch-2.13.0/bin/python ci/bench.py [--steps 2,50] [--rounds 5] [--runs 3] [--threads 2]
+
+Both sides run the full-size google/ddpm-cifar10-32 architecture with the same derived weights
+(`reprodiff derive-weights`), f32 on the CPU, the same thread count, a CPU generator seeded 0.
+Each round starts one fresh process per implementation, alternating which goes first; a process
+loads the pipeline, warms up once and times `--runs` calls. Reported: the median seconds per
+pipeline call of each implementation over all timed calls, the ratio diffusers / reprodiff
+(> 1: reprodiff is faster), the median peak resident memory per process, and whether both
+produced the same bits. Quote ratios from one run of this script: these machines are noisy.
+
+REPRODIFF_BIN selects the binary (default: target/release/reprodiff, else target/debug/reprodiff).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def reprodiff_bin() -> Path:
+    if os.environ.get("REPRODIFF_BIN"):
+        return Path(os.environ["REPRODIFF_BIN"])
+    for profile in ("release", "debug"):
+        p = REPO / "target" / profile / "reprodiff"
+        if p.exists():
+            return p
+    sys.exit("bench: no reprodiff binary; build it with `ci/cargo build --release` or set REPRODIFF_BIN")
+
+
+def run(cmd: list[str]) -> dict:
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", default="2,50")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    a = ap.parse_args()
+    exe = reprodiff_bin()
+    model = REPO / "target" / "bench" / "ddpm-cifar10-32"
+    if not (model / "DERIVED").exists():
+        subprocess.run([str(exe), "derive-weights", "--arch", "ddpm-cifar10-32", "--out", str(model)], check=True)
+    print(f"reprodiff: {exe}; model: {model} (derived weights); threads {a.threads}; "
+          f"{a.rounds} rounds x {a.runs} timed runs, interleaved")
+    print(f"{'steps':>5}  {'reprodiff s':>12}  {'diffusers s':>12}  {'ratio':>6}  "
+          f"{'reprodiff MiB':>13}  {'diffusers MiB':>13}  same bits")
+    for steps in [int(s) for s in a.steps.split(",")]:
+        ours = [str(exe), "bench", "ddim", "--model", str(model), "--steps", str(steps),
+                "--runs", str(a.runs), "--threads", str(a.threads)]
+        theirs = [sys.executable, str(REPO / "ci" / "bench_diffusers.py"), "--model", str(model),
+                  "--steps", str(steps), "--runs", str(a.runs), "--threads", str(a.threads)]
+        results: dict[str, list[dict]] = {"reprodiff": [], "diffusers": []}
+        for r in range(a.rounds):
+            order = [("reprodiff", ours), ("diffusers", theirs)]
+            for name, cmd in (order if r % 2 == 0 else order[::-1]):
+                results[name].append(run(cmd))
+        med = {k: statistics.median(t for res in v for t in res["seconds"]) for k, v in results.items()}
+        mem = {k: statistics.median(res["peak_rss_kb"] for res in v) / 1024 for k, v in results.items()}
+        same = {res["sha256"] for v in results.values() for res in v}
+        print(f"{steps:>5}  {med['reprodiff']:>12.3f}  {med['diffusers']:>12.3f}  "
+              f"{med['diffusers'] / med['reprodiff']:>6.2f}  {mem['reprodiff']:>13.0f}  "
+              f"{mem['diffusers']:>13.0f}  {'yes' if len(same) == 1 else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""The diffusers side of ci/bench.py: DDIMPipeline timed exactly as `reprodiff bench ddim`.
+
+Loads the pipeline once (weights cloned, so 64-byte aligned as reprodiff's are), runs it once to
+warm up, then `--runs` times with a CPU generator re-seeded 0, and prints one JSON line: seconds
+per timed run, peak resident memory and the SHA-256 of the last output (the same bits as
+reprodiff's, since both are bit-identical on the same libtorch).
+"""
+import argparse
+import hashlib
+import json
+import resource
+import time
+
+import torch
+from diffusers import DDIMPipeline
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    pipe = DDIMPipeline.from_pretrained(a.model)
+    for p in pipe.unet.parameters():
+        p.data = p.data.clone()
+    pipe.set_progress_bar_config(disable=True)
+    times = []
+    for i in range(a.runs + 1):
+        g = torch.Generator("cpu").manual_seed(0)
+        start = time.perf_counter()
+        image = pipe(generator=g, num_inference_steps=a.steps, output_type="pt").images
+        elapsed = time.perf_counter() - start
+        if i > 0:
+            times.append(elapsed)
+    image = image.permute(0, 2, 3, 1).contiguous()
+    sha = hashlib.sha256(image.numpy().tobytes()).hexdigest()
+    print(json.dumps({"impl": "diffusers", "steps": a.steps, "threads": torch.get_num_threads(),
+                      "seconds": times, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      "sha256": sha}))
+
+
+if __name__ == "__main__":
+    main()

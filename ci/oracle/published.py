@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Golden fixtures for values that were published, not computed here: fixtures/golden/ddim-docs.json.
+
+Each entry cites where its number was published. Published values come without bits, so the
+entries carry no sha256; the suite checks them within tolerances. Regenerate with:
+
+    ci/oracle/run.sh --published        (or: python3 ci/oracle/published.py)
+
+Numbers (all for the real google/ddpm-cifar10-32 weights):
+- diffusers docs, "Reproducible pipelines" (using-diffusers/reusing_seeds / reproducibility):
+  DDIMPipeline, torch.Generator(device="cpu").manual_seed(0), num_inference_steps=2,
+  output_type="np": print(np.abs(image).sum()) -> 1491.1711.
+- diffusers tests/pipelines/ddim/test_ddim.py, DDIMPipelineIntegrationTests.test_inference_cifar10:
+  DDIMScheduler(), torch.manual_seed(0), eta=0.0, 50 steps, output_type="np":
+  image[0, -3:, -3:, -1] == [0.1723, 0.1617, 0.1600, 0.1626, 0.1497, 0.1513, 0.1505, 0.1442, 0.1453]
+  (max abs difference < 1e-2).
+- The same document: re-seeding the same generator gives "L_inf dist = 0" between two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "fixtures" / "golden"
+SUITE = "ddim-docs"
+DOCS = "diffusers docs, Reproducible pipelines (the seed document): DDIMPipeline on google/ddpm-cifar10-32"
+SLOW_TEST = "diffusers tests/pipelines/ddim/test_ddim.py::DDIMPipelineIntegrationTests::test_inference_cifar10"
+COMMAND = "ci/oracle/run.sh --published"
+
+SLICE = [0.1723, 0.1617, 0.1600, 0.1626, 0.1497, 0.1513, 0.1505, 0.1442, 0.1453]
+
+
+def provenance(tool: str) -> dict:
+    return {"producer": "published", "tool": tool, "command": COMMAND, "environment": None}
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    (GOLDEN / SUITE).mkdir(parents=True, exist_ok=True)
+    slice_array = np.array(SLICE, dtype=np.float32).reshape(3, 3)
+    array_rel = f"{SUITE}/global-seed0__50-steps__slice.published.npy"
+    fd, tmp = tempfile.mkstemp(dir=GOLDEN / SUITE, prefix=".tmp-", suffix=".npy")
+    os.close(fd)
+    np.save(tmp, slice_array)
+    os.replace(tmp, GOLDEN / array_rel)
+    golden = {
+        "schema": 1,
+        "suite": SUITE,
+        "generated": "Do not edit by hand. Regenerate with the command in each scenario's provenance.",
+        "environments": {},
+        "scenarios": {
+            "cpu-generator-seed0/2-steps/sum-abs": {
+                "shape": [1, 32, 32, 3], "dtype": "f32", "sha256": None,
+                "metrics": {"sum_abs": 1491.1711}, "array": None,
+                "provenance": provenance(DOCS),
+            },
+            "global-seed0/50-steps/slice": {
+                "shape": [3, 3], "dtype": "f32", "sha256": None,
+                "metrics": {}, "array": array_rel,
+                "provenance": provenance(SLOW_TEST),
+            },
+            "cpu-generator-seed0/2-steps/rerun-difference": {
+                "shape": [1, 32, 32, 3], "dtype": "f32", "sha256": None,
+                "metrics": {"max_abs": 0.0}, "array": None,
+                "provenance": provenance(DOCS + ' ("L_inf dist = tensor(0.)")'),
+            },
+        },
+    }
+    text = json.dumps(golden, indent=2, sort_keys=True) + "\n"
+    write_atomically(GOLDEN / f"{SUITE}.json", text.encode())
+    print(f"wrote {GOLDEN / (SUITE + '.json')} (3 published values)")
+
+
+if __name__ == "__main__":
+    main()
