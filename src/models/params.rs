@@ -171,9 +171,16 @@ impl ParamPath {
         }
     }
 
+    /// The tensor `leaf` under this path, as a parameter: a leaf that requires grad, like
+    /// diffusers' `nn.Parameter`s. That matters for bits, not for gradients (pipelines run
+    /// under no_grad): `at::matmul` decides whether to fold a non-contiguous batched input
+    /// into one mm by looking at `requires_grad` of the weight, so `linear` on a transposed
+    /// activation (the attention blocks, batch > 1) takes another kernel path with plain
+    /// tensors and differs from diffusers in the last bit.
     pub fn get(&self, leaf: &str, shape: &[i64]) -> Result<Tensor> {
         let name = self.sub(leaf).prefix;
-        self.source.borrow_mut().tensor(&name, shape)
+        let t = self.source.borrow_mut().tensor(&name, shape)?;
+        Ok(t.detach().set_requires_grad(true))
     }
 }
 

@@ -293,7 +293,21 @@ impl UNet2DModel {
     }
 
     /// `unet(sample, t).sample` for an integer timestep.
+    ///
+    /// With REPRODIFF_DUMP_DIR set, writes the activations after each top-level module as
+    /// `<dir>/<step t>.<module>.npy` (conv_in, time_embedding, down_blocks.i, mid_block,
+    /// up_blocks.i, conv_out): the tool for finding where bits part from diffusers (register
+    /// forward hooks on the same modules there).
     pub fn forward(&self, sample: &Tensor, t: i64) -> Result<Tensor> {
+        let dump_dir = std::env::var_os("REPRODIFF_DUMP_DIR").map(std::path::PathBuf::from);
+        let dump = |name: &str, x: &Tensor| -> Result<()> {
+            if let Some(dir) = &dump_dir {
+                let path = dir.join(format!("{t}.{name}.npy"));
+                x.write_npy(&path)
+                    .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
+            }
+            Ok(())
+        };
         let sample = if self.config.center_input_sample {
             sample.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?
         } else {
@@ -306,24 +320,31 @@ impl UNet2DModel {
             .forward(&timesteps)?
             .f_to_kind(sample.kind())?;
         let emb = self.time_embedding.forward(&t_emb)?;
+        dump("time_embedding", &emb)?;
 
         let mut h = self.conv_in.forward(&sample)?;
+        dump("conv_in", &h)?;
         let mut states = vec![h.shallow_clone()];
-        for block in &self.down_blocks {
+        for (i, block) in self.down_blocks.iter().enumerate() {
             let (out, s) = block.forward(&h, &emb)?;
             h = out;
+            dump(&format!("down_blocks.{i}"), &h)?;
             states.extend(s);
         }
         if let Some(mid) = &self.mid_block {
             h = mid.forward(&h, &emb)?;
+            dump("mid_block", &h)?;
         }
-        for block in &self.up_blocks {
+        for (i, block) in self.up_blocks.iter().enumerate() {
             let n = block.layers();
             let skips = states.split_off(states.len() - n);
             h = block.forward(&h, &skips, &emb)?;
+            dump(&format!("up_blocks.{i}"), &h)?;
         }
         let h = self.conv_norm_out.forward(&h)?;
         let h = self.conv_act.forward(&h)?;
-        self.conv_out.forward(&h)
+        let out = self.conv_out.forward(&h)?;
+        dump("conv_out", &out)?;
+        Ok(out)
     }
 }
