@@ -400,6 +400,19 @@ run = { kind = "random", op = "randn", shape = "$shape", generator = { type = "s
     }
 
     #[test]
+    fn numpy_style_slices_select_like_numpy() {
+        let t = tch::Tensor::arange(2 * 4 * 4 * 3, (tch::Kind::Float, tch::Device::Cpu))
+            .view([2, 4, 4, 3]);
+        let axes = parse_slice("0, -3:, -3:, -1").unwrap();
+        let s = apply_slice(&t, &axes).unwrap();
+        assert_eq!(s.size(), vec![3, 3]);
+        // image[0, 1, 1, 2] is the first element: ((0*4 + 1)*4 + 1)*3 + 2 = 17.
+        assert_eq!(s.double_value(&[0, 0]), 17.0);
+        assert!(parse_slice("0, x:").is_err());
+        assert!(apply_slice(&t, &parse_slice("5").unwrap()).is_err());
+    }
+
+    #[test]
     fn duplicate_names_are_rejected() {
         let text = SUITE.replace("r/seed{seed}/{shape}", "same");
         let msg = Suite::parse(&text, Path::new("t.toml"))

@@ -189,6 +189,7 @@ impl DdimScheduler {
         })
     }
 
+    /// `alphas_cumprod[t] if t >= 0 else final_alpha_cumprod`, for the previous timestep.
     fn alpha_at(&self, t: i64) -> Result<Tensor> {
         if t >= 0 {
             Ok(self.alphas_cumprod.f_get(t)?)
@@ -271,7 +272,8 @@ impl Scheduler for DdimScheduler {
         }
         let c = &self.config;
         let prev_t = t - (c.num_train_timesteps / self.num_inference_steps) as i64;
-        let a_t = self.alpha_at(t)?;
+        // self.alphas_cumprod[timestep]: Python indexing, so t = -1 (see `timesteps`) is the last.
+        let a_t = self.alphas_cumprod.f_get(t)?;
         let a_prev = self.alpha_at(prev_t)?;
         let b_t = a_t.f_rsub_scalar(1)?; // 1 - alpha_prod_t
         let sqrt = |x: &Tensor| x.f_pow_tensor_scalar(0.5);
@@ -346,6 +348,10 @@ impl Scheduler for DdimScheduler {
 
 /// `set_timesteps`' three spacings, with numpy's arithmetic (round half to even; arange and
 /// linspace filled as numpy fills them).
+///
+/// Mirrors a diffusers quirk: "trailing" computes `np.arange(T, 0, -T / n)`, whose length is
+/// `ceil(T / (T / n))` in floating point, so for some n (201 with T = 1000) it yields n + 1
+/// timesteps ending at -1, and the pipeline then runs n + 1 steps.
 pub fn timesteps(spacing: &str, train: usize, n: usize, offset: i64) -> Vec<i64> {
     let tt = train as f64;
     match spacing {
@@ -445,13 +451,29 @@ mod tests {
         assert_eq!(b[999], 0.999);
     }
 
+    #[test]
+    fn trailing_spacing_keeps_numpys_extra_step() {
+        // diffusers 0.42.1: DDIMScheduler(timestep_spacing="trailing").set_timesteps(201)
+        // gives 202 timesteps, [999, 994, 989, ..., 9, 4, -1].
+        let ts = timesteps("trailing", 1000, 201, 0);
+        assert_eq!(ts.len(), 202);
+        assert_eq!(&ts[..3], &[999, 994, 989]);
+        assert_eq!(&ts[199..], &[9, 4, -1]);
+    }
+
     proptest! {
         #[test]
         fn timesteps_decrease_and_stay_in_range(n in 1usize..=1000, spacing in prop::sample::select(vec!["leading", "trailing", "linspace"])) {
             let ts = timesteps(spacing, 1000, n, 0);
-            prop_assert_eq!(ts.len(), n);
             prop_assert!(ts.windows(2).all(|w| w[0] > w[1]));
-            prop_assert!(ts.iter().all(|&t| (0..1000).contains(&t)));
+            if spacing == "trailing" && ts.len() == n + 1 {
+                // numpy's extra step (see `timesteps`): only ever one, at -1.
+                prop_assert_eq!(ts[n], -1);
+                prop_assert!(ts[..n].iter().all(|&t| (0..1000).contains(&t)));
+            } else {
+                prop_assert_eq!(ts.len(), n);
+                prop_assert!(ts.iter().all(|&t| (0..1000).contains(&t)));
+            }
         }
     }
 }
