@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Regenerates golden fixtures (fixtures/golden/) with real PyTorch: the Python oracle.
 #
-#   ci/oracle/run.sh [--suite NAME]... [--filter REGEX]
+#   ci/oracle/run.sh [--suite NAME]... [--filter REGEX] [--golden-dir DIR]
+#   ci/oracle/run.sh --self-check
+#   ci/oracle/run.sh --make-models [--force] [--check] [NAME]...
+#   ci/oracle/run.sh --published     # ci/oracle/published.py: fixtures/golden/ddim-docs.json
 #
 # Installs (once) libtorch's torch venv through ci/install-libtorch.sh, adds the oracle's pinned
 # requirements to it (again only when ci/oracle/requirements.txt changes), then runs
-# ci/oracle/goldens.py from the repository root with the Hugging Face Hub offline.
+# ci/oracle/goldens.py from the repository root with the Hugging Face Hub offline, or with
+# --make-models ci/oracle/make_models.py (the tiny models under fixtures/models/).
 #
 #   REPRODIFF_CACHE   cache root shared with ci/install-libtorch.sh
-#                     (default: ${XDG_CACHE_HOME:-$HOME/.cache}/reprodiff)
+#                     (default: ${XDG_CACHE_HOME:-$HOME/.cache}/reprodiff); derived models
+#                     (run.model = "derived:ARCH") are kept under its derived/
+#   REPRODIFF_BIN     the reprodiff binary that derives them (default target/debug/reprodiff)
+#   REPRODIFF_DERIVED_DIR  take derived:ARCH from DIR/ARCH as it is (testing only)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -35,4 +42,12 @@ fi
 
 export HF_HUB_OFFLINE=1
 export PYTHONDONTWRITEBYTECODE=1
+if [ "${1:-}" = "--make-models" ]; then
+  shift
+  exec "$python" ci/oracle/make_models.py "$@"
+fi
+if [ "${1:-}" = "--published" ]; then
+  shift
+  exec "$python" ci/oracle/published.py "$@"
+fi
 exec "$python" ci/oracle/goldens.py "$@"
