@@ -60,6 +60,15 @@ fn one() -> usize {
     1
 }
 
+/// How a seeded global generator reaches a pipeline: `generator=torch.manual_seed(s)`, the CPU
+/// default generator object. An unseeded run passes `generator=None`.
+fn as_pipeline_argument(gens: Generators, unseeded: bool) -> Generators {
+    match gens {
+        Generators::Global if !unseeded => Generators::CpuDefault,
+        other => other,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RandomOp {
@@ -163,7 +172,8 @@ impl Workload {
             } => {
                 let folder = crate::loading::resolve(model, models_dir)?;
                 let mut pipe = DdimPipeline::load(&folder, *dtype, device, scheduler)?;
-                let (mut gens, unseeded_seed) = generator.build()?;
+                let (gens, unseeded_seed) = generator.build()?;
+                let mut gens = as_pipeline_argument(gens, unseeded_seed.is_some());
                 let call = DdimCall {
                     batch_size: *batch,
                     num_inference_steps: *steps,
@@ -174,10 +184,11 @@ impl Workload {
                 let mut tensor = pipe.call(&call, &mut gens)?;
                 if *twice {
                     // g.manual_seed(0) again: a fresh set of generators from the same spec.
-                    let (mut again, _) = match unseeded_seed {
+                    let (again, _) = match unseeded_seed {
                         Some(seed) => GeneratorSpec::Global { seed }.build()?,
                         None => generator.build()?,
                     };
+                    let mut again = as_pipeline_argument(again, unseeded_seed.is_some());
                     tensor = tensor.f_sub(&pipe.call(&call, &mut again)?)?;
                 }
                 Ok(Output {
@@ -237,6 +248,11 @@ fn random_draw(
             device.ensure_available()?;
             Ok(Tensor::f_rand(shape, (dtype.kind(), device.device()))?)
         }
+        (RandomOp::Rand, Generators::CpuDefault) => {
+            device.ensure_available()?;
+            Ok(Tensor::f_rand(shape, (dtype.kind(), tch::Device::Cpu))?
+                .f_to_device(device.device())?)
+        }
         (RandomOp::Rand, Generators::One(g)) => {
             let on = g.device();
             Ok(g.rand(shape, dtype, on)?.f_to_device(device.device())?)
@@ -252,6 +268,12 @@ fn random_draw(
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Tensor::f_cat(&parts, 0)?.f_to_device(device.device())?)
+        }
+        (RandomOp::Normal, Generators::CpuDefault) => {
+            device.ensure_available()?;
+            let mut t = Tensor::f_empty(shape, (dtype.kind(), tch::Device::Cpu))?;
+            t = t.f_normal_(mean, std)?;
+            Ok(t.f_to_device(device.device())?)
         }
         (RandomOp::Normal, Generators::Global) => {
             device.ensure_available()?;

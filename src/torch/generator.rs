@@ -191,7 +191,9 @@ pub enum GeneratorSpec {
     /// `generator=None` in a fresh Python process: the global generator, seeded from the OS
     /// (`torch.seed()`). Not reproducible by design; the seed drawn is recorded.
     Unseeded,
-    /// `generator=torch.manual_seed(seed)`: the process-global default generators.
+    /// `torch.manual_seed(seed)`: the process-global default generators. Random draws use
+    /// `generator=None` (the target device's default generator); pipelines pass the object
+    /// `torch.manual_seed` returns, the CPU default generator (see [`Generators::CpuDefault`]).
     Global { seed: u64 },
     /// `torch.Generator(device).manual_seed(seed)`: one generator for the whole batch.
     Single {
@@ -218,8 +220,12 @@ pub enum GeneratorSpec {
 /// Live generators for one pipeline run, made by [`GeneratorSpec::build`].
 #[derive(Debug)]
 pub enum Generators {
-    /// Draw from the process-global default generator of the target device.
+    /// `generator=None`: draw from the process-global default generator of the target device.
     Global,
+    /// The object `torch.manual_seed(s)` returns, passed as `generator=`: the CPU default
+    /// generator, so a CUDA pipeline draws on the CPU and moves the noise (the seed
+    /// document's third example). Identical to `Global` on the CPU.
+    CpuDefault,
     One(Generator),
     List(Vec<Generator>),
 }
@@ -321,6 +327,11 @@ pub fn randn_tensor(
         Generators::Global => {
             device.ensure_available()?;
             Ok(Tensor::f_randn(shape, (dtype.kind(), device.device()))?)
+        }
+        Generators::CpuDefault => {
+            device.ensure_available()?;
+            Ok(Tensor::f_randn(shape, (dtype.kind(), tch::Device::Cpu))?
+                .f_to_device(device.device())?)
         }
         Generators::One(g) => draw_one(g, shape, device, dtype),
         Generators::List(gens) if gens.len() == 1 => draw_one(&mut gens[0], shape, device, dtype),
