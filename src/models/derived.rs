@@ -58,8 +58,19 @@ const MODEL_INDEX: &str = r#"{
 
 pub const ARCHS: &[&str] = &["ddpm-cifar10-32"];
 
-/// Writes the pipeline folder for `arch` (weights seed 0) into `out`, atomically.
+/// Writes the pipeline folder for `arch` (weights seed 0) into `out`, replacing what is there.
 pub fn write(arch: &str, out: &Path) -> Result<()> {
+    let tmp = write_beside(arch, out)?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    let kept = tmp.keep();
+    std::fs::rename(&kept, out).map_err(|e| Error::io(out, e))
+}
+
+/// Writes the folder into a temporary directory beside `out` (same file system, so it can be
+/// renamed into place in one step).
+fn write_beside(arch: &str, out: &Path) -> Result<tempfile::TempDir> {
     let (unet_json, sched_json) = match arch {
         "ddpm-cifar10-32" => (DDPM_CIFAR10_32_UNET, DDPM_CIFAR10_32_SCHEDULER),
         _ => {
@@ -103,19 +114,26 @@ pub fn write(arch: &str, out: &Path) -> Result<()> {
         ),
     )
     .map_err(|e| Error::io(root.join("DERIVED"), e))?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
-    }
-    let kept = tmp.keep();
-    std::fs::rename(&kept, out).map_err(|e| Error::io(out, e))?;
-    Ok(())
+    Ok(tmp)
 }
 
 /// The cached folder for `derived:ARCH`, written on first use.
 pub fn materialize(arch: &str) -> Result<ModelFolder> {
     let dir = cache_dir().join(format!("derived/{arch}-v{DERIVATION_VERSION}"));
     if !dir.join("DERIVED").is_file() {
-        write(arch, &dir)?;
+        // Several processes (nextest runs tests in parallel) may get here at once: each writes
+        // its own copy and renames it into place; a rename onto a folder another process put
+        // there first fails, and that folder is complete, so ours is dropped. An existing
+        // complete folder is never removed while someone may be reading it.
+        let tmp = write_beside(arch, &dir)?;
+        if std::fs::rename(tmp.path(), &dir).is_ok() {
+            let _ = tmp.keep();
+        } else if !dir.join("DERIVED").is_file() {
+            return Err(Error::invalid_file(
+                &dir,
+                "cannot create the derived model folder (it exists but is incomplete: remove it)",
+            ));
+        }
     }
     crate::loading::from_dir(&dir)
 }
