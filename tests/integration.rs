@@ -690,23 +690,23 @@ fn run_ddim(model: &Path, extra: &[&str]) -> Output {
     reprodiff(&args, None)
 }
 
+/// Runs `reprodiff run ddim --model MODEL ARGS --save PATH`, checks it succeeded, reads the image.
+fn ddim_image(model: &Path, args: &[&str], path: &Path) -> Tensor {
+    let mut all = args.to_vec();
+    all.extend(["--save", path.to_str().unwrap()]);
+    let out = run_ddim(model, &all);
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
+    Tensor::read_npy(path).unwrap()
+}
+
 #[test]
 fn run_ddim_saves_the_np_image_as_diffusers_returns_it() {
     let (tmp, model) = tiny_model_copy();
-    let out_path = tmp.path().join("x.npy");
-    let out = run_ddim(
+    let image = ddim_image(
         &model,
-        &[
-            "--seed",
-            "0",
-            "--steps",
-            "2",
-            "--save",
-            out_path.to_str().unwrap(),
-        ],
+        &["--seed", "0", "--steps", "2"],
+        &tmp.path().join("x.npy"),
     );
-    assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
-    let image = Tensor::read_npy(&out_path).unwrap();
     assert_eq!(image.size(), vec![1, 8, 8, 3], "NHWC");
     let values = reprodiff::torch::tensor_to_f64(&image).unwrap();
     assert!(
@@ -728,36 +728,17 @@ fn per_sample_generators_reproduce_each_image_of_a_batch() {
     // The seed document's deterministic batch generation: image i of a batch made with
     // [Generator().manual_seed(s) for s in seeds] is the image made alone with seed s.
     let (tmp, model) = tiny_model_copy();
-    let batch = tmp.path().join("batch.npy");
-    let alone = tmp.path().join("alone.npy");
     let args = ["--steps", "3", "--eta", "1"];
-    let out = run_ddim(
+    let batch = ddim_image(
         &model,
-        &[
-            &args[..],
-            &[
-                "--batch",
-                "2",
-                "--seeds",
-                "5,7",
-                "--save",
-                batch.to_str().unwrap(),
-            ],
-        ]
-        .concat(),
+        &[&args[..], &["--batch", "2", "--seeds", "5,7"]].concat(),
+        &tmp.path().join("batch.npy"),
     );
-    assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
-    let out = run_ddim(
+    let alone = ddim_image(
         &model,
-        &[
-            &args[..],
-            &["--seed", "7", "--save", alone.to_str().unwrap()],
-        ]
-        .concat(),
+        &[&args[..], &["--seed", "7"]].concat(),
+        &tmp.path().join("alone.npy"),
     );
-    assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
-    let batch = Tensor::read_npy(&batch).unwrap();
-    let alone = Tensor::read_npy(&alone).unwrap();
     // Not bit for bit: the UNet's kernels differ with the batch size, in diffusers too (measured
     // 1.4e-6 there, 1.5e-6 here, on this model); the noise itself is identical (see
     // generator_list_equals_samples_drawn_alone). diffusers' own batch test uses 1e-3.
@@ -854,20 +835,8 @@ fn a_missing_tensor_is_named() {
 #[test]
 fn legacy_attention_names_load_and_give_the_same_image() {
     let (tmp, model) = tiny_model_copy();
-    let before = tmp.path().join("before.npy");
-    let after = tmp.path().join("after.npy");
-    let out = run_ddim(
-        &model,
-        &[
-            "--seed",
-            "0",
-            "--steps",
-            "2",
-            "--save",
-            before.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
+    let args = ["--seed", "0", "--steps", "2"];
+    let before = ddim_image(&model, &args, &tmp.path().join("before.npy"));
     rewrite_weights(&model, |ts| {
         for (name, _) in ts.iter_mut() {
             for (new, old) in [
@@ -880,22 +849,8 @@ fn legacy_attention_names_load_and_give_the_same_image() {
             }
         }
     });
-    let out = run_ddim(
-        &model,
-        &[
-            "--seed",
-            "0",
-            "--steps",
-            "2",
-            "--save",
-            after.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
-    assert_eq!(
-        std::fs::read(before).unwrap(),
-        std::fs::read(after).unwrap()
-    );
+    let after = ddim_image(&model, &args, &tmp.path().join("after.npy"));
+    assert_eq!(bits(&before), bits(&after));
 }
 
 #[test]
