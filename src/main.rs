@@ -185,10 +185,9 @@ impl SelectArgs {
     }
 }
 
-fn runner(fixtures: &Fixtures) -> Runner {
+fn runner() -> Runner {
     Runner {
         exe: std::env::current_exe().ok(),
-        fixtures: fixtures.root.clone(),
     }
 }
 
@@ -259,7 +258,7 @@ fn check(sel: &SelectArgs, json: bool, out: &Path) -> Result<i32> {
         ));
     }
     let store = fixtures.store();
-    let runner = runner(&fixtures);
+    let runner = runner();
     let total: usize = suites.iter().map(|s| s.scenarios.len()).sum();
     let progress = progress_bar(total);
     let mut results: Vec<ScenarioResult> = Vec::new();
@@ -295,7 +294,7 @@ fn check(sel: &SelectArgs, json: bool, out: &Path) -> Result<i32> {
 
 fn bless(sel: &SelectArgs) -> Result<i32> {
     let fixtures = sel.fixtures()?;
-    let changes = session::bless(&runner(&fixtures), &fixtures, &sel.selection())?;
+    let changes = session::bless(&runner(), &fixtures, &sel.selection())?;
     if changes.is_empty() {
         println!("every selected golden is already up to date; nothing written");
     }
@@ -513,10 +512,7 @@ fn observe_child(suite_file: &Path, name: &str, out: &Path) -> Result<i32> {
                 suite_file.display()
             ))
         })?;
-    let runner = Runner {
-        exe: None,
-        fixtures: PathBuf::new(),
-    };
+    let runner = Runner { exe: None };
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     match runner.observe(suite_file, scenario) {
         Ok(obs) => {

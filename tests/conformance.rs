@@ -19,7 +19,6 @@ fn main() {
         .unwrap_or_else(|e| panic!("cannot load the suites: {e}"));
     let runner = Arc::new(Runner {
         exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_reprodiff"))),
-        fixtures: fixtures.root.clone(),
     });
     let store = Arc::new(fixtures.store());
 

@@ -61,8 +61,6 @@ pub struct Runner {
     /// The reprodiff executable for child processes (`None`: never spawn; such scenarios
     /// report "not run").
     pub exe: Option<PathBuf>,
-    /// The fixtures root (children get it explicitly).
-    pub fixtures: PathBuf,
 }
 
 impl Runner {
