@@ -1,8 +1,10 @@
 //! Running one scenario and describing its output: an [`Observation`].
 //!
 //! A scenario that asks for a CPU capability other than the one this process dispatches to
-//! (ATEN_CPU_CAPABILITY is read once, when libtorch starts) runs in a child process: the
-//! hidden `reprodiff observe` command, which writes the observation and the output array.
+//! (ATEN_CPU_CAPABILITY is read once, when libtorch starts), or a CUDA scenario whose
+//! determinism needs CUBLAS_WORKSPACE_CONFIG / CUDA_LAUNCH_BLOCKING that this process was not
+//! started with (they only act before CUDA starts), runs in a child process: the hidden
+//! `reprodiff observe` command, which writes the observation and the output array.
 use super::metrics;
 use super::suite::Scenario;
 use crate::error::{Error, Result};
@@ -70,13 +72,38 @@ impl Runner {
         scenario: &Scenario,
     ) -> Result<Observation, NotObserved> {
         let det = scenario.determinism.resolve();
+        let in_child = std::env::var_os(CHILD_ENV).is_some();
         if let Some(want) = det.cpu_capability {
             let now = crate::torch::cpu_capability()?;
             if now != want.name() {
-                return self.observe_in_child(suite_path, scenario, want, &now);
+                if in_child {
+                    return Err(NotObserved::NotRun(format!(
+                        "CPU capability '{want}' requested, but libtorch dispatches to '{now}' \
+                         even with {}={want}: this CPU lacks it",
+                        CpuCapability::ENV
+                    )));
+                }
+                return self.observe_in_child(
+                    suite_path,
+                    scenario,
+                    &format!("{}={want}", CpuCapability::ENV),
+                );
             }
         }
         scenario.device.ensure_available()?;
+        // CUBLAS_WORKSPACE_CONFIG and CUDA_LAUNCH_BLOCKING only take effect if they are set
+        // before CUDA starts, and an earlier scenario of this process may have started it.
+        if scenario.device.is_cuda() && !in_child {
+            let missing: Vec<String> = det
+                .child_env()
+                .into_iter()
+                .filter(|(k, v)| std::env::var(k).ok().as_deref() != Some(v.as_str()))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            if !missing.is_empty() {
+                return self.observe_in_child(suite_path, scenario, &missing.join(" "));
+            }
+        }
         det.apply()?;
         let start = std::time::Instant::now();
         // Models named by a bare name live in fixtures/models/, beside fixtures/suites/.
@@ -100,20 +127,11 @@ impl Runner {
         &self,
         suite_path: &Path,
         scenario: &Scenario,
-        want: CpuCapability,
-        now: &str,
+        need: &str,
     ) -> Result<Observation, NotObserved> {
-        if std::env::var_os(CHILD_ENV).is_some() {
-            return Err(NotObserved::NotRun(format!(
-                "CPU capability '{want}' requested, but libtorch dispatches to '{now}' even with \
-                 {}={want}: this CPU lacks it",
-                CpuCapability::ENV
-            )));
-        }
         let Some(exe) = &self.exe else {
             return Err(NotObserved::NotRun(format!(
-                "needs a child process with {}={want}, and no reprodiff executable was given",
-                CpuCapability::ENV
+                "needs a child process with {need}, and no reprodiff executable was given"
             )));
         };
         let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
