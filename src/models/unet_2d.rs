@@ -166,6 +166,13 @@ impl UNet2DConfig {
         if self.layers_per_block < 1 {
             return unsupported("layers_per_block", &self.layers_per_block);
         }
+        // The mid block's attention norm uses the resnet groups ("default" time scale shift);
+        // a separate attn_norm_num_groups is not implemented.
+        if let Some(g) = self.attn_norm_num_groups {
+            if Some(g) != self.norm_num_groups {
+                return unsupported("attn_norm_num_groups", &g);
+            }
+        }
         if self.attention_head_dim.is_some_and(|d| d < 1) {
             return unsupported("attention_head_dim", &self.attention_head_dim);
         }
@@ -235,25 +242,14 @@ impl UNet2DModel {
 
         let last_ch = *ch.last().expect("validated non-empty");
         let mid_block = match &config.mid_block_type {
-            Some(_) => {
-                // attn_groups defaults to the resnet groups for the "default" time scale shift.
-                let attn_groups = config.attn_norm_num_groups.unwrap_or(groups);
-                let mc = BlockConfig { groups, ..c };
-                let mid = MidBlock::new(
-                    &p.sub("mid_block"),
-                    mc,
-                    last_ch,
-                    head_dim(last_ch),
-                    config.add_attention,
-                    config.mid_block_scale_factor,
-                );
-                if attn_groups != groups {
-                    return Err(Error::InvalidArgument(format!(
-                        "unsupported attn_norm_num_groups = {attn_groups} (differs from norm_num_groups)"
-                    )));
-                }
-                Some(mid?)
-            }
+            Some(_) => Some(MidBlock::new(
+                &p.sub("mid_block"),
+                c,
+                last_ch,
+                head_dim(last_ch),
+                config.add_attention,
+                config.mid_block_scale_factor,
+            )?),
             None => None,
         };
 

@@ -17,6 +17,35 @@ pub struct BlockConfig {
 }
 
 impl BlockConfig {
+    /// Layer `i` of a down or up block: `resnets.i`, then `attentions.i` in an "Attn" block.
+    #[allow(clippy::too_many_arguments)]
+    fn push_layer(
+        &self,
+        p: &ParamPath,
+        i: i64,
+        cin: i64,
+        cout: i64,
+        attention_head_dim: Option<i64>,
+        resnets: &mut Vec<ResnetBlock2D>,
+        attentions: &mut Vec<Attention>,
+    ) -> Result<()> {
+        resnets.push(ResnetBlock2D::new(
+            &p.sub("resnets").sub(i),
+            self.resnet(cin, cout, 1.0),
+        )?);
+        if let Some(hd) = attention_head_dim {
+            attentions.push(Attention::new(
+                &p.sub("attentions").sub(i),
+                cout,
+                hd,
+                self.groups,
+                self.eps,
+                1.0,
+            )?);
+        }
+        Ok(())
+    }
+
     fn resnet(&self, cin: i64, cout: i64, output_scale_factor: f64) -> ResnetConfig {
         ResnetConfig {
             in_channels: cin,
@@ -54,20 +83,15 @@ impl DownBlock {
         let mut attentions = Vec::new();
         for i in 0..layers {
             let rin = if i == 0 { cin } else { cout };
-            resnets.push(ResnetBlock2D::new(
-                &p.sub("resnets").sub(i),
-                c.resnet(rin, cout, 1.0),
-            )?);
-            if let Some(hd) = attention_head_dim {
-                attentions.push(Attention::new(
-                    &p.sub("attentions").sub(i),
-                    cout,
-                    hd,
-                    c.groups,
-                    c.eps,
-                    1.0,
-                )?);
-            }
+            c.push_layer(
+                p,
+                i,
+                rin,
+                cout,
+                attention_head_dim,
+                &mut resnets,
+                &mut attentions,
+            )?;
         }
         let downsampler = if add_downsample {
             Some(Downsample2D::new(
@@ -183,20 +207,15 @@ impl UpBlock {
         for i in 0..layers {
             let skip = if i == layers - 1 { cin } else { cout };
             let rin = if i == 0 { prev_out } else { cout };
-            resnets.push(ResnetBlock2D::new(
-                &p.sub("resnets").sub(i),
-                c.resnet(rin + skip, cout, 1.0),
-            )?);
-            if let Some(hd) = attention_head_dim {
-                attentions.push(Attention::new(
-                    &p.sub("attentions").sub(i),
-                    cout,
-                    hd,
-                    c.groups,
-                    c.eps,
-                    1.0,
-                )?);
-            }
+            c.push_layer(
+                p,
+                i,
+                rin + skip,
+                cout,
+                attention_head_dim,
+                &mut resnets,
+                &mut attentions,
+            )?;
         }
         let upsampler = if add_upsample {
             Some(Upsample2D::new(&p.sub("upsamplers").sub(0), cout)?)
