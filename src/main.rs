@@ -2,7 +2,7 @@
 use clap::{Args, Parser, Subcommand};
 use reprodiff::env::Fingerprint;
 use reprodiff::error::{exit, Error, Result};
-use reprodiff::harness::check::ScenarioResult;
+use reprodiff::harness::check::{in_ci, ScenarioResult};
 use reprodiff::harness::golden::GoldenFile;
 use reprodiff::harness::observe::{self, NotObserved, Runner};
 use reprodiff::harness::report;
@@ -32,6 +32,9 @@ enum Command {
         /// Print the results as JSON instead of the table.
         #[arg(long)]
         json: bool,
+        /// Print every scenario's metric rows and notes, not only those that are not identical.
+        #[arg(long, short)]
+        verbose: bool,
         /// Directory for one JSON record per scenario run.
         #[arg(long, default_value = "reprodiff-out/records")]
         out: PathBuf,
@@ -45,6 +48,15 @@ enum Command {
     List {
         #[command(flatten)]
         sel: SelectArgs,
+        /// JSON Lines, one expanded scenario each: {"suite", "suite_file", "scenario"} (what
+        /// the oracle reads, so that suites are expanded in one place).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Maintain golden files.
+    Golden {
+        #[command(subcommand)]
+        action: GoldenAction,
     },
     /// Run one pipeline and save or print its output.
     Run {
@@ -81,6 +93,23 @@ enum Command {
         scenario: String,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum GoldenAction {
+    /// Merge the oracle's results directory (results.jsonl) or another golden directory
+    /// (<suite>.json, schema 1 or 2) into the goldens: each output becomes the expectation of
+    /// its environment class.
+    Merge {
+        /// The results or golden directory to merge from.
+        #[arg(long)]
+        from: PathBuf,
+        /// The golden directory to merge into (default: <fixtures>/golden).
+        #[arg(long)]
+        golden_dir: Option<PathBuf>,
+        #[command(flatten)]
+        sel: SelectArgs,
     },
 }
 
@@ -205,13 +234,45 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Check { sel, json, out } => check(&sel, json, &out),
+        Command::Check {
+            sel,
+            json,
+            verbose,
+            out,
+        } => check(&sel, json, verbose, &out),
         Command::Bless { sel } => bless(&sel),
-        Command::List { sel } => {
+        Command::List { sel, json } => {
             for suite in sel.fixtures()?.select(&sel.selection())? {
                 for s in &suite.scenarios {
-                    println!("{}/{}", suite.name, s.name);
+                    if json {
+                        let line = serde_json::json!({
+                            "suite": suite.name, "suite_file": suite.path, "scenario": s,
+                        });
+                        println!("{line}");
+                    } else {
+                        println!("{}/{}", suite.name, s.name);
+                    }
                 }
+            }
+            Ok(exit::OK)
+        }
+        Command::Golden {
+            action:
+                GoldenAction::Merge {
+                    from,
+                    golden_dir,
+                    sel,
+                },
+        } => {
+            let mut fixtures = sel.fixtures()?;
+            if let Some(dir) = golden_dir {
+                fixtures.golden = dir;
+            }
+            for m in reprodiff::harness::merge::merge(&fixtures, &from)? {
+                println!(
+                    "{}: {} expectation(s) added, {} replaced, {} unchanged; {} truth(s) written",
+                    m.suite, m.added, m.replaced, m.unchanged, m.truths
+                );
             }
             Ok(exit::OK)
         }
@@ -235,7 +296,12 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Env { json } => {
             let fp = Fingerprint::current()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&fp).expect("serialises"));
+                let mut value = serde_json::to_value(&fp).expect("serialises");
+                value["class"] = fp.class(Default::default()).to_string().into();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).expect("serialises")
+                );
             } else {
                 print_env(&fp);
             }
@@ -249,7 +315,7 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn check(sel: &SelectArgs, json: bool, out: &Path) -> Result<i32> {
+fn check(sel: &SelectArgs, json: bool, verbose: bool, out: &Path) -> Result<i32> {
     let fixtures = sel.fixtures()?;
     let suites = fixtures.select(&sel.selection())?;
     if suites.is_empty() {
@@ -280,12 +346,10 @@ fn check(sel: &SelectArgs, json: bool, out: &Path) -> Result<i32> {
             serde_json::to_string_pretty(&results).expect("serialises")
         );
     } else {
-        print!("{}", report::table(&results));
-        println!();
-        print!("{}", report::summary(&results));
+        print!("{}", report::render(&results, verbose, in_ci()));
         println!("records: {}", out.display());
     }
-    Ok(if results.iter().all(|r| r.verdict.passed()) {
+    Ok(if results.iter().all(|r| !r.verdict.fails(in_ci())) {
         exit::OK
     } else {
         exit::FAILED
@@ -395,6 +459,7 @@ fn run_ddim(a: &DdimArgs) -> Result<i32> {
         determinism,
         metrics: vec![reprodiff::harness::metrics::Metric::SumAbs],
         tolerance: Default::default(),
+        cross_class: None,
         slice: None,
         store_array: true,
     };
@@ -554,6 +619,16 @@ fn print_env(fp: &Fingerprint) {
     println!("cpu       {} ({} threads)", fp.cpu.model, fp.cpu.threads);
     println!("isa       {}", fp.cpu.isa.join(" "));
     println!("dispatch  {}", fp.cpu.capability);
+    if !fp.cpu.kernel_env.is_empty() {
+        let vars: Vec<String> = fp
+            .cpu
+            .kernel_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("kernels   {}", vars.join(" "));
+    }
+    println!("class     {}", fp.class(Default::default()));
     if fp.cuda.available {
         println!(
             "cuda      {} · cuDNN {} · {}",

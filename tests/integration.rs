@@ -2,7 +2,7 @@
 //! file and field at fault, bless never losing a golden) and snapshots of what people read.
 use proptest::prelude::*;
 use reprodiff::error::exit;
-use reprodiff::harness::check::{MetricCheck, ScenarioResult, Verdict};
+use reprodiff::harness::check::{ComparedWith, Match, MetricCheck, ScenarioResult, Verdict};
 use reprodiff::harness::metrics::Metric;
 use reprodiff::harness::report;
 use reprodiff::torch::{
@@ -304,6 +304,19 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 const ONE_NAME: &str = "randn/cpu-generator/seed1/17";
 const ONE: &str = "^randn/cpu-generator/seed1/17$";
 
+/// Applies `edit` to every expectation of `scenario` in the copied rng golden file, so that the
+/// test does not depend on which class this host is or is nearest to.
+fn edit_expectations(fixtures: &Path, scenario: &str, edit: impl Fn(&mut serde_json::Value)) {
+    edit_json(&fixtures.join("golden/rng.json"), |v| {
+        for e in v["scenarios"][scenario]["expectations"]
+            .as_array_mut()
+            .unwrap()
+        {
+            edit(e);
+        }
+    });
+}
+
 /// Removes one scenario's entry from the copied rng golden file.
 fn drop_golden(fixtures: &Path, scenario: &str) {
     edit_json(&fixtures.join("golden/rng.json"), |v| {
@@ -338,16 +351,21 @@ fn check_passes_on_an_untouched_golden() {
 #[test]
 fn check_exits_1_naming_the_scenario_and_metric_when_a_golden_value_is_perturbed() {
     let (_tmp, fixtures) = fixtures_copy();
-    edit_json(&fixtures.join("golden/rng.json"), |v| {
-        let m = &mut v["scenarios"][ONE_NAME]["metrics"]["sum_abs"];
+    edit_expectations(&fixtures, ONE_NAME, |e| {
+        let m = &mut e["metrics"]["sum_abs"];
         *m = serde_json::json!(m.as_f64().unwrap() * (1.0 + 1e-12));
     });
     let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
     let t = text(&out);
     assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
+    let line = t.lines().find(|l| l.contains("seed1/17")).unwrap();
+    assert!(
+        line.starts_with("drifted") && line.contains("sum_abs"),
+        "{line}"
+    );
     let row = t
         .lines()
-        .find(|l| l.contains("seed1/17") && l.contains("sum_abs"))
+        .find(|l| l.trim_start().starts_with("sum_abs"))
         .unwrap();
     assert!(row.ends_with("drifted"), "{row}");
 }
@@ -360,16 +378,11 @@ fn check_reports_the_first_differing_element_when_bits_differ() {
         .unwrap()
         .randn(&[17], DType::F32, CPU)
         .unwrap();
-    edit_json(&fixtures.join("golden/rng.json"), |v| {
-        let entry = &mut v["scenarios"][ONE_NAME];
-        other
-            .write_npy(
-                fixtures
-                    .join("golden")
-                    .join(entry["array"].as_str().unwrap()),
-            )
-            .unwrap();
-        entry["sha256"] = serde_json::json!("0".repeat(64));
+    edit_expectations(&fixtures, ONE_NAME, |e| {
+        let array = fixtures.join("golden").join(e["array"].as_str().unwrap());
+        std::fs::remove_file(&array).ok();
+        other.write_npy(array).unwrap();
+        e["sha256"] = serde_json::json!("0".repeat(64));
     });
     let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
     let t = text(&out);
@@ -408,8 +421,8 @@ fn a_malformed_suite_is_exit_2_naming_the_file_and_field() {
 #[test]
 fn a_malformed_golden_is_exit_2_naming_the_file() {
     let (_tmp, fixtures) = fixtures_copy();
-    edit_json(&fixtures.join("golden/rng.json"), |v| {
-        v["scenarios"][ONE_NAME]["sha256"] = serde_json::json!("nothex");
+    edit_expectations(&fixtures, ONE_NAME, |e| {
+        e["sha256"] = serde_json::json!("nothex");
     });
     let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
     let t = text(&out);
@@ -441,9 +454,11 @@ fn bless_writes_a_missing_golden_with_provenance_and_check_then_passes() {
     let out = reprodiff(&["bless", "--filter", ONE], Some(&fixtures));
     let t = text(&out);
     assert_eq!(out.status.code(), Some(exit::OK), "{t}");
-    assert!(t.contains("new golden"), "{t}");
+    assert!(t.contains("new expectation for class"), "{t}");
     let v: serde_json::Value = serde_json::from_slice(&golden_bytes(&fixtures)).unwrap();
-    let entry = &v["scenarios"][ONE_NAME];
+    let entries = v["scenarios"][ONE_NAME]["expectations"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0];
     assert_eq!(entry["provenance"]["producer"], "reprodiff");
     assert!(entry["provenance"]["command"]
         .as_str()
@@ -459,7 +474,13 @@ fn bless_writes_a_missing_golden_with_provenance_and_check_then_passes() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(entry["sha256"], original["scenarios"][ONE_NAME]["sha256"]);
+    let oracle = original["scenarios"][ONE_NAME]["expectations"]
+        .as_array()
+        .unwrap();
+    assert!(
+        oracle.iter().any(|e| e["sha256"] == entry["sha256"]),
+        "{oracle:?}"
+    );
     let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
     assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
 }
@@ -538,6 +559,9 @@ fn env_json_schema() {
             ".cpu.model" => "[cpu model]",
             ".cpu.isa" => "[isa flags]",
             ".cpu.capability" => "[capability]",
+            ".cpu.vendor" => "[vendor]",
+            ".cpu.kernel_env" => "[kernel env]",
+            ".class" => "[class]",
             ".cpu.threads" => "[threads]",
             ".determinism.threads" => "[threads]",
             ".determinism.cpu_capability" => "[capability]",
@@ -547,16 +571,21 @@ fn env_json_schema() {
     });
 }
 
+const HOST: &str =
+    "cpu/x86_64/intel/aten=avx512/onednn=avx512_core_amx/mkl=auto/threads=2/libtorch=2.13.0";
+const AMD_AVX2: &str = "cpu/x86_64/amd/aten=avx2/onednn=avx2/mkl=auto/threads=2/libtorch=2.13.0";
+
 #[test]
 fn check_table_layout() {
-    let row = |metric, golden: &str, got: &str, delta, tolerance: &str, verdict| MetricCheck {
-        metric,
-        golden: golden.into(),
-        got: got.into(),
-        delta,
-        tolerance: tolerance.into(),
-        verdict,
-    };
+    let row =
+        |metric: Metric, golden: &str, got: &str, delta, tolerance: &str, verdict| MetricCheck {
+            metric: metric.to_string(),
+            golden: golden.into(),
+            got: got.into(),
+            delta,
+            tolerance: tolerance.into(),
+            verdict,
+        };
     let results = vec![
         ScenarioResult {
             suite: "rng".into(),
@@ -582,7 +611,12 @@ fn check_table_layout() {
             ],
             notes: vec![],
             output: None,
-            golden_producer: Some("oracle".into()),
+            class: Some(HOST.into()),
+            compared_with: Some(ComparedWith {
+                class: HOST.into(),
+                how: Match::SameClass,
+                producer: "oracle".into(),
+            }),
         },
         ScenarioResult {
             suite: "ddim".into(),
@@ -610,7 +644,33 @@ fn check_table_layout() {
                 "largest difference 0.00002 at [0, 31, 2, 1]: got 0.5 golden 0.49998".into(),
             ],
             output: None,
-            golden_producer: Some("oracle".into()),
+            class: Some(HOST.into()),
+            compared_with: Some(ComparedWith {
+                class: "any".into(),
+                how: Match::Published,
+                producer: "published".into(),
+            }),
+        },
+        ScenarioResult {
+            suite: "ddim-tiny".into(),
+            scenario: "tiny-ddim-a/steps5".into(),
+            verdict: Verdict::WithinTolerance,
+            checks: vec![MetricCheck {
+                metric: "rmse_truth".into(),
+                golden: "7.8e-7".into(),
+                got: "1.32e-6".into(),
+                delta: Some(5.4e-7),
+                tolerance: "<= 2 * 7.800e-7 + 1e-7 = 1.660e-6".into(),
+                verdict: Verdict::WithinTolerance,
+            }],
+            notes: vec![],
+            output: None,
+            class: Some(HOST.into()),
+            compared_with: Some(ComparedWith {
+                class: AMD_AVX2.into(),
+                how: Match::NearestClass,
+                producer: "oracle".into(),
+            }),
         },
         ScenarioResult {
             suite: "ddim".into(),
@@ -619,14 +679,12 @@ fn check_table_layout() {
             checks: vec![],
             notes: vec!["not run: model not found".into()],
             output: None,
-            golden_producer: None,
+            class: None,
+            compared_with: None,
         },
     ];
     snapshot_settings().bind(|| {
-        insta::assert_snapshot!(
-            "check_table_layout",
-            format!("{}\n{}", report::table(&results), report::summary(&results))
-        );
+        insta::assert_snapshot!("check_table_layout", report::render(&results, false, true));
     });
 }
 

@@ -1,21 +1,42 @@
-//! Comparing an observation with its golden: per-metric checks and a scenario verdict.
-use super::golden::{GoldenEntry, GoldenStore};
+//! Comparing an observation with its golden: which expectation, per-metric checks and a
+//! scenario verdict.
+//!
+//! The expectation is chosen by the run's environment class ([`crate::env::class`]):
+//! 1. the expectation of the same class, compared with the scenario's own tolerances (bit for
+//!    bit where the suite says so);
+//! 2. else a published expectation (class `any`), with the same tolerances;
+//! 3. else the nearest recorded class ([`EnvClass::nearest`]), judged by the scenario's
+//!    `cross_class` rule. Under rule `truth`, a scenario whose sensitivity makes the comparison
+//!    powerless is reported as "not comparable" with its number, never passed by a wide band.
+use super::golden::{Expectation, GoldenScenario, GoldenStore};
 use super::metrics::{self, Metric};
 use super::observe::{NotObserved, Observation};
-use super::suite::{Scenario, Tolerance};
+use super::suite::{CrossClass, Scenario, Tolerance};
+use crate::env::EnvClass;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// A cross-class comparison is powerless when a one-ulp change of the initial noise moves the
+/// output by more than this fraction of its RMS: rounding differences between CPUs are then
+/// amplified into a different result, and no tolerance separates a bug from the hardware.
+pub const POWERLESS_SENSITIVITY: f64 = 1e-3;
 
 /// Ordered from best to worst; a scenario's verdict is the worst of its metrics'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
-    /// Bit-identical to the golden (or the metric's value is exactly the golden's).
+    /// Bit-identical to the expectation (or the metric's value is exactly the expectation's).
     Identical,
-    /// Different, inside the scenario's tolerance.
+    /// Different, inside the scenario's tolerance (or its cross-class tolerance).
     WithinTolerance,
-    /// Not run for a stated reason (no CUDA, no weights, CPU lacks a capability).
+    /// Not run for a stated reason (no CUDA, no weights, CPU lacks a capability). Not a pass.
     NotRun,
+    /// Compared with another class, where the scenario is too sensitive for any tolerance to
+    /// mean something. Not a pass.
+    NotComparable,
+    /// This host's class has no expectation and the scenario no cross-class rule. A failure in
+    /// CI, a warning elsewhere.
+    NoExpectation,
     /// Outside the tolerance.
     Drifted,
     /// No golden to compare with: bless or run the oracle.
@@ -25,11 +46,22 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Whether this verdict fails a check run (`ci`: running in CI, where a host without an
+    /// expectation means the goldens do not cover the machines the project is tested on).
+    pub fn fails(self, ci: bool) -> bool {
+        match self {
+            Verdict::Identical
+            | Verdict::WithinTolerance
+            | Verdict::NotRun
+            | Verdict::NotComparable => false,
+            Verdict::NoExpectation => ci,
+            Verdict::Drifted | Verdict::NoGolden | Verdict::Failed => true,
+        }
+    }
+
+    /// Compared and found good: identical or within tolerance.
     pub fn passed(self) -> bool {
-        matches!(
-            self,
-            Verdict::Identical | Verdict::WithinTolerance | Verdict::NotRun
-        )
+        matches!(self, Verdict::Identical | Verdict::WithinTolerance)
     }
 
     pub fn label(self) -> &'static str {
@@ -37,6 +69,8 @@ impl Verdict {
             Verdict::Identical => "identical",
             Verdict::WithinTolerance => "within tolerance",
             Verdict::NotRun => "not run",
+            Verdict::NotComparable => "not comparable",
+            Verdict::NoExpectation => "no expectation",
             Verdict::Drifted => "drifted",
             Verdict::NoGolden => "no golden",
             Verdict::Failed => "failed",
@@ -50,16 +84,43 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// Whether this process runs in CI (the `CI` variable set, as CI services do).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
 /// One row of the check table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricCheck {
-    pub metric: Metric,
-    /// Golden value (for bits: the SHA-256; for comparative metrics: the ideal value).
+    /// A suite metric's name, or "rmse_truth" for the cross-class rule.
+    pub metric: String,
+    /// Expected value (for bits: the SHA-256; for comparative metrics: the ideal value).
     pub golden: String,
     pub got: String,
     pub delta: Option<f64>,
     pub tolerance: String,
     pub verdict: Verdict,
+}
+
+/// How the expectation was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Match {
+    /// The run's own class.
+    SameClass,
+    /// A published value (class `any`).
+    Published,
+    /// The nearest recorded class, under the scenario's cross-class rule.
+    NearestClass,
+}
+
+/// The expectation a run was compared with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComparedWith {
+    pub class: String,
+    #[serde(rename = "match")]
+    pub how: Match,
+    pub producer: String,
 }
 
 /// The outcome of one scenario.
@@ -68,12 +129,13 @@ pub struct ScenarioResult {
     pub suite: String,
     pub scenario: String,
     pub verdict: Verdict,
+    /// The environment class the scenario ran in.
+    pub class: Option<String>,
+    pub compared_with: Option<ComparedWith>,
     pub checks: Vec<MetricCheck>,
     /// Why it failed or was not run, where the worst element is, how to fix a missing golden.
     pub notes: Vec<String>,
     pub output: Option<OutputSummary>,
-    /// Who produced the golden ("oracle", "reprodiff", "published").
-    pub golden_producer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,10 +154,11 @@ impl ScenarioResult {
             suite: suite.into(),
             scenario: scenario.into(),
             verdict,
+            class: None,
+            compared_with: None,
             checks: Vec::new(),
             notes: vec![note],
             output: None,
-            golden_producer: None,
         }
     }
 
@@ -111,6 +174,11 @@ impl ScenarioResult {
             NotObserved::Failed(e) => Self::bare(suite, scenario, Verdict::Failed, e.to_string()),
         }
     }
+
+    /// The row that decided the verdict: the first check with the scenario's verdict.
+    pub fn worst_check(&self) -> Option<&MetricCheck> {
+        self.checks.iter().find(|c| c.verdict == self.verdict)
+    }
 }
 
 /// The command that creates a missing golden.
@@ -123,18 +191,21 @@ pub fn bless_hint(suite: &str, scenario: &str) -> String {
     )
 }
 
-/// Compares `obs` with `golden` under `scenario`'s metrics and tolerances.
+/// Compares `obs` with the expectation `golden` holds for its class (see the module docs).
 pub fn compare(
     suite: &str,
     scenario: &Scenario,
     obs: &Observation,
-    golden: Option<&GoldenEntry>,
+    golden: Option<&GoldenScenario>,
     store: &GoldenStore,
 ) -> ScenarioResult {
+    let class = obs.environment.class(scenario.device);
     let mut result = ScenarioResult {
         suite: suite.into(),
         scenario: scenario.name.clone(),
         verdict: Verdict::Identical,
+        class: Some(class.to_string()),
+        compared_with: None,
         checks: Vec::new(),
         notes: Vec::new(),
         output: Some(OutputSummary {
@@ -145,9 +216,8 @@ pub fn compare(
             unseeded_seed: obs.unseeded_seed,
             elapsed_s: obs.elapsed_s,
         }),
-        golden_producer: golden.map(|g| g.provenance.producer.clone()),
     };
-    let Some(golden) = golden else {
+    let Some(golden) = golden.filter(|g| !g.expectations.is_empty()) else {
         result.verdict = Verdict::NoGolden;
         result.notes.push(bless_hint(suite, &scenario.name));
         return result;
@@ -160,36 +230,100 @@ pub fn compare(
         ));
         return result;
     }
+    let (expectation, how) = match golden
+        .expectation(&class)
+        .map(|e| (e, Match::SameClass))
+        .or_else(|| {
+            golden
+                .expectation(&EnvClass::Any)
+                .map(|e| (e, Match::Published))
+        }) {
+        Some(found) => found,
+        None => {
+            let nearest = class
+                .nearest(golden.expectations.iter().map(|e| &e.class))
+                .expect("expectations is not empty");
+            let e = golden.expectation(nearest).expect("nearest is one of them");
+            (e, Match::NearestClass)
+        }
+    };
+    result.compared_with = Some(ComparedWith {
+        class: expectation.class.to_string(),
+        how,
+        producer: expectation.provenance.producer.clone(),
+    });
     if !obs.finite {
         result.notes.push("output holds NaN or Inf".into());
     }
-    let identical = golden.sha256.as_deref() == Some(obs.sha256.as_str());
+    let expected = load_array(expectation, obs, store, &mut result.notes);
+    match (how, scenario.cross_class) {
+        (Match::NearestClass, None) => {
+            result.verdict = Verdict::NoExpectation;
+            result.notes.push(format!(
+                "no expectation for this host's class {class}, and the scenario has no \
+                 cross_class rule; the nearest recorded class is {}",
+                expectation.class
+            ));
+        }
+        (Match::NearestClass, Some(CrossClass::Truth { k, floor })) => {
+            cross_class_truth(
+                &mut result,
+                golden,
+                expectation,
+                obs,
+                expected.as_deref(),
+                store,
+                k,
+                floor,
+            );
+        }
+        _ => same_class(&mut result, scenario, expectation, obs, expected.as_deref()),
+    }
+    if !obs.finite {
+        result.verdict = Verdict::Failed;
+    }
+    result
+}
 
-    let needs_array = !identical || scenario.metrics.iter().any(|m| m.needs_array());
-    let golden_values = match (&golden.array, needs_array) {
-        (Some(rel), true) => match store.read_array(rel) {
-            Ok((values, _)) if values.len() == obs.values.len() => Some(values),
-            Ok((values, _)) => {
-                result.notes.push(format!(
-                    "golden array {rel} holds {} values, the output {}",
-                    values.len(),
-                    obs.values.len()
-                ));
-                None
-            }
-            Err(e) => {
-                result.notes.push(e.to_string());
-                None
-            }
-        },
-        _ => None,
-    };
+/// The expectation's array as f64, when it has one of the output's size.
+fn load_array(
+    e: &Expectation,
+    obs: &Observation,
+    store: &GoldenStore,
+    notes: &mut Vec<String>,
+) -> Option<Vec<f64>> {
+    let rel = e.array.as_ref()?;
+    match store.read_array(rel) {
+        Ok((values, _)) if values.len() == obs.values.len() => Some(values),
+        Ok((values, _)) => {
+            notes.push(format!(
+                "golden array {rel} holds {} values, the output {}",
+                values.len(),
+                obs.values.len()
+            ));
+            None
+        }
+        Err(e) => {
+            notes.push(e.to_string());
+            None
+        }
+    }
+}
 
+/// Every metric of the scenario against the expectation, with the scenario's own tolerances.
+fn same_class(
+    result: &mut ScenarioResult,
+    scenario: &Scenario,
+    e: &Expectation,
+    obs: &Observation,
+    expected: Option<&[f64]>,
+) {
+    let identical = e.sha256.as_deref() == Some(obs.sha256.as_str());
     if !identical {
-        if let Some(g) = &golden_values {
+        if let Some(g) = expected {
             if let Some(i) = metrics::first_difference(&obs.values, g) {
                 result.notes.push(format!(
-                    "first differing element at {:?}: got {} golden {}",
+                    "first differing element at {:?}: got {} expected {}",
                     metrics::unravel(i, &obs.shape),
                     obs.values[i],
                     g[i]
@@ -197,52 +331,137 @@ pub fn compare(
             }
         }
     }
-
     for &metric in &scenario.metrics {
-        let check = check_metric(
-            metric,
-            scenario,
-            obs,
-            golden,
-            golden_values.as_deref(),
-            identical,
-        );
+        let check = check_metric(metric, scenario, obs, e, expected, identical);
         if metric == Metric::LInf && check.verdict > Verdict::Identical {
-            if let Some(g) = &golden_values {
-                let (d, at) = metrics::l_inf(&obs.values, g);
-                result.notes.push(format!(
-                    "largest difference {d} at {:?}: got {} golden {}",
-                    metrics::unravel(at, &obs.shape),
-                    obs.values[at],
-                    g[at]
-                ));
+            if let Some(g) = expected {
+                result.notes.push(largest_difference(obs, g));
             }
         }
         result.checks.push(check);
     }
-    result.verdict = result
-        .checks
+    result.verdict = worst(&result.checks);
+}
+
+/// The cross-class rule against the float64 truth.
+#[allow(clippy::too_many_arguments)]
+fn cross_class_truth(
+    result: &mut ScenarioResult,
+    golden: &GoldenScenario,
+    e: &Expectation,
+    obs: &Observation,
+    expected: Option<&[f64]>,
+    store: &GoldenStore,
+    k: f64,
+    floor: f64,
+) {
+    let Some(truth) = &golden.truth else {
+        result.verdict = Verdict::Failed;
+        result.notes.push(format!(
+            "no float64 truth recorded for the cross-class rule: run the oracle \
+             (ci/oracle/run.sh --suite {} --filter '^{}$')",
+            result.suite,
+            regex::escape(&result.scenario)
+        ));
+        return;
+    };
+    let Some(expected) = expected else {
+        result.verdict = Verdict::Failed;
+        result
+            .notes
+            .push("the expectation has no array to measure against the truth".into());
+        return;
+    };
+    let truth_values = match store.read_array(&truth.array) {
+        Ok((v, _)) if v.len() == obs.values.len() => v,
+        Ok((v, _)) => {
+            result.verdict = Verdict::Failed;
+            result.notes.push(format!(
+                "truth array holds {} values, the output {}",
+                v.len(),
+                obs.values.len()
+            ));
+            return;
+        }
+        Err(err) => {
+            result.verdict = Verdict::Failed;
+            result.notes.push(err.to_string());
+            return;
+        }
+    };
+    let scale = metrics::rms(&truth_values);
+    let relative = if scale > 0.0 {
+        truth.sensitivity / scale
+    } else {
+        0.0
+    };
+    if relative > POWERLESS_SENSITIVITY {
+        result.verdict = Verdict::NotComparable;
+        result.notes.push(format!(
+            "not comparable across classes: a 1-ulp change of the initial noise moves the output \
+             by rmse {:.3e} ({:.2}% of its RMS {:.3e}; the limit is {}%), so another class's \
+             rounding gives another result",
+            truth.sensitivity,
+            100.0 * relative,
+            scale,
+            100.0 * POWERLESS_SENSITIVITY
+        ));
+        return;
+    }
+    let r_expected = metrics::rmse(&truth_values, expected);
+    let r_got = metrics::rmse(&truth_values, &obs.values);
+    let bound = k * r_expected + floor;
+    let verdict = if r_got <= bound {
+        Verdict::WithinTolerance
+    } else {
+        Verdict::Drifted
+    };
+    result.checks.push(MetricCheck {
+        metric: "rmse_truth".into(),
+        golden: format!("{r_expected:e}"),
+        got: format!("{r_got:e}"),
+        delta: Some(r_got - r_expected),
+        tolerance: format!("<= {k} * {r_expected:.3e} + {floor:e} = {bound:.3e}"),
+        verdict,
+    });
+    let (d, _) = metrics::l_inf(&obs.values, expected);
+    result.notes.push(format!(
+        "compared with class {} by the float64 truth: rmse(truth, got) {r_got:.3e}, \
+         rmse(truth, expectation) {r_expected:.3e}; l_inf to that expectation {d:e}",
+        e.class
+    ));
+    result.verdict = verdict;
+}
+
+fn worst(checks: &[MetricCheck]) -> Verdict {
+    checks
         .iter()
         .map(|c| c.verdict)
         .max()
-        .unwrap_or(Verdict::Identical);
-    if !obs.finite {
-        result.verdict = Verdict::Failed;
-    }
-    result
+        .unwrap_or(Verdict::Identical)
+}
+
+fn largest_difference(obs: &Observation, g: &[f64]) -> String {
+    let (d, at) = metrics::l_inf(&obs.values, g);
+    format!(
+        "largest difference {d} at {:?}: got {} expected {}",
+        metrics::unravel(at, &obs.shape),
+        obs.values[at],
+        g[at]
+    )
 }
 
 fn check_metric(
     metric: Metric,
     scenario: &Scenario,
     obs: &Observation,
-    golden: &GoldenEntry,
-    golden_values: Option<&[f64]>,
+    e: &Expectation,
+    expected: Option<&[f64]>,
     identical: bool,
 ) -> MetricCheck {
     let tol = scenario.tolerance_for(metric);
     let row = |golden: String, got: String, delta: Option<f64>, verdict| MetricCheck {
-        metric,
+        metric: metric.to_string(),
         golden,
         got,
         delta,
@@ -250,7 +469,7 @@ fn check_metric(
         verdict,
     };
     if metric == Metric::Bits {
-        let Some(want) = &golden.sha256 else {
+        let Some(want) = &e.sha256 else {
             return row(
                 "no bits".into(),
                 obs.sha256[..12].to_string(),
@@ -271,10 +490,9 @@ fn check_metric(
         );
     }
     if metric.is_intrinsic() {
-        let (Some(&want), Some(&got)) = (
-            golden.metrics.get(metric.name()),
-            obs.metrics.get(metric.name()),
-        ) else {
+        let (Some(&want), Some(&got)) =
+            (e.metrics.get(metric.name()), obs.metrics.get(metric.name()))
+        else {
             return row("-".into(), "-".into(), None, Verdict::Failed);
         };
         let delta = (got - want).abs();
@@ -292,14 +510,14 @@ fn check_metric(
         };
         return row(want.to_string(), got.to_string(), Some(delta), verdict);
     }
-    // Comparative metrics: need the golden array unless the bits are identical.
+    // Comparative metrics: need the expected array unless the bits are identical.
     let ideal = match metric {
         Metric::Psnr => f64::INFINITY,
         _ => 0.0,
     };
     let got = if identical {
         ideal
-    } else if let Some(g) = golden_values {
+    } else if let Some(g) = expected {
         match metric {
             Metric::LInf => metrics::l_inf(&obs.values, g).0,
             Metric::CosineDistance => metrics::cosine_distance(&obs.values, g),

@@ -1,11 +1,12 @@
 //! Golden fixtures: fixtures/golden/<suite>.json plus output arrays under
-//! fixtures/golden/<suite>/. Written only by the oracle (ci/oracle/goldens.py) or by
-//! `reprodiff bless`, always atomically; read by everything else.
+//! fixtures/golden/<suite>/. Written only through [`GoldenStore::save`]: by `reprodiff golden
+//! merge` (the oracle's results, goldens from other hosts) or `reprodiff bless`, always
+//! atomically; read by everything else.
 //!
 //! Crash safety: an array's file name carries the first 12 hex digits of its SHA-256, so new
 //! arrays are written beside the old ones, then the JSON is replaced in one rename, then arrays
 //! no longer referenced are removed. A crash at any point leaves a consistent old or new state.
-use crate::env::Fingerprint;
+use crate::env::{EnvClass, Fingerprint};
 use crate::error::{Error, Result};
 use crate::torch::DType;
 use serde::{Deserialize, Serialize};
@@ -13,26 +14,54 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 pub const GENERATED_NOTE: &str =
-    "Do not edit by hand. Regenerate with the command in each scenario's provenance.";
+    "Do not edit by hand. Regenerate with the command in each expectation's provenance.";
 
+/// `fixtures/golden/<suite>.json`, schema 2: per scenario, one expectation per environment
+/// class (see [`crate::env::class`]) and optionally the float64 truth that calibrates
+/// comparisons across classes. Schema 1 (one entry per scenario) reads as one expectation whose
+/// class comes from its fingerprint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoldenFile {
     pub schema: u32,
     pub suite: String,
     pub generated: String,
-    /// Fingerprints referenced by the scenarios' provenance, by id.
+    /// Fingerprints referenced by provenance, by id.
     pub environments: BTreeMap<String, Fingerprint>,
-    pub scenarios: BTreeMap<String, GoldenEntry>,
+    pub scenarios: BTreeMap<String, GoldenScenario>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GoldenEntry {
+pub struct GoldenScenario {
     pub shape: Vec<i64>,
     pub dtype: DType,
+    /// The float64 run of the same scenario (same float32 noise, cast): the reference that
+    /// cross-class tolerances are measured against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truth: Option<Truth>,
+    /// At most one per class, sorted by class.
+    pub expectations: Vec<Expectation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Truth {
+    /// A float64 .npy, relative to fixtures/golden/.
+    pub array: String,
+    pub sha256: String,
+    /// rmse between the float32 output and the float32 output of the same run whose initial
+    /// noise is one ulp higher everywhere: how strongly the scenario amplifies rounding.
+    pub sensitivity: f64,
+    pub provenance: Provenance,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    pub class: EnvClass,
     /// SHA-256 of the output's raw bytes in its own dtype; `None` for published values, which
     /// come without bits.
     pub sha256: Option<String>,
@@ -56,6 +85,212 @@ pub struct Provenance {
     pub environment: Option<String>,
 }
 
+/// Who may produce an expectation. `bless` replaces only its own.
+pub const PRODUCERS: &[&str] = &["oracle", "reprodiff", "published"];
+
+impl GoldenScenario {
+    pub fn expectation(&self, class: &EnvClass) -> Option<&Expectation> {
+        self.expectations.iter().find(|e| &e.class == class)
+    }
+
+    /// Inserts or replaces the expectation of `e.class`, keeping the list sorted by class.
+    pub fn put(&mut self, e: Expectation) {
+        self.expectations.retain(|x| x.class != e.class);
+        self.expectations.push(e);
+        self.expectations.sort_by_key(|x| x.class.to_string());
+    }
+}
+
+impl GoldenFile {
+    pub fn new(suite: &str) -> Self {
+        GoldenFile {
+            schema: SCHEMA,
+            suite: suite.into(),
+            generated: GENERATED_NOTE.into(),
+            environments: BTreeMap::new(),
+            scenarios: BTreeMap::new(),
+        }
+    }
+
+    /// Parses and validates a golden file's text (schema 1 or 2); errors name `path` and the
+    /// scenario at fault.
+    pub fn parse(text: &str, path: &Path, suite: &str) -> Result<Self> {
+        let bad = |m: String| Error::invalid_file(path, m);
+        let mut root: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| bad(format!("{e} (line {}, column {})", e.line(), e.column())))?;
+        let schema = root.get("schema").and_then(|v| v.as_u64());
+        let file_suite = root.get("suite").and_then(|v| v.as_str()).unwrap_or("");
+        if file_suite != suite {
+            return Err(bad(format!(
+                "`suite` is '{file_suite}', expected '{suite}'"
+            )));
+        }
+        let environments: BTreeMap<String, Fingerprint> =
+            serde_json::from_value(root["environments"].take())
+                .map_err(|e| bad(format!("environments: {e}")))?;
+        let scenarios = match root["scenarios"].take() {
+            serde_json::Value::Object(m) => m,
+            _ => return Err(bad("`scenarios` must be an object".into())),
+        };
+        let mut file = GoldenFile {
+            environments,
+            ..GoldenFile::new(suite)
+        };
+        for (name, value) in scenarios {
+            let at = |m: String| bad(format!("scenarios.\"{name}\": {m}"));
+            let scenario = match schema {
+                Some(2) => serde_json::from_value::<GoldenScenario>(value)
+                    .map_err(|e| at(e.to_string()))?,
+                Some(1) => {
+                    let old: EntryV1 =
+                        serde_json::from_value(value).map_err(|e| at(e.to_string()))?;
+                    old.upgrade(&file.environments).map_err(at)?
+                }
+                other => {
+                    return Err(bad(format!(
+                        "schema {} is not a supported one (1 or {SCHEMA})",
+                        other.map_or("missing".into(), |s| s.to_string())
+                    )))
+                }
+            };
+            scenario.validate(&file.environments).map_err(at)?;
+            file.scenarios.insert(name, scenario);
+        }
+        Ok(file)
+    }
+
+    /// The canonical text: keys sorted, two-space indent, a final newline. Rust and the oracle
+    /// both write through this (the oracle by `reprodiff golden merge`), so a review diff shows
+    /// exactly the entries that changed.
+    pub fn to_canonical_json(&self) -> String {
+        let value = serde_json::to_value(self).expect("a golden file serialises");
+        let mut text = serde_json::to_string_pretty(&value).expect("a JSON value serialises");
+        text.push('\n');
+        text
+    }
+
+    /// Drops fingerprints no provenance refers to.
+    pub fn prune_environments(&mut self) {
+        let used: std::collections::HashSet<String> = self
+            .scenarios
+            .values()
+            .flat_map(|s| {
+                s.expectations
+                    .iter()
+                    .map(|e| &e.provenance)
+                    .chain(s.truth.as_ref().map(|t| &t.provenance))
+            })
+            .filter_map(|p| p.environment.clone())
+            .collect();
+        self.environments.retain(|id, _| used.contains(id));
+    }
+}
+
+impl GoldenScenario {
+    fn validate(
+        &self,
+        environments: &BTreeMap<String, Fingerprint>,
+    ) -> std::result::Result<(), String> {
+        let bad_sha = |s: &str| s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit());
+        let mut seen = std::collections::HashSet::new();
+        for e in &self.expectations {
+            let class = e.class.to_string();
+            if !seen.insert(class.clone()) {
+                return Err(format!("two expectations for class {class}"));
+            }
+            check_provenance(&e.provenance, environments)
+                .map_err(|m| format!("class {class}: {m}"))?;
+            if e.sha256.as_deref().is_some_and(bad_sha) {
+                return Err(format!("class {class}: sha256 is not 64 hex digits"));
+            }
+            if (e.provenance.producer == "published") != (e.class == EnvClass::Any) {
+                return Err(format!(
+                    "class {class}: published values, and only they, have class `any`"
+                ));
+            }
+        }
+        if let Some(t) = &self.truth {
+            check_provenance(&t.provenance, environments).map_err(|m| format!("truth: {m}"))?;
+            if bad_sha(&t.sha256) || !t.sensitivity.is_finite() || t.sensitivity < 0.0 {
+                return Err("truth: sha256 must be 64 hex digits and sensitivity >= 0".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_provenance(
+    p: &Provenance,
+    environments: &BTreeMap<String, Fingerprint>,
+) -> std::result::Result<(), String> {
+    if !PRODUCERS.contains(&p.producer.as_str()) {
+        return Err(format!(
+            "provenance.producer '{}' is not one of {}",
+            p.producer,
+            PRODUCERS.join(", ")
+        ));
+    }
+    if p.tool.trim().is_empty() || p.command.trim().is_empty() {
+        return Err("provenance needs a tool and the command that regenerates it".into());
+    }
+    if let Some(env) = &p.environment {
+        if !environments.contains_key(env) {
+            return Err(format!(
+                "provenance.environment '{env}' is not in `environments`"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A schema-1 scenario entry: one expectation, its class implied by its fingerprint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryV1 {
+    shape: Vec<i64>,
+    dtype: DType,
+    sha256: Option<String>,
+    metrics: BTreeMap<String, f64>,
+    array: Option<String>,
+    provenance: Provenance,
+}
+
+impl EntryV1 {
+    fn upgrade(
+        self,
+        environments: &BTreeMap<String, Fingerprint>,
+    ) -> std::result::Result<GoldenScenario, String> {
+        // Schema 1 did not record the device; every CUDA golden of schema 1 came from the GPU
+        // named in its fingerprint, and those suites run on cuda:0.
+        let class = match &self.provenance.environment {
+            None => EnvClass::Any,
+            Some(id) => {
+                let fp = environments.get(id).ok_or_else(|| {
+                    format!("provenance.environment '{id}' is not in `environments`")
+                })?;
+                let device = if fp.cuda.available && !fp.cuda.devices.is_empty() {
+                    crate::torch::DeviceSpec::Cuda(0)
+                } else {
+                    crate::torch::DeviceSpec::Cpu
+                };
+                fp.class(device)
+            }
+        };
+        Ok(GoldenScenario {
+            shape: self.shape,
+            dtype: self.dtype,
+            truth: None,
+            expectations: vec![Expectation {
+                class,
+                sha256: self.sha256,
+                metrics: self.metrics,
+                array: self.array,
+                provenance: self.provenance,
+            }],
+        })
+    }
+}
+
 /// Where a suite's goldens live.
 #[derive(Debug, Clone)]
 pub struct GoldenStore {
@@ -74,47 +309,11 @@ impl GoldenStore {
     /// The golden file of `suite`, or `None` when there is none yet.
     pub fn load(&self, suite: &str) -> Result<Option<GoldenFile>> {
         let path = self.json_path(suite);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(&path, e)),
-        };
-        let file: GoldenFile = serde_json::from_str(&text).map_err(|e| {
-            Error::invalid_file(
-                &path,
-                format!("{e} (line {}, column {})", e.line(), e.column()),
-            )
-        })?;
-        if file.schema != SCHEMA {
-            return Err(Error::invalid_file(
-                &path,
-                format!("schema {} is not the supported {SCHEMA}", file.schema),
-            ));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => GoldenFile::parse(&text, &path, suite).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&path, e)),
         }
-        if file.suite != suite {
-            return Err(Error::invalid_file(
-                &path,
-                format!("`suite` is '{}', expected '{suite}'", file.suite),
-            ));
-        }
-        for (name, entry) in &file.scenarios {
-            if let Some(env) = &entry.provenance.environment {
-                if !file.environments.contains_key(env) {
-                    return Err(Error::invalid_file(
-                        &path,
-                        format!("scenarios.\"{name}\".provenance.environment '{env}' is not in `environments`"),
-                    ));
-                }
-            }
-            let bad_sha = |s: &String| s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit());
-            if entry.sha256.as_ref().is_some_and(bad_sha) {
-                return Err(Error::invalid_file(
-                    &path,
-                    format!("scenarios.\"{name}\".sha256 is not 64 hex digits"),
-                ));
-            }
-        }
-        Ok(Some(file))
     }
 
     /// Reads a golden array as (values in f64, shape).
@@ -133,9 +332,13 @@ impl GoldenStore {
         format!("{suite}/{}.{}.npy", slug(scenario), &sha256[..12])
     }
 
-    /// Writes an array (already in its storage dtype) atomically under its content name.
+    /// Writes an array (already in its storage dtype) atomically under its content name. A file
+    /// already there is left as it is: its name carries its content's hash.
     pub fn write_array(&self, relative: &str, tensor: &tch::Tensor) -> Result<()> {
         let path = self.dir.join(relative);
+        if path.is_file() {
+            return Ok(());
+        }
         let parent = path.parent().expect("array paths have a parent");
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         let tmp = tempfile::Builder::new()
@@ -154,14 +357,17 @@ impl GoldenStore {
     pub fn save(&self, file: &GoldenFile) -> Result<()> {
         let path = self.json_path(&file.suite);
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        let mut text = serde_json::to_string_pretty(file).expect("a golden file serialises");
-        text.push('\n');
-        write_atomic(&path, text.as_bytes())?;
+        write_atomic(&path, file.to_canonical_json().as_bytes())?;
 
         let referenced: std::collections::HashSet<PathBuf> = file
             .scenarios
             .values()
-            .filter_map(|e| e.array.as_ref())
+            .flat_map(|s| {
+                s.expectations
+                    .iter()
+                    .filter_map(|e| e.array.as_ref())
+                    .chain(s.truth.as_ref().map(|t| &t.array))
+            })
             .map(|a| self.dir.join(a))
             .collect();
         let arrays = self.dir.join(&file.suite);

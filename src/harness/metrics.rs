@@ -166,6 +166,22 @@ pub fn l_inf(a: &[f64], b: &[f64]) -> (f64, usize) {
 }
 
 /// diffusers' `numpy_cosine_similarity_distance`: `1 - dot(a, b) / (|a| |b|)`.
+/// `sqrt(mean((a - b)^2))`, the sum exactly rounded.
+pub fn rmse(a: &[f64], b: &[f64]) -> f64 {
+    if a.is_empty() {
+        return 0.0;
+    }
+    (fsum(a.iter().zip(b).map(|(x, y)| (x - y) * (x - y))) / a.len() as f64).sqrt()
+}
+
+/// `sqrt(mean(x^2))`.
+pub fn rms(x: &[f64]) -> f64 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    (fsum(x.iter().map(|v| v * v)) / x.len() as f64).sqrt()
+}
+
 pub fn cosine_distance(a: &[f64], b: &[f64]) -> f64 {
     let dot = fsum(a.iter().zip(b).map(|(x, y)| x * y));
     let na = fsum(a.iter().map(|x| x * x)).sqrt();

@@ -4,10 +4,13 @@
 //! - [`workload`]: what a scenario runs.
 //! - [`observe`]: running one scenario (in a child process when it must) into an observation.
 //! - [`metrics`], [`check`]: comparing an observation with its golden.
-//! - [`golden`]: the golden store (atomic writes, provenance).
+//! - [`golden`]: the golden store: expectations per environment class, the float64 truth,
+//!   provenance, atomic canonical writes; [`merge`]: bringing in the oracle's results and other
+//!   hosts' goldens.
 //! - [`session`]: `check` and `bless` over a selection; [`report`]: the table people read.
 pub mod check;
 pub mod golden;
+pub mod merge;
 pub mod metrics;
 pub mod observe;
 pub mod report;

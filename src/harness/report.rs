@@ -1,84 +1,115 @@
-//! The check table a person reads, and the one-line summary.
-use super::check::{ScenarioResult, Verdict};
+//! What `check` prints: one line per scenario (verdict, what it was compared with, the metric
+//! that decided), metric rows and notes only where something is to be read (or `--verbose`),
+//! then counts by verdict and by suite.
+use super::check::{Match, ScenarioResult, Verdict};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-const HEADERS: [&str; 7] = [
-    "scenario",
-    "metric",
-    "golden",
-    "got",
-    "delta",
-    "tolerance",
-    "verdict",
-];
+/// The whole report.
+pub fn render(results: &[ScenarioResult], verbose: bool, ci: bool) -> String {
+    let mut out = String::new();
+    let mut classes: Vec<&str> = results.iter().filter_map(|r| r.class.as_deref()).collect();
+    classes.sort();
+    classes.dedup();
+    for c in &classes {
+        let _ = writeln!(out, "host class: {c}");
+    }
+    if !classes.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(&lines(results, verbose));
+    out.push('\n');
+    out.push_str(&summary(results, ci));
+    out
+}
 
-/// One row per metric checked (one row per scenario that has none), then its notes indented.
-pub fn table(results: &[ScenarioResult]) -> String {
-    let mut rows: Vec<([String; 7], Vec<String>)> = Vec::new();
+/// One line per scenario, with details below the ones that are not identical.
+pub fn lines(results: &[ScenarioResult], verbose: bool) -> String {
+    let width = results
+        .iter()
+        .map(|r| r.suite.len() + 1 + r.scenario.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
     for r in results {
         let name = format!("{}/{}", r.suite, r.scenario);
-        if r.checks.is_empty() {
-            rows.push((
-                [
-                    name,
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    r.verdict.to_string(),
-                ],
-                r.notes.clone(),
-            ));
-            continue;
-        }
-        for (i, c) in r.checks.iter().enumerate() {
-            let last = i + 1 == r.checks.len();
-            rows.push((
-                [
-                    name.clone(),
-                    c.metric.to_string(),
-                    c.golden.clone(),
-                    c.got.clone(),
-                    c.delta.map_or("-".into(), |d| d.to_string()),
-                    c.tolerance.clone(),
-                    c.verdict.to_string(),
-                ],
-                if last { r.notes.clone() } else { Vec::new() },
-            ));
-        }
-    }
-    let mut widths = HEADERS.map(str::len);
-    for (cells, _) in &rows {
-        for (w, c) in widths.iter_mut().zip(cells) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let line = |out: &mut String, cells: &[String]| {
-        let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            if i > 0 {
-                s.push_str("  ");
-            }
-            let _ = write!(s, "{c:<w$}");
-        }
-        out.push_str(s.trim_end());
-        out.push('\n');
-    };
-    line(&mut out, &HEADERS.map(String::from));
-    for (cells, notes) in &rows {
-        line(&mut out, cells);
-        for n in notes {
-            let _ = writeln!(out, "    {n}");
+        let _ = writeln!(
+            out,
+            "{:<16}  {name:<width$}  {}  {}",
+            r.verdict.label(),
+            compared_with(r),
+            decided_by(r)
+        );
+        if verbose || r.verdict != Verdict::Identical {
+            out.push_str(&details(r));
         }
     }
     out
 }
 
-/// "rng: 96 scenarios: 95 identical, 1 drifted" per suite, then the total.
-pub fn summary(results: &[ScenarioResult]) -> String {
+/// "same class", "published", "nearest <class>", or "-".
+pub fn compared_with(r: &ScenarioResult) -> String {
+    match &r.compared_with {
+        None => "-".into(),
+        Some(c) => match c.how {
+            Match::SameClass => format!("same class ({})", c.producer),
+            Match::Published => "published".into(),
+            Match::NearestClass => format!("nearest class {} ({})", c.class, c.producer),
+        },
+    }
+}
+
+fn decided_by(r: &ScenarioResult) -> String {
+    match r.worst_check() {
+        Some(c) if c.verdict == Verdict::Identical => c.metric.clone(),
+        Some(c) => format!("{} {} ({})", c.metric, c.got, c.tolerance),
+        None => String::new(),
+    }
+}
+
+/// The metric rows and notes of one scenario, indented.
+pub fn details(r: &ScenarioResult) -> String {
+    let mut out = String::new();
+    let rows: Vec<[String; 5]> = r
+        .checks
+        .iter()
+        .map(|c| {
+            [
+                c.metric.clone(),
+                format!("expected {}", c.golden),
+                format!("got {}", c.got),
+                c.tolerance.clone(),
+                c.verdict.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let mut line = String::from("    ");
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let _ = write!(line, "{cell:<w$}");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    for n in &r.notes {
+        let _ = writeln!(out, "    {n}");
+    }
+    out
+}
+
+/// Counts per suite and in total, then the closing line
+/// "N passed, N failed, N skipped" (skipped: not run, not comparable, and no expectation
+/// outside CI).
+pub fn summary(results: &[ScenarioResult], ci: bool) -> String {
     let mut by_suite: BTreeMap<&str, Vec<Verdict>> = BTreeMap::new();
     for r in results {
         by_suite.entry(&r.suite).or_default().push(r.verdict);
@@ -88,13 +119,20 @@ pub fn summary(results: &[ScenarioResult]) -> String {
         let _ = writeln!(out, "{suite}: {}", counts(verdicts));
     }
     let all: Vec<Verdict> = results.iter().map(|r| r.verdict).collect();
-    let failed = all.iter().filter(|v| !v.passed()).count();
+    let passed = all.iter().filter(|v| v.passed()).count();
+    let failed = all.iter().filter(|v| v.fails(ci)).count();
+    let _ = writeln!(out, "total: {}", counts(&all));
+    if !ci && all.contains(&Verdict::NoExpectation) {
+        let _ = writeln!(
+            out,
+            "warning: scenarios without an expectation for this host's class were not checked \
+             (in CI, where CI is set, they fail)"
+        );
+    }
     let _ = writeln!(
         out,
-        "total: {}\n{} passed, {} failed",
-        counts(&all),
-        all.len() - failed,
-        failed
+        "{passed} passed, {failed} failed, {} skipped",
+        all.len() - passed - failed
     );
     out
 }

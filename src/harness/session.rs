@@ -1,13 +1,12 @@
 //! `check` and `bless` over a selection of suites and scenarios.
 use super::check::{self, ScenarioResult, Verdict};
-use super::golden::{GoldenEntry, GoldenFile, GoldenStore, Provenance, GENERATED_NOTE};
+use super::golden::{Expectation, GoldenFile, GoldenScenario, GoldenStore, Provenance};
 use super::observe::{NotObserved, Observation, Runner};
 use super::suite::{Scenario, Suite};
 use crate::env::Fingerprint;
 use crate::error::{Error, Result};
 use regex::Regex;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Which scenarios to run: suites by name (all when empty) and a regex on scenario names.
@@ -21,11 +20,17 @@ pub struct Selection {
 #[derive(Debug, Clone)]
 pub struct Fixtures {
     pub root: PathBuf,
+    /// Where the goldens are: `<root>/golden` unless told otherwise.
+    pub golden: PathBuf,
 }
 
 impl Fixtures {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Fixtures { root: root.into() }
+        let root = root.into();
+        Fixtures {
+            golden: root.join("golden"),
+            root,
+        }
     }
 
     pub fn suites_dir(&self) -> PathBuf {
@@ -33,7 +38,7 @@ impl Fixtures {
     }
 
     pub fn store(&self) -> GoldenStore {
-        GoldenStore::new(self.root.join("golden"))
+        GoldenStore::new(&self.golden)
     }
 
     /// The selected suites, each with its selected scenarios (suites left empty are dropped).
@@ -71,7 +76,8 @@ impl Fixtures {
     }
 }
 
-/// One JSON record per scenario run: the result, the scenario as run and the environment.
+/// One JSON record per scenario run: the result (with the run's class and the class it was
+/// compared with), the scenario as run and the environment.
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
     pub schema: u32,
@@ -79,6 +85,21 @@ pub struct Record<'a> {
     pub result: &'a ScenarioResult,
     pub spec: &'a Scenario,
     pub environment: Option<&'a Fingerprint>,
+}
+
+/// Why `scenario` cannot run on this host (no CUDA, a hub model not in the local cache), found
+/// without running it, so test runners can skip it at list time; `None` if nothing is missing.
+pub fn cannot_run(scenario: &Scenario) -> Option<String> {
+    if let Err(e) = scenario.device.ensure_available() {
+        return Some(e.to_string());
+    }
+    let super::workload::Workload::Ddim { model, .. } = &scenario.run else {
+        return None;
+    };
+    let id = model.strip_prefix("hub:")?;
+    crate::loading::hub_snapshot(id)
+        .err()
+        .map(|e| e.to_string())
 }
 
 /// Runs and checks one scenario against the store.
@@ -116,7 +137,7 @@ pub fn write_record(
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let path = dir.join(format!("{}.json", super::golden::slug(&result.scenario)));
     let record = Record {
-        schema: 1,
+        schema: 2,
         result,
         spec: scenario,
         environment: env,
@@ -130,15 +151,21 @@ pub fn write_record(
 pub struct BlessChange {
     pub suite: String,
     pub scenario: String,
-    /// Lines "field: old -> new" (or "new golden").
+    /// The class whose expectation this is.
+    pub class: String,
+    /// Lines "field: old -> new", "new expectation", or why an expectation was kept.
     pub changes: Vec<String>,
+    /// False when bless left another producer's expectation in place.
+    pub written: bool,
 }
 
-/// Runs every selected scenario twice and refreshes its golden when both runs agree bit for
-/// bit and the output is finite. Refuses (writing nothing at all) if any scenario fails that,
-/// and in CI. Returns what changed; unchanged entries are left exactly as they were.
+/// Runs every selected scenario twice and writes this host's class's expectation when both
+/// runs agree bit for bit and the output is finite. Refuses (writing nothing at all) if any
+/// scenario fails that, and in CI. Bless adds or refreshes only expectations it produced
+/// itself: one from the oracle or a publication is never replaced (it is reported as kept).
+/// Returns what changed; unchanged entries are left exactly as they were.
 pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Vec<BlessChange>> {
-    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
+    if check::in_ci() {
         return Err(Error::BlessRefused(
             "CI is set: goldens are refreshed on purpose by a maintainer, never in CI".into(),
         ));
@@ -150,56 +177,52 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
     let mut plans: Vec<(GoldenFile, Vec<(String, tch::Tensor)>)> = Vec::new();
 
     for suite in &suites {
-        let mut file = store.load(&suite.name)?.unwrap_or_else(|| GoldenFile {
-            schema: super::golden::SCHEMA,
-            suite: suite.name.clone(),
-            generated: GENERATED_NOTE.into(),
-            environments: BTreeMap::new(),
-            scenarios: BTreeMap::new(),
-        });
+        let mut file = store
+            .load(&suite.name)?
+            .unwrap_or_else(|| GoldenFile::new(&suite.name));
         let mut arrays = Vec::new();
         for scenario in &suite.scenarios {
-            let (a, b) = match (
-                runner.observe(&suite.path, scenario),
-                runner.observe(&suite.path, scenario),
-            ) {
-                (Ok(a), Ok(b)) => (a, b),
-                (Err(NotObserved::NotRun(why)), _) | (_, Err(NotObserved::NotRun(why))) => {
-                    eprintln!("skipped {}/{}: not run: {why}", suite.name, scenario.name);
-                    continue;
-                }
-                (Err(NotObserved::Failed(e)), _) | (_, Err(NotObserved::Failed(e))) => {
-                    refusals.push(format!("{}/{}: {e}", suite.name, scenario.name));
+            let a = match twice_identical(runner, suite, scenario) {
+                Ok(Some(a)) => a,
+                Ok(None) => continue,
+                Err(why) => {
+                    refusals.push(format!("{}/{}: {why}", suite.name, scenario.name));
                     continue;
                 }
             };
-            if a.sha256 != b.sha256 {
-                let at = super::metrics::first_difference(&a.values, &b.values)
-                    .map(|i| {
-                        format!(
-                            " (first difference at {:?})",
-                            super::metrics::unravel(i, &a.shape)
-                        )
-                    })
-                    .unwrap_or_default();
-                refusals.push(format!(
-                    "{}/{}: two runs differ{at}; a golden must be repeatable",
-                    suite.name, scenario.name
-                ));
+            let class = a.environment.class(scenario.device);
+            let old_scenario = file.scenarios.get(&scenario.name);
+            if let Some(old) = old_scenario {
+                let others = old.expectations.iter().any(|e| e.class != class);
+                if (old.shape != a.shape || old.dtype != a.dtype) && others {
+                    refusals.push(format!(
+                        "{}/{}: the output is {} {:?} but the other classes' expectations are                          {} {:?}: change the suite's goldens with the oracle",
+                        suite.name, scenario.name, a.dtype, a.shape, old.dtype, old.shape
+                    ));
+                    continue;
+                }
+            }
+            let old = old_scenario.and_then(|s| s.expectation(&class));
+            if let Some(o) = old.filter(|o| o.provenance.producer != "reprodiff") {
+                if o.sha256.as_deref() != Some(a.sha256.as_str()) {
+                    changes.push(BlessChange {
+                        suite: suite.name.clone(),
+                        scenario: scenario.name.clone(),
+                        class: class.to_string(),
+                        changes: vec![format!(
+                            "kept: the {} expectation for this class is not bless's to replace                              (it differs: sha256 {} here); {}",
+                            o.provenance.producer,
+                            &a.sha256[..12],
+                            o.provenance.command
+                        )],
+                        written: false,
+                    });
+                }
                 continue;
             }
-            if !a.finite {
-                refusals.push(format!(
-                    "{}/{}: output holds NaN or Inf",
-                    suite.name, scenario.name
-                ));
-                continue;
-            }
-            let old = file.scenarios.get(&scenario.name);
             if old.is_some_and(|o| {
                 o.sha256.as_deref() == Some(a.sha256.as_str())
-                    && o.shape == a.shape
-                    && o.dtype == a.dtype
+                    && old_scenario.is_some_and(|s| s.shape == a.shape && s.dtype == a.dtype)
             }) {
                 continue; // unchanged: keep the entry and its provenance as they are
             }
@@ -207,9 +230,8 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
             let array = scenario
                 .store_array
                 .then(|| GoldenStore::array_name(&suite.name, &scenario.name, &a.sha256));
-            let entry = GoldenEntry {
-                shape: a.shape.clone(),
-                dtype: a.dtype,
+            let entry = Expectation {
+                class: class.clone(),
                 sha256: Some(a.sha256.clone()),
                 metrics: a.metrics.clone(),
                 array: array.clone(),
@@ -231,13 +253,26 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
             changes.push(BlessChange {
                 suite: suite.name.clone(),
                 scenario: scenario.name.clone(),
+                class: class.to_string(),
                 changes: describe_change(old, &entry),
+                written: true,
             });
             if let (Some(rel), Some(t)) = (array, a.stored) {
                 arrays.push((rel, t));
             }
             file.environments.insert(env_id, a.environment);
-            file.scenarios.insert(scenario.name.clone(), entry);
+            let target = file
+                .scenarios
+                .entry(scenario.name.clone())
+                .or_insert_with(|| GoldenScenario {
+                    shape: a.shape.clone(),
+                    dtype: a.dtype,
+                    truth: None,
+                    expectations: Vec::new(),
+                });
+            target.shape = a.shape.clone();
+            target.dtype = a.dtype;
+            target.put(entry);
         }
         plans.push((file, arrays));
     }
@@ -248,28 +283,60 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
         )));
     }
     for (mut file, arrays) in plans {
-        if arrays.is_empty() && !changes.iter().any(|c| c.suite == file.suite) {
+        if !changes.iter().any(|c| c.suite == file.suite && c.written) {
             continue;
         }
         for (rel, t) in &arrays {
             store.write_array(rel, t)?;
         }
-        // Drop fingerprints no entry refers to any more.
-        let used: std::collections::HashSet<String> = file
-            .scenarios
-            .values()
-            .filter_map(|e| e.provenance.environment.clone())
-            .collect();
-        file.environments.retain(|id, _| used.contains(id));
+        file.prune_environments();
         store.save(&file)?;
     }
     Ok(changes)
 }
 
-fn describe_change(old: Option<&GoldenEntry>, new: &GoldenEntry) -> Vec<String> {
+/// Two runs of a scenario that agree bit for bit and are finite; `Ok(None)` when it cannot run
+/// here (said on stderr), `Err` with the reason a golden must not be made of it.
+fn twice_identical(
+    runner: &Runner,
+    suite: &Suite,
+    scenario: &Scenario,
+) -> std::result::Result<Option<Observation>, String> {
+    let (a, b) = match (
+        runner.observe(&suite.path, scenario),
+        runner.observe(&suite.path, scenario),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(NotObserved::NotRun(why)), _) | (_, Err(NotObserved::NotRun(why))) => {
+            eprintln!("skipped {}/{}: not run: {why}", suite.name, scenario.name);
+            return Ok(None);
+        }
+        (Err(NotObserved::Failed(e)), _) | (_, Err(NotObserved::Failed(e))) => {
+            return Err(e.to_string())
+        }
+    };
+    if a.sha256 != b.sha256 {
+        let at = super::metrics::first_difference(&a.values, &b.values)
+            .map(|i| {
+                format!(
+                    " (first difference at {:?})",
+                    super::metrics::unravel(i, &a.shape)
+                )
+            })
+            .unwrap_or_default();
+        return Err(format!("two runs differ{at}; a golden must be repeatable"));
+    }
+    if !a.finite {
+        return Err("output holds NaN or Inf".into());
+    }
+    Ok(Some(a))
+}
+
+fn describe_change(old: Option<&Expectation>, new: &Expectation) -> Vec<String> {
     let Some(old) = old else {
         return vec![format!(
-            "new golden: sha256 {} sum_abs {}",
+            "new expectation for class {}: sha256 {} sum_abs {}",
+            new.class,
             short(&new.sha256),
             new.metrics.get("sum_abs").copied().unwrap_or(f64::NAN)
         )];
@@ -279,24 +346,12 @@ fn describe_change(old: Option<&GoldenEntry>, new: &GoldenEntry) -> Vec<String> 
         short(&old.sha256),
         short(&new.sha256)
     )];
-    if old.shape != new.shape {
-        out.push(format!("shape: {:?} -> {:?}", old.shape, new.shape));
-    }
-    if old.dtype != new.dtype {
-        out.push(format!("dtype: {} -> {}", old.dtype, new.dtype));
-    }
     for (k, v) in &new.metrics {
         match old.metrics.get(k) {
             Some(o) if o.to_bits() == v.to_bits() => {}
             Some(o) => out.push(format!("{k}: {o} -> {v}")),
             None => out.push(format!("{k}: (none) -> {v}")),
         }
-    }
-    if old.provenance.producer != new.provenance.producer {
-        out.push(format!(
-            "producer: {} -> {}",
-            old.provenance.producer, new.provenance.producer
-        ));
     }
     out
 }

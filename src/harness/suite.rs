@@ -2,8 +2,9 @@
 //!
 //! A suite has `[defaults]` merged into every `[[scenario]]` (scenario keys win), and a scenario
 //! with a `matrix` expands into one scenario per combination: the string "$key" anywhere in it
-//! becomes the matrix value, "{key}" in its name the value's label. ci/oracle/goldens.py
-//! implements the same expansion; README.md ("Suites") documents the format.
+//! becomes the matrix value, "{key}" in its name the value's label. This is the only
+//! implementation of the expansion: the oracle reads the expanded scenarios from
+//! `reprodiff list --json`. README.md ("Suites") documents the format.
 use super::metrics::Metric;
 use super::workload::Workload;
 use crate::error::{Error, Result};
@@ -36,6 +37,19 @@ pub enum Tolerance {
     },
 }
 
+/// How a run is judged against the expectation of another environment class, when its own
+/// class has none (`harness::check` picks the nearest recorded class).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CrossClass {
+    /// The bits must still be identical: the suite claims they do not depend on the class
+    /// (measured for CPU random draws with the same ATen capability).
+    Bits,
+    /// PyTorch's accuracy rule (`torch._dynamo.utils.same`) against the float64 truth:
+    /// `rmse(truth, got) <= k * rmse(truth, expectation) + floor`.
+    Truth { k: f64, floor: f64 },
+}
+
 /// One named thing to run and check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +68,10 @@ pub struct Scenario {
     pub metrics: Vec<Metric>,
     #[serde(default)]
     pub tolerance: BTreeMap<Metric, Tolerance>,
+    /// How the run is compared with another class's expectation; `None`: it is not, and a
+    /// host of a class without an expectation gets the verdict "no expectation".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_class: Option<CrossClass>,
     /// Check only this part of the output, numpy-style: "0, -3:, -3:, -1" is
     /// `image[0, -3:, -3:, -1]` (what diffusers' slow tests pin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +116,18 @@ impl Scenario {
                     "tolerance.{metric}: {tol:?} does not fit this metric (sum_abs/max_abs/mean_abs \
                      take {{ abs, rel }} >= 0, l_inf/cosine_distance {{ max }}, psnr {{ min }})"
                 ));
+            }
+        }
+        if let Some(CrossClass::Truth { k, floor }) = self.cross_class {
+            if !(k >= 1.0 && floor >= 0.0 && k.is_finite() && floor.is_finite()) {
+                return Err(format!(
+                    "cross_class: k = {k}, floor = {floor}: k must be >= 1 and floor >= 0"
+                ));
+            }
+            if !self.store_array {
+                return Err(
+                    "cross_class rule \"truth\" compares arrays but store_array = false".into(),
+                );
             }
         }
         if let Some(s) = &self.slice {

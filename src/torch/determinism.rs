@@ -57,6 +57,10 @@ impl FromStr for CpuCapability {
     }
 }
 
+/// libtorch's intra-op thread count before anything set it: what a scenario that names no
+/// thread count runs with.
+static DEFAULT_THREADS: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+
 /// Named starting points for a [`Determinism`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -157,17 +161,23 @@ impl Determinism {
                 )));
             }
         }
-        for (key, value) in self.child_env() {
-            if key != CpuCapability::ENV {
-                std::env::set_var(key, value);
+        // Every switch is set, to the preset's value when the spec leaves it open, so that a
+        // scenario never inherits the one before it (`check` runs many in one process, nextest
+        // one per process: both must give the same bits).
+        let env = self.child_env();
+        for key in ["CUBLAS_WORKSPACE_CONFIG", "CUDA_LAUNCH_BLOCKING"] {
+            match env.iter().find(|(k, _)| *k == key) {
+                Some((_, value)) => std::env::set_var(key, value),
+                None => std::env::remove_var(key),
             }
         }
-        if let Some(n) = self.threads {
-            if n == 0 {
-                return Err(Error::InvalidArgument("threads must be >= 1".into()));
-            }
-            tch::set_num_threads(n as i32);
-        }
+        let default_threads = *DEFAULT_THREADS.get_or_init(tch::get_num_threads);
+        let threads = match self.threads {
+            Some(0) => return Err(Error::InvalidArgument("threads must be >= 1".into())),
+            Some(n) => n as i32,
+            None => default_threads,
+        };
+        tch::set_num_threads(threads);
         ffi::check(unsafe {
             ffi::rd_set_determinism(
                 self.deterministic_algorithms as i32,

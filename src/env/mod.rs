@@ -1,30 +1,54 @@
 //! The environment fingerprint: what produced a number. Every record and golden carries one.
 //!
-//! Schema 1 (README.md, "Environment fingerprint"); the Python oracle writes the same shape with
-//! `producer = "oracle"` and its own versions filled in.
+//! Schema 2 (README.md, "Environment fingerprint"); the Python oracle starts from
+//! `reprodiff env --json` and fills in its own producer, versions and threads. Schema 1 (no
+//! `cpu.vendor`, no `cpu.kernel_env`) still reads.
+//!
+//! [`class`] turns a fingerprint into the environment class that goldens are keyed by.
+pub mod class;
+
+pub use class::EnvClass;
+
 use crate::error::Result;
 use crate::torch::{self, Determinism};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 
 /// ISA flags that decide which ATen kernels can run, in a fixed order.
 const X86_ISA: &[&str] = &[
+    "sse4_1",
     "sse4_2",
     "avx",
     "avx2",
     "fma",
     "f16c",
     "avx512f",
+    "avx512dq",
     "avx512bw",
     "avx512vl",
     "avx512_bf16",
     "avx512_fp16",
     "avx512_vnni",
+    "avx_vnni",
     "amx_tile",
     "amx_bf16",
     "amx_int8",
+    "amx_fp16",
+];
+
+/// Environment variables that choose CPU kernels, read once when libtorch (ATen, oneDNN, MKL)
+/// starts. Measured on an AVX2 AMD EPYC with diffusers: ATEN_CPU_CAPABILITY and
+/// ONEDNN_MAX_CPU_ISA change a DDIM image's bits, MKL_CBWR too (MKL's sgemm is on the path).
+pub const KERNEL_ENV: &[&str] = &[
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_DEBUG_CPU_TYPE",
 ];
 const ARM_ISA: &[&str] = &["asimd", "sve", "sve2", "bf16", "i8mm"];
 
@@ -61,10 +85,16 @@ pub struct Os {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cpu {
     pub model: String,
+    /// "intel", "amd", ... from the CPU's vendor id; `None` in schema-1 fingerprints.
+    #[serde(default)]
+    pub vendor: Option<String>,
     pub isa: Vec<String>,
     /// The capability ATen dispatches to in the process that ran ("avx512", "avx2", "default").
     pub capability: String,
     pub threads: usize,
+    /// The [`KERNEL_ENV`] variables set in the process that ran, with their values.
+    #[serde(default)]
+    pub kernel_env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,7 +109,7 @@ impl Fingerprint {
     /// The fingerprint of this process, now.
     pub fn current() -> Result<Self> {
         let info = torch::cuda_info()?;
-        let (model, isa) = cpu_model_and_isa();
+        let (model, vendor, isa) = cpu_model_and_isa();
         Ok(Fingerprint {
             schema: SCHEMA,
             producer: "reprodiff".into(),
@@ -97,9 +127,14 @@ impl Fingerprint {
             },
             cpu: Cpu {
                 model,
+                vendor,
                 isa,
                 capability: torch::cpu_capability()?,
                 threads: tch::get_num_threads().max(1) as usize,
+                kernel_env: KERNEL_ENV
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+                    .collect(),
             },
             cuda: Cuda {
                 available: info.available,
@@ -113,6 +148,11 @@ impl Fingerprint {
             },
             determinism: Determinism::in_force()?,
         })
+    }
+
+    /// The environment class of a run in this environment on `device`.
+    pub fn class(&self, device: crate::torch::DeviceSpec) -> EnvClass {
+        EnvClass::of(self, device)
     }
 
     /// A short stable id ("env-" + 12 hex of the SHA-256 of the canonical JSON), used to
@@ -137,7 +177,7 @@ fn cuda_version(v: i64) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
-fn cpu_model_and_isa() -> (String, Vec<String>) {
+fn cpu_model_and_isa() -> (String, Option<String>, Vec<String>) {
     let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |key: &str| {
         text.lines()
@@ -148,6 +188,7 @@ fn cpu_model_and_isa() -> (String, Vec<String>) {
     let model = field("model name")
         .or_else(|| field("Model"))
         .unwrap_or_else(|| "unknown".into());
+    let vendor = field("vendor_id").map(|v| class::vendor_name(&v));
     let flags: Vec<String> = field("flags")
         .or_else(|| field("Features"))
         .unwrap_or_default()
@@ -164,7 +205,7 @@ fn cpu_model_and_isa() -> (String, Vec<String>) {
         .filter(|k| flags.iter().any(|f| f == *k))
         .map(|k| k.to_string())
         .collect();
-    (model, isa)
+    (model, vendor, isa)
 }
 
 /// GPU names from nvidia-smi when it is there (libtorch's C API has no device-name query

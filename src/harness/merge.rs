@@ -1,0 +1,336 @@
+//! `reprodiff golden merge`: brings expectations made elsewhere into the golden store.
+//!
+//! Two sources:
+//! - the oracle's results directory (`results.jsonl` and `arrays/`, written by
+//!   ci/oracle/goldens.py): one float32 output per scenario, its fingerprint, and for pipeline
+//!   scenarios the float64 truth and the sensitivity;
+//! - another golden directory (`<suite>.json`, schema 1 or 2), e.g. the oracle's goldens from a
+//!   host of another CPU class.
+//!
+//! Each output becomes the expectation of the class its fingerprint gives (one rule, in
+//! [`crate::env::class`]), replacing that class's old expectation; metrics are recomputed here
+//! from the arrays, so every golden value has one definition. Arrays are verified against
+//! their SHA-256 before anything is written, and the golden JSON is written by
+//! [`GoldenStore::save`] (atomic, canonical).
+use super::golden::{Expectation, GoldenFile, GoldenScenario, GoldenStore, Provenance, Truth};
+use super::metrics;
+use super::session::Fixtures;
+use crate::env::Fingerprint;
+use crate::error::{Error, Result};
+use crate::torch::{tensor_sha256, tensor_to_f64, DType};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One line of the oracle's results.jsonl.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OracleResult {
+    suite: String,
+    scenario: String,
+    shape: Vec<i64>,
+    dtype: DType,
+    sha256: String,
+    array: String,
+    environment: Fingerprint,
+    provenance: ResultProvenance,
+    truth: Option<OracleTruth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResultProvenance {
+    producer: String,
+    tool: String,
+    command: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OracleTruth {
+    array: String,
+    sha256: String,
+    sensitivity: f64,
+    tool: String,
+}
+
+/// What a merge did to one suite.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MergeSummary {
+    pub suite: String,
+    pub added: usize,
+    pub replaced: usize,
+    pub unchanged: usize,
+    pub truths: usize,
+}
+
+/// Merges `from` (a results directory or a golden directory) into `fixtures`' golden store.
+pub fn merge(fixtures: &Fixtures, from: &Path) -> Result<Vec<MergeSummary>> {
+    let store = fixtures.store();
+    let suites = fixtures.select(&Default::default())?;
+    let device_of = |suite: &str, scenario: &str| -> Result<crate::torch::DeviceSpec> {
+        suites
+            .iter()
+            .find(|s| s.name == suite)
+            .and_then(|s| s.scenarios.iter().find(|x| x.name == scenario))
+            .map(|s| s.device)
+            .ok_or_else(|| {
+                Error::invalid_file(
+                    from,
+                    format!(
+                        "{suite}/{scenario} is not a scenario of {}",
+                        fixtures.suites_dir().display()
+                    ),
+                )
+            })
+    };
+    let results = from.join("results.jsonl");
+    let mut files: BTreeMap<String, (GoldenFile, MergeSummary)> = BTreeMap::new();
+    let open =
+        |files: &mut BTreeMap<String, (GoldenFile, MergeSummary)>, suite: &str| -> Result<()> {
+            if !files.contains_key(suite) {
+                let file = store.load(suite)?.unwrap_or_else(|| GoldenFile::new(suite));
+                let summary = MergeSummary {
+                    suite: suite.into(),
+                    ..Default::default()
+                };
+                files.insert(suite.into(), (file, summary));
+            }
+            Ok(())
+        };
+    if results.is_file() {
+        let text = std::fs::read_to_string(&results).map_err(|e| Error::io(&results, e))?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let r: OracleResult = serde_json::from_str(line)
+                .map_err(|e| Error::invalid_file(&results, format!("line {}: {e}", i + 1)))?;
+            let device = device_of(&r.suite, &r.scenario)?;
+            open(&mut files, &r.suite)?;
+            let (file, summary) = files.get_mut(&r.suite).expect("opened");
+            merge_result(&store, from, file, summary, r, device)?;
+        }
+    } else {
+        let entries = std::fs::read_dir(from).map_err(|e| Error::io(from, e))?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(Error::invalid_file(
+                from,
+                "neither results.jsonl nor golden <suite>.json files here",
+            ));
+        }
+        let other = GoldenStore::new(from);
+        for path in paths {
+            let suite = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            let theirs = other.load(&suite)?.expect("the file exists");
+            open(&mut files, &suite)?;
+            let (file, summary) = files.get_mut(&suite).expect("opened");
+            merge_golden(&store, &other, file, summary, theirs)?;
+        }
+    }
+    let mut out = Vec::new();
+    for (_, (mut file, summary)) in files {
+        file.prune_environments();
+        store.save(&file)?;
+        out.push(summary);
+    }
+    Ok(out)
+}
+
+fn merge_result(
+    store: &GoldenStore,
+    from: &Path,
+    file: &mut GoldenFile,
+    summary: &mut MergeSummary,
+    r: OracleResult,
+    device: crate::torch::DeviceSpec,
+) -> Result<()> {
+    let where_ = format!("{}/{}", r.suite, r.scenario);
+    let (tensor, values) = read_verified(&from.join(&r.array), r.dtype, &r.sha256, &where_)?;
+    let class = r.environment.class(device);
+    let env_id = r.environment.id();
+    let array = GoldenStore::array_name(&r.suite, &r.scenario, &r.sha256);
+    store.write_array(&array, &tensor)?;
+    let expectation = Expectation {
+        class,
+        sha256: Some(r.sha256),
+        metrics: BTreeMap::from([
+            ("sum_abs".to_string(), metrics::sum_abs(&values)),
+            ("max_abs".to_string(), metrics::max_abs(&values)),
+            ("mean_abs".to_string(), metrics::mean_abs(&values)),
+        ]),
+        array: Some(array),
+        provenance: Provenance {
+            producer: r.provenance.producer,
+            tool: r.provenance.tool,
+            command: r.provenance.command,
+            environment: Some(env_id.clone()),
+        },
+    };
+    let truth = match r.truth {
+        Some(t) => {
+            let (tensor, _) = read_verified(&from.join(&t.array), DType::F64, &t.sha256, &where_)?;
+            let name = truth_array_name(&r.suite, &r.scenario, &t.sha256);
+            store.write_array(&name, &tensor)?;
+            Some(Truth {
+                array: name,
+                sha256: t.sha256,
+                sensitivity: t.sensitivity,
+                provenance: Provenance {
+                    producer: expectation.provenance.producer.clone(),
+                    tool: t.tool,
+                    command: expectation.provenance.command.clone(),
+                    environment: Some(env_id.clone()),
+                },
+            })
+        }
+        None => None,
+    };
+    file.environments.insert(env_id, r.environment);
+    put(
+        file,
+        summary,
+        &r.scenario,
+        r.shape,
+        r.dtype,
+        expectation,
+        truth,
+    );
+    Ok(())
+}
+
+fn merge_golden(
+    store: &GoldenStore,
+    other: &GoldenStore,
+    file: &mut GoldenFile,
+    summary: &mut MergeSummary,
+    theirs: GoldenFile,
+) -> Result<()> {
+    for (name, scenario) in theirs.scenarios {
+        let where_ = format!("{}/{name}", theirs.suite);
+        let copy = |rel: &str, dtype: DType, sha: &str| -> Result<()> {
+            let (tensor, _) = read_verified(&other.dir.join(rel), dtype, sha, &where_)?;
+            store.write_array(rel, &tensor)
+        };
+        let truth = match scenario.truth {
+            Some(t) => {
+                copy(&t.array, DType::F64, &t.sha256)?;
+                Some(t)
+            }
+            None => None,
+        };
+        for (i, e) in scenario.expectations.into_iter().enumerate() {
+            if let (Some(rel), Some(sha)) = (&e.array, &e.sha256) {
+                copy(rel, scenario.dtype, sha)?;
+            }
+            if let Some(id) = &e.provenance.environment {
+                file.environments
+                    .insert(id.clone(), theirs.environments[id].clone());
+            }
+            let t = if i == 0 { truth.clone() } else { None };
+            put(
+                file,
+                summary,
+                &name,
+                scenario.shape.clone(),
+                scenario.dtype,
+                e,
+                t,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Puts one expectation (and a truth) into `file`, counting what changed. An output of another
+/// shape or dtype than the scenario's recorded one makes the old expectations meaningless:
+/// they are dropped.
+fn put(
+    file: &mut GoldenFile,
+    summary: &mut MergeSummary,
+    name: &str,
+    shape: Vec<i64>,
+    dtype: DType,
+    e: Expectation,
+    truth: Option<Truth>,
+) {
+    let s = file
+        .scenarios
+        .entry(name.to_string())
+        .or_insert_with(|| GoldenScenario {
+            shape: shape.clone(),
+            dtype,
+            truth: None,
+            expectations: Vec::new(),
+        });
+    if s.shape != shape || s.dtype != dtype {
+        eprintln!(
+            "{}/{name}: the output is now {dtype} {shape:?} (was {} {:?}): dropping {} old expectation(s)",
+            file.suite,
+            s.dtype,
+            s.shape,
+            s.expectations.len()
+        );
+        *s = GoldenScenario {
+            shape,
+            dtype,
+            truth: None,
+            expectations: Vec::new(),
+        };
+    }
+    match s.expectation(&e.class) {
+        Some(old) if old.sha256 == e.sha256 && old.metrics == e.metrics => summary.unchanged += 1,
+        Some(_) => {
+            summary.replaced += 1;
+            s.put(e);
+        }
+        None => {
+            summary.added += 1;
+            s.put(e);
+        }
+    }
+    if let Some(t) = truth {
+        summary.truths += 1;
+        s.truth = Some(t);
+    }
+}
+
+/// The truth array's file name, beside the expectations' arrays.
+pub fn truth_array_name(suite: &str, scenario: &str, sha256: &str) -> String {
+    format!(
+        "{suite}/{}.truth.{}.npy",
+        super::golden::slug(scenario),
+        &sha256[..12]
+    )
+}
+
+/// Reads an .npy and checks that its bytes in `dtype` hash to `sha256` (bf16 outputs are stored
+/// upcast to f32, so they are cast back first).
+fn read_verified(
+    path: &Path,
+    dtype: DType,
+    sha256: &str,
+    scenario: &str,
+) -> Result<(tch::Tensor, Vec<f64>)> {
+    let t = tch::Tensor::read_npy(path)
+        .map_err(|e| Error::invalid_file(path, format!("{scenario}: not a readable .npy: {e}")))?;
+    let got = tensor_sha256(&t.f_to_kind(dtype.kind())?)?;
+    if got != sha256 {
+        return Err(Error::invalid_file(
+            path,
+            format!("{scenario}: the array's sha256 is {got}, the record says {sha256}"),
+        ));
+    }
+    let values = tensor_to_f64(&t)?;
+    Ok((t, values))
+}
