@@ -974,3 +974,48 @@ fn a_hub_model_is_found_in_the_local_cache_and_docs_scenarios_then_run() {
         "{t}"
     );
 }
+
+// ---------------------------------------------------------------- classes
+
+/// The genuine AVX2 host (fixtures/records/avx2-amd-epyc/README.md): replaying what reprodiff
+/// output there, every scenario it ran selects its own class's expectation and is bit-identical
+/// to it, so both README commands pass on such a host. This Intel host cannot emulate that
+/// class (ATen, oneDNN and MKL held to AVX2 give other bits), hence the replay.
+#[test]
+fn avx2_host_records_are_identical_to_their_class_expectations() {
+    use reprodiff::env::{EnvClass, Fingerprint};
+    use reprodiff::harness::golden::GoldenStore;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let store = GoldenStore::new(root.join("golden"));
+    let records = root.join("records/avx2-amd-epyc/check-records");
+    let avx2: EnvClass = "cpu/x86_64/amd/aten=avx2/onednn=avx2/mkl=auto/threads=2/libtorch=2.13.0"
+        .parse()
+        .unwrap();
+    let (mut compared, mut in_avx2_class) = (0, 0);
+    for suite_dir in std::fs::read_dir(&records).unwrap() {
+        let suite_dir = suite_dir.unwrap().path();
+        let suite = suite_dir.file_name().unwrap().to_str().unwrap().to_string();
+        let golden = store.load(&suite).unwrap().unwrap();
+        for file in std::fs::read_dir(&suite_dir).unwrap() {
+            let r: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(file.unwrap().path()).unwrap())
+                    .unwrap();
+            let Some(sha) = r["output"]["sha256"].as_str() else {
+                continue; // not run there (CUDA, weights)
+            };
+            let fp: Fingerprint = serde_json::from_value(r["environment"].clone()).unwrap();
+            let device = serde_json::from_value(r["spec"]["device"].clone()).unwrap();
+            let class = fp.class(device);
+            let name = r["scenario"].as_str().unwrap();
+            let e = golden.scenarios[name]
+                .expectation(&class)
+                .unwrap_or_else(|| panic!("{suite}/{name}: no expectation for {class}"));
+            assert_eq!(e.sha256.as_deref(), Some(sha), "{suite}/{name} ({class})");
+            compared += 1;
+            in_avx2_class += usize::from(class == avx2);
+        }
+    }
+    // 138 scenarios ran there; one (rng's randn/cpu-capability-default) in a child process
+    // under the `default` capability, which is another class.
+    assert_eq!((compared, in_avx2_class), (138, 137));
+}
