@@ -186,24 +186,31 @@ fn a_generator_list_of_the_wrong_length_is_rejected() {
     assert_eq!(err.exit_code(), exit::USAGE);
 }
 
+/// Without CUDA, asking for it is a clear usage error; with CUDA, the same calls work and a
+/// CPU generator's noise moved to the GPU is the CPU draw (diffusers' randn_tensor).
 #[test]
-fn cuda_generators_and_devices_are_clear_errors_without_cuda() {
+fn cuda_generators_and_devices_are_clear_errors_without_cuda_and_work_with_it() {
+    let cuda = DeviceSpec::Cuda(0);
     if tch::Cuda::is_available() {
-        return; // this host has CUDA: the error cannot occur
+        let mut gpu = Generators::One(Generator::cuda(0, 0).unwrap());
+        let t = randn_tensor(&[2], &mut gpu, cuda, DType::F32).unwrap();
+        assert_eq!(t.device(), tch::Device::Cuda(0));
+        let mut one = Generators::One(Generator::cpu(0).unwrap());
+        let moved = randn_tensor(&[17], &mut one, cuda, DType::F32).unwrap();
+        let cpu = Generator::cpu(0)
+            .unwrap()
+            .randn(&[17], DType::F32, CPU)
+            .unwrap();
+        assert_eq!(bits(&moved.to_device(tch::Device::Cpu)), bits(&cpu));
+        return;
     }
     let err = Generator::cuda(0, 0).unwrap_err();
     assert!(err.to_string().contains("CUDA is not available"), "{err}");
     assert_eq!(err.exit_code(), exit::USAGE);
-    let err = randn_tensor(
-        &[2],
-        &mut Generators::Global,
-        DeviceSpec::Cuda(0),
-        DType::F32,
-    )
-    .unwrap_err();
+    let err = randn_tensor(&[2], &mut Generators::Global, cuda, DType::F32).unwrap_err();
     assert!(err.to_string().contains("cuda:0"), "{err}");
     let mut one = Generators::One(Generator::cpu(0).unwrap());
-    assert!(randn_tensor(&[2], &mut one, DeviceSpec::Cuda(0), DType::F32).is_err());
+    assert!(randn_tensor(&[2], &mut one, cuda, DType::F32).is_err());
 }
 
 // ---------------------------------------------------------------- determinism
@@ -771,7 +778,7 @@ fn run_ddim_saves_the_np_image_as_diffusers_returns_it() {
         values.iter().all(|v| (0.0..=1.0).contains(v)),
         "np output is clamped to [0, 1]"
     );
-    // The same image the ddim-tiny golden pins for this configuration, if the suite has it.
+    // The record describes the saved image.
     let json = run_ddim(&model, &["--seed", "0", "--steps", "2", "--json"]);
     let record: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(
@@ -779,6 +786,39 @@ fn run_ddim_saves_the_np_image_as_diffusers_returns_it() {
         reprodiff::torch::tensor_sha256(&image).unwrap()
     );
     assert_eq!(record["spec"]["run"]["generator"]["type"], "single");
+    // It is the image the ddim-tiny golden pins: `check` of that scenario (same model, seed,
+    // steps and threads) passes against diffusers' expectation and saw the same bits.
+    let pinned = ddim_image(
+        &model,
+        &["--seed", "0", "--steps", "2", "--threads", "2"],
+        &tmp.path().join("pinned.npy"),
+    );
+    let out_dir = tmp.path().join("records");
+    let out = reprodiff(
+        &[
+            "check",
+            "--suite",
+            "ddim-tiny",
+            "--filter",
+            "^tiny-ddim-a/steps2$",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
+    let checked: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("ddim-tiny/tiny-ddim-a__steps2.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        ["identical", "within-tolerance"].contains(&checked["verdict"].as_str().unwrap()),
+        "{checked}"
+    );
+    assert_eq!(
+        checked["output"]["sha256"],
+        reprodiff::torch::tensor_sha256(&pinned).unwrap()
+    );
 }
 
 #[test]
@@ -816,11 +856,8 @@ fn per_sample_generators_reproduce_each_image_of_a_batch() {
 #[case::negative_eta(&["--seed", "0", "--eta=-0.5"], "eta")]
 #[case::seeds_of_the_wrong_length(&["--seeds", "1,2,3", "--batch", "2"], "--seeds has 3 seeds")]
 #[case::unknown_dtype(&["--seed", "0", "--dtype", "f8"], "f8")]
-#[case::cuda_without_cuda(&["--seed", "0", "--device", "cuda"], "cuda")]
+#[case::cuda_device_that_is_not_there(&["--seed", "0", "--device", "cuda:99"], "cuda:99")]
 fn bad_ddim_arguments_are_exit_2(#[case] args: &[&str], #[case] says: &str) {
-    if args.contains(&"cuda") && tch::Cuda::is_available() {
-        return;
-    }
     let (_tmp, model) = tiny_model_copy();
     let out = run_ddim(&model, args);
     let t = text(&out);
