@@ -17,7 +17,7 @@ pub struct ModelFolder {
 /// path. `models_dir` resolves bare names used by suites (fixtures/models/).
 pub fn resolve(spec: &str, models_dir: Option<&Path>) -> Result<ModelFolder> {
     if let Some(arch) = spec.strip_prefix("derived:") {
-        return crate::models::derived::materialize(arch);
+        return from_dir(&crate::models::derived::materialize(arch)?);
     }
     if let Some(id) = spec.strip_prefix("hub:") {
         return from_dir(&hub_snapshot(id)?);
@@ -71,7 +71,7 @@ pub fn from_dir(dir: &Path) -> Result<ModelFolder> {
     ))
 }
 
-pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
+pub use crate::models::WEIGHTS;
 
 /// Only safetensors are read: pickle files can run code when loaded.
 fn check_weights(dir: &Path) -> Result<()> {

@@ -386,51 +386,14 @@ fn run_ddim(a: &DdimArgs) -> Result<i32> {
     use reprodiff::torch::{DeterminismSpec, GeneratorSpec, Preset};
 
     let device: reprodiff::torch::DeviceSpec = a.device.parse()?;
-    let gen_device = match a.generator.as_str() {
-        "cuda" => reprodiff::torch::DeviceSpec::Cuda(match device {
-            reprodiff::torch::DeviceSpec::Cuda(i) => i,
-            _ => 0,
-        }),
-        _ => reprodiff::torch::DeviceSpec::Cpu,
-    };
-    let generator = match (&a.seeds, a.seed, a.generator.as_str(), a.repeat_generator) {
-        (Some(_), _, "global", _) => {
-            return Err(Error::InvalidArgument(
-                "--seeds cannot be used with --generator global".into(),
-            ))
-        }
-        (Some(seeds), _, _, _) => {
-            if seeds.len() != a.batch {
-                return Err(Error::InvalidArgument(format!(
-                    "--seeds has {} seeds but --batch is {}: one generator per sample",
-                    seeds.len(),
-                    a.batch
-                )));
-            }
-            GeneratorSpec::PerSample {
-                seeds: seeds.clone(),
-                device: gen_device,
-            }
-        }
-        (None, seed, "global", false) => GeneratorSpec::Global {
-            seed: seed.unwrap_or(0),
-        },
-        (None, _, "global", true) => {
-            return Err(Error::InvalidArgument(
-                "--repeat-generator needs --generator cpu or cuda".into(),
-            ))
-        }
-        (None, Some(seed), _, true) => GeneratorSpec::Repeated {
-            seed,
-            count: a.batch,
-            device: gen_device,
-        },
-        (None, Some(seed), _, false) => GeneratorSpec::Single {
-            seed,
-            device: gen_device,
-        },
-        (None, None, _, _) => GeneratorSpec::Unseeded,
-    };
+    let generator = GeneratorSpec::from_flags(
+        a.seed,
+        a.seeds.as_deref(),
+        &a.generator,
+        a.repeat_generator,
+        a.batch,
+        device,
+    )?;
     let mut determinism = DeterminismSpec {
         preset: if a.deterministic {
             Preset::Full
@@ -516,50 +479,11 @@ fn run_ddim(a: &DdimArgs) -> Result<i32> {
 }
 
 fn bench_ddim(model: &str, steps: usize, runs: usize, threads: Option<usize>) -> Result<i32> {
-    use reprodiff::pipelines::ddim::{DdimCall, DdimPipeline};
-    use reprodiff::torch::{DType, DeviceSpec, GeneratorSpec};
-    if let Some(n) = threads {
-        reprodiff::torch::Determinism {
-            threads: Some(n),
-            ..reprodiff::torch::Determinism::torch_defaults()
-        }
-        .apply()?;
-    }
-    let folder = reprodiff::loading::resolve(model, None)?;
-    let mut pipe = DdimPipeline::load(&folder, DType::F32, DeviceSpec::Cpu, &Default::default())?;
-    let call = DdimCall {
-        num_inference_steps: steps,
-        ..Default::default()
-    };
-    let spec = GeneratorSpec::Single {
-        seed: 0,
-        device: DeviceSpec::Cpu,
-    };
-    let mut times = Vec::new();
-    let mut sha = String::new();
-    for i in 0..=runs {
-        let (mut gens, _) = spec.build()?;
-        let start = std::time::Instant::now();
-        let image = pipe.call(&call, &mut gens)?;
-        let elapsed = start.elapsed().as_secs_f64();
-        if i > 0 {
-            times.push(elapsed); // run 0 warms up
-        }
-        sha = reprodiff::torch::tensor_sha256(&image)?;
-    }
-    let peak_kb = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:")
-                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
-            })
-        })
-        .and_then(|v| v.parse::<u64>().ok());
+    let b = reprodiff::pipelines::ddim::bench(model, steps, runs, threads)?;
     println!(
         "{}",
-        serde_json::json!({"impl": "reprodiff", "steps": steps, "threads": tch::get_num_threads(),
-                           "seconds": times, "peak_rss_kb": peak_kb, "sha256": sha})
+        serde_json::json!({"impl": "reprodiff", "steps": steps, "threads": b.threads,
+                           "seconds": b.seconds, "peak_rss_kb": b.peak_rss_kb, "sha256": b.sha256})
     );
     Ok(exit::OK)
 }

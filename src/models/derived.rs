@@ -3,8 +3,8 @@
 //! that the Python oracle loads too; `derived:ddpm-cifar10-32` materialises it in the cache.
 use super::params::{DerivedSource, ParamPath};
 use super::unet_2d::{UNet2DConfig, UNet2DModel};
+use super::WEIGHTS;
 use crate::error::{Error, Result};
-use crate::loading::{ModelFolder, WEIGHTS};
 use crate::torch::DType;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -117,8 +117,8 @@ fn write_beside(arch: &str, out: &Path) -> Result<tempfile::TempDir> {
     Ok(tmp)
 }
 
-/// The cached folder for `derived:ARCH`, written on first use.
-pub fn materialize(arch: &str) -> Result<ModelFolder> {
+/// The cached folder for `derived:ARCH` (a diffusers pipeline folder), written on first use.
+pub fn materialize(arch: &str) -> Result<PathBuf> {
     let dir = cache_dir().join(format!("derived/{arch}-v{DERIVATION_VERSION}"));
     if !dir.join("DERIVED").is_file() {
         // Several processes (nextest runs tests in parallel) may get here at once: each writes
@@ -135,7 +135,7 @@ pub fn materialize(arch: &str) -> Result<ModelFolder> {
             ));
         }
     }
-    crate::loading::from_dir(&dir)
+    Ok(dir)
 }
 
 /// REPRODIFF_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/reprodiff (shared with ci/install-libtorch.sh).

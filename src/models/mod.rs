@@ -10,3 +10,6 @@ pub mod params;
 pub mod resnet;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
+
+/// The file a diffusers model folder keeps its weights in (safetensors only).
+pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";

@@ -231,6 +231,51 @@ pub enum Generators {
 }
 
 impl GeneratorSpec {
+    /// The `generator=` argument as the command line spells it: `--seed S` (one generator for
+    /// the batch), `--seeds S1,S2,...` (one per sample), `--generator cpu|cuda|global`,
+    /// `--repeat-generator` (`[g] * batch`); no seed at all draws unseeded. A CUDA generator
+    /// lives on the pipeline's CUDA device (cuda:0 when the pipeline runs on the CPU).
+    pub fn from_flags(
+        seed: Option<u64>,
+        seeds: Option<&[u64]>,
+        kind: &str,
+        repeat: bool,
+        batch: usize,
+        device: DeviceSpec,
+    ) -> Result<Self> {
+        let gen_device = match (kind, device) {
+            ("cuda", DeviceSpec::Cuda(i)) => DeviceSpec::Cuda(i),
+            ("cuda", DeviceSpec::Cpu) => DeviceSpec::Cuda(0),
+            _ => DeviceSpec::Cpu,
+        };
+        let usage = |m: &str| Err(Error::InvalidArgument(m.into()));
+        match (seeds, seed, kind, repeat) {
+            (Some(_), _, "global", _) => usage("--seeds cannot be used with --generator global"),
+            (Some(seeds), _, _, _) if seeds.len() != batch => usage(&format!(
+                "--seeds has {} seeds but --batch is {batch}: one generator per sample",
+                seeds.len()
+            )),
+            (Some(seeds), _, _, _) => Ok(GeneratorSpec::PerSample {
+                seeds: seeds.to_vec(),
+                device: gen_device,
+            }),
+            (None, _, "global", true) => usage("--repeat-generator needs --generator cpu or cuda"),
+            (None, seed, "global", false) => Ok(GeneratorSpec::Global {
+                seed: seed.unwrap_or(0),
+            }),
+            (None, Some(seed), _, true) => Ok(GeneratorSpec::Repeated {
+                seed,
+                count: batch,
+                device: gen_device,
+            }),
+            (None, Some(seed), _, false) => Ok(GeneratorSpec::Single {
+                seed,
+                device: gen_device,
+            }),
+            (None, None, _, _) => Ok(GeneratorSpec::Unseeded),
+        }
+    }
+
     /// The batch size this spec implies, if any (a list must match the batch).
     pub fn list_len(&self) -> Option<usize> {
         match self {
