@@ -255,15 +255,25 @@ pub fn compare(
     if !obs.finite {
         result.notes.push("output holds NaN or Inf".into());
     }
+    if let (Match::NearestClass, EnvClass::Host(here), EnvClass::Host(there)) =
+        (how, &class, &expectation.class)
+    {
+        if here.libtorch != there.libtorch {
+            result.notes.push(format!(
+                "cross-version: the expectation was recorded on libtorch {}, this run is on {}",
+                there.libtorch, here.libtorch
+            ));
+        }
+    }
     let expected = load_array(expectation, obs, store, &mut result.notes);
     match (how, scenario.cross_class) {
         (Match::NearestClass, None) => {
             result.verdict = Verdict::NoExpectation;
-            result.notes.push(format!(
-                "no expectation for this host's class {class}, and the scenario has no \
-                 cross_class rule; the nearest recorded class is {}",
-                expectation.class
-            ));
+            result.notes.push(
+                "no expectation for this host's class and no cross_class rule in the suite: \
+                 record this class with the oracle (ci/oracle/run.sh) on such a host"
+                    .into(),
+            );
         }
         (Match::NearestClass, Some(CrossClass::Truth { k, floor })) => {
             cross_class_truth(
