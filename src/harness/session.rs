@@ -60,6 +60,12 @@ impl Fixtures {
             .map(Regex::new)
             .transpose()
             .map_err(|e| Error::InvalidArgument(format!("--filter: {e}")))?;
+        let models = self.root.join("models");
+        for suite in &all {
+            for scenario in &suite.scenarios {
+                check_model_reference(suite, scenario, &models)?;
+            }
+        }
         Ok(all
             .into_iter()
             .filter(|s| sel.suites.is_empty() || sel.suites.contains(&s.name))
@@ -74,6 +80,45 @@ impl Fixtures {
             .filter(|s| !s.scenarios.is_empty())
             .collect())
     }
+}
+
+/// A suite's model reference must name something that exists: a folder under fixtures/models/
+/// or a path, a known derived architecture, or a hub id (`hub:org/name`, looked up at run time:
+/// one not in the local cache is "not run", since the host may simply not have it). A typo is a
+/// suite error (exit 2), never "not run".
+fn check_model_reference(suite: &Suite, scenario: &Scenario, models: &Path) -> Result<()> {
+    let super::workload::Workload::Ddim { model, .. } = &scenario.run else {
+        return Ok(());
+    };
+    let bad = |m: String| {
+        Err(Error::invalid_file(
+            &suite.path,
+            format!("scenario '{}': run.model {m}", scenario.name),
+        ))
+    };
+    if let Some(arch) = model.strip_prefix("derived:") {
+        if !crate::models::derived::ARCHS.contains(&arch) {
+            return bad(format!(
+                "'{model}': unknown derived architecture (known: {})",
+                crate::models::derived::ARCHS.join(", ")
+            ));
+        }
+    } else if let Some(id) = model.strip_prefix("hub:") {
+        let part = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        };
+        if !id.split_once('/').is_some_and(|(o, n)| part(o) && part(n)) {
+            return bad(format!("'{model}': a hub id is hub:org/name"));
+        }
+    } else if !models.join(model).is_dir() && !Path::new(model).is_dir() {
+        return bad(format!(
+            "'{model}': no such folder in {} (hub models are written hub:org/name)",
+            models.display()
+        ));
+    }
+    Ok(())
 }
 
 /// One JSON record per scenario run: the result (with the run's class and the class it was
