@@ -2,7 +2,9 @@
 """Golden fixtures for values that were published, not computed here: fixtures/golden/ddim-docs.json.
 
 Each entry cites where its number was published. Published values come without bits, so the
-entries carry no sha256; the suite checks them within tolerances. Regenerate with:
+entries carry no sha256 and their class is `any`; the suite checks them within tolerances. The
+file is written as a schema-1 golden into a temporary directory and merged by
+`reprodiff golden merge`, which owns the golden format. Regenerate with:
 
     ci/oracle/run.sh --published        (or: python3 ci/oracle/published.py)
 
@@ -20,11 +22,12 @@ Numbers (all for the real google/ddpm-cifar10-32 weights):
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from common import reprodiff
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "fixtures" / "golden"
@@ -40,23 +43,19 @@ def provenance(tool: str) -> dict:
     return {"producer": "published", "tool": tool, "command": COMMAND, "environment": None}
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def main() -> None:
-    (GOLDEN / SUITE).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        write(Path(tmp))
+        reprodiff(["golden", "merge", "--from", tmp, "--golden-dir", str(GOLDEN)])
+    print(f"merged 3 published values into {GOLDEN / (SUITE + '.json')}")
+
+
+def write(out: Path) -> None:
+    """The published values as a schema-1 golden directory in `out`."""
+    (out / SUITE).mkdir()
     slice_array = np.array(SLICE, dtype=np.float32).reshape(3, 3)
     array_rel = f"{SUITE}/global-seed0__50-steps__slice.published.npy"
-    fd, tmp = tempfile.mkstemp(dir=GOLDEN / SUITE, prefix=".tmp-", suffix=".npy")
-    os.close(fd)
-    np.save(tmp, slice_array)
-    os.replace(tmp, GOLDEN / array_rel)
+    np.save(out / array_rel, slice_array)
     golden = {
         "schema": 1,
         "suite": SUITE,
@@ -80,9 +79,7 @@ def main() -> None:
             },
         },
     }
-    text = json.dumps(golden, indent=2, sort_keys=True) + "\n"
-    write_atomically(GOLDEN / f"{SUITE}.json", text.encode())
-    print(f"wrote {GOLDEN / (SUITE + '.json')} (3 published values)")
+    (out / f"{SUITE}.json").write_text(json.dumps(golden, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates golden fixtures (fixtures/golden/) with real PyTorch: the Python oracle.
 #
-#   ci/oracle/run.sh [--suite NAME]... [--filter REGEX] [--golden-dir DIR]
+#   ci/oracle/run.sh [--suite NAME]... [--filter REGEX] [--out DIR] [--no-merge] [--golden-dir DIR]
 #   ci/oracle/run.sh --self-check
 #   ci/oracle/run.sh --make-models [--force] [--check] [NAME]...
 #   ci/oracle/run.sh --published     # ci/oracle/published.py: fixtures/golden/ddim-docs.json
@@ -9,12 +9,16 @@
 # Installs (once) libtorch's torch venv through ci/install-libtorch.sh, adds the oracle's pinned
 # requirements to it (again only when ci/oracle/requirements.txt changes), then runs
 # ci/oracle/goldens.py from the repository root with the Hugging Face Hub offline, or with
-# --make-models ci/oracle/make_models.py (the tiny models under fixtures/models/).
+# --make-models ci/oracle/make_models.py (the tiny models under fixtures/models/). goldens.py
+# writes a results directory (--out, default a fresh temporary one) and, unless --no-merge,
+# runs `reprodiff golden merge --from DIR [--golden-dir DIR]`, which writes the goldens.
 #
 #   REPRODIFF_CACHE   cache root shared with ci/install-libtorch.sh
 #                     (default: ${XDG_CACHE_HOME:-$HOME/.cache}/reprodiff); derived models
 #                     (run.model = "derived:ARCH") are kept under its derived/
-#   REPRODIFF_BIN     the reprodiff binary that derives them (default target/debug/reprodiff)
+#   REPRODIFF_BIN     the reprodiff binary (default target/debug/reprodiff): it expands the
+#                     suites (list --json), gives the fingerprint (env --json), merges the
+#                     results (golden merge) and derives weights
 #   REPRODIFF_DERIVED_DIR  take derived:ARCH from DIR/ARCH as it is (testing only)
 set -euo pipefail
 
