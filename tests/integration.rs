@@ -259,10 +259,16 @@ fn another_cpu_capability_needs_a_child_process() {
 // ---------------------------------------------------------------- the command line
 
 fn reprodiff(args: &[&str], fixtures: Option<&Path>) -> Output {
+    reprodiff_with_env(args, fixtures, &[])
+}
+
+/// `reprodiff ARGS` with extra environment variables (e.g. another CPU class's).
+fn reprodiff_with_env(args: &[&str], fixtures: Option<&Path>, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_reprodiff"));
     cmd.args(args)
         .env_remove("CI")
-        .env_remove("REPRODIFF_FIXTURES");
+        .env_remove("REPRODIFF_FIXTURES")
+        .envs(env.iter().copied());
     if let Some(f) = fixtures {
         cmd.arg("--fixtures").arg(f);
     }
@@ -1055,4 +1061,218 @@ fn avx2_host_records_are_identical_to_their_class_expectations() {
     // 138 scenarios ran there; one (rng's randn/cpu-capability-default) in a child process
     // under the `default` capability, which is another class.
     assert_eq!((compared, in_avx2_class), (138, 137));
+}
+
+/// A rerun-difference scenario's zeros only say that two runs agree; a pipeline that ignored
+/// its input would pass it too. So every such scenario of a suite with goldens has a sibling
+/// that runs the same thing once and is compared with its expectation (under any determinism
+/// setting: ddim-cuda's default-determinism rerun claims repeatability, its first run is pinned
+/// under full determinism).
+#[test]
+fn every_rerun_difference_has_its_first_run_pinned() {
+    use reprodiff::harness::workload::Workload;
+    let fixtures = reprodiff::harness::session::Fixtures::new(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+    );
+    let suites = fixtures.select(&Default::default()).unwrap();
+    let mut twice = 0;
+    for suite in &suites {
+        for s in &suite.scenarios {
+            let Workload::Ddim { twice: true, .. } = &s.run else {
+                continue;
+            };
+            twice += 1;
+            let mut once = s.run.clone();
+            if let Workload::Ddim { twice, .. } = &mut once {
+                *twice = false;
+            }
+            assert!(
+                suite
+                    .scenarios
+                    .iter()
+                    .any(|o| o.run == once && o.device == s.device),
+                "{}/{}: no scenario pins its first run",
+                suite.name,
+                s.name
+            );
+        }
+    }
+    assert!(twice >= 2, "found {twice} rerun-difference scenarios");
+}
+
+/// Applies `edit` to every tensor of tiny-ddim-a's UNet in a fixtures copy.
+fn edit_tiny_a(fixtures: &Path, edit: impl Fn(&str, &mut Tensor)) {
+    rewrite_weights(&fixtures.join("models/tiny-ddim-a"), |ts| {
+        for (name, t) in ts.iter_mut() {
+            edit(name, t);
+        }
+    });
+}
+
+/// The line `check` prints for one scenario.
+fn check_line<'a>(t: &'a str, scenario: &str) -> &'a str {
+    t.lines()
+        .find(|l| l.contains(scenario))
+        .unwrap_or_else(|| panic!("no line for {scenario} in: {t}"))
+}
+
+/// On the host's own class the comparison is bit for bit: nudging one bias of tiny-ddim-a by
+/// one ulp fails. (bless first gives this host's class an expectation when it has none.)
+#[test]
+fn a_one_ulp_change_of_one_weight_fails_on_the_hosts_own_class() {
+    let (_tmp, fixtures) = fixtures_copy();
+    let check = [
+        "check",
+        "--suite",
+        "ddim-tiny",
+        "--filter",
+        "^tiny-ddim-a/steps5$",
+    ];
+    let out = reprodiff(
+        &[
+            "bless",
+            "--suite",
+            "ddim-tiny",
+            "--filter",
+            "^tiny-ddim-a/steps5$",
+        ],
+        Some(&fixtures),
+    );
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
+    let out = reprodiff(&check, Some(&fixtures));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+    let line = check_line(&t, "tiny-ddim-a/steps5");
+    assert!(
+        line.starts_with("identical") && line.contains("same class"),
+        "{line}"
+    );
+    edit_tiny_a(&fixtures, |name, t| {
+        if name == "conv_out.bias" {
+            let v = t.double_value(&[0]) as f32;
+            let _ = t.narrow(0, 0, 1).fill_(f64::from(v.next_up()));
+        }
+    });
+    let out = reprodiff(&check, Some(&fixtures));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
+    let line = check_line(&t, "tiny-ddim-a/steps5");
+    assert!(
+        line.starts_with("drifted") && line.contains("same class"),
+        "{line}"
+    );
+}
+
+/// A CPU class nobody recorded (ATen `default`, oneDNN held to SSE4.1) passes ddim-tiny by the
+/// calibrated cross-class rule and names the class it compared with; the same class fails
+/// once tiny-ddim-a's weights are scaled by 1.01.
+#[test]
+fn an_unrecorded_cpu_class_passes_by_the_truth_rule_and_scaled_weights_fail() {
+    let foreign = [
+        ("ATEN_CPU_CAPABILITY", "default"),
+        ("ONEDNN_MAX_CPU_ISA", "SSE41"),
+    ];
+    let (_tmp, fixtures) = fixtures_copy();
+    let check = [
+        "check",
+        "--suite",
+        "ddim-tiny",
+        "--filter",
+        "^tiny-ddim-a/steps(2|5|10)$",
+    ];
+    let out = reprodiff_with_env(&check, Some(&fixtures), &foreign);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+    assert!(t.contains("host class: cpu/x86_64/"), "{t}");
+    assert!(t.contains("/aten=default/onednn=sse41/"), "{t}");
+    for steps in [2, 5, 10] {
+        let line = check_line(&t, &format!("tiny-ddim-a/steps{steps} "));
+        assert!(
+            line.starts_with("within tolerance") && line.contains("nearest class cpu/"),
+            "{line}"
+        );
+    }
+    edit_tiny_a(&fixtures, |_, t| {
+        let scaled = &*t * 1.01;
+        t.copy_(&scaled);
+    });
+    let out = reprodiff_with_env(&check, Some(&fixtures), &foreign);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
+    let line = check_line(&t, "tiny-ddim-a/steps5 ");
+    assert!(
+        line.starts_with("drifted") && line.contains("rmse_truth"),
+        "{line}"
+    );
+}
+
+/// Who made each committed expectation: the oracle (diffusers / PyTorch) for every suite but
+/// ddim-docs, whose values are the seed document's published numbers. A `reprodiff bless` or a
+/// hand edit of a committed golden shows up here.
+#[test]
+fn every_committed_expectation_names_its_producer() {
+    use reprodiff::harness::golden::GoldenStore;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let store = GoldenStore::new(root.join("golden"));
+    let suites = reprodiff::harness::session::Fixtures::new(&root)
+        .select(&Default::default())
+        .unwrap();
+    let mut seen = 0;
+    for suite in &suites {
+        let golden = store.load(&suite.name).unwrap().unwrap();
+        let want = if suite.name == "ddim-docs" {
+            "published"
+        } else {
+            "oracle"
+        };
+        for (name, s) in &golden.scenarios {
+            assert!(!s.expectations.is_empty(), "{}/{name}", suite.name);
+            for e in &s.expectations {
+                let p = &e.provenance;
+                assert_eq!(p.producer, want, "{}/{name} ({})", suite.name, e.class);
+                let command = if want == "oracle" {
+                    "ci/oracle/run.sh "
+                } else {
+                    "ci/oracle/run.sh --published"
+                };
+                assert!(
+                    p.command.starts_with(command),
+                    "{}/{name}: {}",
+                    suite.name,
+                    p.command
+                );
+                seen += 1;
+            }
+            if let Some(t) = &s.truth {
+                assert_eq!(
+                    t.provenance.producer, "oracle",
+                    "{}/{name} truth",
+                    suite.name
+                );
+            }
+        }
+    }
+    assert!(seen > 400, "{seen} expectations");
+}
+
+/// A suite naming a model that does not exist is a suite error (exit 2), not "not run".
+#[rstest::rstest]
+#[case::missing_folder("model = \"tiny-ddim-c\"", "tiny-ddim-c")]
+#[case::malformed_hub_id("model = \"hub:google\"", "hub:org/name")]
+#[case::unknown_derived_arch("model = \"derived:nope\"", "derived:nope")]
+fn a_suite_naming_a_model_that_is_not_there_is_exit_2(#[case] model: &str, #[case] says: &str) {
+    let (_tmp, fixtures) = fixtures_copy();
+    let suite = fixtures.join("suites/ddim-tiny.toml");
+    let text0 = std::fs::read_to_string(&suite).unwrap();
+    let edited = text0.replacen(
+        "model = \"tiny-ddim-b\", steps = 50",
+        &format!("{model}, steps = 50"),
+        1,
+    );
+    assert_ne!(edited, text0);
+    std::fs::write(&suite, edited).unwrap();
+    let out = reprodiff(&["check", "--suite", "rng"], Some(&fixtures));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::USAGE), "{t}");
+    assert!(t.contains("ddim-tiny.toml") && t.contains(says), "{t}");
 }

@@ -275,7 +275,7 @@ pub fn compare(
                     .into(),
             );
         }
-        (Match::NearestClass, Some(CrossClass::Truth { k, floor })) => {
+        (Match::NearestClass, Some(CrossClass::Truth { k, noise_ulps })) => {
             cross_class_truth(
                 &mut result,
                 golden,
@@ -283,8 +283,7 @@ pub fn compare(
                 obs,
                 expected.as_deref(),
                 store,
-                k,
-                floor,
+                (k, noise_ulps),
             );
         }
         _ => same_class(&mut result, scenario, expectation, obs, expected.as_deref()),
@@ -353,8 +352,7 @@ fn same_class(
     result.verdict = worst(&result.checks);
 }
 
-/// The cross-class rule against the float64 truth.
-#[allow(clippy::too_many_arguments)]
+/// The cross-class rule against the float64 truth; `rule` is (k, noise_ulps).
 fn cross_class_truth(
     result: &mut ScenarioResult,
     golden: &GoldenScenario,
@@ -362,8 +360,7 @@ fn cross_class_truth(
     obs: &Observation,
     expected: Option<&[f64]>,
     store: &GoldenStore,
-    k: f64,
-    floor: f64,
+    (k, noise_ulps): (f64, f64),
 ) {
     let Some(truth) = &golden.truth else {
         result.verdict = Verdict::Failed;
@@ -420,6 +417,7 @@ fn cross_class_truth(
     }
     let r_expected = metrics::rmse(&truth_values, expected);
     let r_got = metrics::rmse(&truth_values, &obs.values);
+    let floor = noise_ulps * truth.sensitivity;
     let bound = k * r_expected + floor;
     let verdict = if r_got <= bound {
         Verdict::WithinTolerance
@@ -428,10 +426,13 @@ fn cross_class_truth(
     };
     result.checks.push(MetricCheck {
         metric: "rmse_truth".into(),
-        golden: format!("{r_expected:e}"),
-        got: format!("{r_got:e}"),
+        golden: format!("{r_expected:.4e}"),
+        got: format!("{r_got:.4e}"),
         delta: Some(r_got - r_expected),
-        tolerance: format!("<= {k} * {r_expected:.3e} + {floor:e} = {bound:.3e}"),
+        tolerance: format!(
+            "<= {k} * {r_expected:.3e} + {noise_ulps} * {:.3e} = {bound:.3e}",
+            truth.sensitivity
+        ),
         verdict,
     });
     let (d, _) = metrics::l_inf(&obs.values, expected);

@@ -45,9 +45,12 @@ pub enum CrossClass {
     /// The bits must still be identical: the suite claims they do not depend on the class
     /// (measured for CPU random draws with the same ATen capability).
     Bits,
-    /// PyTorch's accuracy rule (`torch._dynamo.utils.same`) against the float64 truth:
-    /// `rmse(truth, got) <= k * rmse(truth, expectation) + floor`.
-    Truth { k: f64, floor: f64 },
+    /// PyTorch's accuracy rule (`torch._dynamo.utils.same`) against the float64 truth,
+    /// `rmse(truth, got) <= k * rmse(truth, expectation) + floor`, with the floor in units of
+    /// the scenario's sensitivity (the rmse by which one ulp of initial noise moves the output):
+    /// `floor = noise_ulps * sensitivity`. Another CPU's rounding acts like a few ulps of noise,
+    /// and how far that carries is the scenario's own figure (calibrated by ci/calibrate.py).
+    Truth { k: f64, noise_ulps: f64 },
 }
 
 /// One named thing to run and check.
@@ -118,10 +121,11 @@ impl Scenario {
                 ));
             }
         }
-        if let Some(CrossClass::Truth { k, floor }) = self.cross_class {
-            if !(k >= 1.0 && floor >= 0.0 && k.is_finite() && floor.is_finite()) {
+        if let Some(CrossClass::Truth { k, noise_ulps }) = self.cross_class {
+            if !(k >= 1.0 && noise_ulps >= 0.0 && k.is_finite() && noise_ulps.is_finite()) {
                 return Err(format!(
-                    "cross_class: k = {k}, floor = {floor}: k must be >= 1 and floor >= 0"
+                    "cross_class: k = {k}, noise_ulps = {noise_ulps}: k must be >= 1 and \
+                     noise_ulps >= 0"
                 ));
             }
             if !self.store_array {
