@@ -238,6 +238,28 @@ fn threads_setting_is_applied() {
     assert_eq!(Determinism::in_force().unwrap().threads, Some(1));
 }
 
+/// `check` runs many scenarios in one process: one that names no thread count or no full
+/// determinism must not inherit them from the scenario before it (nextest, one process per
+/// test, would give other bits).
+#[test]
+fn a_scenario_inherits_nothing_from_the_one_before() {
+    let default_threads = tch::get_num_threads() as usize;
+    let first = Determinism {
+        threads: Some(default_threads + 1),
+        ..Determinism::full()
+    };
+    first.apply().unwrap();
+    assert_eq!(
+        Determinism::in_force().unwrap().threads,
+        Some(default_threads + 1)
+    );
+    Determinism::torch_defaults().apply().unwrap();
+    let now = Determinism::in_force().unwrap();
+    assert_eq!(now.threads, Some(default_threads));
+    assert_eq!(now.cublas_workspace_config, None);
+    assert!(!now.cuda_launch_blocking && !now.deterministic_algorithms);
+}
+
 #[test]
 fn another_cpu_capability_needs_a_child_process() {
     let now = reprodiff::torch::cpu_capability().unwrap();
@@ -1275,4 +1297,70 @@ fn a_suite_naming_a_model_that_is_not_there_is_exit_2(#[case] model: &str, #[cas
     let t = text(&out);
     assert_eq!(out.status.code(), Some(exit::USAGE), "{t}");
     assert!(t.contains("ddim-tiny.toml") && t.contains(says), "{t}");
+}
+
+/// Two expectations for one class, or a class key nobody can parse: exit 2 naming the file and
+/// the scenario.
+#[rstest::rstest]
+#[case::duplicate_class(true, "two expectations for class")]
+#[case::unknown_class_key(false, "threads=")]
+fn a_golden_with_a_bad_class_is_exit_2(#[case] duplicate: bool, #[case] says: &str) {
+    let (_tmp, fixtures) = fixtures_copy();
+    edit_json(&fixtures.join("golden/rng.json"), |v| {
+        let list = v["scenarios"][ONE_NAME]["expectations"]
+            .as_array_mut()
+            .unwrap();
+        if duplicate {
+            let first = list[0].clone();
+            list.push(first);
+        } else {
+            list[0]["class"] = serde_json::json!(
+                "cpu/x86_64/amd/aten=avx2/onednn=avx2/mkl=auto/thread=2/libtorch=2.13.0"
+            );
+        }
+    });
+    let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::USAGE), "{t}");
+    assert!(
+        t.contains("rng.json") && t.contains(ONE_NAME) && t.contains(says),
+        "{t}"
+    );
+}
+
+/// bless writes only its own expectations: the oracle's for this class stays, even when this
+/// run's bits differ from it (bless says "kept" and names the oracle's command).
+#[test]
+fn bless_never_replaces_an_oracle_expectation() {
+    let (_tmp, fixtures) = fixtures_copy();
+    // The oracle's expectation for every class now holds other bits than this host computes.
+    edit_expectations(&fixtures, ONE_NAME, |e| {
+        e["sha256"] = serde_json::json!("0".repeat(64));
+    });
+    let before = golden_bytes(&fixtures);
+    let out = reprodiff(&["bless", "--filter", ONE], Some(&fixtures));
+    let t = text(&out);
+    let v: serde_json::Value = serde_json::from_slice(&golden_bytes(&fixtures)).unwrap();
+    let producers: Vec<&str> = v["scenarios"][ONE_NAME]["expectations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["provenance"]["producer"].as_str().unwrap())
+        .collect();
+    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+    if producers.iter().all(|p| *p == "oracle") {
+        // This host's class had an oracle expectation: kept, nothing written.
+        assert!(
+            t.contains("kept: the oracle expectation") && t.contains("ci/oracle/run.sh"),
+            "{t}"
+        );
+        assert_eq!(golden_bytes(&fixtures), before);
+    } else {
+        // A class the oracle never recorded: bless added its own beside the oracle's.
+        assert_eq!(
+            producers.iter().filter(|p| **p == "reprodiff").count(),
+            1,
+            "{t}"
+        );
+    }
 }

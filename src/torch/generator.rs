@@ -40,8 +40,10 @@ impl Generator {
     pub fn cuda(seed: u64, index: usize) -> Result<Self> {
         DeviceSpec::Cuda(index).ensure_available()?;
         let mut raw = std::ptr::null_mut();
+        // CUDA is there (checked above): a generator that still cannot be made is a failure of
+        // libtorch (e.g. torch_cuda not linked), never "not run".
         ffi::check(unsafe { ffi::rd_gen_new_cuda(index as i32, seed, &mut raw) })
-            .map_err(Error::Unavailable)?;
+            .map_err(torch_err)?;
         Ok(Generator { raw })
     }
 
