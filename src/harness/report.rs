@@ -33,13 +33,13 @@ pub fn lines(results: &[ScenarioResult], verbose: bool) -> String {
     let mut out = String::new();
     for r in results {
         let name = format!("{}/{}", r.suite, r.scenario);
-        let _ = writeln!(
-            out,
+        let line = format!(
             "{:<16}  {name:<width$}  {}  {}",
             r.verdict.label(),
             compared_with(r),
             decided_by(r)
         );
+        let _ = writeln!(out, "{}", line.trim_end());
         if verbose || r.verdict != Verdict::Identical {
             out.push_str(&details(r));
         }
