@@ -53,6 +53,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A Markdown drift report over check record folders (`check --out DIR`), one set per
+    /// folder: per environment class, counts by verdict and the worst l_inf; with --baseline,
+    /// each set against it (newly drifted, newly fixed, new, missing).
+    Report {
+        /// Record folders, one per host or run.
+        #[arg(required = true)]
+        records: Vec<PathBuf>,
+        /// A record folder to compare every set with.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+    },
     /// Maintain golden files.
     Golden {
         #[command(subcommand)]
@@ -254,6 +265,16 @@ fn run(cli: Cli) -> Result<i32> {
                     }
                 }
             }
+            Ok(exit::OK)
+        }
+        Command::Report { records, baseline } => {
+            use reprodiff::harness::drift;
+            let sets = records
+                .iter()
+                .map(|d| drift::load(d))
+                .collect::<Result<Vec<_>>>()?;
+            let base = baseline.as_deref().map(drift::load).transpose()?;
+            print!("{}", drift::markdown(&sets, base.as_ref()));
             Ok(exit::OK)
         }
         Command::Golden {

@@ -1364,3 +1364,71 @@ fn bless_never_replaces_an_oracle_expectation() {
         );
     }
 }
+
+// ---------------------------------------------------------------- drift reports
+
+fn avx2_records() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/records/avx2-amd-epyc/check-records")
+}
+
+/// The report over the genuine AVX2 host's records (checked there against AVX-512 goldens):
+/// per class, the verdicts and the worst drift, pinned.
+#[test]
+fn drift_report_of_the_avx2_host_records() {
+    let set = reprodiff::harness::drift::load(&avx2_records()).unwrap();
+    let mut set = set;
+    set.label = "avx2-amd-epyc".into();
+    snapshot_settings().bind(|| {
+        insta::assert_snapshot!(
+            "drift_report_avx2_host",
+            reprodiff::harness::drift::markdown(&[set], None)
+        );
+    });
+}
+
+/// Against a baseline: a scenario that was identical and now drifted is listed "(previously
+/// identical)", one fixed "(previously drifted)", a removed one as missing, a new one as new;
+/// an unreadable record is named and the rest still read.
+#[test]
+fn drift_report_compares_with_a_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let new = tmp.path().join("new");
+    copy_dir(&avx2_records(), &new);
+    let steps5 = new.join("ddim-tiny/tiny-ddim-a__steps5.json");
+    let rng = new.join("rng/randn__cpu-generator__seed0__4.json");
+    edit_json(&steps5, |v| v["verdict"] = serde_json::json!("identical"));
+    edit_json(&rng, |v| v["verdict"] = serde_json::json!("drifted"));
+    std::fs::remove_file(new.join("rng/randn__cpu-generator__seed1__4.json")).unwrap();
+    std::fs::write(new.join("rng/truncated.json"), "{\"schema\": 2, \"suite\"").unwrap();
+    let out = reprodiff(
+        &[
+            "report",
+            new.to_str().unwrap(),
+            "--baseline",
+            avx2_records().to_str().unwrap(),
+        ],
+        None,
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+    assert!(
+        t.contains("ddim-tiny/tiny-ddim-a/steps5: identical (previously drifted)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("rng/randn/cpu-generator/seed0/4: drifted (previously identical)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("Missing (1)") && t.contains("- rng/randn/cpu-generator/seed1/4"),
+        "{t}"
+    );
+    assert!(
+        t.contains("unreadable, skipped:") && t.contains("truncated.json"),
+        "{t}"
+    );
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = reprodiff(&["report", empty.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(exit::USAGE), "{}", text(&out));
+}

@@ -8,7 +8,9 @@
 //!   provenance, atomic canonical writes; [`merge`]: bringing in the oracle's results and other
 //!   hosts' goldens.
 //! - [`session`]: `check` and `bless` over a selection; [`report`]: the table people read.
+//! - [`drift`]: drift reports over check records from several hosts or runs.
 pub mod check;
+pub mod drift;
 pub mod golden;
 pub mod merge;
 pub mod metrics;

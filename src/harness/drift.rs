@@ -1,0 +1,225 @@
+//! Drift reports over the records `check` writes (`--out DIR`, one JSON per scenario): per
+//! environment class, what was identical, within tolerance, drifted, failed or not run and the
+//! worst drift; and, against a baseline set, what newly drifted or was fixed, in the style of
+//! boa's test262 compare. Markdown, for a pull-request comment.
+//!
+//! Records of schema 1 (before classes) read too: their class comes from their fingerprint.
+use crate::env::Fingerprint;
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+/// What the report needs of one record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// `suite/scenario`.
+    pub name: String,
+    pub verdict: String,
+    pub class: String,
+    /// The largest l_inf a metric row reported against the expectation, if any.
+    pub l_inf: Option<f64>,
+}
+
+/// A set of records: one host or one run, labelled by its folder.
+#[derive(Debug, Clone)]
+pub struct RecordSet {
+    pub label: String,
+    pub entries: Vec<Entry>,
+    /// Files that could not be read, with why; the rest was read.
+    pub unreadable: Vec<String>,
+}
+
+/// Reads every `*.json` record under `dir`. A file that is not a record is named in
+/// `unreadable` and skipped; a folder without any record is an error (exit 2).
+pub fn load(dir: &Path) -> Result<RecordSet> {
+    let mut files = Vec::new();
+    collect(dir, &mut files)?;
+    files.sort();
+    let mut set = RecordSet {
+        label: dir.display().to_string(),
+        entries: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for f in files {
+        match std::fs::read_to_string(&f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| entry(&t))
+        {
+            Ok(e) => set.entries.push(e),
+            Err(why) => set.unreadable.push(format!("{}: {why}", f.display())),
+        }
+    }
+    if set.entries.is_empty() {
+        return Err(Error::invalid_file(dir, "no check records (*.json) here"));
+    }
+    Ok(set)
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let p = e.map_err(|e| Error::io(dir, e))?.path();
+        if p.is_dir() {
+            collect(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "json") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn entry(text: &str) -> std::result::Result<Entry, String> {
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("{e} (line {}, column {})", e.line(), e.column()))?;
+    let field = |k: &str| {
+        v[k].as_str()
+            .map(String::from)
+            .ok_or_else(|| format!("no `{k}`: not a check record"))
+    };
+    let class = match v["class"].as_str() {
+        Some(c) => c.to_string(),
+        None if v["environment"].is_object() => {
+            let fp: Fingerprint =
+                serde_json::from_value(v["environment"].clone()).map_err(|e| e.to_string())?;
+            let device = serde_json::from_value(v["spec"]["device"].clone()).unwrap_or_default();
+            fp.class(device).to_string()
+        }
+        None => "(not run: no class)".into(),
+    };
+    let l_inf = v["checks"].as_array().and_then(|checks| {
+        checks
+            .iter()
+            .filter(|c| c["metric"] == "l_inf")
+            .filter_map(|c| c["got"].as_str()?.parse::<f64>().ok())
+            .reduce(f64::max)
+    });
+    Ok(Entry {
+        name: format!("{}/{}", field("suite")?, field("scenario")?),
+        verdict: field("verdict")?,
+        class,
+        l_inf,
+    })
+}
+
+const VERDICTS: [&str; 8] = [
+    "identical",
+    "within-tolerance",
+    "not-comparable",
+    "not-run",
+    "no-expectation",
+    "drifted",
+    "no-golden",
+    "failed",
+];
+
+/// The Markdown report: one table per set (rows: classes), then each set against `baseline`.
+pub fn markdown(sets: &[RecordSet], baseline: Option<&RecordSet>) -> String {
+    let mut out = String::from("# reprodiff drift report\n");
+    for set in sets.iter().chain(baseline) {
+        let _ = writeln!(out, "\n## {}\n", set.label);
+        out.push_str("| class | scenarios |");
+        for v in VERDICTS {
+            let _ = write!(out, " {} |", v.replace('-', " "));
+        }
+        out.push_str(" worst l_inf |\n|---|---|");
+        out.push_str(&"---|".repeat(VERDICTS.len() + 1));
+        out.push('\n');
+        let mut by_class: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
+        for e in &set.entries {
+            by_class.entry(&e.class).or_default().push(e);
+        }
+        for (class, entries) in by_class {
+            let _ = write!(out, "| `{class}` | {} |", entries.len());
+            for v in VERDICTS {
+                let _ = write!(
+                    out,
+                    " {} |",
+                    entries.iter().filter(|e| e.verdict == v).count()
+                );
+            }
+            let worst = entries
+                .iter()
+                .filter_map(|e| e.l_inf.map(|d| (d, &e.name)))
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            match worst {
+                Some((d, name)) if d > 0.0 => {
+                    let _ = writeln!(out, " {d:.3e} ({name}) |");
+                }
+                _ => out.push_str(" 0 |\n"),
+            }
+        }
+        for u in &set.unreadable {
+            let _ = writeln!(out, "\nunreadable, skipped: {u}");
+        }
+    }
+    if let Some(base) = baseline {
+        for set in sets {
+            out.push_str(&compare(base, set));
+        }
+    }
+    out
+}
+
+/// `base` → `new`: counts with deltas, then newly drifted, newly fixed, new and missing
+/// scenarios, each "(previously X)".
+pub fn compare(base: &RecordSet, new: &RecordSet) -> String {
+    let index = |s: &RecordSet| -> BTreeMap<String, String> {
+        s.entries
+            .iter()
+            .map(|e| (e.name.clone(), e.verdict.clone()))
+            .collect()
+    };
+    let (b, n) = (index(base), index(new));
+    let mut out = format!(
+        "\n## {} against {}\n\n| verdict | base | new | change |\n|---|---|---|---|\n",
+        new.label, base.label
+    );
+    for v in VERDICTS {
+        let (cb, cn) = (
+            b.values().filter(|x| *x == v).count() as i64,
+            n.values().filter(|x| *x == v).count() as i64,
+        );
+        if cb != 0 || cn != 0 {
+            let _ = writeln!(
+                out,
+                "| {} | {cb} | {cn} | {:+} |",
+                v.replace('-', " "),
+                cn - cb
+            );
+        }
+    }
+    let good = |v: &str| v == "identical" || v == "within-tolerance";
+    let mut groups: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (name, v) in &n {
+        match b.get(name) {
+            None => groups
+                .entry("New")
+                .or_default()
+                .push(format!("{name}: {v}")),
+            Some(old) if good(old) && !good(v) && v != "not-run" => groups
+                .entry("Newly drifted or failed")
+                .or_default()
+                .push(format!("{name}: {v} (previously {old})")),
+            Some(old) if !good(old) && good(v) => groups
+                .entry("Newly fixed")
+                .or_default()
+                .push(format!("{name}: {v} (previously {old})")),
+            _ => {}
+        }
+    }
+    for name in b.keys().filter(|k| !n.contains_key(*k)) {
+        groups.entry("Missing").or_default().push(name.clone());
+    }
+    for (title, lines) in groups {
+        let _ = writeln!(
+            out,
+            "\n<details><summary>{title} ({})</summary>\n",
+            lines.len()
+        );
+        for l in lines {
+            let _ = writeln!(out, "- {l}");
+        }
+        out.push_str("\n</details>\n");
+    }
+    out
+}
