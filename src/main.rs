@@ -35,7 +35,7 @@ enum Command {
         /// Print every scenario's metric rows and notes, not only those that are not identical.
         #[arg(long, short)]
         verbose: bool,
-        /// Directory for one JSON record per scenario run.
+        /// Directory for the records: <DIR>/records.jsonl, one JSON line per scenario run.
         #[arg(long, default_value = "reprodiff-out/records")]
         out: PathBuf,
     },
@@ -349,13 +349,14 @@ fn check(sel: &SelectArgs, json: bool, verbose: bool, out: &Path) -> Result<i32>
     let total: usize = suites.iter().map(|s| s.scenarios.len()).sum();
     let progress = progress_bar(total);
     let mut results: Vec<ScenarioResult> = Vec::new();
+    let mut records = session::RecordWriter::create(out)?;
     for suite in &suites {
         let golden: Option<GoldenFile> = store.load(&suite.name)?;
         for scenario in &suite.scenarios {
             progress.set_message(format!("{}/{}", suite.name, scenario.name));
             let (result, obs) =
                 session::check_one(&runner, &store, suite, golden.as_ref(), scenario);
-            session::write_record(out, scenario, &result, obs.as_ref().map(|o| &o.environment))?;
+            records.append(scenario, &result, obs.as_ref().map(|o| &o.environment))?;
             results.push(result);
             progress.inc(1);
         }
@@ -368,7 +369,7 @@ fn check(sel: &SelectArgs, json: bool, verbose: bool, out: &Path) -> Result<i32>
         );
     } else {
         print!("{}", report::render(&results, verbose, in_ci()));
-        println!("records: {}", out.display());
+        println!("records: {}", records.path().display());
     }
     Ok(if results.iter().all(|r| !r.verdict.fails(in_ci())) {
         exit::OK

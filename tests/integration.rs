@@ -336,6 +336,15 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
 
+/// The record of `scenario` in `<out>/records.jsonl`.
+fn read_record(out: &Path, scenario: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("records.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["scenario"] == scenario)
+        .unwrap_or_else(|| panic!("no record of {scenario} in {text}"))
+}
+
 const ONE_NAME: &str = "randn/cpu-generator/seed1/17";
 const ONE: &str = "^randn/cpu-generator/seed1/17$";
 
@@ -375,9 +384,8 @@ fn check_passes_on_an_untouched_golden() {
         None,
     );
     assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
-    let record = tmp.path().join("rng/randn__cpu-generator__seed1__17.json");
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+    let record = read_record(tmp.path(), "randn/cpu-generator/seed1/17");
+    assert_eq!(record["schema"], 3);
     assert_eq!(record["verdict"], "identical");
     assert_eq!(record["environment"]["versions"]["libtorch"], "2.13.0");
     assert_eq!(record["spec"]["run"]["generator"]["seed"], 1);
@@ -835,10 +843,7 @@ fn run_ddim_saves_the_np_image_as_diffusers_returns_it() {
         None,
     );
     assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
-    let checked: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out_dir.join("ddim-tiny/tiny-ddim-a__steps2.json")).unwrap(),
-    )
-    .unwrap();
+    let checked = read_record(&out_dir, "tiny-ddim-a/steps2");
     assert!(
         ["identical", "within-tolerance"].contains(&checked["verdict"].as_str().unwrap()),
         "{checked}"
@@ -1400,6 +1405,17 @@ fn drift_report_compares_with_a_baseline() {
     edit_json(&rng, |v| v["verdict"] = serde_json::json!("drifted"));
     std::fs::remove_file(new.join("rng/randn__cpu-generator__seed1__4.json")).unwrap();
     std::fs::write(new.join("rng/truncated.json"), "{\"schema\": 2, \"suite\"").unwrap();
+    // JSON Lines as check writes them: a good line, a truncated one, another good one.
+    let mut line: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rng).unwrap()).unwrap();
+    line["scenario"] = serde_json::json!("extra/one");
+    let good = serde_json::to_string(&line).unwrap();
+    line["scenario"] = serde_json::json!("extra/two");
+    let jsonl = format!(
+        "{good}\n{{\"schema\": 3, \"sui\n{}\n",
+        serde_json::to_string(&line).unwrap()
+    );
+    std::fs::write(new.join("records.jsonl"), jsonl).unwrap();
     let out = reprodiff(
         &[
             "report",
@@ -1425,6 +1441,11 @@ fn drift_report_compares_with_a_baseline() {
     );
     assert!(
         t.contains("unreadable, skipped:") && t.contains("truncated.json"),
+        "{t}"
+    );
+    assert!(t.contains("records.jsonl line 2:"), "{t}");
+    assert!(
+        t.contains("rng/extra/one: drifted") && t.contains("rng/extra/two: drifted"),
         "{t}"
     );
     let empty = tmp.path().join("empty");

@@ -30,8 +30,10 @@ pub struct RecordSet {
     pub unreadable: Vec<String>,
 }
 
-/// Reads every `*.json` record under `dir`. A file that is not a record is named in
-/// `unreadable` and skipped; a folder without any record is an error (exit 2).
+/// Reads every record under `dir`: the lines of `*.jsonl` files (what `check` writes) and
+/// single-record `*.json` files (records of schema 1 and 2). A line or file that is not a
+/// record is named (file and line) in `unreadable` and skipped; the rest is read. A folder
+/// without any record is an error (exit 2).
 pub fn load(dir: &Path) -> Result<RecordSet> {
     let mut files = Vec::new();
     collect(dir, &mut files)?;
@@ -42,16 +44,39 @@ pub fn load(dir: &Path) -> Result<RecordSet> {
         unreadable: Vec::new(),
     };
     for f in files {
-        match std::fs::read_to_string(&f)
-            .map_err(|e| e.to_string())
-            .and_then(|t| entry(&t))
-        {
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            Err(e) => {
+                set.unreadable.push(format!("{}: {e}", f.display()));
+                continue;
+            }
+        };
+        if f.extension().is_some_and(|x| x == "jsonl") {
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                match entry(line) {
+                    Ok(e) => set.entries.push(e),
+                    Err(why) => {
+                        set.unreadable
+                            .push(format!("{} line {}: {why}", f.display(), i + 1))
+                    }
+                }
+            }
+            continue;
+        }
+        match entry(&text) {
             Ok(e) => set.entries.push(e),
             Err(why) => set.unreadable.push(format!("{}: {why}", f.display())),
         }
     }
     if set.entries.is_empty() {
-        return Err(Error::invalid_file(dir, "no check records (*.json) here"));
+        return Err(Error::invalid_file(
+            dir,
+            "no check records here (records.jsonl, or *.json of schema 1 and 2)",
+        ));
     }
     Ok(set)
 }
@@ -61,7 +86,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let p = e.map_err(|e| Error::io(dir, e))?.path();
         if p.is_dir() {
             collect(&p, out)?;
-        } else if p.extension().is_some_and(|x| x == "json") {
+        } else if p.extension().is_some_and(|x| x == "json" || x == "jsonl") {
             out.push(p);
         }
     }
@@ -71,6 +96,15 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 fn entry(text: &str) -> std::result::Result<Entry, String> {
     let v: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| format!("{e} (line {}, column {})", e.line(), e.column()))?;
+    match v["schema"].as_u64() {
+        Some(1..=3) => {}
+        other => {
+            return Err(format!(
+                "record schema {} is not one this reprodiff reads (1 to 3)",
+                other.map_or("missing".into(), |s| s.to_string())
+            ))
+        }
+    }
     let field = |k: &str| {
         v[k].as_str()
             .map(String::from)

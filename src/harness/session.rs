@@ -171,24 +171,50 @@ pub fn check_one(
     }
 }
 
-/// Writes a record to `<out>/<suite>/<slug>.json`.
-pub fn write_record(
-    out: &Path,
-    scenario: &Scenario,
-    result: &ScenarioResult,
-    env: Option<&Fingerprint>,
-) -> Result<()> {
-    let dir = out.join(&result.suite);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let path = dir.join(format!("{}.json", super::golden::slug(&result.scenario)));
-    let record = Record {
-        schema: 2,
-        result,
-        spec: scenario,
-        environment: env,
-    };
-    let text = serde_json::to_string_pretty(&record).expect("a record serialises");
-    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+/// The record schema: one JSON object per line of `records.jsonl` (README.md, "Records").
+pub const RECORD_SCHEMA: u32 = 3;
+
+/// Writes `<out>/records.jsonl`, one record per scenario run, each line flushed as it is
+/// written, so an interrupted run leaves every finished record readable.
+pub struct RecordWriter {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+}
+
+impl RecordWriter {
+    /// Creates (or truncates) `<out>/records.jsonl`.
+    pub fn create(out: &Path) -> Result<Self> {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let path = out.join("records.jsonl");
+        let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(RecordWriter {
+            path,
+            file: std::io::BufWriter::new(file),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn append(
+        &mut self,
+        scenario: &Scenario,
+        result: &ScenarioResult,
+        env: Option<&Fingerprint>,
+    ) -> Result<()> {
+        use std::io::Write;
+        let record = Record {
+            schema: RECORD_SCHEMA,
+            result,
+            spec: scenario,
+            environment: env,
+        };
+        let line = serde_json::to_string(&record).expect("a record serialises");
+        writeln!(self.file, "{line}")
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::io(&self.path, e))
+    }
 }
 
 /// What bless would change for one scenario.
