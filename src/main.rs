@@ -53,6 +53,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the selected scenarios under each CPU kernel class × thread count this host can run,
+    /// each in its own `check` child writing <out>/<combination>/records.jsonl.
+    Matrix {
+        #[command(flatten)]
+        sel: SelectArgs,
+        /// CPU kernel classes: native, avx512, avx2, sse41, mkl-compatible.
+        #[arg(long, value_delimiter = ',', default_value = "native")]
+        cpu_class: Vec<String>,
+        /// Thread counts (default: each suite's own).
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
+        #[arg(long, default_value = "reprodiff-out/matrix")]
+        out: PathBuf,
+    },
     /// A Markdown drift report over check record folders (`check --out DIR`), one set per
     /// folder: per environment class, counts by verdict and the worst l_inf; with --baseline,
     /// each set against it (newly drifted, newly fixed, new, missing).
@@ -267,6 +281,12 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(exit::OK)
         }
+        Command::Matrix {
+            sel,
+            cpu_class,
+            threads,
+            out,
+        } => matrix(&sel, &cpu_class, &threads, &out),
         Command::Report { records, baseline } => {
             use reprodiff::harness::drift;
             let sets = records
@@ -376,6 +396,38 @@ fn check(sel: &SelectArgs, json: bool, verbose: bool, out: &Path) -> Result<i32>
     } else {
         exit::FAILED
     })
+}
+
+fn matrix(sel: &SelectArgs, cpu_classes: &[String], threads: &[usize], out: &Path) -> Result<i32> {
+    use reprodiff::harness::matrix;
+    sel.fixtures()?.select(&sel.selection())?; // bad suites and filters fail here, once
+    let threads: Vec<Option<usize>> = if threads.is_empty() {
+        vec![None]
+    } else {
+        threads.iter().map(|&t| Some(t)).collect()
+    };
+    let isa = Fingerprint::current()?.cpu.isa;
+    let combos = matrix::combinations(cpu_classes, &threads, &isa)?;
+    let mut args = Vec::new();
+    for s in &sel.suites {
+        args.extend(["--suite".to_string(), s.clone()]);
+    }
+    if let Some(f) = &sel.filter {
+        args.extend(["--filter".to_string(), f.clone()]);
+    }
+    if let Some(f) = &sel.fixtures {
+        args.extend(["--fixtures".to_string(), f.display().to_string()]);
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::io("reprodiff", e))?;
+    for o in matrix::run(&exe, &args, &combos, out)? {
+        println!("{:<28}  {}", o.label, o.summary);
+    }
+    println!(
+        "records: {}/<combination>/records.jsonl; compare them with `reprodiff report {}/*`",
+        out.display(),
+        out.display()
+    );
+    Ok(exit::OK)
 }
 
 fn bless(sel: &SelectArgs) -> Result<i32> {

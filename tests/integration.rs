@@ -1453,3 +1453,62 @@ fn drift_report_compares_with_a_baseline() {
     let out = reprodiff(&["report", empty.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(exit::USAGE), "{}", text(&out));
 }
+
+/// `matrix` runs the selection once per CPU class × thread count, each in its own child, each
+/// writing its records; the records carry the class each combination really ran as.
+#[test]
+fn matrix_runs_each_combination_in_its_own_class_and_report_reads_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("matrix");
+    let run = reprodiff(
+        &[
+            "matrix",
+            "--suite",
+            "ddim-tiny",
+            "--filter",
+            "^tiny-ddim-a/steps2$",
+            "--cpu-class",
+            "native,sse41",
+            "--threads",
+            "1,2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    let t = text(&run);
+    assert_eq!(run.status.code(), Some(exit::OK), "{t}");
+    for (label, class_part) in [
+        ("native-threads1", "/threads=1/"),
+        ("native-threads2", "/threads=2/"),
+        (
+            "sse41-threads1",
+            "/aten=default/onednn=sse41/mkl=auto/threads=1/",
+        ),
+        (
+            "sse41-threads2",
+            "/aten=default/onednn=sse41/mkl=auto/threads=2/",
+        ),
+    ] {
+        let record = read_record(&out.join(label), "tiny-ddim-a/steps2");
+        let class = record["class"].as_str().unwrap();
+        assert!(class.contains(class_part), "{label}: {class}");
+        assert!(
+            t.contains(&format!("{label:<28}  1 passed, 0 failed")),
+            "{t}"
+        );
+    }
+    let dirs: Vec<String> = ["native-threads2", "sse41-threads1"]
+        .iter()
+        .map(|d| out.join(d).display().to_string())
+        .collect();
+    let report = reprodiff(&["report", &dirs[0], &dirs[1]], None);
+    let r = text(&report);
+    assert!(
+        r.contains("## sse41-threads1") && r.contains("/aten=default/onednn=sse41/"),
+        "{r}"
+    );
+    let bad = reprodiff(&["matrix", "--cpu-class", "avx1024"], None);
+    assert_eq!(bad.status.code(), Some(exit::USAGE), "{}", text(&bad));
+    assert!(text(&bad).contains("avx1024"));
+}

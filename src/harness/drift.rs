@@ -19,6 +19,8 @@ pub struct Entry {
     pub class: String,
     /// The largest l_inf a metric row reported against the expectation, if any.
     pub l_inf: Option<f64>,
+    /// rmse(truth, output), where the run was judged across classes.
+    pub rmse_truth: Option<f64>,
 }
 
 /// A set of records: one host or one run, labelled by its folder.
@@ -39,7 +41,9 @@ pub fn load(dir: &Path) -> Result<RecordSet> {
     collect(dir, &mut files)?;
     files.sort();
     let mut set = RecordSet {
-        label: dir.display().to_string(),
+        label: dir
+            .file_name()
+            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into()),
         entries: Vec::new(),
         unreadable: Vec::new(),
     };
@@ -120,18 +124,21 @@ fn entry(text: &str) -> std::result::Result<Entry, String> {
         }
         None => "(not run: no class)".into(),
     };
-    let l_inf = v["checks"].as_array().and_then(|checks| {
-        checks
-            .iter()
-            .filter(|c| c["metric"] == "l_inf")
-            .filter_map(|c| c["got"].as_str()?.parse::<f64>().ok())
-            .reduce(f64::max)
-    });
+    let metric = |name: &str| {
+        v["checks"].as_array().and_then(|checks| {
+            checks
+                .iter()
+                .filter(|c| c["metric"] == name)
+                .filter_map(|c| c["got"].as_str()?.parse::<f64>().ok())
+                .reduce(f64::max)
+        })
+    };
     Ok(Entry {
         name: format!("{}/{}", field("suite")?, field("scenario")?),
         verdict: field("verdict")?,
         class,
-        l_inf,
+        l_inf: metric("l_inf"),
+        rmse_truth: metric("rmse_truth"),
     })
 }
 
@@ -155,8 +162,8 @@ pub fn markdown(sets: &[RecordSet], baseline: Option<&RecordSet>) -> String {
         for v in VERDICTS {
             let _ = write!(out, " {} |", v.replace('-', " "));
         }
-        out.push_str(" worst l_inf |\n|---|---|");
-        out.push_str(&"---|".repeat(VERDICTS.len() + 1));
+        out.push_str(" worst l_inf | worst rmse to truth |\n|---|---|");
+        out.push_str(&"---|".repeat(VERDICTS.len() + 2));
         out.push('\n');
         let mut by_class: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
         for e in &set.entries {
@@ -171,16 +178,20 @@ pub fn markdown(sets: &[RecordSet], baseline: Option<&RecordSet>) -> String {
                     entries.iter().filter(|e| e.verdict == v).count()
                 );
             }
-            let worst = entries
-                .iter()
-                .filter_map(|e| e.l_inf.map(|d| (d, &e.name)))
-                .max_by(|a, b| a.0.total_cmp(&b.0));
-            match worst {
-                Some((d, name)) if d > 0.0 => {
-                    let _ = writeln!(out, " {d:.3e} ({name}) |");
+            for pick in [|e: &Entry| e.l_inf, |e: &Entry| e.rmse_truth] {
+                let worst = entries
+                    .iter()
+                    .filter_map(|e| pick(e).map(|d| (d, &e.name)))
+                    .max_by(|a, b| a.0.total_cmp(&b.0));
+                match worst {
+                    Some((d, name)) if d > 0.0 => {
+                        let _ = write!(out, " {d:.3e} ({name}) |");
+                    }
+                    Some(_) => out.push_str(" 0 |"),
+                    None => out.push_str(" - |"),
                 }
-                _ => out.push_str(" 0 |\n"),
             }
+            out.push('\n');
         }
         for u in &set.unreadable {
             let _ = writeln!(out, "\nunreadable, skipped: {u}");

@@ -8,10 +8,12 @@
 //!   provenance, atomic canonical writes; [`merge`]: bringing in the oracle's results and other
 //!   hosts' goldens.
 //! - [`session`]: `check` and `bless` over a selection; [`report`]: the table people read.
-//! - [`drift`]: drift reports over check records from several hosts or runs.
+//! - [`drift`]: drift reports over check records from several hosts or runs; [`matrix`]: a
+//!   suite under each CPU kernel class and thread count one host can run.
 pub mod check;
 pub mod drift;
 pub mod golden;
+pub mod matrix;
 pub mod merge;
 pub mod metrics;
 pub mod observe;

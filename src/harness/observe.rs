@@ -71,7 +71,10 @@ impl Runner {
         suite_path: &Path,
         scenario: &Scenario,
     ) -> Result<Observation, NotObserved> {
-        let det = scenario.determinism.resolve();
+        let mut det = scenario.determinism.resolve();
+        if let Some(n) = super::matrix::threads_override()? {
+            det.threads = Some(n);
+        }
         let in_child = std::env::var_os(CHILD_ENV).is_some();
         if let Some(want) = det.cpu_capability {
             let now = crate::torch::cpu_capability()?;

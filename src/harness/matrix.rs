@@ -1,0 +1,179 @@
+//! `reprodiff matrix`: one suite under each combination of CPU kernel class and thread count
+//! this host can run, each in its own `reprodiff check` child process (ATen, oneDNN and MKL read
+//! their settings once, when libtorch starts), each writing its records to `<out>/<combo>/`.
+//! `reprodiff report <out>/*` then shows the drift between them.
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Overrides every scenario's thread count (what `matrix --threads` sets in each child).
+pub const THREADS_ENV: &str = "REPRODIFF_THREADS";
+
+/// REPRODIFF_THREADS, if set: every scenario then runs with that many threads.
+pub fn threads_override() -> Result<Option<usize>> {
+    match std::env::var(THREADS_ENV) {
+        Err(_) => Ok(None),
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(Error::InvalidArgument(format!(
+                "{THREADS_ENV}={v}: must be a whole number >= 1"
+            ))),
+        },
+    }
+}
+
+/// The CPU kernel classes a host can be asked to run as: name, the variables that select it,
+/// the cpuinfo flags it needs, and what it is.
+pub const CPU_CLASSES: &[(&str, &[(&str, &str)], &[&str], &str)] = &[
+    ("native", &[], &[], "whatever this CPU and libtorch choose"),
+    (
+        "avx512",
+        &[
+            ("ATEN_CPU_CAPABILITY", "avx512"),
+            ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE"),
+        ],
+        &["avx512f", "avx512bw", "avx512vl"],
+        "ATen avx512, oneDNN at avx512_core",
+    ),
+    (
+        "avx2",
+        &[
+            ("ATEN_CPU_CAPABILITY", "avx2"),
+            ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+            ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
+        ],
+        &["avx2", "fma"],
+        "ATen, oneDNN and MKL held to AVX2",
+    ),
+    (
+        "sse41",
+        &[
+            ("ATEN_CPU_CAPABILITY", "default"),
+            ("ONEDNN_MAX_CPU_ISA", "SSE41"),
+        ],
+        &[],
+        "ATen default, oneDNN held to SSE4.1",
+    ),
+    (
+        "mkl-compatible",
+        &[("MKL_CBWR", "COMPATIBLE")],
+        &[],
+        "MKL's conditional-numerical-reproducibility COMPATIBLE path",
+    ),
+];
+
+/// One combination: its folder name, its environment, and why it cannot run here (if so).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Combination {
+    pub label: String,
+    pub env: Vec<(String, String)>,
+    pub skipped: Option<String>,
+}
+
+/// The combinations of `cpu_classes` × `threads` (`None`: the suite's own thread count), with
+/// the ones this CPU (`isa`: its cpuinfo flags) lacks marked skipped. Unknown names are exit 2.
+pub fn combinations(
+    cpu_classes: &[String],
+    threads: &[Option<usize>],
+    isa: &[String],
+) -> Result<Vec<Combination>> {
+    let mut out = Vec::new();
+    for name in cpu_classes {
+        let Some((_, vars, needs, _)) = CPU_CLASSES.iter().find(|(n, ..)| n == name) else {
+            let known: Vec<&str> = CPU_CLASSES.iter().map(|(n, ..)| *n).collect();
+            return Err(Error::InvalidArgument(format!(
+                "--cpu-class {name}: unknown (known: {})",
+                known.join(", ")
+            )));
+        };
+        let missing: Vec<&str> = needs
+            .iter()
+            .copied()
+            .filter(|f| !isa.iter().any(|x| x == f))
+            .collect();
+        for t in threads {
+            if *t == Some(0) {
+                return Err(Error::InvalidArgument("--threads: must be >= 1".into()));
+            }
+            let mut env: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            if let Some(n) = t {
+                env.push((THREADS_ENV.into(), n.to_string()));
+            }
+            out.push(Combination {
+                label: match t {
+                    Some(n) => format!("{name}-threads{n}"),
+                    None => name.clone(),
+                },
+                env,
+                skipped: (!missing.is_empty())
+                    .then(|| format!("this CPU lacks {}", missing.join(", "))),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What one child `check` did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub label: String,
+    pub records: Option<PathBuf>,
+    /// The child's closing line ("N passed, N failed, N skipped"), or why it did not run.
+    pub summary: String,
+}
+
+/// Runs `reprodiff check ARGS --out <out>/<label>` for every combination not skipped.
+pub fn run(
+    exe: &Path,
+    check_args: &[String],
+    combos: &[Combination],
+    out: &Path,
+) -> Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
+    for c in combos {
+        if let Some(why) = &c.skipped {
+            eprintln!("matrix: {} skipped: {why}", c.label);
+            outcomes.push(Outcome {
+                label: c.label.clone(),
+                records: None,
+                summary: format!("skipped: {why}"),
+            });
+            continue;
+        }
+        let dir = out.join(&c.label);
+        eprintln!("matrix: {} ...", c.label);
+        let result = std::process::Command::new(exe)
+            .arg("check")
+            .args(check_args)
+            .arg("--out")
+            .arg(&dir)
+            .envs(c.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .map_err(|e| Error::io(exe, e))?;
+        let stdout = String::from_utf8_lossy(&result.stdout);
+        let summary = match result.status.code() {
+            Some(0 | 1) => stdout
+                .lines()
+                .rev()
+                .find(|l| l.contains(" passed, "))
+                .unwrap_or("")
+                .to_string(),
+            _ => {
+                return Err(Error::Torch(format!(
+                    "matrix: `check` for {} exited with {}: {}",
+                    c.label,
+                    result.status,
+                    String::from_utf8_lossy(&result.stderr).trim()
+                )))
+            }
+        };
+        outcomes.push(Outcome {
+            label: c.label.clone(),
+            records: Some(dir),
+            summary,
+        });
+    }
+    Ok(outcomes)
+}
