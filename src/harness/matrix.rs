@@ -21,44 +21,57 @@ pub fn threads_override() -> Result<Option<usize>> {
     }
 }
 
-/// The CPU kernel classes a host can be asked to run as: name, the variables that select it,
-/// the cpuinfo flags it needs, and what it is.
-pub const CPU_CLASSES: &[(&str, &[(&str, &str)], &[&str], &str)] = &[
-    ("native", &[], &[], "whatever this CPU and libtorch choose"),
-    (
-        "avx512",
-        &[
+/// A CPU kernel class a host can be asked to run as.
+pub struct CpuClass {
+    pub name: &'static str,
+    /// The variables that select it.
+    pub env: &'static [(&'static str, &'static str)],
+    /// The cpuinfo flags it needs.
+    pub needs: &'static [&'static str],
+    pub what: &'static str,
+}
+
+pub const CPU_CLASSES: &[CpuClass] = &[
+    CpuClass {
+        name: "native",
+        env: &[],
+        needs: &[],
+        what: "whatever this CPU and libtorch choose",
+    },
+    CpuClass {
+        name: "avx512",
+        env: &[
             ("ATEN_CPU_CAPABILITY", "avx512"),
             ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE"),
         ],
-        &["avx512f", "avx512bw", "avx512vl"],
-        "ATen avx512, oneDNN at avx512_core",
-    ),
-    (
-        "avx2",
-        &[
+        needs: &["avx512f", "avx512bw", "avx512vl"],
+        what: "ATen avx512, oneDNN at avx512_core",
+    },
+    CpuClass {
+        name: "avx2",
+        env: &[
             ("ATEN_CPU_CAPABILITY", "avx2"),
             ("ONEDNN_MAX_CPU_ISA", "AVX2"),
             ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
         ],
-        &["avx2", "fma"],
-        "ATen, oneDNN and MKL held to AVX2",
-    ),
-    (
-        "sse41",
-        &[
+        needs: &["avx2", "fma"],
+        what: "ATen, oneDNN and MKL held to AVX2",
+    },
+    CpuClass {
+        name: "sse41",
+        env: &[
             ("ATEN_CPU_CAPABILITY", "default"),
             ("ONEDNN_MAX_CPU_ISA", "SSE41"),
         ],
-        &[],
-        "ATen default, oneDNN held to SSE4.1",
-    ),
-    (
-        "mkl-compatible",
-        &[("MKL_CBWR", "COMPATIBLE")],
-        &[],
-        "MKL's conditional-numerical-reproducibility COMPATIBLE path",
-    ),
+        needs: &[],
+        what: "ATen default, oneDNN held to SSE4.1",
+    },
+    CpuClass {
+        name: "mkl-compatible",
+        env: &[("MKL_CBWR", "COMPATIBLE")],
+        needs: &[],
+        what: "MKL's conditional-numerical-reproducibility COMPATIBLE path",
+    },
 ];
 
 /// One combination: its folder name, its environment, and why it cannot run here (if so).
@@ -78,14 +91,15 @@ pub fn combinations(
 ) -> Result<Vec<Combination>> {
     let mut out = Vec::new();
     for name in cpu_classes {
-        let Some((_, vars, needs, _)) = CPU_CLASSES.iter().find(|(n, ..)| n == name) else {
-            let known: Vec<&str> = CPU_CLASSES.iter().map(|(n, ..)| *n).collect();
+        let Some(class) = CPU_CLASSES.iter().find(|c| c.name == name) else {
+            let known: Vec<&str> = CPU_CLASSES.iter().map(|c| c.name).collect();
             return Err(Error::InvalidArgument(format!(
                 "--cpu-class {name}: unknown (known: {})",
                 known.join(", ")
             )));
         };
-        let missing: Vec<&str> = needs
+        let missing: Vec<&str> = class
+            .needs
             .iter()
             .copied()
             .filter(|f| !isa.iter().any(|x| x == f))
@@ -94,7 +108,8 @@ pub fn combinations(
             if *t == Some(0) {
                 return Err(Error::InvalidArgument("--threads: must be >= 1".into()));
             }
-            let mut env: Vec<(String, String)> = vars
+            let mut env: Vec<(String, String)> = class
+                .env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
