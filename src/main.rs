@@ -503,7 +503,7 @@ fn run_ddim(a: &DdimArgs) -> Result<i32> {
     scenario.run.validate().map_err(Error::InvalidArgument)?;
     scenario.determinism.resolve().apply()?;
     let start = std::time::Instant::now();
-    let out = scenario.run.run(device, None)?;
+    let out = scenario.run.run(device, None, false)?;
     let obs = reprodiff::harness::observe::describe(
         out.tensor,
         out.unseeded_seed,

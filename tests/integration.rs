@@ -1502,10 +1502,16 @@ fn matrix_runs_each_combination_in_its_own_class_and_report_reads_them() {
         .iter()
         .map(|d| out.join(d).display().to_string())
         .collect();
-    let report = reprodiff(&["report", &dirs[0], &dirs[1]], None);
+    let report = reprodiff(&["report", &dirs[1], "--baseline", &dirs[0]], None);
     let r = text(&report);
     assert!(
         r.contains("## sse41-threads1") && r.contains("/aten=default/onednn=sse41/"),
+        "{r}"
+    );
+    // The output changed between the two classes: the report says at which step.
+    assert!(r.contains("First divergence (1)"), "{r}");
+    assert!(
+        r.contains("ddim-tiny/tiny-ddim-a/steps2: ") && r.contains(" first differs, sum_abs by "),
         "{r}"
     );
     let bad = reprodiff(&["matrix", "--cpu-class", "avx1024"], None);

@@ -146,6 +146,9 @@ pub struct OutputSummary {
     pub metrics: std::collections::BTreeMap<String, f64>,
     pub unseeded_seed: Option<u64>,
     pub elapsed_s: f64,
+    /// The per-step trace of a pipeline scenario: where two runs part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Vec<crate::pipelines::ddim::StepTrace>>,
 }
 
 impl ScenarioResult {
@@ -215,6 +218,7 @@ pub fn compare(
             metrics: obs.metrics.clone(),
             unseeded_seed: obs.unseeded_seed,
             elapsed_s: obs.elapsed_s,
+            trace: obs.trace.clone(),
         }),
     };
     let Some(golden) = golden.filter(|g| !g.expectations.is_empty()) else {

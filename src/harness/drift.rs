@@ -1,7 +1,9 @@
 //! Drift reports over the records `check` writes (`--out DIR`, one JSON per scenario): per
 //! environment class, what was identical, within tolerance, drifted, failed or not run and the
 //! worst drift; and, against a baseline set, what newly drifted or was fixed, in the style of
-//! boa's test262 compare. Markdown, for a pull-request comment.
+//! boa's test262 compare, and for every scenario whose output changed, the first denoising step
+//! where the two runs part (from the records' per-step traces). Markdown, for a pull-request
+//! comment.
 //!
 //! Records of schema 1 (before classes) read too: their class comes from their fingerprint.
 use crate::env::Fingerprint;
@@ -21,6 +23,9 @@ pub struct Entry {
     pub l_inf: Option<f64>,
     /// rmse(truth, output), where the run was judged across classes.
     pub rmse_truth: Option<f64>,
+    pub sha256: Option<String>,
+    /// (step, timestep, sum_abs) of the latent after each denoising step.
+    pub trace: Vec<(u64, i64, f64)>,
 }
 
 /// A set of records: one host or one run, labelled by its folder.
@@ -139,6 +144,22 @@ fn entry(text: &str) -> std::result::Result<Entry, String> {
         class,
         l_inf: metric("l_inf"),
         rmse_truth: metric("rmse_truth"),
+        sha256: v["output"]["sha256"].as_str().map(String::from),
+        trace: v["output"]["trace"]
+            .as_array()
+            .map(|steps| {
+                steps
+                    .iter()
+                    .filter_map(|s| {
+                        Some((
+                            s["step"].as_u64()?,
+                            s["timestep"].as_i64()?,
+                            s["sum_abs"].as_f64()?,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -215,6 +236,13 @@ pub fn compare(base: &RecordSet, new: &RecordSet) -> String {
             .collect()
     };
     let (b, n) = (index(base), index(new));
+    let by_name = |s: &'_ RecordSet| -> BTreeMap<String, Entry> {
+        s.entries
+            .iter()
+            .map(|e| (e.name.clone(), e.clone()))
+            .collect()
+    };
+    let (eb, en) = (by_name(base), by_name(new));
     let mut out = format!(
         "\n## {} against {}\n\n| verdict | base | new | change |\n|---|---|---|---|\n",
         new.label, base.label
@@ -252,6 +280,17 @@ pub fn compare(base: &RecordSet, new: &RecordSet) -> String {
             _ => {}
         }
     }
+    for (name, e) in &en {
+        let Some(old) = eb.get(name) else { continue };
+        if let (Some(x), Some(y)) = (&old.sha256, &e.sha256) {
+            if x != y {
+                groups.entry("First divergence").or_default().push(format!(
+                    "{name}: {}",
+                    first_divergence(&old.trace, &e.trace)
+                ));
+            }
+        }
+    }
     for name in b.keys().filter(|k| !n.contains_key(*k)) {
         groups.entry("Missing").or_default().push(name.clone());
     }
@@ -267,4 +306,64 @@ pub fn compare(base: &RecordSet, new: &RecordSet) -> String {
         out.push_str("\n</details>\n");
     }
     out
+}
+
+/// Where two runs of one scenario whose outputs differ part, from their per-step traces: a
+/// sentence a person can act on.
+pub fn first_divergence(a: &[(u64, i64, f64)], b: &[(u64, i64, f64)]) -> String {
+    if a.is_empty() || b.is_empty() {
+        return "outputs differ; no per-step trace to say where".into();
+    }
+    if a.len() != b.len() {
+        return format!(
+            "outputs differ; the runs have {} and {} steps",
+            a.len(),
+            b.len()
+        );
+    }
+    let Some(i) = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x.2.to_bits() != y.2.to_bits())
+    else {
+        return "every step's latent has the same sum_abs: the outputs part after the loop \
+                (post-processing) or below the trace's resolution"
+            .into();
+    };
+    let last = a.len() - 1;
+    let d = |k: usize| (a[k].2 - b[k].2).abs();
+    let through = if i == 0 {
+        "differs from the first step".to_string()
+    } else {
+        format!("identical through step {}", i - 1)
+    };
+    format!(
+        "{through}; step {} (t = {}) first differs, sum_abs by {:.3e}; by the last step (t = {}) by {:.3e}",
+        a[i].0, a[i].1, d(i), a[last].1, d(last)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_divergence;
+
+    #[test]
+    fn first_divergence_names_the_step_and_how_far_it_grows() {
+        let a = [
+            (0, 900, 10.0),
+            (1, 800, 11.0),
+            (2, 700, 12.0),
+            (3, 600, 13.0),
+        ];
+        let mut b = a;
+        b[2].2 = 12.5;
+        b[3].2 = 14.0;
+        assert_eq!(
+            first_divergence(&a, &b),
+            "identical through step 1; step 2 (t = 700) first differs, sum_abs by 5.000e-1; by \
+             the last step (t = 600) by 1.000e0"
+        );
+        assert!(first_divergence(&a, &a).starts_with("every step's latent"));
+        assert!(first_divergence(&a, &[]).contains("no per-step trace"));
+    }
 }

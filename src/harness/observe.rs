@@ -30,6 +30,9 @@ pub struct Observation {
     pub finite: bool,
     pub unseeded_seed: Option<u64>,
     pub elapsed_s: f64,
+    /// A pipeline's latent after each denoising step (sum_abs and a fixed sample).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Vec<crate::pipelines::ddim::StepTrace>>,
     /// The environment the run happened in (a child's own, when it ran in one).
     pub environment: crate::env::Fingerprint,
     #[serde(skip)]
@@ -114,7 +117,7 @@ impl Runner {
             .parent()
             .and_then(Path::parent)
             .map(|f| f.join("models"));
-        let out = scenario.run.run(scenario.device, models.as_deref())?;
+        let out = scenario.run.run(scenario.device, models.as_deref(), true)?;
         let elapsed = start.elapsed().as_secs_f64();
         let tensor = match &scenario.slice {
             Some(s) => {
@@ -123,7 +126,9 @@ impl Runner {
             }
             None => out.tensor,
         };
-        Ok(describe(tensor, out.unseeded_seed, elapsed)?)
+        let mut obs = describe(tensor, out.unseeded_seed, elapsed)?;
+        obs.trace = out.trace;
+        Ok(obs)
     }
 
     fn observe_in_child(
@@ -195,6 +200,7 @@ pub fn describe(tensor: Tensor, unseeded_seed: Option<u64>, elapsed_s: f64) -> R
         finite,
         unseeded_seed,
         elapsed_s,
+        trace: None,
         environment: crate::env::Fingerprint::current()?,
         values,
         stored: Some(stored),

@@ -84,6 +84,8 @@ pub enum RandomOp {
 #[derive(Debug)]
 pub struct Output {
     pub tensor: Tensor,
+    /// The per-step trace of a pipeline's (first) run, when asked for.
+    pub trace: Option<Vec<crate::pipelines::ddim::StepTrace>>,
     /// The seed drawn from the OS for an unseeded run, so that the run can be repeated.
     pub unseeded_seed: Option<u64>,
 }
@@ -155,8 +157,14 @@ impl Workload {
         }
     }
 
-    /// Runs the workload on `device`; bare model names resolve under `models_dir`.
-    pub fn run(&self, device: DeviceSpec, models_dir: Option<&Path>) -> Result<Output> {
+    /// Runs the workload on `device`; bare model names resolve under `models_dir`. With
+    /// `trace`, a pipeline records its per-step trace (of the first run, for `twice`).
+    pub fn run(
+        &self,
+        device: DeviceSpec,
+        models_dir: Option<&Path>,
+        trace: bool,
+    ) -> Result<Output> {
         match self {
             Workload::Ddim {
                 model,
@@ -181,7 +189,9 @@ impl Workload {
                     use_clipped_model_output: *use_clipped_model_output,
                     output_type: *output_type,
                 };
+                pipe.trace = trace.then(Vec::new);
                 let mut tensor = pipe.call(&call, &mut gens)?;
+                let trace = pipe.trace.take();
                 if *twice {
                     // g.manual_seed(0) again: a fresh set of generators from the same spec.
                     let (again, _) = match unseeded_seed {
@@ -193,6 +203,7 @@ impl Workload {
                 }
                 Ok(Output {
                     tensor,
+                    trace,
                     unseeded_seed,
                 })
             }
@@ -226,6 +237,7 @@ impl Workload {
                 };
                 Ok(Output {
                     tensor,
+                    trace: None,
                     unseeded_seed,
                 })
             }

@@ -38,6 +38,38 @@ pub struct DdimPipeline {
     pub scheduler: DdimScheduler,
     pub device: DeviceSpec,
     pub dtype: DType,
+    /// When `Some`, [`DdimPipeline::call`] appends one [`StepTrace`] per denoising step: where
+    /// two runs part. Reading the latent changes no bits (test
+    /// `run_ddim_saves_the_np_image_as_diffusers_returns_it` compares a traced and an
+    /// untraced run).
+    pub trace: Option<Vec<StepTrace>>,
+}
+
+/// The latent after one denoising step: its sum_abs (exactly rounded, in f64) and a fixed
+/// sample of [`TRACE_SAMPLE`] elements at evenly spaced flat indices.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepTrace {
+    pub step: usize,
+    pub timestep: i64,
+    pub sum_abs: f64,
+    pub sample: Vec<f64>,
+}
+
+pub const TRACE_SAMPLE: usize = 8;
+
+impl StepTrace {
+    fn of(step: usize, timestep: i64, latent: &Tensor) -> Result<Self> {
+        let values = crate::torch::tensor_to_f64(latent)?;
+        let n = values.len().max(1);
+        Ok(StepTrace {
+            step,
+            timestep,
+            sum_abs: crate::harness::metrics::sum_abs(&values),
+            sample: (0..TRACE_SAMPLE.min(values.len()))
+                .map(|i| values[i * n / TRACE_SAMPLE.min(n)])
+                .collect(),
+        })
+    }
 }
 
 impl DdimPipeline {
@@ -77,6 +109,7 @@ impl DdimPipeline {
                 }
             })?;
         Ok(DdimPipeline {
+            trace: None,
             unet,
             scheduler: DdimScheduler::new(sched_config)?,
             device,
@@ -115,9 +148,12 @@ impl DdimPipeline {
 
         let _guard = tch::no_grad_guard();
         let mut image = randn_tensor(&shape, generators, self.device, self.dtype)?;
-        for &t in self.scheduler.timesteps().to_vec().iter() {
+        for (i, &t) in self.scheduler.timesteps().to_vec().iter().enumerate() {
             let model_output = self.unet.forward(&image, t)?;
             image = self.scheduler.step(&model_output, t, &image, generators)?;
+            if let Some(trace) = &mut self.trace {
+                trace.push(StepTrace::of(i, t, &image)?);
+            }
         }
         match args.output_type {
             OutputType::Latent => Ok(image),
