@@ -1508,8 +1508,14 @@ fn matrix_runs_each_combination_in_its_own_class_and_report_reads_them() {
         r.contains("## sse41-threads1") && r.contains("/aten=default/onednn=sse41/"),
         "{r}"
     );
-    // The output changed between the two classes: the report says at which step.
+    // The output changed between the two classes: the report says at which step, and what the
+    // class cost in time and bits.
     assert!(r.contains("First divergence (1)"), "{r}");
+    assert!(
+        r.contains("## Optimisation audit against native-threads2"),
+        "{r}"
+    );
+    assert!(r.contains("| sse41-threads1 | 1 | "), "{r}");
     assert!(
         r.contains("ddim-tiny/tiny-ddim-a/steps2: ") && r.contains(" first differs, sum_abs by "),
         "{r}"

@@ -24,6 +24,8 @@ pub struct Entry {
     /// rmse(truth, output), where the run was judged across classes.
     pub rmse_truth: Option<f64>,
     pub sha256: Option<String>,
+    /// Seconds the run took (the scenario's own work, without loading in the parent).
+    pub elapsed_s: Option<f64>,
     /// (step, timestep, sum_abs) of the latent after each denoising step.
     pub trace: Vec<(u64, i64, f64)>,
 }
@@ -145,6 +147,7 @@ fn entry(text: &str) -> std::result::Result<Entry, String> {
         l_inf: metric("l_inf"),
         rmse_truth: metric("rmse_truth"),
         sha256: v["output"]["sha256"].as_str().map(String::from),
+        elapsed_s: v["output"]["elapsed_s"].as_f64(),
         trace: v["output"]["trace"]
             .as_array()
             .map(|steps| {
@@ -219,9 +222,59 @@ pub fn markdown(sets: &[RecordSet], baseline: Option<&RecordSet>) -> String {
         }
     }
     if let Some(base) = baseline {
+        out.push_str(&audit(base, sets));
         for set in sets {
             out.push_str(&compare(base, set));
         }
+    }
+    out
+}
+
+/// The optimisation audit: for each set against the baseline, over the scenarios both ran, the
+/// time it took relative to the baseline next to what it cost in bits and in distance from the
+/// truth. With `matrix` sets, each row is one knob (a CPU class, a thread count).
+pub fn audit(base: &RecordSet, sets: &[RecordSet]) -> String {
+    let mut out = format!(
+        "\n## Optimisation audit against {}\n\n| set | scenarios | seconds | speed-up | same bits | worst rmse to truth |\n|---|---|---|---|---|---|\n",
+        base.label
+    );
+    let base_by: BTreeMap<&str, &Entry> =
+        base.entries.iter().map(|e| (e.name.as_str(), e)).collect();
+    for set in sets {
+        let both: Vec<(&Entry, &Entry)> = set
+            .entries
+            .iter()
+            .filter_map(|e| Some((*base_by.get(e.name.as_str())?, e)))
+            .filter(|(b, e)| b.elapsed_s.is_some() && e.elapsed_s.is_some())
+            .collect();
+        let secs = |pick: fn(&(&Entry, &Entry)) -> f64| both.iter().map(pick).sum::<f64>();
+        let (tb, tn) = (
+            secs(|p| p.0.elapsed_s.unwrap_or(0.0)),
+            secs(|p| p.1.elapsed_s.unwrap_or(0.0)),
+        );
+        let same = both
+            .iter()
+            .filter(|(b, e)| b.sha256.is_some() && b.sha256 == e.sha256)
+            .count();
+        let worst = both
+            .iter()
+            .filter_map(|(_, e)| e.rmse_truth)
+            .reduce(f64::max)
+            .map_or("- (same class as its expectation)".into(), |r| {
+                format!("{r:.3e}")
+            });
+        let speedup = if tn > 0.0 {
+            format!("{:.2}x", tb / tn)
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {tn:.3} | {speedup} | {same} of {} | {worst} |",
+            set.label,
+            both.len(),
+            both.len()
+        );
     }
     out
 }
