@@ -77,6 +77,9 @@ enum Command {
         /// A record folder to compare every set with.
         #[arg(long)]
         baseline: Option<PathBuf>,
+        /// md (for a pull-request comment) or json (the same content).
+        #[arg(long, default_value = "md", value_parser = ["md", "json"])]
+        format: String,
     },
     /// Maintain golden files.
     Golden {
@@ -287,14 +290,25 @@ fn run(cli: Cli) -> Result<i32> {
             threads,
             out,
         } => matrix(&sel, &cpu_class, &threads, &out),
-        Command::Report { records, baseline } => {
+        Command::Report {
+            records,
+            baseline,
+            format,
+        } => {
             use reprodiff::harness::drift;
             let sets = records
                 .iter()
                 .map(|d| drift::load(d))
                 .collect::<Result<Vec<_>>>()?;
             let base = baseline.as_deref().map(drift::load).transpose()?;
-            print!("{}", drift::markdown(&sets, base.as_ref()));
+            let report = drift::summarize(&sets, base.as_ref());
+            match format.as_str() {
+                "json" => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("a report serialises")
+                ),
+                _ => print!("{}", drift::markdown(&report)),
+            }
             Ok(exit::OK)
         }
         Command::Golden {

@@ -1386,7 +1386,10 @@ fn drift_report_of_the_avx2_host_records() {
     snapshot_settings().bind(|| {
         insta::assert_snapshot!(
             "drift_report_avx2_host",
-            reprodiff::harness::drift::markdown(&[set], None)
+            reprodiff::harness::drift::markdown(&reprodiff::harness::drift::summarize(
+                &[set],
+                None
+            ))
         );
     });
 }
@@ -1448,6 +1451,25 @@ fn drift_report_compares_with_a_baseline() {
         t.contains("rng/extra/one: drifted") && t.contains("rng/extra/two: drifted"),
         "{t}"
     );
+    // The same content as JSON.
+    let out = reprodiff(
+        &[
+            "report",
+            new.to_str().unwrap(),
+            "--baseline",
+            avx2_records().to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let groups = &j["comparisons"][0]["groups"];
+    assert_eq!(
+        groups["Newly fixed"][0],
+        "ddim-tiny/tiny-ddim-a/steps5: identical (previously drifted)"
+    );
+    assert_eq!(groups["Missing"][0], "rng/randn/cpu-generator/seed1/4");
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let out = reprodiff(&["report", empty.to_str().unwrap()], None);

@@ -8,6 +8,7 @@
 //! Records of schema 1 (before classes) read too: their class comes from their fingerprint.
 use crate::env::Fingerprint;
 use crate::error::{Error, Result};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -177,10 +178,202 @@ const VERDICTS: [&str; 8] = [
     "failed",
 ];
 
-/// The Markdown report: one table per set (rows: classes), then each set against `baseline`.
-pub fn markdown(sets: &[RecordSet], baseline: Option<&RecordSet>) -> String {
+/// The report's content, rendered as Markdown ([`markdown`]) or JSON (serde).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    /// Every set, the baseline last.
+    pub sets: Vec<SetSummary>,
+    /// Against the baseline, one row per other set.
+    pub audit: Vec<AuditRow>,
+    pub comparisons: Vec<Comparison>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SetSummary {
+    pub label: String,
+    pub classes: Vec<ClassSummary>,
+    pub unreadable: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassSummary {
+    pub class: String,
+    pub scenarios: usize,
+    /// Count per verdict, in [`VERDICTS`] order, zeros included.
+    pub verdicts: Vec<(String, usize)>,
+    pub worst_l_inf: Option<Worst>,
+    pub worst_rmse_truth: Option<Worst>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Worst {
+    pub value: f64,
+    pub scenario: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRow {
+    pub set: String,
+    /// Scenarios both this set and the baseline ran, with times.
+    pub scenarios: usize,
+    pub seconds: f64,
+    pub baseline_seconds: f64,
+    /// How many kept the baseline's bits.
+    pub same_bits: usize,
+    pub worst_rmse_truth: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub base: String,
+    pub new: String,
+    /// (verdict, count in base, count in new), for verdicts either has.
+    pub verdicts: Vec<(String, usize, usize)>,
+    /// "New", "Newly drifted or failed", "Newly fixed", "Missing", "First divergence".
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+/// The report of `sets`, each compared with `baseline` when there is one.
+pub fn summarize(sets: &[RecordSet], baseline: Option<&RecordSet>) -> Report {
+    Report {
+        schema: 1,
+        sets: sets.iter().chain(baseline).map(summarize_set).collect(),
+        audit: baseline.map_or_else(Vec::new, |b| sets.iter().map(|s| audit_row(b, s)).collect()),
+        comparisons: baseline
+            .map_or_else(Vec::new, |b| sets.iter().map(|s| compare(b, s)).collect()),
+    }
+}
+
+fn summarize_set(set: &RecordSet) -> SetSummary {
+    let mut by_class: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
+    for e in &set.entries {
+        by_class.entry(&e.class).or_default().push(e);
+    }
+    let worst = |entries: &[&Entry], pick: fn(&Entry) -> Option<f64>| {
+        entries
+            .iter()
+            .filter_map(|e| pick(e).map(|d| (d, &e.name)))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(value, name)| Worst {
+                value,
+                scenario: name.clone(),
+            })
+    };
+    SetSummary {
+        label: set.label.clone(),
+        classes: by_class
+            .into_iter()
+            .map(|(class, entries)| ClassSummary {
+                class: class.into(),
+                scenarios: entries.len(),
+                verdicts: VERDICTS
+                    .iter()
+                    .map(|v| {
+                        (
+                            v.to_string(),
+                            entries.iter().filter(|e| e.verdict == *v).count(),
+                        )
+                    })
+                    .collect(),
+                worst_l_inf: worst(&entries, |e| e.l_inf),
+                worst_rmse_truth: worst(&entries, |e| e.rmse_truth),
+            })
+            .collect(),
+        unreadable: set.unreadable.clone(),
+    }
+}
+
+/// The optimisation audit row of `set`: over the scenarios both it and the baseline ran, the
+/// time it took against the baseline's, next to what it cost in bits and in distance from the
+/// truth. With `matrix` sets, each row is one knob (a CPU class, a thread count).
+fn audit_row(base: &RecordSet, set: &RecordSet) -> AuditRow {
+    let base_by: BTreeMap<&str, &Entry> =
+        base.entries.iter().map(|e| (e.name.as_str(), e)).collect();
+    let both: Vec<(&Entry, &Entry)> = set
+        .entries
+        .iter()
+        .filter_map(|e| Some((*base_by.get(e.name.as_str())?, e)))
+        .filter(|(b, e)| b.elapsed_s.is_some() && e.elapsed_s.is_some())
+        .collect();
+    AuditRow {
+        set: set.label.clone(),
+        scenarios: both.len(),
+        seconds: both.iter().filter_map(|p| p.1.elapsed_s).sum(),
+        baseline_seconds: both.iter().filter_map(|p| p.0.elapsed_s).sum(),
+        same_bits: both
+            .iter()
+            .filter(|(b, e)| b.sha256.is_some() && b.sha256 == e.sha256)
+            .count(),
+        worst_rmse_truth: both
+            .iter()
+            .filter_map(|(_, e)| e.rmse_truth)
+            .reduce(f64::max),
+    }
+}
+
+/// `base` → `new`: counts per verdict, then newly drifted, newly fixed, new and missing
+/// scenarios, each "(previously X)", and where changed outputs first part.
+fn compare(base: &RecordSet, new: &RecordSet) -> Comparison {
+    let by_name = |s: &'_ RecordSet| -> BTreeMap<String, Entry> {
+        s.entries
+            .iter()
+            .map(|e| (e.name.clone(), e.clone()))
+            .collect()
+    };
+    let (b, n) = (by_name(base), by_name(new));
+    let verdicts = VERDICTS
+        .iter()
+        .map(|v| {
+            let count =
+                |m: &BTreeMap<String, Entry>| m.values().filter(|e| e.verdict == *v).count();
+            (v.to_string(), count(&b), count(&n))
+        })
+        .filter(|(_, cb, cn)| *cb != 0 || *cn != 0)
+        .collect();
+    let good = |v: &str| v == "identical" || v == "within-tolerance";
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut add = |group: &str, line: String| groups.entry(group.into()).or_default().push(line);
+    for (name, e) in &n {
+        let v = &e.verdict;
+        let Some(old) = b.get(name) else {
+            add("New", format!("{name}: {v}"));
+            continue;
+        };
+        let was = &old.verdict;
+        if good(was) && !good(v) && v != "not-run" {
+            add(
+                "Newly drifted or failed",
+                format!("{name}: {v} (previously {was})"),
+            );
+        } else if !good(was) && good(v) {
+            add("Newly fixed", format!("{name}: {v} (previously {was})"));
+        }
+        if let (Some(x), Some(y)) = (&old.sha256, &e.sha256) {
+            if x != y {
+                add(
+                    "First divergence",
+                    format!("{name}: {}", first_divergence(&old.trace, &e.trace)),
+                );
+            }
+        }
+    }
+    for name in b.keys().filter(|k| !n.contains_key(*k)) {
+        add("Missing", name.clone());
+    }
+    Comparison {
+        base: base.label.clone(),
+        new: new.label.clone(),
+        verdicts,
+        groups,
+    }
+}
+
+/// The Markdown form, for a pull-request comment: one table per set (rows: classes), the
+/// optimisation audit, then each set against the baseline with collapsible lists.
+pub fn markdown(report: &Report) -> String {
     let mut out = String::from("# reprodiff drift report\n");
-    for set in sets.iter().chain(baseline) {
+    for set in &report.sets {
         let _ = writeln!(out, "\n## {}\n", set.label);
         out.push_str("| class | scenarios |");
         for v in VERDICTS {
@@ -189,27 +382,15 @@ pub fn markdown(sets: &[RecordSet], baseline: Option<&RecordSet>) -> String {
         out.push_str(" worst l_inf | worst rmse to truth |\n|---|---|");
         out.push_str(&"---|".repeat(VERDICTS.len() + 2));
         out.push('\n');
-        let mut by_class: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
-        for e in &set.entries {
-            by_class.entry(&e.class).or_default().push(e);
-        }
-        for (class, entries) in by_class {
-            let _ = write!(out, "| `{class}` | {} |", entries.len());
-            for v in VERDICTS {
-                let _ = write!(
-                    out,
-                    " {} |",
-                    entries.iter().filter(|e| e.verdict == v).count()
-                );
+        for c in &set.classes {
+            let _ = write!(out, "| `{}` | {} |", c.class, c.scenarios);
+            for (_, k) in &c.verdicts {
+                let _ = write!(out, " {k} |");
             }
-            for pick in [|e: &Entry| e.l_inf, |e: &Entry| e.rmse_truth] {
-                let worst = entries
-                    .iter()
-                    .filter_map(|e| pick(e).map(|d| (d, &e.name)))
-                    .max_by(|a, b| a.0.total_cmp(&b.0));
+            for worst in [&c.worst_l_inf, &c.worst_rmse_truth] {
                 match worst {
-                    Some((d, name)) if d > 0.0 => {
-                        let _ = write!(out, " {d:.3e} ({name}) |");
+                    Some(w) if w.value > 0.0 => {
+                        let _ = write!(out, " {:.3e} ({}) |", w.value, w.scenario);
                     }
                     Some(_) => out.push_str(" 0 |"),
                     None => out.push_str(" - |"),
@@ -221,142 +402,54 @@ pub fn markdown(sets: &[RecordSet], baseline: Option<&RecordSet>) -> String {
             let _ = writeln!(out, "\nunreadable, skipped: {u}");
         }
     }
-    if let Some(base) = baseline {
-        out.push_str(&audit(base, sets));
-        for set in sets {
-            out.push_str(&compare(base, set));
+    if let Some(base) = report.comparisons.first().map(|c| &c.base) {
+        let _ = write!(
+            out,
+            "\n## Optimisation audit against {base}\n\n| set | scenarios | seconds | speed-up | same bits | worst rmse to truth |\n|---|---|---|---|---|---|\n"
+        );
+        for r in &report.audit {
+            let speedup = if r.seconds > 0.0 {
+                format!("{:.2}x", r.baseline_seconds / r.seconds)
+            } else {
+                "-".into()
+            };
+            let worst = r
+                .worst_rmse_truth
+                .map_or("- (same class as its expectation)".into(), |w| {
+                    format!("{w:.3e}")
+                });
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.3} | {speedup} | {} of {} | {worst} |",
+                r.set, r.scenarios, r.seconds, r.same_bits, r.scenarios
+            );
         }
     }
-    out
-}
-
-/// The optimisation audit: for each set against the baseline, over the scenarios both ran, the
-/// time it took relative to the baseline next to what it cost in bits and in distance from the
-/// truth. With `matrix` sets, each row is one knob (a CPU class, a thread count).
-pub fn audit(base: &RecordSet, sets: &[RecordSet]) -> String {
-    let mut out = format!(
-        "\n## Optimisation audit against {}\n\n| set | scenarios | seconds | speed-up | same bits | worst rmse to truth |\n|---|---|---|---|---|---|\n",
-        base.label
-    );
-    let base_by: BTreeMap<&str, &Entry> =
-        base.entries.iter().map(|e| (e.name.as_str(), e)).collect();
-    for set in sets {
-        let both: Vec<(&Entry, &Entry)> = set
-            .entries
-            .iter()
-            .filter_map(|e| Some((*base_by.get(e.name.as_str())?, e)))
-            .filter(|(b, e)| b.elapsed_s.is_some() && e.elapsed_s.is_some())
-            .collect();
-        let secs = |pick: fn(&(&Entry, &Entry)) -> f64| both.iter().map(pick).sum::<f64>();
-        let (tb, tn) = (
-            secs(|p| p.0.elapsed_s.unwrap_or(0.0)),
-            secs(|p| p.1.elapsed_s.unwrap_or(0.0)),
-        );
-        let same = both
-            .iter()
-            .filter(|(b, e)| b.sha256.is_some() && b.sha256 == e.sha256)
-            .count();
-        let worst = both
-            .iter()
-            .filter_map(|(_, e)| e.rmse_truth)
-            .reduce(f64::max)
-            .map_or("- (same class as its expectation)".into(), |r| {
-                format!("{r:.3e}")
-            });
-        let speedup = if tn > 0.0 {
-            format!("{:.2}x", tb / tn)
-        } else {
-            "-".into()
-        };
-        let _ = writeln!(
+    for c in &report.comparisons {
+        let _ = write!(
             out,
-            "| {} | {} | {tn:.3} | {speedup} | {same} of {} | {worst} |",
-            set.label,
-            both.len(),
-            both.len()
+            "\n## {} against {}\n\n| verdict | base | new | change |\n|---|---|---|---|\n",
+            c.new, c.base
         );
-    }
-    out
-}
-
-/// `base` → `new`: counts with deltas, then newly drifted, newly fixed, new and missing
-/// scenarios, each "(previously X)".
-pub fn compare(base: &RecordSet, new: &RecordSet) -> String {
-    let index = |s: &RecordSet| -> BTreeMap<String, String> {
-        s.entries
-            .iter()
-            .map(|e| (e.name.clone(), e.verdict.clone()))
-            .collect()
-    };
-    let (b, n) = (index(base), index(new));
-    let by_name = |s: &'_ RecordSet| -> BTreeMap<String, Entry> {
-        s.entries
-            .iter()
-            .map(|e| (e.name.clone(), e.clone()))
-            .collect()
-    };
-    let (eb, en) = (by_name(base), by_name(new));
-    let mut out = format!(
-        "\n## {} against {}\n\n| verdict | base | new | change |\n|---|---|---|---|\n",
-        new.label, base.label
-    );
-    for v in VERDICTS {
-        let (cb, cn) = (
-            b.values().filter(|x| *x == v).count() as i64,
-            n.values().filter(|x| *x == v).count() as i64,
-        );
-        if cb != 0 || cn != 0 {
+        for (v, cb, cn) in &c.verdicts {
             let _ = writeln!(
                 out,
                 "| {} | {cb} | {cn} | {:+} |",
                 v.replace('-', " "),
-                cn - cb
+                *cn as i64 - *cb as i64
             );
         }
-    }
-    let good = |v: &str| v == "identical" || v == "within-tolerance";
-    let mut groups: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (name, v) in &n {
-        match b.get(name) {
-            None => groups
-                .entry("New")
-                .or_default()
-                .push(format!("{name}: {v}")),
-            Some(old) if good(old) && !good(v) && v != "not-run" => groups
-                .entry("Newly drifted or failed")
-                .or_default()
-                .push(format!("{name}: {v} (previously {old})")),
-            Some(old) if !good(old) && good(v) => groups
-                .entry("Newly fixed")
-                .or_default()
-                .push(format!("{name}: {v} (previously {old})")),
-            _ => {}
-        }
-    }
-    for (name, e) in &en {
-        let Some(old) = eb.get(name) else { continue };
-        if let (Some(x), Some(y)) = (&old.sha256, &e.sha256) {
-            if x != y {
-                groups.entry("First divergence").or_default().push(format!(
-                    "{name}: {}",
-                    first_divergence(&old.trace, &e.trace)
-                ));
+        for (title, lines) in &c.groups {
+            let _ = writeln!(
+                out,
+                "\n<details><summary>{title} ({})</summary>\n",
+                lines.len()
+            );
+            for l in lines {
+                let _ = writeln!(out, "- {l}");
             }
+            out.push_str("\n</details>\n");
         }
-    }
-    for name in b.keys().filter(|k| !n.contains_key(*k)) {
-        groups.entry("Missing").or_default().push(name.clone());
-    }
-    for (title, lines) in groups {
-        let _ = writeln!(
-            out,
-            "\n<details><summary>{title} ({})</summary>\n",
-            lines.len()
-        );
-        for l in lines {
-            let _ = writeln!(out, "- {l}");
-        }
-        out.push_str("\n</details>\n");
     }
     out
 }
