@@ -77,8 +77,9 @@ enum Command {
         /// A record folder to compare every set with.
         #[arg(long)]
         baseline: Option<PathBuf>,
-        /// md (for a pull-request comment) or json (the same content).
-        #[arg(long, default_value = "md", value_parser = ["md", "json"])]
+        /// md (for a pull-request comment), json (the same content) or html (one
+        /// self-contained page with a verdict heatmap and per-step drift curves).
+        #[arg(long, default_value = "md", value_parser = ["md", "json", "html"])]
         format: String,
     },
     /// Maintain golden files.
@@ -306,6 +307,10 @@ fn run(cli: Cli) -> Result<i32> {
                 "json" => println!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("a report serialises")
+                ),
+                "html" => print!(
+                    "{}",
+                    reprodiff::harness::drift_html::html(&report, &sets, base.as_ref())
                 ),
                 _ => print!("{}", drift::markdown(&report)),
             }

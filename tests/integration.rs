@@ -1546,3 +1546,106 @@ fn matrix_runs_each_combination_in_its_own_class_and_report_reads_them() {
     assert_eq!(bad.status.code(), Some(exit::USAGE), "{}", text(&bad));
     assert!(text(&bad).contains("avx1024"));
 }
+
+/// The HTML report in a real headless browser (Debian's chromium; .ci/run installs it): it
+/// loads without console errors and renders the heatmap cells and the per-step drift curves.
+#[test]
+fn drift_report_html_renders_in_a_headless_browser() {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no chromium on this CI host: .ci/run installs Debian's chromium"
+        );
+        eprintln!("skipped: no chromium on this machine (apt-get install chromium)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("matrix");
+    let run = reprodiff(
+        &[
+            "matrix",
+            "--suite",
+            "ddim-tiny",
+            "--filter",
+            "^tiny-ddim-a/steps(2|5)$",
+            "--cpu-class",
+            "native,sse41",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(run.status.code(), Some(exit::OK), "{}", text(&run));
+    let (native, sse41) = (out.join("native"), out.join("sse41"));
+    let report = reprodiff(
+        &[
+            "report",
+            sse41.to_str().unwrap(),
+            "--baseline",
+            native.to_str().unwrap(),
+            "--format",
+            "html",
+        ],
+        None,
+    );
+    assert_eq!(report.status.code(), Some(exit::OK), "{}", text(&report));
+    let page = tmp.path().join("report.html");
+    std::fs::write(&page, &report.stdout).unwrap();
+    let browse = |extra: &[&str]| {
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--window-size=1200,1600",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                tmp.path().join("profile").display()
+            ))
+            .args(extra)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap()
+    };
+    let dom = browse(&["--dump-dom"]);
+    let dom_text = String::from_utf8_lossy(&dom.stdout);
+    let log = String::from_utf8_lossy(&dom.stderr);
+    assert!(
+        !log.contains("CONSOLE") && !log.contains("Uncaught"),
+        "{log}"
+    );
+    assert_eq!(
+        dom_text.matches("class=\"cell\"").count(),
+        4,
+        "2 sets x 2 scenarios"
+    );
+    assert_eq!(
+        dom_text.matches("class=\"curve\"").count(),
+        2,
+        "both outputs changed"
+    );
+    let shot = tmp.path().join("report.png");
+    let s = browse(&[&format!("--screenshot={}", shot.display())]);
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+}

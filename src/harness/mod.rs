@@ -12,6 +12,7 @@
 //!   suite under each CPU kernel class and thread count one host can run.
 pub mod check;
 pub mod drift;
+pub mod drift_html;
 pub mod golden;
 pub mod matrix;
 pub mod merge;
