@@ -5,6 +5,9 @@
 #   ci/oracle/run.sh --self-check
 #   ci/oracle/run.sh --make-models [--force] [--check] [NAME]...
 #   ci/oracle/run.sh --published     # ci/oracle/published.py: fixtures/golden/ddim-docs.json
+#   ci/oracle/run.sh --make-tokenizers [--force] [--check] [NAME]...
+#                                    # ci/oracle/make_tokenizers.py: fixtures/tokenizers/NAME/
+#   ci/oracle/run.sh --tokenizer-ids # ci/oracle/tokenizer_ids.py: fixtures/golden/tokenizer-ids.json
 #
 # Installs (once) libtorch's torch venv through ci/install-libtorch.sh, adds the oracle's pinned
 # requirements to it (again only when ci/oracle/requirements.txt changes), then runs
@@ -53,5 +56,13 @@ fi
 if [ "${1:-}" = "--published" ]; then
   shift
   exec "$python" ci/oracle/published.py "$@"
+fi
+if [ "${1:-}" = "--make-tokenizers" ]; then
+  shift
+  exec "$python" ci/oracle/make_tokenizers.py "$@"
+fi
+if [ "${1:-}" = "--tokenizer-ids" ]; then
+  shift
+  exec "$python" ci/oracle/tokenizer_ids.py "$@"
 fi
 exec "$python" ci/oracle/goldens.py "$@"
