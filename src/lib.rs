@@ -15,6 +15,7 @@ pub mod loading;
 pub mod models;
 pub mod pipelines;
 pub mod schedulers;
+pub mod tokenizer;
 pub mod torch;
 
 pub use error::{Error, Result};

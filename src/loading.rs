@@ -16,21 +16,26 @@ pub struct ModelFolder {
 /// How a model is named: `hub:org/name` or `org/name` (local hub cache), `derived:ARCH`, or a
 /// path. `models_dir` resolves bare names used by suites (fixtures/models/).
 pub fn resolve(spec: &str, models_dir: Option<&Path>) -> Result<ModelFolder> {
+    from_dir(&resolve_dir(spec, models_dir)?)
+}
+
+/// The folder `spec` names (see [`resolve`]), whatever pipeline it holds.
+pub fn resolve_dir(spec: &str, models_dir: Option<&Path>) -> Result<PathBuf> {
     if let Some(arch) = spec.strip_prefix("derived:") {
-        return from_dir(&crate::models::derived::materialize(arch)?);
+        return crate::models::derived::materialize(arch);
     }
     if let Some(id) = spec.strip_prefix("hub:") {
-        return from_dir(&hub_snapshot(id)?);
+        return hub_snapshot(id);
     }
     let direct = PathBuf::from(spec);
     if direct.is_dir() {
-        return from_dir(&direct);
+        return Ok(direct);
     }
     if let Some(dir) = models_dir.map(|d| d.join(spec)).filter(|p| p.is_dir()) {
-        return from_dir(&dir);
+        return Ok(dir);
     }
     if spec.matches('/').count() == 1 && !spec.starts_with('.') && !spec.starts_with('/') {
-        return from_dir(&hub_snapshot(spec)?);
+        return hub_snapshot(spec);
     }
     Err(Error::InvalidArgument(format!(
         "--model {spec}: no such folder{}",

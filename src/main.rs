@@ -5,9 +5,10 @@ use reprodiff::error::{exit, Error, Result};
 use reprodiff::harness::check::{in_ci, ScenarioResult};
 use reprodiff::harness::golden::GoldenFile;
 use reprodiff::harness::observe::{self, NotObserved, Runner};
+use reprodiff::harness::oneoff::Outputs;
 use reprodiff::harness::report;
 use reprodiff::harness::session::{self, Fixtures, Selection};
-use reprodiff::harness::suite::Suite;
+use reprodiff::harness::suite::{Scenario, Suite};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -145,7 +146,9 @@ enum GoldenAction {
 #[derive(Subcommand)]
 enum RunPipeline {
     /// DDIMPipeline (e.g. google/ddpm-cifar10-32).
-    Ddim(DdimArgs),
+    Ddim(Box<DdimArgs>),
+    /// StableDiffusionPipeline (e.g. runwayml/stable-diffusion-v1-5), no safety checker.
+    Sd(Box<SdArgs>),
 }
 
 #[derive(Subcommand)]
@@ -201,6 +204,74 @@ struct DdimArgs {
     /// Write the output as .npy, exactly as diffusers returns it (bf16 as f32).
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Print the result record as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SdArgs {
+    /// A diffusers Stable Diffusion folder, a Hugging Face id in the local cache, or derived:ARCH.
+    #[arg(long)]
+    model: String,
+    /// The prompt; repeat the flag for a list of prompts (one image each, or
+    /// --num-images-per-prompt each).
+    #[arg(long = "prompt", required = true)]
+    prompts: Vec<String>,
+    /// Negative prompt(s): one, or one per --prompt.
+    #[arg(long = "negative-prompt")]
+    negative_prompts: Vec<String>,
+    /// Classifier-free guidance scale (none at <= 1).
+    #[arg(long, default_value_t = 7.5)]
+    guidance_scale: f64,
+    /// Default: the UNet's sample_size × the VAE's scale factor.
+    #[arg(long)]
+    height: Option<i64>,
+    #[arg(long)]
+    width: Option<i64>,
+    #[arg(long, default_value_t = 1)]
+    num_images_per_prompt: usize,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// Swap the scheduler as `DDIMScheduler.from_config(pipe.scheduler.config)` does
+    /// (default: the folder's own, PNDM for SD 1.5).
+    #[arg(long, value_parser = ["ddim", "pndm"])]
+    scheduler: Option<String>,
+    /// Take the text encoder's hidden state this many layers before the last.
+    #[arg(long)]
+    clip_skip: Option<usize>,
+    /// One generator for all images, seeded S.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// One generator per image (prompts × images per prompt).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// cpu: torch.Generator("cpu"); cuda: torch.Generator("cuda"); global: torch.manual_seed.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "global"])]
+    generator: String,
+    /// [torch.Generator().manual_seed(S)] * images: one generator listed once per image.
+    #[arg(long, requires = "seed")]
+    repeat_generator: bool,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// diffusers' enable_full_determinism().
+    #[arg(long)]
+    deterministic: bool,
+    /// Intra-op threads (torch.set_num_threads).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, default_value = "np")]
+    output_type: String,
+    /// Write the output as .npy, exactly as diffusers returns it.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Write the images as one PNG grid (diffusers' make_image_grid layout).
+    #[arg(long)]
+    grid: Option<PathBuf>,
     /// Print the result record as JSON.
     #[arg(long)]
     json: bool,
@@ -339,6 +410,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Run {
             pipeline: RunPipeline::Ddim(args),
         } => run_ddim(&args),
+        Command::Run {
+            pipeline: RunPipeline::Sd(args),
+        } => run_sd(&args),
         Command::Bench {
             pipeline:
                 BenchPipeline::Ddim {
@@ -473,10 +547,40 @@ fn bless(sel: &SelectArgs) -> Result<i32> {
 
 /// `reprodiff run ddim`: one pipeline run, described as a scenario so the record matches
 /// what `check` writes.
+/// A one-off scenario for `run`: f32 metrics, the output kept for --save.
+fn one_off(
+    run: reprodiff::harness::workload::Workload,
+    device: reprodiff::torch::DeviceSpec,
+    deterministic: bool,
+    threads: Option<usize>,
+) -> Scenario {
+    use reprodiff::torch::{DeterminismSpec, Preset};
+    let mut determinism = DeterminismSpec {
+        preset: if deterministic {
+            Preset::Full
+        } else {
+            Preset::Default
+        },
+        ..Default::default()
+    };
+    determinism.threads = threads;
+    Scenario {
+        name: "run".into(),
+        description: None,
+        run,
+        device,
+        determinism,
+        metrics: vec![reprodiff::harness::metrics::Metric::SumAbs],
+        tolerance: Default::default(),
+        cross_class: None,
+        slice: None,
+        store_array: true,
+    }
+}
+
 fn run_ddim(a: &DdimArgs) -> Result<i32> {
-    use reprodiff::harness::suite::Scenario;
     use reprodiff::harness::workload::Workload;
-    use reprodiff::torch::{DeterminismSpec, GeneratorSpec, Preset};
+    use reprodiff::torch::GeneratorSpec;
 
     let device: reprodiff::torch::DeviceSpec = a.device.parse()?;
     let generator = GeneratorSpec::from_flags(
@@ -487,87 +591,83 @@ fn run_ddim(a: &DdimArgs) -> Result<i32> {
         a.batch,
         device,
     )?;
-    let mut determinism = DeterminismSpec {
-        preset: if a.deterministic {
-            Preset::Full
-        } else {
-            Preset::Default
-        },
-        ..Default::default()
+    let run = Workload::Ddim {
+        model: a.model.clone(),
+        steps: a.steps,
+        eta: a.eta,
+        batch: a.batch,
+        generator,
+        output_type: a.output_type.parse()?,
+        dtype: a.dtype.parse()?,
+        use_clipped_model_output: false,
+        twice: false,
+        scheduler: Default::default(),
     };
-    determinism.threads = a.threads;
-    let scenario = Scenario {
-        name: "run".into(),
-        description: None,
-        run: Workload::Ddim {
-            model: a.model.clone(),
-            steps: a.steps,
-            eta: a.eta,
-            batch: a.batch,
-            generator,
-            output_type: a.output_type.parse()?,
-            dtype: a.dtype.parse()?,
-            use_clipped_model_output: false,
-            twice: false,
-            scheduler: Default::default(),
-        },
+    let scenario = one_off(run, device, a.deterministic, a.threads);
+    let out = Outputs {
+        save: a.save.as_deref(),
+        grid: None,
+        json: a.json,
+    };
+    reprodiff::harness::oneoff::run(&scenario, out)?;
+    Ok(exit::OK)
+}
+
+fn run_sd(a: &SdArgs) -> Result<i32> {
+    use reprodiff::harness::workload::Workload;
+    use reprodiff::pipelines::stable_diffusion::Prompts;
+    use reprodiff::torch::GeneratorSpec;
+
+    if let Some(i) = a.prompts.iter().position(|p| p.trim().is_empty()) {
+        return Err(Error::InvalidArgument(format!(
+            "--prompt #{}: an empty prompt (diffusers would generate unconditionally; say what to draw)",
+            i + 1
+        )));
+    }
+    let prompt = match a.prompts.as_slice() {
+        [one] => Prompts::One(one.clone()),
+        many => Prompts::Many(many.to_vec()),
+    };
+    let negative_prompt = match a.negative_prompts.as_slice() {
+        [] => None,
+        [one] if matches!(prompt, Prompts::One(_)) => Some(Prompts::One(one.clone())),
+        many => Some(Prompts::Many(many.to_vec())),
+    };
+    let images = a.prompts.len() * a.num_images_per_prompt;
+    let device: reprodiff::torch::DeviceSpec = a.device.parse()?;
+    let generator = GeneratorSpec::from_flags(
+        a.seed,
+        a.seeds.as_deref(),
+        &a.generator,
+        a.repeat_generator,
+        images,
         device,
-        determinism,
-        metrics: vec![reprodiff::harness::metrics::Metric::SumAbs],
-        tolerance: Default::default(),
-        cross_class: None,
-        slice: None,
-        store_array: true,
-    };
-    scenario.run.validate().map_err(Error::InvalidArgument)?;
-    scenario.determinism.resolve().apply()?;
-    let start = std::time::Instant::now();
-    let out = scenario.run.run(device, None, false)?;
-    let obs = reprodiff::harness::observe::describe(
-        out.tensor,
-        out.unseeded_seed,
-        start.elapsed().as_secs_f64(),
     )?;
-    if let Some(path) = &a.save {
-        let t = obs.stored.as_ref().expect("describe keeps the output");
-        t.write_npy(path)
-            .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
-    }
-    if a.json {
-        let record = serde_json::json!({
-            "schema": 1,
-            "spec": scenario,
-            "output": {
-                "shape": obs.shape,
-                "dtype": obs.dtype,
-                "sha256": obs.sha256,
-                "metrics": obs.metrics,
-                "unseeded_seed": obs.unseeded_seed,
-                "elapsed_s": obs.elapsed_s,
-            },
-            "environment": obs.environment,
-        });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&record).expect("serialises")
-        );
-    } else {
-        println!(
-            "{:?} {}  sum_abs {}  max_abs {}  sha256 {}  ({:.2} s)",
-            obs.shape,
-            obs.dtype,
-            obs.metrics["sum_abs"],
-            obs.metrics["max_abs"],
-            &obs.sha256[..12],
-            obs.elapsed_s
-        );
-        if let Some(seed) = obs.unseeded_seed {
-            println!("no seed given: the global generator was seeded with {seed} (pass --generator global --seed {seed} to repeat)");
-        }
-        if let Some(path) = &a.save {
-            println!("saved {}", path.display());
-        }
-    }
+    let run = Workload::Sd {
+        model: a.model.clone(),
+        prompt,
+        negative_prompt,
+        guidance_scale: a.guidance_scale,
+        steps: a.steps,
+        eta: a.eta,
+        num_images_per_prompt: a.num_images_per_prompt,
+        height: a.height,
+        width: a.width,
+        clip_skip: a.clip_skip,
+        generator,
+        output_type: a.output_type.parse()?,
+        dtype: a.dtype.parse()?,
+        scheduler_class: a.scheduler.as_deref().map(str::parse).transpose()?,
+        scheduler: Default::default(),
+        twice: false,
+    };
+    let scenario = one_off(run, device, a.deterministic, a.threads);
+    let out = Outputs {
+        save: a.save.as_deref(),
+        grid: a.grid.as_deref(),
+        json: a.json,
+    };
+    reprodiff::harness::oneoff::run(&scenario, out)?;
     Ok(exit::OK)
 }
 

@@ -56,7 +56,10 @@ fn clip_pipeline(
     let mut added: Vec<(String, bool)> = Vec::new();
     for (key, default) in defaults {
         let (text, normalized) = match config.get(*key) {
-            Some(v) => (token_text(v).unwrap_or_else(|| default.to_string()), normalized_flag(v)),
+            Some(v) => (
+                token_text(v).unwrap_or_else(|| default.to_string()),
+                normalized_flag(v),
+            ),
             None => (default.to_string(), false),
         };
         match added.iter_mut().find(|(t, _)| *t == text) {
@@ -104,7 +107,11 @@ fn clip_pipeline(
 }
 
 /// The text of special token `key` in `config`, else its default.
-fn added_text(config: &serde_json::Map<String, Value>, defaults: &[(&str, &str)], key: &str) -> String {
+fn added_text(
+    config: &serde_json::Map<String, Value>,
+    defaults: &[(&str, &str)],
+    key: &str,
+) -> String {
     config.get(key).and_then(token_text).unwrap_or_else(|| {
         defaults
             .iter()
@@ -135,7 +142,11 @@ impl ClipTokenizer {
             }
         }
         let special = |key: &str| added_text(&config, &SPECIAL, key);
-        let (bos, eos, pad) = (special("bos_token"), special("eos_token"), special("pad_token"));
+        let (bos, eos, pad) = (
+            special("bos_token"),
+            special("eos_token"),
+            special("pad_token"),
+        );
         let max_length = config
             .get("model_max_length")
             .and_then(Value::as_f64)
@@ -158,7 +169,7 @@ impl ClipTokenizer {
             let merges: Vec<String> = text
                 .lines()
                 .enumerate()
-                .filter(|(i, l)| !(*i == 0 && l.starts_with("#version")) && !l.trim().is_empty())
+                .filter(|(i, l)| !(l.trim().is_empty() || *i == 0 && l.starts_with("#version")))
                 .map(|(_, l)| l.to_string())
                 .collect();
             let spec = clip_pipeline(vocab, merges, &config, &SPECIAL);
@@ -172,10 +183,9 @@ impl ClipTokenizer {
             ));
         };
         let id = |t: &str| -> Result<i64> {
-            inner
-                .token_to_id(t)
-                .map(i64::from)
-                .ok_or_else(|| Error::invalid_file(dir, format!("token {t:?} is not in the vocabulary")))
+            inner.token_to_id(t).map(i64::from).ok_or_else(|| {
+                Error::invalid_file(dir, format!("token {t:?} is not in the vocabulary"))
+            })
         };
         Ok(ClipTokenizer {
             bos_id: id(&bos)?,
@@ -238,7 +248,11 @@ mod tests {
             assert_eq!(want.len(), corpus.len(), "{name}");
             for ((prompt, ids), len) in corpus.iter().zip(&want).zip(&lens) {
                 assert_eq!(&tok.encode(prompt).unwrap(), ids, "{name}: {prompt:?}");
-                assert_eq!(tok.tokens(prompt).unwrap().len() + 2, *len, "{name}: {prompt:?}");
+                assert_eq!(
+                    tok.tokens(prompt).unwrap().len() + 2,
+                    *len,
+                    "{name}: {prompt:?}"
+                );
                 checked += 1;
             }
         }
@@ -249,9 +263,14 @@ mod tests {
     fn a_folder_without_vocabulary_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("vocab.json"), "{}").unwrap();
-        let err = ClipTokenizer::load(dir.path()).err().expect("no merges.txt");
+        let err = ClipTokenizer::load(dir.path())
+            .err()
+            .expect("no merges.txt");
         let text = err.to_string();
-        assert!(text.contains("neither tokenizer.json nor vocab.json + merges.txt"), "{text}");
+        assert!(
+            text.contains("neither tokenizer.json nor vocab.json + merges.txt"),
+            "{text}"
+        );
         assert!(text.contains(&dir.path().display().to_string()), "{text}");
         assert_eq!(err.exit_code(), crate::error::exit::USAGE);
     }

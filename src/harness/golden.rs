@@ -55,6 +55,11 @@ pub struct Truth {
     /// rmse between the float32 output and the float32 output of the same run whose initial
     /// noise is one ulp higher everywhere: how strongly the scenario amplifies rounding.
     pub sensitivity: f64,
+    /// The same figure per pipeline component (e.g. text_encoder, unet, vae): the rmse of the
+    /// output when that component's output is nudged one float32 ulp (relative) in its first
+    /// call, so a user sees which component amplifies rounding.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, f64>,
     pub provenance: Provenance,
 }
 

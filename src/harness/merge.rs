@@ -51,6 +51,8 @@ struct OracleTruth {
     array: String,
     sha256: String,
     sensitivity: f64,
+    #[serde(default)]
+    components: std::collections::BTreeMap<String, f64>,
     tool: String,
 }
 
@@ -186,6 +188,7 @@ fn merge_result(
                 array: name,
                 sha256: t.sha256,
                 sensitivity: t.sensitivity,
+                components: t.components,
                 provenance: Provenance {
                     producer: expectation.provenance.producer.clone(),
                     tool: t.tool,

@@ -18,6 +18,7 @@ pub mod matrix;
 pub mod merge;
 pub mod metrics;
 pub mod observe;
+pub mod oneoff;
 pub mod report;
 pub mod session;
 pub mod suite;

@@ -87,7 +87,7 @@ impl Fixtures {
 /// one not in the local cache is "not run", since the host may simply not have it). A typo is a
 /// suite error (exit 2), never "not run".
 fn check_model_reference(suite: &Suite, scenario: &Scenario, models: &Path) -> Result<()> {
-    let super::workload::Workload::Ddim { model, .. } = &scenario.run else {
+    let Some(model) = scenario.run.model() else {
         return Ok(());
     };
     let bad = |m: String| {
@@ -138,9 +138,7 @@ pub fn cannot_run(scenario: &Scenario) -> Option<String> {
     if let Err(e) = scenario.device.ensure_available() {
         return Some(e.to_string());
     }
-    let super::workload::Workload::Ddim { model, .. } = &scenario.run else {
-        return None;
-    };
+    let model = scenario.run.model()?;
     let id = model.strip_prefix("hub:")?;
     crate::loading::hub_snapshot(id)
         .err()

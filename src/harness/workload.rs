@@ -2,7 +2,9 @@
 //! every random number from the scenario's generators. The pipelines join this enum later.
 use crate::error::{Error, Result};
 use crate::pipelines::ddim::{DdimCall, DdimPipeline};
+use crate::pipelines::stable_diffusion::{Prompts, SdCall, SdPipeline};
 use crate::pipelines::OutputType;
+use crate::schedulers::SchedulerClass;
 use crate::torch::{randn_tensor, DType, DeviceSpec, GeneratorSpec, Generators};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -54,6 +56,46 @@ pub enum Workload {
         #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
         scheduler: serde_json::Map<String, serde_json::Value>,
     },
+    /// `StableDiffusionPipeline(...)(prompt, ...)` without the safety checker.
+    Sd {
+        /// A pipeline folder under fixtures/models/, a path, `hub:org/name` or `derived:ARCH`.
+        model: String,
+        /// One prompt or a list (`prompt=` of diffusers).
+        prompt: Prompts,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        negative_prompt: Option<Prompts>,
+        #[serde(default = "default_guidance")]
+        guidance_scale: f64,
+        steps: usize,
+        #[serde(default)]
+        eta: f64,
+        #[serde(default = "one")]
+        num_images_per_prompt: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        height: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        width: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clip_skip: Option<usize>,
+        generator: GeneratorSpec,
+        #[serde(default)]
+        output_type: OutputType,
+        #[serde(default)]
+        dtype: DType,
+        /// `pipe.scheduler = <Class>.from_config(pipe.scheduler.config, **scheduler)`; absent:
+        /// the folder's own scheduler class.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduler_class: Option<SchedulerClass>,
+        #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+        scheduler: serde_json::Map<String, serde_json::Value>,
+        /// As for ddim: run 1 minus run 2, generators re-seeded in between.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        twice: bool,
+    },
+}
+
+fn default_guidance() -> f64 {
+    7.5
 }
 
 fn one() -> usize {
@@ -154,6 +196,55 @@ impl Workload {
                     _ => Ok(()),
                 }
             }
+            Workload::Sd { generator, .. } => {
+                let batch = self.sd_call().expect("an sd workload").validate()?;
+                match generator.list_len() {
+                    Some(n) if n != batch => Err(format!(
+                        "run.generator lists {n} generators but the run makes {batch} images \
+                         (prompts × num_images_per_prompt)"
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// The model a pipeline workload loads.
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Workload::Ddim { model, .. } | Workload::Sd { model, .. } => Some(model),
+            Workload::Random { .. } => None,
+        }
+    }
+
+    /// The pipeline call of an `sd` workload.
+    pub fn sd_call(&self) -> Option<SdCall> {
+        match self {
+            Workload::Sd {
+                prompt,
+                negative_prompt,
+                guidance_scale,
+                steps,
+                eta,
+                num_images_per_prompt,
+                height,
+                width,
+                clip_skip,
+                output_type,
+                ..
+            } => Some(SdCall {
+                prompt: prompt.clone(),
+                negative_prompt: negative_prompt.clone(),
+                guidance_scale: *guidance_scale,
+                num_images_per_prompt: *num_images_per_prompt,
+                height: *height,
+                width: *width,
+                num_inference_steps: *steps,
+                eta: *eta,
+                clip_skip: *clip_skip,
+                output_type: *output_type,
+            }),
+            _ => None,
         }
     }
 
@@ -166,6 +257,37 @@ impl Workload {
         trace: bool,
     ) -> Result<Output> {
         match self {
+            Workload::Sd {
+                model,
+                generator,
+                dtype,
+                scheduler_class,
+                scheduler,
+                twice,
+                ..
+            } => {
+                let call = self.sd_call().expect("an sd workload");
+                let dir = crate::loading::resolve_dir(model, models_dir)?;
+                let mut pipe = SdPipeline::load(&dir, *dtype, device, *scheduler_class, scheduler)?;
+                let (gens, unseeded_seed) = generator.build()?;
+                let mut gens = as_pipeline_argument(gens, unseeded_seed.is_some());
+                pipe.trace = trace.then(Vec::new);
+                let mut tensor = pipe.call(&call, &mut gens)?;
+                let trace = pipe.trace.take();
+                if *twice {
+                    let (again, _) = match unseeded_seed {
+                        Some(seed) => GeneratorSpec::Global { seed }.build()?,
+                        None => generator.build()?,
+                    };
+                    let mut again = as_pipeline_argument(again, unseeded_seed.is_some());
+                    tensor = tensor.f_sub(&pipe.call(&call, &mut again)?)?;
+                }
+                Ok(Output {
+                    tensor,
+                    trace,
+                    unseeded_seed,
+                })
+            }
             Workload::Ddim {
                 model,
                 steps,

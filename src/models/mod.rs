@@ -3,13 +3,18 @@
 //! Every forward calls the same ATen ops in the same order as the PyTorch module it mirrors,
 //! which is what makes outputs bit-identical on the same libtorch and CPU.
 pub mod attention;
+pub mod clip;
 pub mod derived;
+pub mod dump;
 pub mod embeddings;
 pub mod nn;
 pub mod params;
 pub mod resnet;
+pub mod transformer_2d;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
+pub mod unet_2d_condition;
+pub mod vae;
 
 /// The file a diffusers model folder keeps its weights in (safetensors only).
 pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";

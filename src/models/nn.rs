@@ -102,13 +102,64 @@ impl GroupNorm {
     }
 }
 
-/// diffusers' `get_activation`.
+/// nn.LayerNorm(dim, elementwise_affine=True) over the last dimension.
+#[derive(Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    dim: i64,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(p: &ParamPath, dim: i64, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: p.get("weight", &[dim])?,
+            bias: p.get("bias", &[dim])?,
+            dim,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // F.layer_norm passes torch.backends.cudnn.enabled (True by default).
+        Ok(x.f_layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )?)
+    }
+}
+
+/// nn.Embedding (no padding_idx).
+#[derive(Debug)]
+pub struct Embedding {
+    weight: Tensor,
+}
+
+impl Embedding {
+    pub fn new(p: &ParamPath, count: i64, dim: i64) -> Result<Self> {
+        Ok(Embedding {
+            weight: p.get("weight", &[count, dim])?,
+        })
+    }
+
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(Tensor::f_embedding(&self.weight, ids, -1, false, false)?)
+    }
+}
+
+/// diffusers' `get_activation` and transformers' ACT2FN, the ones these models use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     Silu,
     Mish,
     Gelu,
     Relu,
+    /// transformers' QuickGELUActivation: `x * sigmoid(1.702 * x)` (CLIP).
+    QuickGelu,
 }
 
 impl Activation {
@@ -118,6 +169,7 @@ impl Activation {
             "mish" => Some(Activation::Mish),
             "gelu" => Some(Activation::Gelu),
             "relu" => Some(Activation::Relu),
+            "quick_gelu" => Some(Activation::QuickGelu),
             _ => None,
         }
     }
@@ -128,6 +180,7 @@ impl Activation {
             Activation::Mish => x.f_mish()?,
             Activation::Gelu => x.f_gelu("none")?,
             Activation::Relu => x.f_relu()?,
+            Activation::QuickGelu => x.f_mul(&x.f_mul_scalar(1.702)?.f_sigmoid()?)?,
         })
     }
 }

@@ -46,6 +46,11 @@ impl SafetensorsSource {
         })
     }
 
+    /// Whether any tensor name starts with `prefix`.
+    pub fn has_prefix(&self, prefix: &str) -> bool {
+        self.tensors.keys().any(|k| k.starts_with(prefix))
+    }
+
     /// Names present in the file that the model never asked for.
     pub fn unused(&self) -> Vec<String> {
         self.tensors

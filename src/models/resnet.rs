@@ -9,7 +9,8 @@ use tch::Tensor;
 pub struct ResnetConfig {
     pub in_channels: i64,
     pub out_channels: i64,
-    pub temb_channels: i64,
+    /// None: no time embedding (the VAE's resnets).
+    pub temb_channels: Option<i64>,
     pub groups: i64,
     pub eps: f64,
     pub act: Activation,
@@ -20,7 +21,7 @@ pub struct ResnetConfig {
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
     conv1: Conv2d,
-    time_emb_proj: Linear,
+    time_emb_proj: Option<Linear>,
     norm2: GroupNorm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
@@ -33,12 +34,15 @@ impl ResnetBlock2D {
         Ok(ResnetBlock2D {
             norm1: GroupNorm::new(&p.sub("norm1"), c.groups, c.in_channels, c.eps)?,
             conv1: Conv2d::new(&p.sub("conv1"), c.in_channels, c.out_channels, 3, 1, 1)?,
-            time_emb_proj: Linear::new(
-                &p.sub("time_emb_proj"),
-                c.temb_channels,
-                c.out_channels,
-                true,
-            )?,
+            time_emb_proj: match c.temb_channels {
+                Some(t) => Some(Linear::new(
+                    &p.sub("time_emb_proj"),
+                    t,
+                    c.out_channels,
+                    true,
+                )?),
+                None => None,
+            },
             norm2: GroupNorm::new(&p.sub("norm2"), c.groups, c.out_channels, c.eps)?,
             conv2: Conv2d::new(&p.sub("conv2"), c.out_channels, c.out_channels, 3, 1, 1)?,
             conv_shortcut: if c.in_channels != c.out_channels {
@@ -58,14 +62,16 @@ impl ResnetBlock2D {
         })
     }
 
-    pub fn forward(&self, input: &Tensor, temb: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, input: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let h = self.norm1.forward(input)?;
         let h = self.act.forward(&h)?;
-        let h = self.conv1.forward(&h)?;
-        // temb = time_emb_proj(act(temb))[:, :, None, None]; h = h + temb
-        let t = self.time_emb_proj.forward(&self.act.forward(temb)?)?;
-        let t = t.f_unsqueeze(-1)?.f_unsqueeze(-1)?;
-        let h = h.f_add(&t)?;
+        let mut h = self.conv1.forward(&h)?;
+        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+            // temb = time_emb_proj(act(temb))[:, :, None, None]; h = h + temb
+            let t = proj.forward(&self.act.forward(temb)?)?;
+            let t = t.f_unsqueeze(-1)?.f_unsqueeze(-1)?;
+            h = h.f_add(&t)?;
+        }
         let h = self.norm2.forward(&h)?;
         let h = self.act.forward(&h)?;
         let h = self.conv2.forward(&h)?;
@@ -117,10 +123,16 @@ impl Upsample2D {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `output_size`: the size UNet2DConditionModel forwards when the sample is not a multiple
+    /// of 2^upsamplers (`F.interpolate(x, size=output_size)`), else ×2.
+    pub fn forward(&self, x: &Tensor, output_size: Option<[i64; 2]>) -> Result<Tensor> {
         let (h, w) = (x.size()[2], x.size()[3]);
-        // F.interpolate(x, scale_factor=2.0, mode="nearest")
-        let up = x.f_upsample_nearest2d([h * 2, w * 2], Some(2.0), Some(2.0))?;
+        let up = match output_size {
+            // F.interpolate(x, size=output_size, mode="nearest")
+            Some(size) => x.f_upsample_nearest2d(size, None, None)?,
+            // F.interpolate(x, scale_factor=2.0, mode="nearest")
+            None => x.f_upsample_nearest2d([h * 2, w * 2], Some(2.0), Some(2.0))?,
+        };
         self.conv.forward(&up)
     }
 }

@@ -2,7 +2,7 @@
 use super::embeddings::{broadcast_timestep, TimestepEmbedding, Timesteps};
 use super::nn::{Activation, Conv2d, GroupNorm};
 use super::params::ParamPath;
-use super::unet_2d_blocks::{BlockConfig, DownBlock, MidBlock, UpBlock};
+use super::unet_2d_blocks::{AttnSpec, BlockConfig, DownBlock, MidBlock, UpBlock};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -205,7 +205,7 @@ impl UNet2DModel {
             .norm_num_groups
             .unwrap_or_else(|| (ch[0] / 4).min(32));
         let c = BlockConfig {
-            temb_channels: time_embed_dim,
+            temb_channels: Some(time_embed_dim),
             groups,
             eps: config.norm_eps,
             act,
@@ -227,7 +227,13 @@ impl UNet2DModel {
             let cin = out;
             out = ch[i];
             let last = i == ch.len() - 1;
-            let attn = (kind == "AttnDownBlock2D").then(|| head_dim(out));
+            let attn = if kind == "AttnDownBlock2D" {
+                AttnSpec::Spatial {
+                    head_dim: head_dim(out),
+                }
+            } else {
+                AttnSpec::None
+            };
             down_blocks.push(DownBlock::new(
                 &p.sub("down_blocks").sub(i),
                 c,
@@ -246,8 +252,13 @@ impl UNet2DModel {
                 &p.sub("mid_block"),
                 c,
                 last_ch,
-                head_dim(last_ch),
-                config.add_attention,
+                if config.add_attention {
+                    AttnSpec::Spatial {
+                        head_dim: head_dim(last_ch),
+                    }
+                } else {
+                    AttnSpec::None
+                },
                 config.mid_block_scale_factor,
             )?),
             None => None,
@@ -261,7 +272,13 @@ impl UNet2DModel {
             out = rev[i];
             let cin = rev[(i + 1).min(ch.len() - 1)];
             let last = i == ch.len() - 1;
-            let attn = (kind == "AttnUpBlock2D").then(|| head_dim(out));
+            let attn = if kind == "AttnUpBlock2D" {
+                AttnSpec::Spatial {
+                    head_dim: head_dim(out),
+                }
+            } else {
+                AttnSpec::None
+            };
             up_blocks.push(UpBlock::new(
                 &p.sub("up_blocks").sub(i),
                 c,
@@ -295,15 +312,8 @@ impl UNet2DModel {
     /// up_blocks.i, conv_out): the tool for finding where bits part from diffusers (register
     /// forward hooks on the same modules there).
     pub fn forward(&self, sample: &Tensor, t: i64) -> Result<Tensor> {
-        let dump_dir = std::env::var_os("REPRODIFF_DUMP_DIR").map(std::path::PathBuf::from);
-        let dump = |name: &str, x: &Tensor| -> Result<()> {
-            if let Some(dir) = &dump_dir {
-                let path = dir.join(format!("{t}.{name}.npy"));
-                x.write_npy(&path)
-                    .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
-            }
-            Ok(())
-        };
+        let dumper = super::dump::Dump::new(format!("{t}."));
+        let dump = |name: &str, x: &Tensor| dumper.write(name, x);
         let sample = if self.config.center_input_sample {
             sample.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?
         } else {
@@ -322,19 +332,19 @@ impl UNet2DModel {
         dump("conv_in", &h)?;
         let mut states = vec![h.shallow_clone()];
         for (i, block) in self.down_blocks.iter().enumerate() {
-            let (out, s) = block.forward(&h, &emb)?;
+            let (out, s) = block.forward(&h, Some(&emb), None)?;
             h = out;
             dump(&format!("down_blocks.{i}"), &h)?;
             states.extend(s);
         }
         if let Some(mid) = &self.mid_block {
-            h = mid.forward(&h, &emb)?;
+            h = mid.forward(&h, Some(&emb), None)?;
             dump("mid_block", &h)?;
         }
         for (i, block) in self.up_blocks.iter().enumerate() {
             let n = block.layers();
             let skips = states.split_off(states.len() - n);
-            h = block.forward(&h, &skips, &emb)?;
+            h = block.forward(&h, &skips, Some(&emb), None, None)?;
             dump(&format!("up_blocks.{i}"), &h)?;
         }
         let h = self.conv_norm_out.forward(&h)?;

@@ -1,52 +1,122 @@
-//! The UNet2D blocks of models/unets/unet_2d_blocks.py: DownBlock2D, AttnDownBlock2D,
-//! UNetMidBlock2D, UpBlock2D, AttnUpBlock2D. An "Attn" block runs an Attention after each resnet.
+//! The UNet blocks of models/unets/unet_2d_blocks.py: DownBlock2D, AttnDownBlock2D,
+//! CrossAttnDownBlock2D, UNetMidBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D, AttnUpBlock2D,
+//! CrossAttnUpBlock2D. A block with attention runs it after each resnet: a spatial
+//! self-attention ("Attn" blocks) or a Transformer2DModel ("CrossAttn" blocks).
 use super::attention::Attention;
 use super::nn::Activation;
 use super::params::ParamPath;
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
+use super::transformer_2d::{Transformer2DModel, TransformerConfig};
 use crate::error::Result;
 use tch::Tensor;
 
 /// What every block of one UNet shares.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockConfig {
-    pub temb_channels: i64,
+    /// None: resnets without a time embedding (the VAE).
+    pub temb_channels: Option<i64>,
     pub groups: i64,
     pub eps: f64,
     pub act: Activation,
 }
 
+/// The attention after each resnet of a block.
+#[derive(Debug, Clone, Copy)]
+pub enum AttnSpec {
+    None,
+    /// `Attention(channels, heads=channels // head_dim, ...)` with group norm and residual.
+    Spatial {
+        head_dim: i64,
+    },
+    /// `Transformer2DModel(heads, channels // heads, in_channels=channels, ...)`.
+    Cross {
+        heads: i64,
+        layers: i64,
+        cross_attention_dim: i64,
+        use_linear_projection: bool,
+        only_cross_attention: bool,
+    },
+}
+
+#[derive(Debug)]
+enum LayerAttention {
+    Spatial(Attention),
+    Transformer(Transformer2DModel),
+}
+
+impl LayerAttention {
+    fn forward(&self, h: &Tensor, encoder: Option<&Tensor>) -> Result<Tensor> {
+        match (self, encoder) {
+            (LayerAttention::Spatial(a), _) => a.forward(h, None),
+            (LayerAttention::Transformer(t), Some(e)) => t.forward(h, e),
+            (LayerAttention::Transformer(_), None) => Err(crate::Error::InvalidArgument(
+                "a cross-attention block needs encoder_hidden_states".into(),
+            )),
+        }
+    }
+}
+
 impl BlockConfig {
-    /// Layer `i` of a down or up block: `resnets.i`, then `attentions.i` in an "Attn" block.
-    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        p: &ParamPath,
+        channels: i64,
+        spec: AttnSpec,
+        rescale: f64,
+    ) -> Result<Option<LayerAttention>> {
+        Ok(match spec {
+            AttnSpec::None => None,
+            AttnSpec::Spatial { head_dim } => Some(LayerAttention::Spatial(Attention::spatial(
+                p,
+                channels,
+                head_dim,
+                self.groups,
+                self.eps,
+                rescale,
+            )?)),
+            AttnSpec::Cross {
+                heads,
+                layers,
+                cross_attention_dim,
+                use_linear_projection,
+                only_cross_attention,
+            } => Some(LayerAttention::Transformer(Transformer2DModel::new(
+                p,
+                TransformerConfig {
+                    heads,
+                    head_dim: channels / heads.max(1),
+                    in_channels: channels,
+                    layers,
+                    cross_attention_dim,
+                    groups: self.groups,
+                    use_linear_projection,
+                    only_cross_attention,
+                },
+            )?)),
+        })
+    }
+
+    /// Layer `i` of a down or up block: `resnets.i`, then `attentions.i`.
     fn push_layer(
         &self,
         p: &ParamPath,
         i: i64,
-        cin: i64,
-        cout: i64,
-        attention_head_dim: Option<i64>,
+        (cin, cout): (i64, i64),
+        attn: AttnSpec,
         resnets: &mut Vec<ResnetBlock2D>,
-        attentions: &mut Vec<Attention>,
+        attentions: &mut Vec<LayerAttention>,
     ) -> Result<()> {
         resnets.push(ResnetBlock2D::new(
             &p.sub("resnets").sub(i),
             self.resnet(cin, cout, 1.0),
         )?);
-        if let Some(hd) = attention_head_dim {
-            attentions.push(Attention::new(
-                &p.sub("attentions").sub(i),
-                cout,
-                hd,
-                self.groups,
-                self.eps,
-                1.0,
-            )?);
+        if let Some(a) = self.attention(&p.sub("attentions").sub(i), cout, attn, 1.0)? {
+            attentions.push(a);
         }
         Ok(())
     }
 
-    fn resnet(&self, cin: i64, cout: i64, output_scale_factor: f64) -> ResnetConfig {
+    pub fn resnet(&self, cin: i64, cout: i64, output_scale_factor: f64) -> ResnetConfig {
         ResnetConfig {
             in_channels: cin,
             out_channels: cout,
@@ -59,11 +129,11 @@ impl BlockConfig {
     }
 }
 
-/// DownBlock2D, or AttnDownBlock2D when `attention_head_dim` is given.
+/// DownBlock2D, AttnDownBlock2D, CrossAttnDownBlock2D or DownEncoderBlock2D (no temb).
 #[derive(Debug)]
 pub struct DownBlock {
     resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<Attention>,
+    attentions: Vec<LayerAttention>,
     downsampler: Option<Downsample2D>,
 }
 
@@ -75,7 +145,7 @@ impl DownBlock {
         layers: i64,
         cin: i64,
         cout: i64,
-        attention_head_dim: Option<i64>,
+        attn: AttnSpec,
         add_downsample: bool,
         downsample_padding: i64,
     ) -> Result<Self> {
@@ -83,15 +153,7 @@ impl DownBlock {
         let mut attentions = Vec::new();
         for i in 0..layers {
             let rin = if i == 0 { cin } else { cout };
-            c.push_layer(
-                p,
-                i,
-                rin,
-                cout,
-                attention_head_dim,
-                &mut resnets,
-                &mut attentions,
-            )?;
+            c.push_layer(p, i, (rin, cout), attn, &mut resnets, &mut attentions)?;
         }
         let downsampler = if add_downsample {
             Some(Downsample2D::new(
@@ -110,13 +172,18 @@ impl DownBlock {
     }
 
     /// The block's output and the states it hands to the up path.
-    pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: Option<&Tensor>,
+        encoder: Option<&Tensor>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut h = x.shallow_clone();
         let mut states = Vec::new();
         for (i, resnet) in self.resnets.iter().enumerate() {
             h = resnet.forward(&h, temb)?;
             if let Some(attn) = self.attentions.get(i) {
-                h = attn.forward(&h)?;
+                h = attn.forward(&h, encoder)?;
             }
             states.push(h.shallow_clone());
         }
@@ -128,11 +195,12 @@ impl DownBlock {
     }
 }
 
-/// UNetMidBlock2D: resnet, then (attention, resnet) per layer (one layer in UNet2DModel).
+/// UNetMidBlock2D (spatial attention or none) or UNetMidBlock2DCrossAttn: resnet, then
+/// (attention, resnet) for the one layer these UNets have.
 #[derive(Debug)]
 pub struct MidBlock {
     first: ResnetBlock2D,
-    layers: Vec<(Option<Attention>, ResnetBlock2D)>,
+    layers: Vec<(Option<LayerAttention>, ResnetBlock2D)>,
 }
 
 impl MidBlock {
@@ -140,26 +208,19 @@ impl MidBlock {
         p: &ParamPath,
         c: BlockConfig,
         channels: i64,
-        attention_head_dim: i64,
-        add_attention: bool,
+        attn: AttnSpec,
         output_scale_factor: f64,
     ) -> Result<Self> {
         let first = ResnetBlock2D::new(
             &p.sub("resnets").sub(0),
             c.resnet(channels, channels, output_scale_factor),
         )?;
-        let attn = if add_attention {
-            Some(Attention::new(
-                &p.sub("attentions").sub(0),
-                channels,
-                attention_head_dim,
-                c.groups,
-                c.eps,
-                output_scale_factor,
-            )?)
-        } else {
-            None
-        };
+        let attn = c.attention(
+            &p.sub("attentions").sub(0),
+            channels,
+            attn,
+            output_scale_factor,
+        )?;
         let second = ResnetBlock2D::new(
             &p.sub("resnets").sub(1),
             c.resnet(channels, channels, output_scale_factor),
@@ -170,11 +231,16 @@ impl MidBlock {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: Option<&Tensor>,
+        encoder: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let mut h = self.first.forward(x, temb)?;
         for (attn, resnet) in &self.layers {
             if let Some(a) = attn {
-                h = a.forward(&h)?;
+                h = a.forward(&h, encoder)?;
             }
             h = resnet.forward(&h, temb)?;
         }
@@ -182,11 +248,11 @@ impl MidBlock {
     }
 }
 
-/// UpBlock2D, or AttnUpBlock2D when `attention_head_dim` is given.
+/// UpBlock2D, AttnUpBlock2D or CrossAttnUpBlock2D.
 #[derive(Debug)]
 pub struct UpBlock {
     resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<Attention>,
+    attentions: Vec<LayerAttention>,
     upsampler: Option<Upsample2D>,
 }
 
@@ -199,7 +265,7 @@ impl UpBlock {
         cin: i64,
         prev_out: i64,
         cout: i64,
-        attention_head_dim: Option<i64>,
+        attn: AttnSpec,
         add_upsample: bool,
     ) -> Result<Self> {
         let mut resnets = Vec::new();
@@ -210,9 +276,8 @@ impl UpBlock {
             c.push_layer(
                 p,
                 i,
-                rin + skip,
-                cout,
-                attention_head_dim,
+                (rin + skip, cout),
+                attn,
                 &mut resnets,
                 &mut attentions,
             )?;
@@ -234,18 +299,25 @@ impl UpBlock {
     }
 
     /// `skips`: this block's share of the down path's states, oldest first.
-    pub fn forward(&self, x: &Tensor, skips: &[Tensor], temb: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        skips: &[Tensor],
+        temb: Option<&Tensor>,
+        encoder: Option<&Tensor>,
+        upsample_size: Option<[i64; 2]>,
+    ) -> Result<Tensor> {
         let mut h = x.shallow_clone();
         // res_hidden_states_tuple[-1] first: the newest state meets the first resnet.
         for (i, (resnet, skip)) in self.resnets.iter().zip(skips.iter().rev()).enumerate() {
             h = Tensor::f_cat(&[&h, skip], 1)?;
             h = resnet.forward(&h, temb)?;
             if let Some(attn) = self.attentions.get(i) {
-                h = attn.forward(&h)?;
+                h = attn.forward(&h, encoder)?;
             }
         }
         if let Some(u) = &self.upsampler {
-            h = u.forward(&h)?;
+            h = u.forward(&h, upsample_size)?;
         }
         Ok(h)
     }

@@ -58,7 +58,7 @@ pub struct StepTrace {
 pub const TRACE_SAMPLE: usize = 8;
 
 impl StepTrace {
-    fn of(step: usize, timestep: i64, latent: &Tensor) -> Result<Self> {
+    pub fn of(step: usize, timestep: i64, latent: &Tensor) -> Result<Self> {
         let values = crate::torch::tensor_to_f64(latent)?;
         let n = values.len().max(1);
         Ok(StepTrace {

@@ -1,5 +1,8 @@
 //! Pipelines: diffusers' `__call__` loops over a model and a scheduler.
 pub mod ddim;
+pub mod stable_diffusion;
+
+pub use ddim::StepTrace;
 
 use serde::{Deserialize, Serialize};
 

@@ -4,13 +4,13 @@
 use super::Scheduler;
 use crate::error::{Error, Result};
 use crate::torch::{randn_tensor, DType, DeviceSpec, Generators};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// scheduler/scheduler_config.json, DDIM's keys with diffusers' defaults. Keys DDIM does not
 /// know (a DDPMScheduler's `variance_type`, `_class_name`) are ignored, as `from_config` does.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DdimConfig {
     pub num_train_timesteps: usize,
@@ -258,8 +258,12 @@ impl Scheduler for DdimScheduler {
         Ok(sample)
     }
 
+    fn set_eta(&mut self, eta: f64) {
+        self.eta = eta;
+    }
+
     fn step(
-        &self,
+        &mut self,
         model_output: &Tensor,
         t: i64,
         sample: &Tensor,

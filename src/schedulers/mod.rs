@@ -1,8 +1,11 @@
-//! Schedulers behind one small trait, so a pipeline does not know which one it runs.
+//! Schedulers behind one small trait, so a pipeline does not know which one it runs, and the
+//! config conversions of `SchedulerClass.from_config(pipe.scheduler.config)`.
 pub mod ddim;
+pub mod pndm;
 
 use crate::error::Result;
 use crate::torch::Generators;
+use serde_json::{Map, Value};
 use tch::Tensor;
 
 pub trait Scheduler {
@@ -14,12 +17,101 @@ pub trait Scheduler {
     fn init_noise_sigma(&self) -> f64;
     /// `scale_model_input(sample, t)`.
     fn scale_model_input(&self, sample: Tensor, t: i64) -> Result<Tensor>;
+    /// The `eta` a pipeline passes to `step` when the scheduler's step accepts one (DDIM);
+    /// others ignore it, as diffusers' `prepare_extra_step_kwargs` does.
+    fn set_eta(&mut self, _eta: f64) {}
     /// `step(model_output, t, sample, ...).prev_sample`, drawing any noise from `generators`.
     fn step(
-        &self,
+        &mut self,
         model_output: &Tensor,
         t: i64,
         sample: &Tensor,
         generators: &mut Generators,
     ) -> Result<Tensor>;
+}
+
+/// The scheduler classes reprodiff implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerClass {
+    Ddim,
+    Pndm,
+}
+
+impl std::str::FromStr for SchedulerClass {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ddim" => Ok(SchedulerClass::Ddim),
+            "pndm" => Ok(SchedulerClass::Pndm),
+            _ => Err(crate::Error::InvalidArgument(format!(
+                "--scheduler {s}: expected ddim or pndm"
+            ))),
+        }
+    }
+}
+
+impl SchedulerClass {
+    /// The class a config's `_class_name` names, if reprodiff implements it.
+    pub fn from_class_name(name: &str) -> Option<Self> {
+        match name {
+            "DDIMScheduler" => Some(SchedulerClass::Ddim),
+            "PNDMScheduler" => Some(SchedulerClass::Pndm),
+            _ => None,
+        }
+    }
+
+    /// Every config key of the class with its default, as `scheduler.config` holds them.
+    fn defaults(self) -> Map<String, Value> {
+        let v = match self {
+            SchedulerClass::Ddim => serde_json::to_value(ddim::DdimConfig::default()),
+            SchedulerClass::Pndm => serde_json::to_value(pndm::PndmConfig::default()),
+        };
+        match v.expect("serialises") {
+            Value::Object(m) => m,
+            _ => unreachable!("a struct serialises to an object"),
+        }
+    }
+
+    /// `cls.from_config(config, **overrides)`: keys the class does not know are ignored.
+    pub fn build(
+        self,
+        config: &Map<String, Value>,
+        overrides: &Map<String, Value>,
+    ) -> std::result::Result<Box<dyn Scheduler>, String> {
+        let text = serde_json::to_string(config).expect("serialises");
+        Ok(match self {
+            SchedulerClass::Ddim => Box::new(
+                ddim::DdimScheduler::new(ddim::DdimConfig::with_overrides(&text, overrides)?)
+                    .map_err(|e| e.to_string())?,
+            ),
+            SchedulerClass::Pndm => Box::new(
+                pndm::PndmScheduler::new(pndm::PndmConfig::with_overrides(&text, overrides)?)
+                    .map_err(|e| e.to_string())?,
+            ),
+        })
+    }
+}
+
+/// A scheduler_config.json as diffusers holds it once loaded: the class's defaults for every
+/// key the file leaves out, plus every key the file has (unknown ones are kept, as diffusers
+/// keeps them for compatible classes). Returns the file's class, if reprodiff implements it.
+pub fn loaded_config(
+    text: &str,
+) -> std::result::Result<(Option<SchedulerClass>, Map<String, Value>), String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let Value::Object(file) = value else {
+        return Err("a scheduler config must be a JSON object".into());
+    };
+    let class = file
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .and_then(SchedulerClass::from_class_name);
+    let mut config = class.map(SchedulerClass::defaults).unwrap_or_default();
+    for (k, v) in file {
+        if !v.is_null() {
+            config.insert(k, v);
+        }
+    }
+    Ok((class, config))
 }

@@ -1,0 +1,30 @@
+//! Activation dumps for parity hunting: with REPRODIFF_DUMP_DIR set, a model writes its
+//! activations after each top-level module as `<dir>/<prefix><module>.npy` (register forward
+//! hooks on the same modules in diffusers or transformers and compare file by file).
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+use tch::Tensor;
+
+pub struct Dump {
+    dir: Option<PathBuf>,
+    prefix: String,
+}
+
+impl Dump {
+    /// Reads REPRODIFF_DUMP_DIR; `prefix` names the call (e.g. "981." for a UNet step).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Dump {
+            dir: std::env::var_os("REPRODIFF_DUMP_DIR").map(PathBuf::from),
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn write(&self, module: &str, x: &Tensor) -> Result<()> {
+        if let Some(dir) = &self.dir {
+            let path = dir.join(format!("{}{module}.npy", self.prefix));
+            x.write_npy(&path)
+                .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+}
