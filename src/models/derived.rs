@@ -3,7 +3,6 @@
 //! that the Python oracle loads too; `derived:ddpm-cifar10-32` materialises it in the cache.
 use super::params::{DerivedSource, ParamPath};
 use super::unet_2d::{UNet2DConfig, UNet2DModel};
-use super::WEIGHTS;
 use crate::error::{Error, Result};
 use crate::torch::DType;
 use std::cell::RefCell;
@@ -56,7 +55,7 @@ const MODEL_INDEX: &str = r#"{
 }
 "#;
 
-pub const ARCHS: &[&str] = &["ddpm-cifar10-32"];
+pub const ARCHS: &[&str] = &["ddpm-cifar10-32", "stable-diffusion-v1-5"];
 
 /// Writes the pipeline folder for `arch` (weights seed 0) into `out`, replacing what is there.
 pub fn write(arch: &str, out: &Path) -> Result<()> {
@@ -68,23 +67,54 @@ pub fn write(arch: &str, out: &Path) -> Result<()> {
     std::fs::rename(&kept, out).map_err(|e| Error::io(out, e))
 }
 
+/// A derived pipeline folder: text files (configs, tokenizer) and safetensors files, by path.
+pub(crate) struct Folder {
+    pub texts: Vec<(&'static str, String)>,
+    pub weights: Vec<(&'static str, Vec<(String, tch::Tensor)>)>,
+}
+
+/// The tensors `build` asks a [`DerivedSource`] for (seed 0), by their state-dict names.
+pub(crate) fn derive<T>(
+    build: impl FnOnce(&ParamPath) -> Result<T>,
+) -> Result<Vec<(String, tch::Tensor)>> {
+    let source = Rc::new(RefCell::new(DerivedSource::new(0, DType::F32)));
+    build(&ParamPath::root(source.clone()))?;
+    let made = std::mem::take(&mut source.borrow_mut().made);
+    Ok(made)
+}
+
+fn folder(arch: &str) -> Result<Folder> {
+    match arch {
+        "ddpm-cifar10-32" => {
+            let config: UNet2DConfig =
+                serde_json::from_str(DDPM_CIFAR10_32_UNET).expect("a valid built-in config");
+            Ok(Folder {
+                texts: vec![
+                    ("model_index.json", MODEL_INDEX.into()),
+                    ("unet/config.json", DDPM_CIFAR10_32_UNET.into()),
+                    (
+                        "scheduler/scheduler_config.json",
+                        DDPM_CIFAR10_32_SCHEDULER.into(),
+                    ),
+                ],
+                weights: vec![(
+                    "unet/diffusion_pytorch_model.safetensors",
+                    derive(|p| UNet2DModel::new(p, config))?,
+                )],
+            })
+        }
+        "stable-diffusion-v1-5" => super::derived_sd::folder(),
+        _ => Err(Error::InvalidArgument(format!(
+            "--arch {arch}: unknown architecture (known: {})",
+            ARCHS.join(", ")
+        ))),
+    }
+}
+
 /// Writes the folder into a temporary directory beside `out` (same file system, so it can be
 /// renamed into place in one step).
 fn write_beside(arch: &str, out: &Path) -> Result<tempfile::TempDir> {
-    let (unet_json, sched_json) = match arch {
-        "ddpm-cifar10-32" => (DDPM_CIFAR10_32_UNET, DDPM_CIFAR10_32_SCHEDULER),
-        _ => {
-            return Err(Error::InvalidArgument(format!(
-                "--arch {arch}: unknown architecture (known: {})",
-                ARCHS.join(", ")
-            )))
-        }
-    };
-    let config: UNet2DConfig = serde_json::from_str(unet_json).expect("a valid built-in config");
-    let source = Rc::new(RefCell::new(DerivedSource::new(0, DType::F32)));
-    UNet2DModel::new(&ParamPath::root(source.clone()), config)?;
-    let made = std::mem::take(&mut source.borrow_mut().made);
-
+    let f = folder(arch)?;
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -95,17 +125,22 @@ fn write_beside(arch: &str, out: &Path) -> Result<tempfile::TempDir> {
         .tempdir_in(parent)
         .map_err(|e| Error::io(parent, e))?;
     let root = tmp.path();
-    for (dir, file, text) in [
-        ("", "model_index.json", MODEL_INDEX),
-        ("unet", "config.json", unet_json),
-        ("scheduler", "scheduler_config.json", sched_json),
-    ] {
-        let d = root.join(dir);
-        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
-        std::fs::write(d.join(file), text).map_err(|e| Error::io(d.join(file), e))?;
+    let mkdir = |rel: &str| -> Result<std::path::PathBuf> {
+        let path = root.join(rel);
+        let dir = path.parent().expect("a file under the root");
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(path)
+    };
+    for (rel, text) in &f.texts {
+        let path = mkdir(rel)?;
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     }
-    tch::Tensor::write_safetensors(&made, root.join("unet").join(WEIGHTS))
-        .map_err(|e| Error::Torch(format!("writing derived weights: {e}")))?;
+    for (rel, tensors) in &f.weights {
+        let path = mkdir(rel)?;
+        tch::Tensor::write_safetensors(tensors, &path).map_err(|e| {
+            Error::Torch(format!("writing derived weights {}: {e}", path.display()))
+        })?;
+    }
     std::fs::write(
         root.join("DERIVED"),
         format!(

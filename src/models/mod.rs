@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod clip;
 pub mod derived;
+pub mod derived_sd;
 pub mod dump;
 pub mod embeddings;
 pub mod nn;
