@@ -2,10 +2,14 @@
 """Speed and memory of reprodiff against diffusers on the same machine, interleaved.
 
     ci/oracle/run.sh is not needed; run with the oracle's venv:
-    ~/.cache/reprodiff/torch-2.13.0/bin/python ci/bench.py [--steps 2,50] [--rounds 5] [--runs 3] [--threads 2]
+    ~/.cache/reprodiff/torch-2.13.0/bin/python ci/bench.py [--pipeline ddim|sd] [--model M]
+        [--size S] [--steps 2,50] [--rounds 5] [--runs 3] [--threads 2]
 
-Both sides run the full-size google/ddpm-cifar10-32 architecture with the same derived weights
-(`reprodiff derive-weights`), f32 on the CPU, the same thread count, a CPU generator seeded 0.
+Both sides run the same weights, f32 on the CPU, the same thread count, a CPU generator seeded 0:
+`--pipeline ddim` (default) the full-size google/ddpm-cifar10-32 architecture with derived
+weights (`reprodiff derive-weights`); `--pipeline sd` StableDiffusionPipeline with the seed
+document's prompt and guidance 7.5 on `--model` (a folder; default the derived SD 1.5
+architecture, `reprodiff derive-weights --arch stable-diffusion-v1-5`) at `--size` pixels.
 Each round starts one fresh process per implementation, alternating which goes first; a process
 loads the pipeline, warms up once and times `--runs` calls. Reported: the median seconds per
 pipeline call of each implementation over all timed calls, the ratio diffusers / reprodiff
@@ -47,20 +51,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--pipeline", choices=["ddim", "sd"], default="ddim")
+    ap.add_argument("--model", help="a pipeline folder (default: the derived architecture)")
+    ap.add_argument("--size", type=int, help="sd: height and width in pixels")
     a = ap.parse_args()
     exe = reprodiff_bin()
-    model = REPO / "target" / "bench" / "ddpm-cifar10-32"
-    if not (model / "DERIVED").exists():
-        subprocess.run([str(exe), "derive-weights", "--arch", "ddpm-cifar10-32", "--out", str(model)], check=True)
-    print(f"reprodiff: {exe}; model: {model} (derived weights); threads {a.threads}; "
+    arch = "ddpm-cifar10-32" if a.pipeline == "ddim" else "stable-diffusion-v1-5"
+    model = Path(a.model) if a.model else REPO / "target" / "bench" / arch
+    if not a.model and not (model / "DERIVED").exists():
+        subprocess.run([str(exe), "derive-weights", "--arch", arch, "--out", str(model)], check=True)
+    extra = ["--size", str(a.size)] if a.size else []
+    print(f"reprodiff: {exe}; {a.pipeline} on {model}; threads {a.threads}; "
           f"{a.rounds} rounds x {a.runs} timed runs, interleaved")
     print(f"{'steps':>5}  {'reprodiff s':>12}  {'diffusers s':>12}  {'ratio':>6}  "
           f"{'reprodiff MiB':>13}  {'diffusers MiB':>13}  same bits")
     for steps in [int(s) for s in a.steps.split(",")]:
-        ours = [str(exe), "bench", "ddim", "--model", str(model), "--steps", str(steps),
-                "--runs", str(a.runs), "--threads", str(a.threads)]
+        ours = [str(exe), "bench", a.pipeline, "--model", str(model), "--steps", str(steps),
+                "--runs", str(a.runs), "--threads", str(a.threads), *extra]
         theirs = [sys.executable, str(REPO / "ci" / "bench_diffusers.py"), "--model", str(model),
-                  "--steps", str(steps), "--runs", str(a.runs), "--threads", str(a.threads)]
+                  "--pipeline", a.pipeline, "--steps", str(steps), "--runs", str(a.runs),
+                  "--threads", str(a.threads), *extra]
         results: dict[str, list[dict]] = {"reprodiff": [], "diffusers": []}
         for r in range(a.rounds):
             order = [("reprodiff", ours), ("diffusers", theirs)]

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The diffusers side of ci/bench.py: DDIMPipeline timed exactly as `reprodiff bench ddim`.
+"""The diffusers side of ci/bench.py: DDIMPipeline or StableDiffusionPipeline timed exactly as
+`reprodiff bench ddim` / `reprodiff bench sd`.
 
 Loads the pipeline once (weights cloned, so 64-byte aligned as reprodiff's are), runs it once to
 warm up, then `--runs` times with a CPU generator re-seeded 0, and prints one JSON line: seconds
@@ -13,7 +14,9 @@ import resource
 import time
 
 import torch
-from diffusers import DDIMPipeline
+from diffusers import DDIMPipeline, StableDiffusionPipeline
+
+PROMPT = "A bear is playing a guitar on Times Square"
 
 
 def main() -> None:
@@ -22,18 +25,32 @@ def main() -> None:
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--pipeline", choices=["ddim", "sd"], default="ddim")
+    ap.add_argument("--size", type=int, help="sd: height and width (default: the model's)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    pipe = DDIMPipeline.from_pretrained(a.model)
-    for p in pipe.unet.parameters():
-        p.data = p.data.clone()
+    if a.pipeline == "sd":
+        pipe = StableDiffusionPipeline.from_pretrained(
+            a.model, use_safetensors=True, safety_checker=None, requires_safety_checker=False)
+        modules = [pipe.unet, pipe.vae, pipe.text_encoder]
+    else:
+        pipe = DDIMPipeline.from_pretrained(a.model)
+        modules = [pipe.unet]
+    for m in modules:
+        for p in list(m.parameters()) + list(m.buffers()):
+            p.data = p.data.clone()
     pipe.set_progress_bar_config(disable=True)
+    size = {"height": a.size, "width": a.size} if a.size else {}
     times = []
     for i in range(a.runs + 1):
         g = torch.Generator("cpu").manual_seed(0)
         start = time.perf_counter()
-        image = pipe(generator=g, num_inference_steps=a.steps, output_type="pt").images
+        if a.pipeline == "sd":
+            image = pipe(prompt=PROMPT, generator=g, num_inference_steps=a.steps,
+                         output_type="pt", **size).images
+        else:
+            image = pipe(generator=g, num_inference_steps=a.steps, output_type="pt").images
         elapsed = time.perf_counter() - start
         if i > 0:
             times.append(elapsed)

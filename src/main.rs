@@ -153,6 +153,21 @@ enum RunPipeline {
 
 #[derive(Subcommand)]
 enum BenchPipeline {
+    /// StableDiffusionPipeline, the seed document's prompt, guidance 7.5, a CPU generator
+    /// seeded 0, re-seeded before each run.
+    Sd {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        steps: usize,
+        /// Height and width (default: the model's).
+        #[arg(long)]
+        size: Option<i64>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// DDIMPipeline with a CPU generator seeded 0, re-seeded before each run.
     Ddim {
         #[arg(long)]
@@ -422,6 +437,21 @@ fn run(cli: Cli) -> Result<i32> {
                     threads,
                 },
         } => bench_ddim(&model, steps, runs, threads),
+        Command::Bench {
+            pipeline:
+                BenchPipeline::Sd {
+                    model,
+                    steps,
+                    size,
+                    runs,
+                    threads,
+                },
+        } => {
+            let b =
+                reprodiff::pipelines::stable_diffusion::bench(&model, steps, size, runs, threads)?;
+            print_bench(&b, steps);
+            Ok(exit::OK)
+        }
         Command::DeriveWeights { arch, out } => {
             reprodiff::models::derived::write(&arch, &out)?;
             println!("wrote {} (derived weights for {arch})", out.display());
@@ -673,12 +703,16 @@ fn run_sd(a: &SdArgs) -> Result<i32> {
 
 fn bench_ddim(model: &str, steps: usize, runs: usize, threads: Option<usize>) -> Result<i32> {
     let b = reprodiff::pipelines::ddim::bench(model, steps, runs, threads)?;
+    print_bench(&b, steps);
+    Ok(exit::OK)
+}
+
+fn print_bench(b: &reprodiff::pipelines::ddim::Bench, steps: usize) {
     println!(
         "{}",
         serde_json::json!({"impl": "reprodiff", "steps": steps, "threads": b.threads,
                            "seconds": b.seconds, "peak_rss_kb": b.peak_rss_kb, "sha256": b.sha256})
     );
-    Ok(exit::OK)
 }
 
 /// The child side of [`Runner`]'s capability switch.

@@ -211,15 +211,7 @@ pub fn bench(model: &str, steps: usize, runs: usize, threads: Option<usize>) -> 
         }
         sha256 = crate::torch::tensor_sha256(&image)?;
     }
-    let peak_rss_kb = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:")
-                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
-            })
-        })
-        .and_then(|v| v.parse().ok());
+    let peak_rss_kb = super::peak_rss_kb();
     Ok(Bench {
         threads: tch::get_num_threads(),
         seconds,

@@ -29,3 +29,16 @@ impl std::str::FromStr for OutputType {
         }
     }
 }
+
+/// VmHWM of this process in kB (Linux), for the benchmarks.
+pub fn peak_rss_kb() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
+            })
+        })
+        .and_then(|v| v.parse().ok())
+}

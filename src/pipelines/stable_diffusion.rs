@@ -366,3 +366,56 @@ impl SdPipeline {
         }
     }
 }
+
+/// Loads `model` once, then calls the pipeline `runs + 1` times (the first a warm-up, not
+/// counted) with a CPU generator re-seeded 0, f32 on the CPU, the seed document's prompt and
+/// guidance 7.5: the same loop as ci/bench_diffusers.py --pipeline sd.
+pub fn bench(
+    model: &str,
+    steps: usize,
+    size: Option<i64>,
+    runs: usize,
+    threads: Option<usize>,
+) -> Result<super::ddim::Bench> {
+    use crate::torch::{Determinism, GeneratorSpec};
+    Determinism {
+        threads,
+        ..Determinism::torch_defaults()
+    }
+    .apply()?;
+    let dir = crate::loading::resolve_dir(model, None)?;
+    let mut pipe = SdPipeline::load(&dir, DType::F32, DeviceSpec::Cpu, None, &Default::default())?;
+    let call = SdCall {
+        prompt: Prompts::One("A bear is playing a guitar on Times Square".into()),
+        negative_prompt: None,
+        guidance_scale: 7.5,
+        num_images_per_prompt: 1,
+        height: size,
+        width: size,
+        num_inference_steps: steps,
+        eta: 0.0,
+        clip_skip: None,
+        output_type: OutputType::Np,
+    };
+    let spec = GeneratorSpec::Single {
+        seed: 0,
+        device: DeviceSpec::Cpu,
+    };
+    let mut seconds = Vec::new();
+    let mut sha256 = String::new();
+    for i in 0..=runs {
+        let (mut gens, _) = spec.build()?;
+        let start = std::time::Instant::now();
+        let image = pipe.call(&call, &mut gens)?;
+        if i > 0 {
+            seconds.push(start.elapsed().as_secs_f64());
+        }
+        sha256 = crate::torch::tensor_sha256(&image)?;
+    }
+    Ok(super::ddim::Bench {
+        threads: tch::get_num_threads(),
+        seconds,
+        peak_rss_kb: super::peak_rss_kb(),
+        sha256,
+    })
+}
