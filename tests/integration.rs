@@ -1698,9 +1698,12 @@ fn run_sd_rejects_bad_flags(#[case] args: &[&str], #[case] says: &str) {
     assert!(!t.contains("panicked"), "{t}");
 }
 
+/// A case of a broken model folder: what is wrong, the edit, what the error must say.
+type BrokenFolder = (&'static str, Box<dyn FnOnce(&Path)>, &'static str);
+
 #[test]
 fn run_sd_rejects_broken_model_folders_naming_the_file() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&Path)>, &str)> = vec![
+    let cases: Vec<BrokenFolder> = vec![
         (
             "no tokenizer files",
             Box::new(|d: &Path| std::fs::remove_file(d.join("tokenizer/tokenizer.json")).unwrap()),
