@@ -1,4 +1,5 @@
-"""Computing scenarios: the output, and for DDIM scenarios the float64 truth and sensitivity.
+"""Computing scenarios: the output, and for DDIM and SD scenarios the float64 truth and
+sensitivity (for SD float32 runs, with per-component sensitivities).
 
 A scenario runs under its determinism (determinism.py). One that asks for another ATen CPU
 capability runs in a child process of goldens.py with ATEN_CPU_CAPABILITY set, since ATen
@@ -8,8 +9,9 @@ fingerprint records the count either way. It matters: CPU convolutions give othe
 thread than on 2 or more for a batch of two or more, and the full-size cifar UNet differs at 1
 and 3 threads even for one image (the DDIM suites pin 2 threads).
 
-A DDIM output is computed twice, each from a fresh load, and must be bit-identical: a result
-that does not repeat in one process is no reference for anyone.
+A DDIM or SD output is computed twice, each from a fresh load, and must be bit-identical: a
+result that does not repeat in one process is no reference for anyone. An SD run in bfloat16
+or float16 gets its bits only: the truth and the sensitivities are made for float32 runs.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from common import OracleError, Skip, SuiteError
 from determinism import determinism_in_force
 from fingerprint import environment_fingerprint
 from results import Outcome
-from scenarios import DdimRun, Scenario
-from truth import nudged_image, rmse, truth_images
-from workloads import ddim_images, ddim_output, run_random, self_check_latent_loop
+from scenarios import DdimRun, Scenario, SdRun
+from truth import component_images, nudged_image, rmse, truth_images
+from workloads import ddim_images, pipeline_output, run_random, self_check_latent_loop
+from workloads_sd import sd_images
 
 GOLDENS_PY = Path(__file__).resolve().parent / "goldens.py"
 
@@ -43,6 +46,8 @@ def compute(scenario: Scenario) -> Outcome:
         fingerprint = environment_fingerprint()
         if isinstance(scenario.run, DdimRun):
             return compute_ddim(scenario, scenario.run, fingerprint)
+        if isinstance(scenario.run, SdRun):
+            return compute_sd(scenario, scenario.run, fingerprint)
         output = run_random(scenario.run, scenario.device)
         return Outcome(scenario, cut(scenario, output), fingerprint)
 
@@ -52,16 +57,40 @@ def compute_ddim(scenario: Scenario, run: DdimRun, fingerprint: dict[str, Any]) 
     if run.output_type == "latent":
         self_check_latent_loop(run.model, run.models_dir, scenario.device)
     images = ddim_images(run, scenario.device)
-    output = cut(scenario, ddim_output(run, images))
-    again = cut(scenario, ddim_output(run, ddim_images(run, scenario.device)))
-    if not torch.equal(output.view(torch.uint8), again.view(torch.uint8)):
-        raise OracleError(f"scenario '{scenario.name}': two runs in this process gave "
-                          "different bits; no result from it")
-    truth = cut(scenario, ddim_output(run, truth_images(run, scenario.device)))
+    output = repeated_output(scenario, run, images, ddim_images(run, scenario.device))
+    truth = cut(scenario, pipeline_output(run, truth_images(run, scenario.device)))
     # A `twice` output is a difference of zeros: its sensitivity is that of its first image.
     nudged = cut(scenario, nudged_image(run, scenario.device))
     sensitivity = rmse(nudged, cut(scenario, images[0]))
     return Outcome(scenario, output, fingerprint, truth, sensitivity)
+
+
+def compute_sd(scenario: Scenario, run: SdRun, fingerprint: dict[str, Any]) -> Outcome:
+    """The output (twice, bit for bit); for float32, the float64 truth, the sensitivity and
+    the per-component sensitivities."""
+    images = sd_images(run, scenario.device)
+    output = repeated_output(scenario, run, images, sd_images(run, scenario.device))
+    if run.dtype != "f32":
+        return Outcome(scenario, output, fingerprint)
+    truth = cut(scenario, pipeline_output(run, truth_images(run, scenario.device)))
+    # As for DDIM, a `twice` output's sensitivities are those of its first image.
+    first = cut(scenario, images[0])
+    sensitivity = rmse(cut(scenario, nudged_image(run, scenario.device)), first)
+    components = {name: rmse(cut(scenario, image), first)
+                  for name, image in component_images(run, scenario.device).items()}
+    return Outcome(scenario, output, fingerprint, truth, sensitivity, components)
+
+
+def repeated_output(scenario: Scenario, run: DdimRun | SdRun, images: list[torch.Tensor],
+                    again: list[torch.Tensor]) -> torch.Tensor:
+    """The scenario's output from `images`, which a second fresh load (`again`) must repeat
+    bit for bit."""
+    output = cut(scenario, pipeline_output(run, images))
+    repeated = cut(scenario, pipeline_output(run, again))
+    if not torch.equal(output.view(torch.uint8), repeated.view(torch.uint8)):
+        raise OracleError(f"scenario '{scenario.name}': two runs in this process gave "
+                          "different bits; no result from it")
+    return output
 
 
 def cut(scenario: Scenario, t: torch.Tensor) -> torch.Tensor:

@@ -4,18 +4,19 @@
 reprodiff (Rust, on libtorch) checks what it computes against golden files in fixtures/golden/.
 The oracle is where those goldens come from for every scenario PyTorch and diffusers can run:
 it asks reprodiff for the expanded scenarios (`reprodiff list --json`), computes each with
-PyTorch (random draws) or diffusers' DDIMPipeline, and writes a results directory:
-results.jsonl and the arrays (results.py). `reprodiff golden merge --from DIR` then turns it
-into golden files, which reprodiff alone writes. Per scenario it records the output's bits and
-array and the environment fingerprint it ran in; for a DDIM scenario also the float64 truth
-and the output's sensitivity to a one-ulp change of the initial noise (truth.py), by which
-reprodiff compares runs from other hardware.
+PyTorch (random draws) or diffusers' DDIMPipeline or StableDiffusionPipeline, and writes a
+results directory: results.jsonl and the arrays (results.py). `reprodiff golden merge --from
+DIR` then turns it into golden files, which reprodiff alone writes. Per scenario it records the
+output's bits and array and the environment fingerprint it ran in; for a DDIM or float32 SD
+scenario also the float64 truth and the output's sensitivity to a one-ulp change of the
+initial noise (for SD also to each component's rounding; truth.py), by which reprodiff
+compares runs from other hardware.
 
 Usage (ci/oracle/run.sh prepares the venv, then calls this from the repository root)::
 
     ci/oracle/run.sh [--suite NAME]... [--filter REGEX] [--out DIR] [--no-merge]
                      [--golden-dir DIR]
-    ci/oracle/run.sh --self-check        # the DDIM paths against DDIMPipeline, tiny models
+    ci/oracle/run.sh --self-check        # the DDIM and SD draw paths, tiny models
 
 Without --suite, every suite; --filter is reprodiff's (a regular expression on `scenario` and
 `suite/scenario`). Without --out the results go to a fresh temporary directory, kept and
@@ -45,10 +46,10 @@ import numpy as np
 import scenarios
 from common import MODELS_DIR, RUN_SH, OracleError, Skip, SuiteError, shown
 from compute import child_main, compute, run_in_child
-from models import UNET_WEIGHTS
+from models import SD_WEIGHTS, UNET_WEIGHTS
 from results import merge, record, write_results
-from scenarios import DdimRun, Scenario
-from truth import self_check_float32_draws
+from scenarios import DdimRun, Scenario, SdRun
+from truth import self_check_float32_draws, self_check_sd_draws
 from workloads import model_of, self_check_latent_loop
 
 Line = dict[str, Any]  # a results.jsonl line
@@ -85,8 +86,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="the golden directory to merge into (default: reprodiff's, "
                         "fixtures/golden)")
     p.add_argument("--self-check", action="store_true",
-                   help="check the latent loop and the float32-draw wrapper on the models of "
-                        f"{shown(MODELS_DIR)}/ and exit")
+                   help="check the DDIM latent loop and the float32-draw wrapper (DDIM, SD) "
+                        f"on the models of {shown(MODELS_DIR)}/ and exit")
     p.add_argument("--child-job", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.no_merge and args.golden_dir is not None:
@@ -95,14 +96,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def self_check_main() -> int:
-    """--self-check: the DDIM paths the oracle adds to DDIMPipeline, on every tiny model."""
-    names = sorted(p.name for p in MODELS_DIR.iterdir() if (p / UNET_WEIGHTS).is_file())
-    if not names:
-        raise OracleError(f"no models under {shown(MODELS_DIR)}")
-    for name in names:
+    """--self-check: the DDIM paths the oracle adds to DDIMPipeline, on every tiny DDIM model,
+    and the SD draw path on every tiny Stable Diffusion model."""
+    models = sorted(p for p in MODELS_DIR.iterdir() if (p / UNET_WEIGHTS).is_file())
+    sd = [p.name for p in models if (p / SD_WEIGHTS["text_encoder"]).is_file()]
+    ddim = [p.name for p in models if p.name not in sd]
+    if not ddim or not sd:
+        raise OracleError(f"no DDIM or no Stable Diffusion models under {shown(MODELS_DIR)}")
+    for name in ddim:
         self_check_latent_loop(name, MODELS_DIR, "cpu")
         print(f"  {name}: latent loop == DDIMPipeline output, bit for bit", flush=True)
         print(f"  {self_check_float32_draws(name)}", flush=True)
+    for name in sd:
+        print(f"  {self_check_sd_draws(name)}", flush=True)
     return 0
 
 
@@ -136,10 +142,10 @@ def oracle_main(args: argparse.Namespace) -> int:
 
 
 def resolve_models(chosen: list[Scenario]) -> None:
-    """Every DDIM model located first (a derived one made), so that a missing folder or
+    """Every DDIM and SD model located first (a derived one made), so that a missing folder or
     binary fails before anything is computed; a model that is not here skips later."""
     for s in chosen:
-        if isinstance(s.run, DdimRun):
+        if isinstance(s.run, DdimRun | SdRun):
             with contextlib.suppress(Skip):
                 model_of(s.run)
 
@@ -173,8 +179,8 @@ def compute_all(chosen: list[Scenario], out_dir: Path) -> tuple[list[Line], list
 
 
 def report(line: Line, out_dir: Path, note: str) -> None:
-    """One line per result: name, sha256[:12], and for a truth its rmse to the output and
-    the sensitivity."""
+    """One line per result: name, sha256[:12], and for a truth its rmse to the output, the
+    sensitivity and any component sensitivities."""
     text = f"  {line['suite']}/{line['scenario']:<56} {line['sha256'][:12]}"
     truth = line["truth"]
     if truth is not None:
@@ -182,6 +188,8 @@ def report(line: Line, out_dir: Path, note: str) -> None:
         exact = np.load(out_dir / truth["array"])
         rmse = math.sqrt(float(np.mean((exact - output) ** 2)))
         text += f"  rmse(truth)={rmse:.3e} sensitivity={truth['sensitivity']:.3e}"
+        for name, value in truth.get("components", {}).items():
+            text += f" {name}={value:.3e}"
     print(f"{text}  {note}", flush=True)
 
 

@@ -1,10 +1,11 @@
-"""Where a DDIM scenario's model is, offline, and how it reads in provenance.
+"""Where a DDIM or SD scenario's model is, offline, and how it reads in provenance.
 
 `run.model` resolves as src/loading.rs resolves it, so that both sides load the same files:
 "derived:ARCH" (weights `reprodiff derive-weights --arch ARCH` writes; see derived_model),
 "hub:ORG/NAME" (the local Hugging Face cache only: the oracle never downloads), a folder path,
 a bare name under the suite's fixtures/models/ (written by ci/oracle/make_models.py), or a
-plain "ORG/NAME" hub id. Provenance names the weights by their SHA-256.
+plain "ORG/NAME" hub id. Provenance names the weights by their SHA-256 (the UNet's; for a
+Stable Diffusion folder also the text encoder's and the VAE's).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from pathlib import Path
 from common import REPO, TOOL, OracleError, Skip, reprodiff_bin, shown
 
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
+# A Stable Diffusion folder's other weights, named in its description beside the UNet's.
+SD_WEIGHTS = {"text_encoder": Path("text_encoder") / "model.safetensors",
+              "vae": Path("vae") / "diffusion_pytorch_model.safetensors"}
 DERIVED_STAMP = ".reprodiff-oracle-stamp.json"
 
 
@@ -56,7 +60,11 @@ def resolve_model(spec: str, models_dir: Path) -> Model:
     weights = folder / UNET_WEIGHTS
     if not weights.is_file():
         raise OracleError(f"model {spec}: {weights} does not exist")
-    return Model(folder, f"{source} (unet safetensors sha256 {sha256_file(weights)[:12]})")
+    hashes = f"unet safetensors sha256 {sha256_file(weights)[:12]}"
+    for name, path in SD_WEIGHTS.items():
+        if (folder / path).is_file():
+            hashes += f", {name} {sha256_file(folder / path)[:12]}"
+    return Model(folder, f"{source} ({hashes})")
 
 
 def sha256_file(path: Path) -> str:

@@ -9,7 +9,9 @@ expectation of the class its fingerprint gives. A line:
     {"suite", "scenario", "shape", "dtype" (f32, f16, bf16, f64), "sha256" (of the output's raw
      bytes in its dtype), "array" (arrays/<slug>.<sha12>.npy; bf16 stored upcast to f32, which
      is exact), "environment" (the fingerprint), "provenance" {"producer", "tool", "command"},
-     "truth": null or {"array" (float64 .npy), "sha256", "sensitivity", "tool"}}
+     "truth": null or {"array" (float64 .npy), "sha256", "sensitivity", "components" (SD
+     only: {"text_encoder", "unet", "vae"?: sensitivity to that component's rounding}),
+     "tool"}}
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import numpy as np
 import torch
 
 from common import RUN_SH, TOOL, reprodiff
-from scenarios import RandomRun, Scenario
+from scenarios import RandomRun, Scenario, SdRun
 from workloads import DTYPES, diffusers_modules, model_of
+from workloads_sd import CLIP_SKIP_SHIM
 
 Table = dict[str, Any]
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
@@ -38,13 +41,15 @@ DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 @dataclass
 class Outcome:
-    """A computed scenario: its output (sliced), and for DDIM its truth and sensitivity."""
+    """A computed scenario: its output (sliced), and for DDIM and SD its truth and sensitivity
+    (SD: also per component)."""
 
     scenario: Scenario
     output: torch.Tensor
     fingerprint: Table
     truth: torch.Tensor | None = None
     sensitivity: float | None = None
+    components: dict[str, float] | None = None
 
 
 def record(outcome: Outcome, out_dir: Path) -> Table:
@@ -76,9 +81,10 @@ def record(outcome: Outcome, out_dir: Path) -> Table:
             "array": save_array(out_dir, f"{slug(s.name)}.truth.{truth_sha[:12]}.npy", truth),
             "sha256": truth_sha,
             "sensitivity": outcome.sensitivity,
-            "tool": f"{tool_of(s)}; float64 truth: the UNet in float64, every draw made in "
-                    "float32 and cast (ci/oracle/truth.py)",
+            "tool": f"{tool_of(s)}; {truth_note(s)}",
         }
+        if outcome.components is not None:
+            line["truth"]["components"] = outcome.components
     return line
 
 
@@ -104,8 +110,26 @@ def tool_of(scenario: Scenario) -> str:
     """The provenance `tool`: this script and the versions (and model) that computed it."""
     if isinstance(scenario.run, RandomRun):
         return f"{TOOL} on torch {torch.__version__}"
-    return (f"{TOOL} on torch {torch.__version__}, diffusers "
-            f"{diffusers_modules().__version__}; model {model_of(scenario.run).description}")
+    tool = (f"{TOOL} on torch {torch.__version__}, diffusers "
+            f"{diffusers_modules().__version__}")
+    if isinstance(scenario.run, SdRun):
+        import transformers
+
+        tool += f", transformers {transformers.__version__}"
+    tool += f"; model {model_of(scenario.run).description}"
+    if isinstance(scenario.run, SdRun) and scenario.run.clip_skip is not None:
+        tool += f"; {CLIP_SKIP_SHIM}"
+    return tool
+
+
+def truth_note(scenario: Scenario) -> str:
+    """How the truth (and an SD scenario's component sensitivities) was made."""
+    if not isinstance(scenario.run, SdRun):
+        return ("float64 truth: the UNet in float64, every draw made in float32 and cast "
+                "(ci/oracle/truth.py)")
+    return ("float64 truth: the text encoder, UNet and VAE in float64, every draw made in "
+            "float32 and cast; components: the rmse of the float32 output when that "
+            "component's output is multiplied by 1 + 2^-24 in every call (ci/oracle/truth.py)")
 
 
 def regenerate_command(suite: str, name: str) -> str:

@@ -19,7 +19,8 @@ import determinism
 from common import MODELS_DIR, REPO, SuiteError, reprodiff
 
 Table = dict[str, Any]
-RUN_KINDS = ("random", "ddim")
+RUN_KINDS = ("random", "ddim", "sd")
+Prompts = str | tuple[str, ...]  # one prompt, or a list (diffusers' `prompt=`)
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,37 @@ class DdimRun:
 
 
 @dataclass(frozen=True)
+class SdRun:
+    """diffusers' StableDiffusionPipeline: `pipe(prompt, negative_prompt, guidance_scale, ...)`
+    without the safety checker; None fields are not passed (the pipeline's defaults)."""
+
+    model: str  # as DdimRun.model: a pipeline folder with text_encoder/, unet/, vae/
+    prompt: Prompts
+    negative_prompt: Prompts | None
+    guidance_scale: float
+    steps: int
+    eta: float
+    num_images_per_prompt: int
+    height: int | None
+    width: int | None
+    clip_skip: int | None
+    generator: GeneratorSpec
+    output_type: str  # np | latent
+    dtype: str  # every component's (`pipe.to(dtype)`, as torch_dtype), so the output's
+    scheduler_class: str | None  # ddim | pndm: swapped in by from_config; None: the folder's
+    scheduler: Table = field(default_factory=dict)  # from_config overrides
+    twice: bool = False  # output run 1 minus run 2, generators re-made between
+    models_dir: Path = MODELS_DIR  # as DdimRun.models_dir
+
+
+PipelineRun = DdimRun | SdRun
+
+
+@dataclass(frozen=True)
 class Scenario:
     suite: str
     name: str
-    run: RandomRun | DdimRun
+    run: RandomRun | DdimRun | SdRun
     device: str
     determinism: determinism.Determinism
     slice: tuple[int | slice, ...] | None  # numpy-style: "0, -3:, -3:, -1"
@@ -94,12 +122,20 @@ def parse(line: Table) -> Scenario:
     return Scenario(
         suite=line["suite"],
         name=s["name"],
-        run=parse_random(run) if run["kind"] == "random" else parse_ddim(run, models_dir),
+        run=parse_run(run, models_dir),
         device=s["device"],
         determinism=determinism.from_spec(s["determinism"]),
         slice=parse_slice(s["slice"]) if "slice" in s else None,
         source=line,
     )
+
+
+def parse_run(run: Table, models_dir: Path) -> RandomRun | DdimRun | SdRun:
+    if run["kind"] == "random":
+        return parse_random(run)
+    if run["kind"] == "ddim":
+        return parse_ddim(run, models_dir)
+    return parse_sd(run, models_dir)
 
 
 def parse_random(run: Table) -> RandomRun:
@@ -129,6 +165,34 @@ def parse_ddim(run: Table, models_dir: Path) -> DdimRun:
         twice=run.get("twice", False),
         models_dir=models_dir,
     )
+
+
+def parse_sd(run: Table, models_dir: Path) -> SdRun:
+    """An sd run as serde writes it: optional fields absent, defaults filled in by reprodiff."""
+    return SdRun(
+        model=run["model"],
+        prompt=parse_prompts(run["prompt"]),
+        negative_prompt=parse_prompts(run["negative_prompt"]) if "negative_prompt" in run else None,
+        guidance_scale=run["guidance_scale"],
+        steps=run["steps"],
+        eta=run["eta"],
+        num_images_per_prompt=run["num_images_per_prompt"],
+        height=run.get("height"),
+        width=run.get("width"),
+        clip_skip=run.get("clip_skip"),
+        generator=parse_generator(run["generator"]),
+        output_type=run["output_type"],
+        dtype=run["dtype"],
+        scheduler_class=run.get("scheduler_class"),
+        scheduler=run.get("scheduler", {}),
+        twice=run.get("twice", False),
+        models_dir=models_dir,
+    )
+
+
+def parse_prompts(p: str | list[str]) -> Prompts:
+    """A prompt string, or a list as a tuple (the run is frozen)."""
+    return p if isinstance(p, str) else tuple(p)
 
 
 def parse_generator(gen: Table) -> GeneratorSpec:

@@ -1,4 +1,5 @@
-"""Running a scenario's workload with real PyTorch and diffusers: random draws and DDIM.
+"""Running a scenario's workload with real PyTorch and diffusers: random draws and DDIM (Stable
+Diffusion: workloads_sd.py).
 
 - ``random``: torch.randn / torch.rand / Tensor.normal_ drawn from torch.Generator objects,
   torch.manual_seed's global generator or diffusers' randn_tensor batching.
@@ -27,7 +28,7 @@ import torch
 
 from common import OracleError, Skip
 from models import Model, resolve_model
-from scenarios import DdimRun, GeneratorSpec, RandomRun
+from scenarios import DdimRun, GeneratorSpec, PipelineRun, RandomRun
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64}
 
@@ -139,7 +140,7 @@ def diffusers_modules() -> Any:
     return diffusers
 
 
-def model_of(run: DdimRun) -> Model:
+def model_of(run: PipelineRun) -> Model:
     return resolve_model(run.model, run.models_dir)
 
 
@@ -218,8 +219,9 @@ def ddim_images(run: DdimRun, device: str) -> list[torch.Tensor]:
     return [ddim_image(pipe, run) for _ in range(2 if run.twice else 1)]
 
 
-def ddim_output(run: DdimRun, images: list[torch.Tensor]) -> torch.Tensor:
-    """The scenario's output from its images: the image, or run 1 minus run 2 for `twice`."""
+def pipeline_output(run: PipelineRun, images: list[torch.Tensor]) -> torch.Tensor:
+    """A DDIM or SD scenario's output from its images: the image, or run 1 minus run 2 for
+    `twice`."""
     return images[0] - images[1] if run.twice else images[0]
 
 
