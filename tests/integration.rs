@@ -1821,3 +1821,42 @@ fn run_sd_writes_the_image_grid_and_the_npy() {
         "image 0 of the batch differs from the seed-0 image by {ratio}"
     );
 }
+
+/// The seed document's deterministic batch generation: after four images from generators seeded
+/// 0..3, four prompt variants all on seed 0 "should resemble the first image". On diffusers'
+/// own images (sd-tiny's goldens, which reprodiff reproduces bit for bit): every variant is
+/// closer to image 0 than to any of images 1..3.
+#[test]
+fn prompt_variants_on_seed_0_resemble_image_0() {
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("sd-tiny.json")).unwrap())
+            .unwrap();
+    let images = |scenario: &str| {
+        let array = file["scenarios"][scenario]["expectations"][0]["array"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{scenario}: no array"));
+        Tensor::read_npy(golden.join(array))
+            .unwrap()
+            .to_kind(tch::Kind::Double)
+    };
+    let seeds = images("tiny-sd-b/batch/4-images-seeds-0-3/steps5");
+    let variants = images("tiny-sd-b/batch/4-prompt-variants-seed-0/steps5");
+    assert_eq!((seeds.size()[0], variants.size()[0]), (4, 4));
+    let rmse = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .square()
+            .mean(tch::Kind::Double)
+            .sqrt()
+            .double_value(&[])
+    };
+    for v in 0..4 {
+        let d: Vec<f64> = (0..4)
+            .map(|i| rmse(&variants.get(v), &seeds.get(i)))
+            .collect();
+        assert!(
+            d[1..].iter().all(|&other| d[0] < other),
+            "variant {v}: rmse to images 0..3 = {d:?}"
+        );
+    }
+}
