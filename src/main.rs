@@ -128,6 +128,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum GoldenAction {
+    /// Judge the oracle's outputs from elsewhere (another torch release, another host: a
+    /// results directory) against the goldens as `check` judges a run, writing check records
+    /// to <out>/records.jsonl for `reprodiff report`. The goldens are not changed.
+    Compare {
+        /// The oracle's results directory (results.jsonl + arrays).
+        #[arg(long)]
+        from: PathBuf,
+        /// Where records.jsonl goes.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        sel: SelectArgs,
+    },
     /// Merge the oracle's results directory (results.jsonl) or another golden directory
     /// (<suite>.json, schema 1 or 2) into the goldens: each output becomes the expectation of
     /// its environment class.
@@ -400,6 +413,19 @@ fn run(cli: Cli) -> Result<i32> {
                 ),
                 _ => print!("{}", drift::markdown(&report)),
             }
+            Ok(exit::OK)
+        }
+        Command::Golden {
+            action: GoldenAction::Compare { from, out, sel },
+        } => {
+            let c = reprodiff::harness::ingest::compare_results(&sel.fixtures()?, &from, &out)?;
+            let counts: Vec<String> = c.verdicts.iter().map(|(v, n)| format!("{n} {v}")).collect();
+            println!(
+                "{} results compared: {}; records: {}",
+                c.scenarios,
+                counts.join(", "),
+                c.records.display()
+            );
             Ok(exit::OK)
         }
         Command::Golden {

@@ -1860,3 +1860,58 @@ fn prompt_variants_on_seed_0_resemble_image_0() {
         );
     }
 }
+
+/// `golden compare` judges oracle outputs from another torch release like a check run: the
+/// golden's own bits under a libtorch 2.12 fingerprint pass by the cross-class rule (labelled
+/// with their class), the same output 1% larger drifts, and the goldens are left alone.
+#[test]
+fn golden_compare_judges_results_from_another_torch_release() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let scenario = "tiny-sd-a/own-scheduler/steps2";
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("golden/sd-tiny.json")).unwrap())
+            .unwrap();
+    let e = &golden["scenarios"][scenario]["expectations"][0];
+    let image = Tensor::read_npy(root.join("golden").join(e["array"].as_str().unwrap())).unwrap();
+    let env = reprodiff(&["env", "--json"], None);
+    let mut env: serde_json::Value = serde_json::from_slice(&env.stdout).unwrap();
+    env.as_object_mut().unwrap().remove("class");
+    env["producer"] = "oracle".into();
+    env["versions"]["libtorch"] = "2.12.0".into();
+    let sd_tiny = || std::fs::read(root.join("golden/sd-tiny.json")).unwrap();
+    let before = sd_tiny();
+    for (scale, want) in [(1.0, "within tolerance"), (1.01, "drifted")] {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("arrays")).unwrap();
+        let out = &image * scale;
+        out.write_npy(tmp.path().join("arrays/out.npy")).unwrap();
+        let line = serde_json::json!({
+            "suite": "sd-tiny", "scenario": scenario, "shape": out.size(), "dtype": "f32",
+            "sha256": reprodiff::torch::tensor_sha256(&out).unwrap(), "array": "arrays/out.npy",
+            "environment": env,
+            "provenance": {"producer": "oracle", "tool": "test", "command": "test"},
+        });
+        std::fs::write(tmp.path().join("results.jsonl"), format!("{line}\n")).unwrap();
+        let records = tmp.path().join("records");
+        let run = reprodiff(
+            &[
+                "golden",
+                "compare",
+                "--from",
+                tmp.path().to_str().unwrap(),
+                "--out",
+                records.to_str().unwrap(),
+            ],
+            None,
+        );
+        let t = text(&run);
+        assert_eq!(run.status.code(), Some(exit::OK), "{t}");
+        assert!(t.contains(&format!("1 results compared: 1 {want}")), "{t}");
+        let record = read_record(&records, scenario);
+        assert!(
+            record.to_string().contains("libtorch=2.12.0"),
+            "the record names the run's class: {record}"
+        );
+    }
+    assert_eq!(sd_tiny(), before, "compare changed the goldens");
+}

@@ -25,16 +25,31 @@ use std::path::{Path, PathBuf};
 /// One line of the oracle's results.jsonl.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OracleResult {
-    suite: String,
-    scenario: String,
+pub(crate) struct OracleResult {
+    pub suite: String,
+    pub scenario: String,
     shape: Vec<i64>,
-    dtype: DType,
-    sha256: String,
-    array: String,
-    environment: Fingerprint,
+    pub dtype: DType,
+    pub sha256: String,
+    /// The output .npy, relative to the results directory.
+    pub array: String,
+    pub environment: Fingerprint,
     provenance: ResultProvenance,
     truth: Option<OracleTruth>,
+}
+
+/// The lines of `<from>/results.jsonl`; a line that does not parse is an error naming it.
+pub(crate) fn read_results(from: &Path) -> Result<Vec<OracleResult>> {
+    let results = from.join("results.jsonl");
+    let text = std::fs::read_to_string(&results).map_err(|e| Error::io(&results, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map_err(|e| Error::invalid_file(&results, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,14 +116,7 @@ pub fn merge(fixtures: &Fixtures, from: &Path) -> Result<Vec<MergeSummary>> {
             Ok(())
         };
     if results.is_file() {
-        let text = std::fs::read_to_string(&results).map_err(|e| Error::io(&results, e))?;
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let r: OracleResult = serde_json::from_str(line)
-                .map_err(|e| Error::invalid_file(&results, format!("line {}: {e}", i + 1)))?;
+        for r in read_results(from)? {
             let device = device_of(&r.suite, &r.scenario)?;
             open(&mut files, &r.suite)?;
             let (file, summary) = files.get_mut(&r.suite).expect("opened");
@@ -327,7 +335,7 @@ pub fn truth_array_name(suite: &str, scenario: &str, sha256: &str) -> String {
 
 /// Reads an .npy and checks that its bytes in `dtype` hash to `sha256` (bf16 outputs are stored
 /// upcast to f32, so they are cast back first).
-fn read_verified(
+pub(crate) fn read_verified(
     path: &Path,
     dtype: DType,
     sha256: &str,

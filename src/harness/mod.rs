@@ -14,6 +14,7 @@ pub mod check;
 pub mod drift;
 pub mod drift_html;
 pub mod golden;
+pub mod ingest;
 pub mod matrix;
 pub mod merge;
 pub mod metrics;

@@ -1,0 +1,69 @@
+//! `reprodiff golden compare --from RESULTS --out DIR`: outputs the oracle made elsewhere (with
+//! another torch release, on another host) judged as `check` judges a run of this host, and
+//! written as check records (`DIR/records.jsonl`), so `reprodiff report` shows diffusers'
+//! drift across torch releases next to reprodiff's across CPUs. Nothing in the goldens changes.
+use super::check;
+use super::golden::GoldenFile;
+use super::merge::{read_results, read_verified};
+use super::session::{Fixtures, RecordWriter};
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What a comparison wrote.
+#[derive(Debug)]
+pub struct Compared {
+    pub records: PathBuf,
+    pub scenarios: usize,
+    /// Verdict name → count.
+    pub verdicts: BTreeMap<String, usize>,
+}
+
+pub fn compare_results(fixtures: &Fixtures, from: &Path, out: &Path) -> Result<Compared> {
+    let suites = fixtures.select(&Default::default())?;
+    let store = fixtures.store();
+    let results = read_results(from)?;
+    if results.is_empty() {
+        return Err(Error::invalid_file(
+            from.join("results.jsonl"),
+            "no results in this file",
+        ));
+    }
+    let mut writer = RecordWriter::create(out)?;
+    let mut goldens: BTreeMap<String, Option<GoldenFile>> = BTreeMap::new();
+    let mut verdicts = BTreeMap::new();
+    for r in &results {
+        let where_ = format!("{}/{}", r.suite, r.scenario);
+        let scenario = suites
+            .iter()
+            .find(|s| s.name == r.suite)
+            .and_then(|s| s.scenarios.iter().find(|x| x.name == r.scenario))
+            .ok_or_else(|| {
+                Error::invalid_file(
+                    from.join("results.jsonl"),
+                    format!(
+                        "{where_} is not a scenario of {}",
+                        fixtures.suites_dir().display()
+                    ),
+                )
+            })?;
+        if !goldens.contains_key(&r.suite) {
+            goldens.insert(r.suite.clone(), store.load(&r.suite)?);
+        }
+        let golden = goldens[&r.suite]
+            .as_ref()
+            .and_then(|g| g.scenarios.get(&r.scenario));
+        let (tensor, _) = read_verified(&from.join(&r.array), r.dtype, &r.sha256, &where_)?;
+        let tensor = tensor.f_to_kind(r.dtype.kind())?;
+        let mut obs = super::observe::describe(tensor, None, 0.0)?;
+        obs.environment = r.environment.clone();
+        let result = check::compare(&r.suite, scenario, &obs, golden, &store);
+        *verdicts.entry(result.verdict.to_string()).or_insert(0) += 1;
+        writer.append(scenario, &result, Some(&obs.environment))?;
+    }
+    Ok(Compared {
+        records: writer.path().to_path_buf(),
+        scenarios: results.len(),
+        verdicts,
+    })
+}
