@@ -68,6 +68,26 @@ enum Command {
         #[arg(long, default_value = "reprodiff-out/matrix")]
         out: PathBuf,
     },
+    /// Where two runs of one scenario part: each side (CLASS or CLASS-threadsN, classes as for
+    /// matrix) runs it plain and with activation capture in child processes; the captured
+    /// activations are walked in execution order to the first module whose bits differ.
+    Localize {
+        #[arg(long)]
+        suite: String,
+        #[arg(long)]
+        scenario: String,
+        /// One side, e.g. native or avx2-threads1.
+        #[arg(long)]
+        a: String,
+        /// The other side.
+        #[arg(long)]
+        b: String,
+        #[arg(long, default_value = "reprodiff-out/localize")]
+        out: PathBuf,
+        /// The fixtures directory (suites/ and golden/).
+        #[arg(long, env = "REPRODIFF_FIXTURES", value_name = "DIR")]
+        fixtures: Option<PathBuf>,
+    },
     /// A Markdown drift report over check record folders (`check --out DIR`), one set per
     /// folder: per environment class, counts by verdict and the worst l_inf; with --baseline,
     /// each set against it (newly drifted, newly fixed, new, missing).
@@ -390,6 +410,39 @@ fn run(cli: Cli) -> Result<i32> {
             threads,
             out,
         } => matrix(&sel, &cpu_class, &threads, &out),
+        Command::Localize {
+            suite,
+            scenario,
+            a,
+            b,
+            out,
+            fixtures,
+        } => {
+            let sel = SelectArgs {
+                suites: vec![suite.clone()],
+                filter: None,
+                fixtures,
+            };
+            let isa = Fingerprint::current()?.cpu.isa;
+            let exe = std::env::current_exe().map_err(|e| Error::io("reprodiff", e))?;
+            let l = reprodiff::harness::localize::localize(
+                &exe,
+                &sel.fixtures()?,
+                &suite,
+                &scenario,
+                &a,
+                &b,
+                &isa,
+                &out,
+            )?;
+            println!("{suite}/{scenario}: {}", l.sentence);
+            println!(
+                "activations: {} and {}",
+                l.a.dumps.display(),
+                l.b.dumps.display()
+            );
+            Ok(exit::OK)
+        }
         Command::Report {
             records,
             baseline,

@@ -1915,3 +1915,59 @@ fn golden_compare_judges_results_from_another_torch_release() {
     }
     assert_eq!(sd_tiny(), before, "compare changed the goldens");
 }
+
+/// `localize` names the first module where two kernel classes part (ATen's default kernels
+/// against this CPU's own), after proving that activation capture leaves the output's bits
+/// alone, and says which side is closer to the float64 truth; a class against itself is
+/// identical throughout.
+#[test]
+fn localize_names_the_first_differing_module() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    let run = |a: &str, b: &str| {
+        reprodiff(
+            &[
+                "localize",
+                "--suite",
+                "sd-tiny",
+                "--scenario",
+                "tiny-sd-b/own-scheduler/steps1",
+                "--a",
+                a,
+                "--b",
+                b,
+                "--out",
+                out,
+            ],
+            None,
+        )
+    };
+    let differs = run("native", "sse41");
+    let t = text(&differs);
+    assert_eq!(differs.status.code(), Some(exit::OK), "{t}");
+    assert!(t.contains("first differs (max |a - b|"), "{t}");
+    assert!(t.contains("closer to the float64 truth"), "{t}");
+    assert!(t.contains("Capture on and off gave the same bits"), "{t}");
+    let same = run("native", "native");
+    assert!(
+        text(&same).contains("identical bits throughout"),
+        "{}",
+        text(&same)
+    );
+    let bad = reprodiff(
+        &[
+            "localize",
+            "--suite",
+            "sd-tiny",
+            "--scenario",
+            "nope",
+            "--a",
+            "native",
+            "--b",
+            "sse41",
+        ],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(exit::USAGE), "{}", text(&bad));
+    assert!(text(&bad).contains("--scenario nope"), "{}", text(&bad));
+}

@@ -15,6 +15,7 @@ pub mod drift;
 pub mod drift_html;
 pub mod golden;
 pub mod ingest;
+pub mod localize;
 pub mod matrix;
 pub mod merge;
 pub mod metrics;

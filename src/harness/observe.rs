@@ -220,7 +220,7 @@ pub fn write_observation(dir: &Path, obs: &Observation) -> Result<()> {
     Ok(())
 }
 
-fn read_observation(dir: &Path) -> Result<Observation> {
+pub fn read_observation(dir: &Path) -> Result<Observation> {
     let path = dir.join("observation.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let mut obs: Observation =

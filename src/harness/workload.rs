@@ -92,6 +92,22 @@ pub enum Workload {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         twice: bool,
     },
+    /// A Stable Diffusion folder's `vae._encode(x)` on `x = randn_tensor(shape, generator)`:
+    /// the latent distribution's moments (mean and log-variance along channels).
+    VaeEncode {
+        model: String,
+        #[serde(default = "default_vae_shape")]
+        shape: Vec<i64>,
+        generator: GeneratorSpec,
+        #[serde(default)]
+        dtype: DType,
+    },
+}
+
+/// The VAE's encoder on noise images: `pipe.vae._encode(x)`, the moments (mean ‖ log-variance)
+/// of the latent distribution, for `x = randn_tensor(shape, generator)`.
+fn default_vae_shape() -> Vec<i64> {
+    vec![1, 3, 64, 64]
 }
 
 fn default_guidance() -> f64 {
@@ -196,6 +212,22 @@ impl Workload {
                     _ => Ok(()),
                 }
             }
+            Workload::VaeEncode {
+                shape, generator, ..
+            } => {
+                if shape.len() != 4 || shape.iter().any(|&d| d < 1) {
+                    return Err(format!(
+                        "run.shape {shape:?}: expected [batch, channels, h, w]"
+                    ));
+                }
+                match generator.list_len() {
+                    Some(n) if n as i64 != shape[0] => Err(format!(
+                        "run.generator lists {n} generators but run.shape has batch {}",
+                        shape[0]
+                    )),
+                    _ => Ok(()),
+                }
+            }
             Workload::Sd { generator, .. } => {
                 let batch = self.sd_call().expect("an sd workload").validate()?;
                 match generator.list_len() {
@@ -212,7 +244,9 @@ impl Workload {
     /// The model a pipeline workload loads.
     pub fn model(&self) -> Option<&str> {
         match self {
-            Workload::Ddim { model, .. } | Workload::Sd { model, .. } => Some(model),
+            Workload::Ddim { model, .. }
+            | Workload::Sd { model, .. }
+            | Workload::VaeEncode { model, .. } => Some(model),
             Workload::Random { .. } => None,
         }
     }
@@ -257,6 +291,23 @@ impl Workload {
         trace: bool,
     ) -> Result<Output> {
         match self {
+            Workload::VaeEncode {
+                model,
+                shape,
+                generator,
+                dtype,
+            } => {
+                let dir = crate::loading::resolve_dir(model, models_dir)?;
+                let vae = crate::models::vae::load(&dir.join("vae"), *dtype, device)?;
+                let (mut gens, unseeded_seed) = generator.build()?;
+                let _guard = tch::no_grad_guard();
+                let x = randn_tensor(shape, &mut gens, device, *dtype)?;
+                Ok(Output {
+                    tensor: vae.encode_moments(&x)?,
+                    trace: None,
+                    unseeded_seed,
+                })
+            }
             Workload::Sd {
                 model,
                 generator,

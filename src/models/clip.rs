@@ -184,7 +184,10 @@ impl ClipTextModel {
                 self.layers.len()
             )));
         }
-        let dump = super::dump::Dump::new("text_encoder.");
+        // One prefix per call (the pipeline encodes the prompt, then the negative prompt).
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dump = super::dump::Dump::new(format!("text_encoder.{call}."));
         let device = ids.device();
         let positions = Tensor::f_arange(seq, (Kind::Int64, Device::Cpu))?
             .f_unsqueeze(0)?

@@ -1,9 +1,14 @@
 //! Activation dumps for parity hunting: with REPRODIFF_DUMP_DIR set, a model writes its
 //! activations after each top-level module as `<dir>/<prefix><module>.npy` (register forward
-//! hooks on the same modules in diffusers or transformers and compare file by file).
+//! hooks on the same modules in diffusers or transformers and compare file by file). Every
+//! name written is appended to `<dir>/index.txt`, so the files can be walked in execution
+//! order (`reprodiff localize`).
 use crate::error::{Error, Result};
 use std::path::PathBuf;
 use tch::Tensor;
+
+/// The file listing the dumped names in the order they were written.
+pub const INDEX: &str = "index.txt";
 
 pub struct Dump {
     dir: Option<PathBuf>,
@@ -24,6 +29,14 @@ impl Dump {
             let path = dir.join(format!("{}{module}.npy", self.prefix));
             x.write_npy(&path)
                 .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
+            use std::io::Write;
+            let index = dir.join(INDEX);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&index)
+                .and_then(|mut f| writeln!(f, "{}{module}", self.prefix))
+                .map_err(|e| Error::io(&index, e))?;
         }
         Ok(())
     }

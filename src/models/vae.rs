@@ -308,3 +308,36 @@ impl AutoencoderKL {
         }
     }
 }
+
+/// Loads a `vae/` folder (config.json + diffusion_pytorch_model.safetensors) in `dtype` on
+/// `device`; tensors the model does not use are an error naming the file.
+pub fn load(
+    dir: &Path,
+    dtype: crate::torch::DType,
+    device: crate::torch::DeviceSpec,
+) -> Result<AutoencoderKL> {
+    use super::params::{ParamPath, SafetensorsSource};
+    device.ensure_available()?;
+    let config = AutoencoderKLConfig::load(&dir.join("config.json"))?;
+    let weights = dir.join(super::WEIGHTS);
+    if !weights.is_file() {
+        return Err(Error::invalid_file(
+            &weights,
+            "missing (weights are read from safetensors only)",
+        ));
+    }
+    let source = std::rc::Rc::new(std::cell::RefCell::new(SafetensorsSource::load(
+        &weights,
+        dtype,
+        device.device(),
+    )?));
+    let vae = AutoencoderKL::new(&ParamPath::root(source.clone()), config)?;
+    let unused = source.borrow().unused();
+    if !unused.is_empty() {
+        return Err(Error::invalid_file(
+            &weights,
+            format!("tensors the VAE does not use: {}", unused.join(", ")),
+        ));
+    }
+    Ok(vae)
+}
