@@ -96,8 +96,15 @@ enum Command {
         #[arg(required = true)]
         records: Vec<PathBuf>,
         /// A record folder to compare every set with.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "against")]
         baseline: Option<PathBuf>,
+        /// Compare every set with the goldens as they were at this git revision (what an
+        /// upgrade moved): for each scenario, the expectation that revision held for its class.
+        #[arg(long, value_name = "REV")]
+        against: Option<String>,
+        /// The fixtures directory whose goldens --against reads (default: ./fixtures).
+        #[arg(long, env = "REPRODIFF_FIXTURES", value_name = "DIR")]
+        fixtures: Option<PathBuf>,
         /// md (for a pull-request comment), json (the same content) or html (one
         /// self-contained page with a verdict heatmap and per-step drift curves).
         #[arg(long, default_value = "md", value_parser = ["md", "json", "html"])]
@@ -446,6 +453,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Report {
             records,
             baseline,
+            against,
+            fixtures,
             format,
         } => {
             use reprodiff::harness::drift;
@@ -453,7 +462,19 @@ fn run(cli: Cli) -> Result<i32> {
                 .iter()
                 .map(|d| drift::load(d))
                 .collect::<Result<Vec<_>>>()?;
-            let base = baseline.as_deref().map(drift::load).transpose()?;
+            let base = match (&baseline, &against) {
+                (Some(dir), _) => Some(drift::load(dir)?),
+                (None, Some(rev)) => {
+                    let sel = SelectArgs {
+                        suites: Vec::new(),
+                        filter: None,
+                        fixtures,
+                    };
+                    let root = sel.fixtures()?.root;
+                    Some(reprodiff::harness::against::baseline_at(&root, rev, &sets)?)
+                }
+                (None, None) => None,
+            };
             let report = drift::summarize(&sets, base.as_ref());
             match format.as_str() {
                 "json" => println!(

@@ -1971,3 +1971,44 @@ fn localize_names_the_first_differing_module() {
     assert_eq!(bad.status.code(), Some(exit::USAGE), "{}", text(&bad));
     assert!(text(&bad).contains("--scenario nope"), "{}", text(&bad));
 }
+
+/// `report --against REV` compares records with the goldens as they were at a git revision:
+/// today's run of a committed scenario is unchanged against HEAD; a revision that does not
+/// exist is exit 2 naming it.
+#[test]
+fn report_against_a_revision_reads_that_revisions_goldens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let records = tmp.path().join("today");
+    let run = reprodiff(
+        &[
+            "check",
+            "--suite",
+            "ddim-tiny",
+            "--filter",
+            "^tiny-ddim-a/steps2$",
+            "--out",
+            records.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(run.status.code(), Some(exit::OK), "{}", text(&run));
+    let report = reprodiff(
+        &["report", records.to_str().unwrap(), "--against", "HEAD"],
+        None,
+    );
+    let t = text(&report);
+    assert_eq!(report.status.code(), Some(exit::OK), "{t}");
+    assert!(t.contains("## today against goldens@"), "{t}");
+    assert!(t.contains("| identical | 1 | 1 | +0 |"), "{t}");
+    let bad = reprodiff(
+        &[
+            "report",
+            records.to_str().unwrap(),
+            "--against",
+            "no-such-rev",
+        ],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(exit::USAGE), "{}", text(&bad));
+    assert!(text(&bad).contains("no-such-rev"), "{}", text(&bad));
+}

@@ -10,6 +10,7 @@
 //! - [`session`]: `check` and `bless` over a selection; [`report`]: the table people read.
 //! - [`drift`]: drift reports over check records from several hosts or runs; [`matrix`]: a
 //!   suite under each CPU kernel class and thread count one host can run.
+pub mod against;
 pub mod check;
 pub mod drift;
 pub mod drift_html;
