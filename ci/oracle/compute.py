@@ -66,12 +66,10 @@ def compute_ddim(scenario: Scenario, run: DdimRun, fingerprint: dict[str, Any]) 
 
 
 def compute_sd(scenario: Scenario, run: SdRun, fingerprint: dict[str, Any]) -> Outcome:
-    """The output (twice, bit for bit); for float32, the float64 truth, the sensitivity and
-    the per-component sensitivities."""
+    """The output (twice, bit for bit), the float64 truth, the sensitivity and the
+    per-component sensitivities (in the run's own precision: truth.py)."""
     images = sd_images(run, scenario.device)
     output = repeated_output(scenario, run, images, sd_images(run, scenario.device))
-    if run.dtype != "f32":
-        return Outcome(scenario, output, fingerprint)
     truth = cut(scenario, pipeline_output(run, truth_images(run, scenario.device)))
     # As for DDIM, a `twice` output's sensitivities are those of its first image.
     first = cut(scenario, images[0])

@@ -21,6 +21,11 @@ passing it with a wide tolerance. An SD scenario also gets it per component (the
 multiplied by 1 + 2^-24 in every call of it (component_images), i.e. where rounding of that
 size enters the pipeline, and how much of it reaches the output.
 
+A reduced-precision run (bf16, f16) gets the same three figures in its own precision: the truth
+is made from the draws that run consumes (drawn in its dtype, then cast to float64), its
+initial noise is nudged one ulp of its dtype, and a component's output is multiplied by
+1 + eps/2 of its dtype (2^-8 for bf16, 2^-11 for f16; 2^-24 for float32).
+
 Both replace diffusers' `randn_tensor` where the pipelines look it up (workloads.py,
 workloads_sd.py): in the pipeline's module (the initial latent, the oracle's DDIM latent loop
 included) and in DDIM's scheduler module (the eta noise).
@@ -42,9 +47,18 @@ from workloads import ddim_images, make_generators
 from workloads_sd import load_sd_pipeline, sd_image, sd_images, text_encoder_output_module
 
 Draw = Callable[..., torch.Tensor]
-# One float32 ulp, relative: x * (1 + 2^-24), rounded to the output's dtype, is x one ulp
-# further from zero for every x whose significand is not exactly a power of two.
-COMPONENT_NUDGE = 1 + 2**-24
+
+
+def component_nudge(dtype: torch.dtype) -> float:
+    """One ulp of `dtype`, relative: x * (1 + eps/2), rounded to `dtype`, is x one ulp further
+    from zero for every x whose significand is not exactly a power of two (1 + 2^-24 for
+    float32)."""
+    return 1 + torch.finfo(dtype).eps / 2
+
+
+def draw_dtype(run: PipelineRun) -> torch.dtype:
+    """The dtype `run`'s draws are made in: float32, or the reduced precision the run is in."""
+    return {"bf16": torch.bfloat16, "f16": torch.float16}.get(run.dtype, torch.float32)
 
 
 @dataclass(frozen=True)
@@ -62,8 +76,9 @@ def images_of(run: PipelineRun, device: str) -> list[torch.Tensor]:
 
 
 def truth_images(run: PipelineRun, device: str) -> list[torch.Tensor]:
-    """The images of `run` with the models in float64 and every draw made in float32."""
-    with float32_draws(run):
+    """The images of `run` with the models in float64 and every draw made as `run` makes it
+    (float32, or its reduced precision)."""
+    with float32_draws(run, draw_dtype(run)):
         return images_of(replace(run, dtype="f64"), device)
 
 
@@ -85,7 +100,7 @@ def component_images(run: SdRun, device: str) -> dict[str, torch.Tensor]:
         pipe = load_sd_pipeline(first, device)
         module = {"text_encoder": text_encoder_output_module(pipe), "unet": pipe.unet,
                   "vae": pipe.vae.decoder}[name]
-        with outputs_nudged(module) as calls:
+        with outputs_nudged(module, component_nudge(draw_dtype(run))) as calls:
             images[name] = sd_image(pipe, first)
         if not calls:
             raise OracleError(f"the {name} hook on {run.model} was never called")
@@ -99,15 +114,15 @@ def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @contextlib.contextmanager
-def outputs_nudged(module: torch.nn.Module) -> Iterator[list[int]]:
+def outputs_nudged(module: torch.nn.Module, factor: float) -> Iterator[list[int]]:
     """`module`'s output (a tensor, or a tuple's first element as the UNet returns with
-    return_dict=False) multiplied by COMPONENT_NUDGE in every call, in float64 and rounded
+    return_dict=False) multiplied by `factor` (component_nudge) in every call, in float64 and rounded
     back (a Python scalar would be rounded to the output's float32 first, 1 + 2^-24 to 1.0);
     yields the list of calls (their ordinals)."""
     calls: list[int] = []
 
     def nudge(x: torch.Tensor) -> torch.Tensor:
-        return (x.to(torch.float64) * COMPONENT_NUDGE).to(x.dtype)
+        return (x.to(torch.float64) * factor).to(x.dtype)
 
     def hook(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
         calls.append(len(calls))
@@ -126,15 +141,17 @@ def outputs_nudged(module: torch.nn.Module) -> Iterator[list[int]]:
 
 
 @contextlib.contextmanager
-def float32_draws(run: PipelineRun) -> Iterator[list[DrawCall]]:
-    """Every draw of `run`'s pipeline made in float32 and cast to the dtype asked for; yields
-    the list of calls, one per draw, so that a caller can see every draw went through here."""
+def float32_draws(run: PipelineRun,
+                  made_in: torch.dtype = torch.float32) -> Iterator[list[DrawCall]]:
+    """Every draw of `run`'s pipeline made in `made_in` (float32 unless the run is in reduced
+    precision) and cast to the dtype asked for; yields the list of calls, one per draw, so that
+    a caller can see every draw went through here."""
     asked: list[DrawCall] = []
 
     def in_float32(original: Draw) -> Draw:
         def draw(shape: Any, *args: Any, dtype: torch.dtype, **kwargs: Any) -> torch.Tensor:
             asked.append(DrawCall(tuple(shape), kwargs.get("generator"), dtype))
-            return original(shape, *args, dtype=torch.float32, **kwargs).to(dtype)
+            return original(shape, *args, dtype=made_in, **kwargs).to(dtype)
         return draw
 
     pipeline, scheduler = draw_modules(run)
