@@ -32,10 +32,10 @@ from common import OracleError, Skip, SuiteError
 from determinism import determinism_in_force
 from fingerprint import environment_fingerprint
 from results import Outcome
-from scenarios import DdimRun, Scenario, SdRun
+from scenarios import DdimRun, Scenario, SdRun, VaeEncodeRun
 from truth import component_images, nudged_image, rmse, truth_images
 from workloads import ddim_images, pipeline_output, run_random, self_check_latent_loop
-from workloads_sd import sd_images
+from workloads_sd import sd_images, vae_moments
 
 GOLDENS_PY = Path(__file__).resolve().parent / "goldens.py"
 
@@ -48,6 +48,8 @@ def compute(scenario: Scenario) -> Outcome:
             return compute_ddim(scenario, scenario.run, fingerprint)
         if isinstance(scenario.run, SdRun):
             return compute_sd(scenario, scenario.run, fingerprint)
+        if isinstance(scenario.run, VaeEncodeRun):
+            return compute_vae_encode(scenario, scenario.run, fingerprint)
         output = run_random(scenario.run, scenario.device)
         return Outcome(scenario, cut(scenario, output), fingerprint)
 
@@ -77,6 +79,20 @@ def compute_sd(scenario: Scenario, run: SdRun, fingerprint: dict[str, Any]) -> O
     components = {name: rmse(cut(scenario, image), first)
                   for name, image in component_images(run, scenario.device).items()}
     return Outcome(scenario, output, fingerprint, truth, sensitivity, components)
+
+
+def compute_vae_encode(scenario: Scenario, run: VaeEncodeRun,
+                       fingerprint: dict[str, Any]) -> Outcome:
+    """The moments (twice, bit for bit), their float64 truth (the VAE in float64 on the same
+    input, cast) and the sensitivity (the input one ulp up)."""
+    output = cut(scenario, vae_moments(run, scenario.device))
+    again = cut(scenario, vae_moments(run, scenario.device))
+    if not torch.equal(output.view(torch.uint8), again.view(torch.uint8)):
+        raise OracleError(f"scenario '{scenario.name}': two runs in this process gave "
+                          "different bits; no result from it")
+    truth = cut(scenario, vae_moments(run, scenario.device, in_dtype="f64"))
+    sensitivity = rmse(cut(scenario, vae_moments(run, scenario.device, nudge=True)), output)
+    return Outcome(scenario, output, fingerprint, truth, sensitivity)
 
 
 def repeated_output(scenario: Scenario, run: DdimRun | SdRun, images: list[torch.Tensor],

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from common import RUN_SH, TOOL, reprodiff
-from scenarios import RandomRun, Scenario, SdRun
+from scenarios import RandomRun, Scenario, SdRun, VaeEncodeRun
 from workloads import DTYPES, diffusers_modules, model_of
 from workloads_sd import CLIP_SKIP_SHIM
 
@@ -124,6 +124,9 @@ def tool_of(scenario: Scenario) -> str:
 
 def truth_note(scenario: Scenario) -> str:
     """How the truth (and an SD scenario's component sensitivities) was made."""
+    if isinstance(scenario.run, VaeEncodeRun):
+        return ("float64 truth: the VAE in float64 on the same input image, cast; sensitivity: "
+                "the input one ulp up (ci/oracle/compute.py)")
     if not isinstance(scenario.run, SdRun):
         return ("float64 truth: the UNet in float64, every draw made in float32 and cast "
                 "(ci/oracle/truth.py)")

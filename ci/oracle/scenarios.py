@@ -19,7 +19,7 @@ import determinism
 from common import MODELS_DIR, REPO, SuiteError, reprodiff
 
 Table = dict[str, Any]
-RUN_KINDS = ("random", "ddim", "sd")
+RUN_KINDS = ("random", "ddim", "sd", "vae-encode")
 Prompts = str | tuple[str, ...]  # one prompt, or a list (diffusers' `prompt=`)
 
 
@@ -84,6 +84,18 @@ class SdRun:
     models_dir: Path = MODELS_DIR  # as DdimRun.models_dir
 
 
+@dataclass(frozen=True)
+class VaeEncodeRun:
+    """A Stable Diffusion folder's VAE encoder: `vae.encode(x).latent_dist.parameters` (the
+    moments, mean and log-variance) for `x = randn_tensor(shape, generator)`."""
+
+    model: str
+    shape: tuple[int, ...]
+    generator: GeneratorSpec
+    dtype: str
+    models_dir: Path = MODELS_DIR
+
+
 PipelineRun = DdimRun | SdRun
 
 
@@ -130,9 +142,13 @@ def parse(line: Table) -> Scenario:
     )
 
 
-def parse_run(run: Table, models_dir: Path) -> RandomRun | DdimRun | SdRun:
+def parse_run(run: Table, models_dir: Path) -> RandomRun | DdimRun | SdRun | VaeEncodeRun:
     if run["kind"] == "random":
         return parse_random(run)
+    if run["kind"] == "vae-encode":
+        return VaeEncodeRun(model=run["model"], shape=tuple(run["shape"]),
+                            generator=parse_generator(run["generator"]), dtype=run["dtype"],
+                            models_dir=models_dir)
     if run["kind"] == "ddim":
         return parse_ddim(run, models_dir)
     return parse_sd(run, models_dir)

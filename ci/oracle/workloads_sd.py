@@ -31,6 +31,7 @@ last, through the final layer norm. Provenance says so (results.tool_of).
 from __future__ import annotations
 
 import functools
+import math
 import types
 from typing import Any
 
@@ -38,8 +39,9 @@ import numpy as np
 import torch
 
 from common import OracleError
-from scenarios import SdRun
-from workloads import DTYPES, diffusers_modules, model_of, pipeline_generators, require_device
+from scenarios import SdRun, VaeEncodeRun
+from workloads import (DTYPES, diffusers_modules, make_generators, model_of, pipeline_generators,
+                       require_device)
 
 # The scheduler classes run.scheduler_class names (src/schedulers: SchedulerClass).
 SCHEDULER_CLASSES = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler"}
@@ -136,3 +138,28 @@ def sd_images(run: SdRun, device: str) -> list[torch.Tensor]:
     require_device(device)
     pipe = load_sd_pipeline(run, device)
     return [sd_image(pipe, run) for _ in range(2 if run.twice else 1)]
+
+
+@torch.no_grad()
+def vae_moments(run: VaeEncodeRun, device: str, in_dtype: str | None = None,
+                nudge: bool = False) -> torch.Tensor:
+    """`vae.encode(x).latent_dist.parameters` of the folder's VAE (aligned weights) for
+    `x = randn_tensor(run.shape, generator)` drawn in the run's dtype; `in_dtype` runs the VAE
+    (and casts x) in another dtype (the float64 truth), `nudge` moves every element of x one
+    ulp up (the sensitivity)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    require_device(device)
+    diffusers = diffusers_modules()
+    vae = diffusers.AutoencoderKL.from_pretrained(model_of(run).folder, subfolder="vae",
+                                                  use_safetensors=True)
+    for t in list(vae.parameters()) + list(vae.buffers()):
+        t.data = t.data.clone()
+    compute = DTYPES[in_dtype or run.dtype]
+    vae.to(compute).to(device).eval()
+    gens = make_generators(run.generator)
+    x = randn_tensor(run.shape, generator=gens, device=torch.device(device),
+                     dtype=DTYPES[run.dtype])
+    if nudge:
+        x = torch.nextafter(x, torch.full_like(x, math.inf))
+    return vae.encode(x.to(compute)).latent_dist.parameters
