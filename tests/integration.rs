@@ -1249,7 +1249,19 @@ fn every_committed_expectation_names_its_producer() {
         .unwrap();
     let mut seen = 0;
     for suite in &suites {
-        let golden = store.load(&suite.name).unwrap().unwrap();
+        let Some(golden) = store.load(&suite.name).unwrap() else {
+            // Only a suite of real hub weights that cannot be downloaded here (sd15-docs) may
+            // ship without goldens: the oracle records them where the weights are.
+            assert!(
+                suite
+                    .scenarios
+                    .iter()
+                    .all(|s| s.run.model().is_some_and(|m| m.starts_with("hub:"))),
+                "{} has no golden file",
+                suite.name
+            );
+            continue;
+        };
         let want = if suite.name == "ddim-docs" {
             "published"
         } else {
@@ -1862,8 +1874,8 @@ fn prompt_variants_on_seed_0_resemble_image_0() {
 }
 
 /// `golden compare` judges oracle outputs from another torch release like a check run: the
-/// golden's own bits under a libtorch 2.12 fingerprint pass by the cross-class rule (labelled
-/// with their class), the same output 1% larger drifts, and the goldens are left alone.
+/// golden's own bits under a libtorch 2.12 fingerprint are identical (labelled with their
+/// class), the same output 1% larger drifts, and the goldens are left alone.
 #[test]
 fn golden_compare_judges_results_from_another_torch_release() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
@@ -1880,7 +1892,7 @@ fn golden_compare_judges_results_from_another_torch_release() {
     env["versions"]["libtorch"] = "2.12.0".into();
     let sd_tiny = || std::fs::read(root.join("golden/sd-tiny.json")).unwrap();
     let before = sd_tiny();
-    for (scale, want) in [(1.0, "within tolerance"), (1.01, "drifted")] {
+    for (scale, want) in [(1.0, "identical"), (1.01, "drifted")] {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("arrays")).unwrap();
         let out = &image * scale;
@@ -2011,4 +2023,21 @@ fn report_against_a_revision_reads_that_revisions_goldens() {
     );
     assert_eq!(bad.status.code(), Some(exit::USAGE), "{}", text(&bad));
     assert!(text(&bad).contains("no-such-rev"), "{}", text(&bad));
+}
+
+/// diffusers on torch 2.11.0 and 2.12.1 (the oracle's records, fixtures/records/diffusers-torch-*,
+/// judged by `golden compare`) against the torch 2.13.0 goldens: what a torch release moves.
+#[test]
+fn drift_report_across_torch_releases() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/records");
+    let sets: Vec<_> = ["diffusers-torch-2.11.0", "diffusers-torch-2.12.1"]
+        .iter()
+        .map(|d| reprodiff::harness::drift::load(&root.join(d)).unwrap())
+        .collect();
+    snapshot_settings().bind(|| {
+        insta::assert_snapshot!(
+            "drift_report_torch_releases",
+            reprodiff::harness::drift::markdown(&reprodiff::harness::drift::summarize(&sets, None))
+        );
+    });
 }

@@ -1,5 +1,5 @@
 """Computing scenarios: the output, and for DDIM and SD scenarios the float64 truth and
-sensitivity (for SD float32 runs, with per-component sensitivities).
+sensitivity (for SD, with per-component sensitivities).
 
 A scenario runs under its determinism (determinism.py). One that asks for another ATen CPU
 capability runs in a child process of goldens.py with ATEN_CPU_CAPABILITY set, since ATen
@@ -10,8 +10,9 @@ thread than on 2 or more for a batch of two or more, and the full-size cifar UNe
 and 3 threads even for one image (the DDIM suites pin 2 threads).
 
 A DDIM or SD output is computed twice, each from a fresh load, and must be bit-identical: a
-result that does not repeat in one process is no reference for anyone. An SD run in bfloat16
-or float16 gets its bits only: the truth and the sensitivities are made for float32 runs.
+result that does not repeat in one process is no reference for anyone. A run in bfloat16 or
+float16 gets the same figures in its own precision (draws in its dtype, nudges of one ulp of
+it: truth.py).
 """
 
 from __future__ import annotations

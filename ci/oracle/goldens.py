@@ -7,9 +7,9 @@ it asks reprodiff for the expanded scenarios (`reprodiff list --json`), computes
 PyTorch (random draws) or diffusers' DDIMPipeline or StableDiffusionPipeline, and writes a
 results directory: results.jsonl and the arrays (results.py). `reprodiff golden merge --from
 DIR` then turns it into golden files, which reprodiff alone writes. Per scenario it records the
-output's bits and array and the environment fingerprint it ran in; for a DDIM or float32 SD
-scenario also the float64 truth and the output's sensitivity to a one-ulp change of the
-initial noise (for SD also to each component's rounding; truth.py), by which reprodiff
+output's bits and array and the environment fingerprint it ran in; for a DDIM or SD scenario
+also the float64 truth and the output's sensitivity to a one-ulp change (of the run's dtype) of
+the initial noise (for SD also to each component's rounding; truth.py), by which reprodiff
 compares runs from other hardware.
 
 Usage (ci/oracle/run.sh prepares the venv, then calls this from the repository root)::

@@ -131,10 +131,11 @@ def truth_note(scenario: Scenario) -> str:
         return ("float64 truth: the UNet in float64, every draw made in float32 and cast "
                 "(ci/oracle/truth.py)")
     if scenario.run.dtype in ("bf16", "f16"):
+        dtype = scenario.run.dtype
         return (f"float64 truth: the text encoder, UNet and VAE in float64, every draw made in "
-                f"{scenario.run.dtype} (as the run draws) and cast; sensitivity: one {scenario.run.dtype} ulp of "
+                f"{dtype} (as the run draws) and cast; sensitivity: one {dtype} ulp of "
                 f"initial noise; components: that component's output multiplied by 1 + eps/2 "
-                f"of {scenario.run.dtype} in every call (ci/oracle/truth.py)")
+                f"of {dtype} in every call (ci/oracle/truth.py)")
     return ("float64 truth: the text encoder, UNet and VAE in float64, every draw made in "
             "float32 and cast; components: the rmse of the float32 output when that "
             "component's output is multiplied by 1 + 2^-24 in every call (ci/oracle/truth.py)")

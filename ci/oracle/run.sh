@@ -3,6 +3,8 @@
 #
 #   ci/oracle/run.sh [--suite NAME]... [--filter REGEX] [--out DIR] [--no-merge] [--golden-dir DIR]
 #   ci/oracle/run.sh --self-check
+#   ci/oracle/run.sh --torch VERSION --out DIR [--suite NAME]... [--filter REGEX]
+#   ci/oracle/run.sh --torch VERSION --self-check
 #   ci/oracle/run.sh --make-models [--force] [--check] [NAME]...
 #   ci/oracle/run.sh --published     # ci/oracle/published.py: fixtures/golden/ddim-docs.json
 #   ci/oracle/run.sh --make-tokenizers [--force] [--check] [NAME]...
@@ -16,6 +18,18 @@
 # writes a results directory (--out, default a fresh temporary one) and, unless --no-merge,
 # runs `reprodiff golden merge --from DIR [--golden-dir DIR]`, which writes the goldens.
 #
+# --torch VERSION (anywhere among the options) runs the same oracle scripts, unchanged, on another
+# torch release from PyPI, to see how results drift across versions: in a venv of its own,
+# $REPRODIFF_CACHE/oracle-torch-VERSION, created on first use (python3 -m venv; torch's CUDA
+# wheels make it several GB) and given ci/oracle/requirements.txt with its torch pin replaced by
+# torch==VERSION, every other pin kept (again only when that list changes). The goldens stay the
+# pinned torch's (ci/install-libtorch.sh, requirements.txt): --torch implies --no-merge, needs
+# --out and refuses --golden-dir and the fixture-writing modes (--make-models, --published,
+# --make-tokenizers, --tokenizer-ids). `reprodiff` itself still runs on the pinned libtorch.
+# No other pin needed relaxing for 2.11.0 or 2.12.1 (`pip check` clean; fixtures/records/
+# oracle-torch-*/README.md); a pin some VERSION cannot take is to be relaxed where the venv's
+# requirements are derived below, for that VERSION only, and named here.
+#
 #   REPRODIFF_CACHE   cache root shared with ci/install-libtorch.sh
 #                     (default: ${XDG_CACHE_HOME:-$HOME/.cache}/reprodiff); derived models
 #                     (run.model = "derived:ARCH") are kept under its derived/
@@ -28,22 +42,97 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 
-# Same location as ci/install-libtorch.sh; its last stdout line is torch's directory.
+usage_error() {
+  echo "oracle: $*" >&2
+  exit 2
+}
+
+# --torch VERSION is taken out of the options wherever it is (not as the value of another option);
+# what is left goes to the script.
+torch_version=""
+has_out=""
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --torch)
+      [ $# -ge 2 ] || usage_error "--torch needs a VERSION"
+      torch_version="$2"
+      shift 2
+      continue
+      ;;
+    --torch=*) torch_version="${1#--torch=}"; shift; continue ;;
+    --out=*) has_out=1 ;;
+    --out) has_out=1; args+=("$1"); shift; [ $# -gt 0 ] || break ;;
+    --suite|--filter|--golden-dir) args+=("$1"); shift; [ $# -gt 0 ] || break ;;
+  esac
+  args+=("$1")
+  shift
+done
+set -- "${args[@]+"${args[@]}"}"
+
+# Same location as ci/install-libtorch.sh; its last stdout line is torch's directory. The
+# reprodiff binary runs on that libtorch whatever --torch says, so it is installed either way.
 cache="${REPRODIFF_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reprodiff}"
-venv="$cache/torch-2.13.0"
 torch_dir="$(bash ci/install-libtorch.sh | tail -n 1)"
-python="$venv/bin/python"
-if [ ! -x "$python" ] || [ ! -d "$torch_dir" ]; then
-  echo "oracle: no Python at $python (torch reported at '$torch_dir')" >&2
+if [ ! -d "$torch_dir" ]; then
+  echo "oracle: ci/install-libtorch.sh reported torch at '$torch_dir', not a directory" >&2
   exit 1
 fi
 
 requirements=ci/oracle/requirements.txt
+if [ -z "$torch_version" ]; then
+  venv="$cache/torch-2.13.0"
+  python="$venv/bin/python"
+  if [ ! -x "$python" ]; then
+    echo "oracle: no Python at $python (torch reported at '$torch_dir')" >&2
+    exit 1
+  fi
+else
+  [[ "$torch_version" =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?$ ]] \
+    || usage_error "--torch $torch_version: expected a release such as 2.12.1"
+  for a in "$@"; do
+    case "$a" in
+      --make-models|--published|--make-tokenizers|--tokenizer-ids)
+        usage_error "--torch runs goldens.py only (not $a): fixtures come from the pinned torch" ;;
+      --golden-dir|--golden-dir=*)
+        usage_error "--torch never merges into goldens, so --golden-dir has no use" ;;
+      --self-check) has_out=1 ;;  # writes nothing
+    esac
+  done
+  [ -n "$has_out" ] || usage_error "--torch $torch_version needs --out DIR (it never merges)"
+  set -- "$@" --no-merge
+
+  venv="$cache/oracle-torch-$torch_version"
+  python="$venv/bin/python"
+  if [ ! -f "$venv/.reprodiff-complete" ]; then
+    echo "oracle: creating $venv for torch==$torch_version" >&2
+    mkdir -p "$cache"
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2
+    "$python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
+    touch "$venv/.reprodiff-complete"
+  fi
+  # requirements.txt with its torch pin replaced (pins a VERSION cannot take relaxed here), kept
+  # in the venv so that what was installed can be read there.
+  derived="$venv/reprodiff-oracle-requirements.txt"
+  grep -qE '^torch==' "$requirements" || { echo "oracle: no torch== pin in $requirements" >&2; exit 1; }
+  sed -E "s/^torch==.*/torch==$torch_version/" "$requirements" > "$derived.tmp"
+  mv "$derived.tmp" "$derived"
+  requirements="$derived"
+fi
+
 stamp="$venv/.reprodiff-oracle-requirements"
 want="$(sha256sum "$requirements" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "oracle: installing $requirements into $venv" >&2
   "$python" -m pip install -q --disable-pip-version-check -r "$requirements" >&2
+  if [ -n "$torch_version" ]; then
+    "$python" -m pip check >&2
+    "$python" - "$torch_version" <<'PY'
+import sys, torch
+assert torch.__version__.split("+")[0] == sys.argv[1], (torch.__version__, sys.argv[1])
+PY
+  fi
   echo "$want" > "$stamp"
 fi
 

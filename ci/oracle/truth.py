@@ -116,8 +116,9 @@ def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
 @contextlib.contextmanager
 def outputs_nudged(module: torch.nn.Module, factor: float) -> Iterator[list[int]]:
     """`module`'s output (a tensor, or a tuple's first element as the UNet returns with
-    return_dict=False) multiplied by `factor` (component_nudge) in every call, in float64 and rounded
-    back (a Python scalar would be rounded to the output's float32 first, 1 + 2^-24 to 1.0);
+    return_dict=False) multiplied by `factor` (component_nudge) in every call, in float64 and
+    rounded back (a Python scalar would be rounded to the output's float32 first, 1 + 2^-24 to
+    1.0);
     yields the list of calls (their ordinals)."""
     calls: list[int] = []
 
