@@ -189,6 +189,48 @@ impl ParamPath {
     }
 }
 
+/// Loads `path` into `build` through a safetensors source, refusing tensors left unused
+/// (except names ending in one of `ignore`). With `prefix` present in the file, the model's
+/// names are looked up under it.
+pub fn load_weights<T>(
+    path: &Path,
+    (dtype, device): (DType, crate::torch::DeviceSpec),
+    prefix: Option<&str>,
+    ignore: &[&str],
+    build: impl FnOnce(&ParamPath) -> Result<T>,
+) -> Result<T> {
+    if !path.is_file() {
+        return Err(Error::invalid_file(
+            path,
+            "missing (weights are read from safetensors only)",
+        ));
+    }
+    let source = Rc::new(RefCell::new(SafetensorsSource::load(
+        path,
+        dtype,
+        device.device(),
+    )?));
+    let dyn_source: Rc<RefCell<dyn ParamSource>> = source.clone();
+    let root = ParamPath::root(dyn_source);
+    let model = match prefix {
+        Some(p) if source.borrow().has_prefix(&format!("{p}.")) => build(&root.sub(p))?,
+        _ => build(&root)?,
+    };
+    let unused: Vec<String> = source
+        .borrow()
+        .unused()
+        .into_iter()
+        .filter(|k| !ignore.iter().any(|i| k.ends_with(i)))
+        .collect();
+    if !unused.is_empty() {
+        return Err(Error::invalid_file(
+            path,
+            format!("tensors the model does not use: {}", unused.join(", ")),
+        ));
+    }
+    Ok(model)
+}
+
 #[cfg(test)]
 mod tests {
     use super::rename_legacy;

@@ -316,28 +316,9 @@ pub fn load(
     dtype: crate::torch::DType,
     device: crate::torch::DeviceSpec,
 ) -> Result<AutoencoderKL> {
-    use super::params::{ParamPath, SafetensorsSource};
     device.ensure_available()?;
     let config = AutoencoderKLConfig::load(&dir.join("config.json"))?;
-    let weights = dir.join(super::WEIGHTS);
-    if !weights.is_file() {
-        return Err(Error::invalid_file(
-            &weights,
-            "missing (weights are read from safetensors only)",
-        ));
-    }
-    let source = std::rc::Rc::new(std::cell::RefCell::new(SafetensorsSource::load(
-        &weights,
-        dtype,
-        device.device(),
-    )?));
-    let vae = AutoencoderKL::new(&ParamPath::root(source.clone()), config)?;
-    let unused = source.borrow().unused();
-    if !unused.is_empty() {
-        return Err(Error::invalid_file(
-            &weights,
-            format!("tensors the VAE does not use: {}", unused.join(", ")),
-        ));
-    }
-    Ok(vae)
+    super::params::load_weights(&dir.join(super::WEIGHTS), (dtype, device), None, &[], |p| {
+        AutoencoderKL::new(p, config)
+    })
 }

@@ -4,7 +4,7 @@
 use super::{OutputType, StepTrace};
 use crate::error::{Error, Result};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
-use crate::models::params::{ParamPath, ParamSource, SafetensorsSource};
+use crate::models::params::load_weights;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::WEIGHTS;
@@ -12,9 +12,7 @@ use crate::schedulers::{loaded_config, Scheduler, SchedulerClass};
 use crate::tokenizer::ClipTokenizer;
 use crate::torch::{randn_tensor, DType, DeviceSpec, Generators};
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
 use std::path::Path;
-use std::rc::Rc;
 use tch::{Kind, Tensor};
 
 /// `prompt=`: one string or a list (diffusers treats them differently for negative prompts).
@@ -110,48 +108,6 @@ pub struct SdPipeline {
     pub dtype: DType,
     /// Per-step traces of the latent, when `Some` (see `DdimPipeline::trace`).
     pub trace: Option<Vec<StepTrace>>,
-}
-
-/// Loads `path` into `build` through a safetensors source, refusing tensors left unused
-/// (except names ending in one of `ignore`). With `prefix` present in the file, the model's
-/// names are looked up under it.
-fn load_weights<T>(
-    path: &Path,
-    (dtype, device): (DType, DeviceSpec),
-    prefix: Option<&str>,
-    ignore: &[&str],
-    build: impl FnOnce(&ParamPath) -> Result<T>,
-) -> Result<T> {
-    if !path.is_file() {
-        return Err(Error::invalid_file(
-            path,
-            "missing (weights are read from safetensors only)",
-        ));
-    }
-    let source = Rc::new(RefCell::new(SafetensorsSource::load(
-        path,
-        dtype,
-        device.device(),
-    )?));
-    let dyn_source: Rc<RefCell<dyn ParamSource>> = source.clone();
-    let root = ParamPath::root(dyn_source);
-    let model = match prefix {
-        Some(p) if source.borrow().has_prefix(&format!("{p}.")) => build(&root.sub(p))?,
-        _ => build(&root)?,
-    };
-    let unused: Vec<String> = source
-        .borrow()
-        .unused()
-        .into_iter()
-        .filter(|k| !ignore.iter().any(|i| k.ends_with(i)))
-        .collect();
-    if !unused.is_empty() {
-        return Err(Error::invalid_file(
-            path,
-            format!("tensors the model does not use: {}", unused.join(", ")),
-        ));
-    }
-    Ok(model)
 }
 
 impl SdPipeline {

@@ -142,29 +142,12 @@ pub struct DdimScheduler {
 impl DdimScheduler {
     pub fn new(config: DdimConfig) -> Result<Self> {
         config.validate().map_err(Error::InvalidArgument)?;
-        let t = config.num_train_timesteps as i64;
-        let f32_cpu = (Kind::Float, Device::Cpu);
-        let betas = if let Some(b) = &config.trained_betas {
-            // torch.tensor(trained_betas, dtype=torch.float32)
-            Tensor::from_slice(b).f_to_kind(Kind::Float)?
-        } else {
-            match config.beta_schedule.as_str() {
-                "linear" => Tensor::f_linspace(config.beta_start, config.beta_end, t, f32_cpu)?,
-                // torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=float32) ** 2
-                "scaled_linear" => Tensor::f_linspace(
-                    config.beta_start.powf(0.5),
-                    config.beta_end.powf(0.5),
-                    t,
-                    f32_cpu,
-                )?
-                .f_pow_tensor_scalar(2)?,
-                "squaredcos_cap_v2" => {
-                    Tensor::from_slice(&betas_for_alpha_bar(config.num_train_timesteps, 0.999))
-                        .f_to_kind(Kind::Float)?
-                }
-                _ => unreachable!("validated"),
-            }
-        };
+        let betas = super::train_betas(
+            config.trained_betas.as_deref(),
+            &config.beta_schedule,
+            (config.beta_start, config.beta_end),
+            config.num_train_timesteps,
+        )?;
         let betas = if config.rescale_betas_zero_snr {
             rescale_zero_terminal_snr(&betas)?
         } else {

@@ -30,6 +30,30 @@ pub trait Scheduler {
     ) -> Result<Tensor>;
 }
 
+/// The training betas both schedulers build in `__init__`, float32 as diffusers keeps them:
+/// `trained_betas`, or `linear` (linspace), `scaled_linear` (linspace of the square roots,
+/// squared) or `squaredcos_cap_v2` (the Glide cosine in Python floats). Schedules are validated
+/// by the configs.
+pub(crate) fn train_betas(
+    trained: Option<&[f64]>,
+    schedule: &str,
+    (start, end): (f64, f64),
+    train: usize,
+) -> Result<Tensor> {
+    use tch::{Device, Kind};
+    let f32_cpu = (Kind::Float, Device::Cpu);
+    Ok(match (trained, schedule) {
+        // torch.tensor(trained_betas, dtype=torch.float32)
+        (Some(b), _) => Tensor::from_slice(b).f_to_kind(Kind::Float)?,
+        (None, "linear") => Tensor::f_linspace(start, end, train as i64, f32_cpu)?,
+        (None, "scaled_linear") => {
+            Tensor::f_linspace(start.powf(0.5), end.powf(0.5), train as i64, f32_cpu)?
+                .f_pow_tensor_scalar(2)?
+        }
+        _ => Tensor::from_slice(&ddim::betas_for_alpha_bar(train, 0.999)).f_to_kind(Kind::Float)?,
+    })
+}
+
 /// The scheduler classes reprodiff implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,12 +1,12 @@
 //! `PNDMScheduler` (schedulers/scheduling_pndm.py, diffusers 0.42.1) with `skip_prk_steps`, as
 //! Stable Diffusion 1.5 ships it: linear multistep (PLMS) updates over the last four model
 //! outputs, in float32 with the same libtorch ops in the same order as diffusers.
-use super::ddim::{betas_for_alpha_bar, timesteps as ddim_timesteps};
+use super::ddim::timesteps as ddim_timesteps;
 use super::Scheduler;
 use crate::error::{Error, Result};
 use crate::torch::Generators;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// scheduler_config.json of a PNDMScheduler, diffusers' defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,24 +110,12 @@ pub struct PndmScheduler {
 impl PndmScheduler {
     pub fn new(config: PndmConfig) -> Result<Self> {
         config.validate().map_err(Error::InvalidArgument)?;
-        let t = config.num_train_timesteps as i64;
-        let f32_cpu = (Kind::Float, Device::Cpu);
-        let betas = if let Some(b) = &config.trained_betas {
-            Tensor::from_slice(b).f_to_kind(Kind::Float)?
-        } else {
-            match config.beta_schedule.as_str() {
-                "linear" => Tensor::f_linspace(config.beta_start, config.beta_end, t, f32_cpu)?,
-                "scaled_linear" => Tensor::f_linspace(
-                    config.beta_start.powf(0.5),
-                    config.beta_end.powf(0.5),
-                    t,
-                    f32_cpu,
-                )?
-                .f_pow_tensor_scalar(2)?,
-                _ => Tensor::from_slice(&betas_for_alpha_bar(config.num_train_timesteps, 0.999))
-                    .f_to_kind(Kind::Float)?,
-            }
-        };
+        let betas = super::train_betas(
+            config.trained_betas.as_deref(),
+            &config.beta_schedule,
+            (config.beta_start, config.beta_end),
+            config.num_train_timesteps,
+        )?;
         let alphas_cumprod = betas.f_rsub_scalar(1.0)?.f_cumprod(0, Kind::Float)?;
         let final_alpha_cumprod = if config.set_alpha_to_one {
             Tensor::from(1.0f32)
