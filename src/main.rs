@@ -54,29 +54,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the selected scenarios under each CPU kernel class × thread count this host can run,
-    /// each in its own `check` child writing <out>/<combination>/records.jsonl.
+    /// Run the selected scenarios under each combination of CPU kernel class, thread count,
+    /// determinism, dtype, device and knob this host can run, each in its own `check` child
+    /// writing <out>/<combination>/records.jsonl.
     Matrix {
         #[command(flatten)]
         sel: SelectArgs,
-        /// CPU kernel classes: native, avx512, avx2, sse41, mkl-compatible.
-        #[arg(long, value_delimiter = ',', default_value = "native")]
-        cpu_class: Vec<String>,
-        /// Thread counts (default: each suite's own).
-        #[arg(long, value_delimiter = ',')]
-        threads: Vec<usize>,
+        #[command(flatten)]
+        axes: MatrixAxes,
         #[arg(long, default_value = "reprodiff-out/matrix")]
         out: PathBuf,
     },
-    /// Where two runs of one scenario part: each side (CLASS or CLASS-threadsN, classes as for
-    /// matrix) runs it plain and with activation capture in child processes; the captured
+    /// Where two runs of one scenario part: each side (CLASS[-threadsN][+KNOB...], as matrix
+    /// labels its combinations) runs it plain and with activation capture in child processes; the captured
     /// activations are walked in execution order to the first module whose bits differ.
     Localize {
         #[arg(long)]
         suite: String,
+        /// One scenario (its dumps are kept under --out); without it, every scenario of the
+        /// suite matching --filter, written to <out>/localize.jsonl.
+        #[arg(long, conflicts_with = "filter")]
+        scenario: Option<String>,
+        /// A regular expression over scenario names, as for check.
         #[arg(long)]
-        scenario: String,
-        /// One side, e.g. native or avx2-threads1.
+        filter: Option<String>,
+        /// One side, e.g. native, avx2-threads1 or native+channels-last.
         #[arg(long)]
         a: String,
         /// The other side.
@@ -411,20 +413,17 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(exit::OK)
         }
-        Command::Matrix {
-            sel,
-            cpu_class,
-            threads,
-            out,
-        } => matrix(&sel, &cpu_class, &threads, &out),
+        Command::Matrix { sel, axes, out } => matrix(&sel, &axes, &out),
         Command::Localize {
             suite,
             scenario,
+            filter,
             a,
             b,
             out,
             fixtures,
         } => {
+            use reprodiff::harness::localize;
             let sel = SelectArgs {
                 suites: vec![suite.clone()],
                 filter: None,
@@ -432,22 +431,36 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let isa = Fingerprint::current()?.cpu.isa;
             let exe = std::env::current_exe().map_err(|e| Error::io("reprodiff", e))?;
-            let l = reprodiff::harness::localize::localize(
-                &exe,
-                &sel.fixtures()?,
-                &suite,
-                &scenario,
-                &a,
-                &b,
-                &isa,
-                &out,
-            )?;
-            println!("{suite}/{scenario}: {}", l.sentence);
-            println!(
-                "activations: {} and {}",
-                l.a.dumps.display(),
-                l.b.dumps.display()
-            );
+            let fx = sel.fixtures()?;
+            if let Some(scenario) = scenario {
+                let l = localize::localize(&exe, &fx, &suite, &scenario, &a, &b, &isa, &out)?;
+                println!("{suite}/{scenario}: {}", l.sentence);
+                if l.a.captured.is_some() {
+                    println!(
+                        "activations: {} and {}",
+                        l.a.dumps.display(),
+                        l.b.dumps.display()
+                    );
+                }
+            } else {
+                let records = localize::localize_many(
+                    &exe,
+                    &fx,
+                    &suite,
+                    filter.as_deref(),
+                    &a,
+                    &b,
+                    &isa,
+                    &out,
+                    |r| println!("{}/{}: {}", r.suite, r.scenario, r.sentence),
+                )?;
+                let differ = records.iter().filter(|r| r.outcome == "differs").count();
+                println!(
+                    "{differ} of {} differ; {}",
+                    records.len(),
+                    out.join("localize.jsonl").display()
+                );
+            }
             Ok(exit::OK)
         }
         Command::Report {
@@ -621,16 +634,40 @@ fn check(sel: &SelectArgs, json: bool, verbose: bool, out: &Path) -> Result<i32>
     })
 }
 
-fn matrix(sel: &SelectArgs, cpu_classes: &[String], threads: &[usize], out: &Path) -> Result<i32> {
+/// The axes of `matrix`; each combination of their values is one child `check`.
+#[derive(clap::Args, Debug)]
+struct MatrixAxes {
+    /// CPU kernel classes: native, avx512, avx2, sse41, mkl-compatible.
+    #[arg(long, value_delimiter = ',', default_value = "native")]
+    cpu_class: Vec<String>,
+    /// Thread counts (default: each suite's own).
+    #[arg(long, value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Determinism presets forced on every scenario: default, full (default: each scenario's).
+    #[arg(long, value_delimiter = ',')]
+    determinism: Vec<String>,
+    /// dtypes every scenario computes in: f32, bf16, f16 (default: each scenario's).
+    #[arg(long, value_delimiter = ',')]
+    dtype: Vec<String>,
+    /// Devices: cpu (each scenario's own), cuda (CPU scenarios moved to cuda:0).
+    #[arg(long, value_delimiter = ',')]
+    device: Vec<String>,
+    /// Knob sets: none, channels-last, onednn-off, math-attention; join several with +.
+    #[arg(long, value_delimiter = ',')]
+    knob: Vec<String>,
+}
+
+fn matrix(sel: &SelectArgs, axes: &MatrixAxes, out: &Path) -> Result<i32> {
     use reprodiff::harness::matrix;
     sel.fixtures()?.select(&sel.selection())?; // bad suites and filters fail here, once
-    let threads: Vec<Option<usize>> = if threads.is_empty() {
+    let threads: Vec<Option<usize>> = if axes.threads.is_empty() {
         vec![None]
     } else {
-        threads.iter().map(|&t| Some(t)).collect()
+        axes.threads.iter().map(|&t| Some(t)).collect()
     };
     let isa = Fingerprint::current()?.cpu.isa;
-    let combos = matrix::combinations(cpu_classes, &threads, &isa)?;
+    let knobs = matrix::knob_sets(&axes.determinism, &axes.dtype, &axes.device, &axes.knob)?;
+    let combos = matrix::combinations(&axes.cpu_class, &threads, &knobs, &isa)?;
     let mut args = Vec::new();
     for s in &sel.suites {
         args.extend(["--suite".to_string(), s.clone()]);

@@ -1562,6 +1562,73 @@ fn matrix_runs_each_combination_in_its_own_class_and_report_reads_them() {
     assert!(text(&bad).contains("avx1024"));
 }
 
+/// The matrix's setting axes: each knob set runs in its own child with the knobs recorded in
+/// the fingerprint; math attention changes the bits of a model with attention; a CUDA
+/// combination on a host without CUDA is skipped with the reason; an unknown knob is exit 2.
+#[test]
+fn matrix_knobs_are_applied_recorded_and_skipped_where_the_host_lacks_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("matrix");
+    let run = reprodiff(
+        &[
+            "matrix",
+            "--suite",
+            "ddim-tiny",
+            "--filter",
+            "^tiny-ddim-a/steps2$",
+            "--threads",
+            "2",
+            "--knob",
+            "none,math-attention,channels-last+onednn-off",
+            "--determinism",
+            "full",
+            "--device",
+            "cpu,cuda",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    let t = text(&run);
+    assert_eq!(run.status.code(), Some(exit::OK), "{t}");
+    let base = read_record(&out.join("native-threads2+det-full"), "tiny-ddim-a/steps2");
+    let math = read_record(
+        &out.join("native-threads2+math-attention+det-full"),
+        "tiny-ddim-a/steps2",
+    );
+    let both = read_record(
+        &out.join("native-threads2+channels-last+onednn-off+det-full"),
+        "tiny-ddim-a/steps2",
+    );
+    assert_eq!(
+        math["environment"]["knobs"],
+        serde_json::json!(["math-attention", "det-full"])
+    );
+    assert_eq!(
+        both["environment"]["knobs"],
+        serde_json::json!(["channels-last", "onednn-off", "det-full"])
+    );
+    assert_eq!(
+        base["environment"]["determinism"]["deterministic_algorithms"],
+        true
+    );
+    assert_ne!(
+        base["output"]["sha256"], math["output"]["sha256"],
+        "math attention left the bits unchanged: the knob did not reach libtorch"
+    );
+    assert!(math["output"]["metrics"]["rmse_truth"].as_f64().unwrap() > 0.0);
+    let has_cuda = base["environment"]["cuda"]["available"] == true;
+    if !has_cuda {
+        assert!(
+            t.contains("native-threads2+det-full+cuda skipped: no CUDA device on this host"),
+            "{t}"
+        );
+    }
+    let bad = reprodiff(&["matrix", "--knob", "turbo"], None);
+    assert_eq!(bad.status.code(), Some(exit::USAGE), "{}", text(&bad));
+    assert!(text(&bad).contains("'turbo'"), "{}", text(&bad));
+}
+
 /// The HTML report in a real headless browser (Debian's chromium; .ci/run installs it): it
 /// loads without console errors and renders the heatmap cells and the per-step drift curves.
 #[test]
@@ -1962,7 +2029,7 @@ fn localize_names_the_first_differing_module() {
     assert!(t.contains("Capture on and off gave the same bits"), "{t}");
     let same = run("native", "native");
     assert!(
-        text(&same).contains("identical bits throughout"),
+        text(&same).contains("native and native give identical bits"),
         "{}",
         text(&same)
     );
@@ -1982,6 +2049,50 @@ fn localize_names_the_first_differing_module() {
     );
     assert_eq!(bad.status.code(), Some(exit::USAGE), "{}", text(&bad));
     assert!(text(&bad).contains("--scenario nope"), "{}", text(&bad));
+}
+
+/// Over many scenarios, localize names for each the denoising step and module where the two
+/// sides part: the math attention knob against the fused (flash) kernel first differs inside
+/// tiny-ddim-a's attention block (down_blocks.1) at the first step, and everything before it
+/// is bit-identical; `localize.jsonl` says the same in fields.
+#[test]
+fn localize_over_a_filter_names_the_step_and_module_of_each_scenario() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = reprodiff(
+        &[
+            "localize",
+            "--suite",
+            "ddim-tiny",
+            "--filter",
+            "^tiny-ddim-a/(steps2|beta-linear/steps5)$",
+            "--a",
+            "native-threads2",
+            "--b",
+            "native-threads2+math-attention",
+            "--out",
+            tmp.path().to_str().unwrap(),
+        ],
+        None,
+    );
+    let t = text(&run);
+    assert_eq!(run.status.code(), Some(exit::OK), "{t}");
+    assert!(
+        t.contains("tiny-ddim-a/steps2: identical through step 0 (t = 500) in down_blocks.0; step 0 (t = 500) in down_blocks.1 first differs"),
+        "{t}"
+    );
+    assert!(t.contains("2 of 2 differ"), "{t}");
+    let lines = std::fs::read_to_string(tmp.path().join("localize.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(r["outcome"], "differs", "{r}");
+        assert_eq!(r["first_module"], "down_blocks.1", "{r}");
+        assert_eq!(r["first_step"][0], 0, "{r}");
+        assert!(r["l_inf"].as_f64().unwrap() > 0.0, "{r}");
+    }
 }
 
 /// `report --against REV` compares records with the goldens as they were at a git revision:

@@ -62,6 +62,9 @@ pub struct Fingerprint {
     pub cpu: Cpu,
     pub cuda: Cuda,
     pub determinism: Determinism,
+    /// The knobs in force ([`crate::torch::knobs`]): channels-last, onednn-off, bf16, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub knobs: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +150,7 @@ impl Fingerprint {
                 },
             },
             determinism: Determinism::in_force()?,
+            knobs: torch::knobs::in_force().tokens(),
         })
     }
 

@@ -22,7 +22,7 @@ pub struct Entry {
     pub class: String,
     /// The largest l_inf a metric row reported against the expectation, if any.
     pub l_inf: Option<f64>,
-    /// rmse(truth, output), where the run was judged across classes.
+    /// rmse(truth, output): the cross-class rule's row, or the output's own `rmse_truth`.
     pub rmse_truth: Option<f64>,
     pub sha256: Option<String>,
     /// Seconds the run took (the scenario's own work, without loading in the parent).
@@ -146,7 +146,7 @@ fn entry(text: &str) -> std::result::Result<Entry, String> {
         verdict: field("verdict")?,
         class,
         l_inf: metric("l_inf"),
-        rmse_truth: metric("rmse_truth"),
+        rmse_truth: metric("rmse_truth").or_else(|| v["output"]["metrics"]["rmse_truth"].as_f64()),
         sha256: v["output"]["sha256"].as_str().map(String::from),
         elapsed_s: v["output"]["elapsed_s"].as_f64(),
         trace: v["output"]["trace"]
@@ -221,7 +221,12 @@ pub struct AuditRow {
     pub baseline_seconds: f64,
     /// How many kept the baseline's bits.
     pub same_bits: usize,
+    /// The largest l_inf to the expectation a check reported.
+    pub worst_l_inf: Option<f64>,
     pub worst_rmse_truth: Option<f64>,
+    /// Median over scenarios of rmse(truth, this set) / rmse(truth, baseline): how much
+    /// farther from the float64 truth the setting takes a typical output.
+    pub truth_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -305,11 +310,33 @@ fn audit_row(base: &RecordSet, set: &RecordSet) -> AuditRow {
             .iter()
             .filter(|(b, e)| b.sha256.is_some() && b.sha256 == e.sha256)
             .count(),
+        worst_l_inf: both.iter().filter_map(|(_, e)| e.l_inf).reduce(f64::max),
         worst_rmse_truth: both
             .iter()
             .filter_map(|(_, e)| e.rmse_truth)
             .reduce(f64::max),
+        truth_ratio: median(
+            both.iter()
+                .filter_map(|(b, e)| match (b.rmse_truth, e.rmse_truth) {
+                    (Some(rb), Some(re)) if rb > 0.0 => Some(re / rb),
+                    _ => None,
+                })
+                .collect(),
+        ),
     }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 /// `base` → `new`: counts per verdict, then newly drifted, newly fixed, new and missing
@@ -405,7 +432,7 @@ pub fn markdown(report: &Report) -> String {
     if let Some(base) = report.comparisons.first().map(|c| &c.base) {
         let _ = write!(
             out,
-            "\n## Optimisation audit against {base}\n\n| set | scenarios | seconds | speed-up | same bits | worst rmse to truth |\n|---|---|---|---|---|---|\n"
+            "\n## Optimisation audit against {base}\n\n| set | scenarios | seconds | speed-up | same bits | worst l_inf to expectation | worst rmse to truth | rmse to truth / baseline's (median) |\n|---|---|---|---|---|---|---|---|\n"
         );
         for r in &report.audit {
             let speedup = if r.seconds > 0.0 {
@@ -413,15 +440,18 @@ pub fn markdown(report: &Report) -> String {
             } else {
                 "-".into()
             };
-            let worst = r
-                .worst_rmse_truth
-                .map_or("- (same class as its expectation)".into(), |w| {
-                    format!("{w:.3e}")
-                });
+            let num = |x: Option<f64>| x.map_or("-".into(), |w| format!("{w:.3e}"));
+            let ratio = r.truth_ratio.map_or("-".into(), |x| format!("{x:.2}x"));
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.3} | {speedup} | {} of {} | {worst} |",
-                r.set, r.scenarios, r.seconds, r.same_bits, r.scenarios
+                "| {} | {} | {:.3} | {speedup} | {} of {} | {} | {} | {ratio} |",
+                r.set,
+                r.scenarios,
+                r.seconds,
+                r.same_bits,
+                r.scenarios,
+                num(r.worst_l_inf),
+                num(r.worst_rmse_truth)
             );
         }
     }

@@ -1,13 +1,17 @@
-//! `reprodiff localize`: where two runs of one scenario part. Each side (a CPU kernel class and
-//! thread count, as `matrix` spells them) runs the scenario twice in child processes: once
-//! plain, once with activation capture (REPRODIFF_DUMP_DIR). Capture must not change the output
-//! (instrumentation can change kernels); then the captured activations are walked in execution
-//! order, as PyTorch's minifier walks modules, to the first module whose bits differ.
-use super::matrix::{combinations, Combination};
+//! `reprodiff localize`: where two runs of a scenario part. Each side (a matrix combination:
+//! `CLASS[-threadsN][+KNOB...]`) runs the scenario in child processes: plain, and where the
+//! outputs differ, again with activation capture (REPRODIFF_DUMP_DIR). Capture must not change
+//! the output (instrumentation can change kernels); then the captured activations are walked in
+//! execution order, as PyTorch's minifier walks modules, to the first module whose bits differ,
+//! named with its denoising step. Over many scenarios (`--filter`, or a whole suite) it does
+//! that for every scenario whose two outputs differ and writes `localize.jsonl`.
+use super::matrix::{parse_label, Combination};
+use super::metrics::rmse;
 use super::observe::{read_observation, Observation};
-use super::session::Fixtures;
+use super::session::{Fixtures, Selection};
 use crate::error::{Error, Result};
 use crate::models::dump::INDEX;
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// One side's runs.
@@ -15,13 +19,15 @@ use std::path::{Path, PathBuf};
 pub struct Side {
     pub label: String,
     pub plain: Observation,
-    pub captured: Observation,
+    /// The run with activation capture (only where the two plain outputs differ).
+    pub captured: Option<Observation>,
     pub dumps: PathBuf,
 }
 
-/// Where the two sides part.
+/// Where the two sides of one scenario part.
 #[derive(Debug)]
 pub struct Localized {
+    pub scenario: String,
     pub a: Side,
     pub b: Side,
     /// Modules identical on both sides before the first difference.
@@ -35,24 +41,24 @@ pub struct Localized {
     pub sentence: String,
 }
 
-/// `native`, `avx2-threads1`, ...: a class of [`super::matrix::CPU_CLASSES`], optionally
-/// `-threadsN`.
-fn side(spec: &str, isa: &[String]) -> Result<Combination> {
-    let (class, threads) = match spec.rsplit_once("-threads") {
-        Some((c, n)) => (
-            c,
-            Some(n.parse::<usize>().map_err(|_| {
-                Error::InvalidArgument(format!("{spec}: expected CLASS or CLASS-threadsN"))
-            })?),
-        ),
-        None => (spec, None),
-    };
-    let mut c = combinations(&[class.to_string()], &[threads], isa)?.remove(0);
-    if let Some(why) = c.skipped.take() {
-        return Err(Error::Unavailable(format!("{spec}: {why}")));
-    }
-    c.label = spec.to_string();
-    Ok(c)
+/// One line of `localize.jsonl`.
+#[derive(Debug, Serialize)]
+pub struct Record {
+    pub schema: u32,
+    pub suite: String,
+    pub scenario: String,
+    pub a: String,
+    pub b: String,
+    /// "identical", "differs" or "not run".
+    pub outcome: String,
+    /// The denoising step (and its timestep) of the first differing module, if it has one.
+    pub first_step: Option<(usize, i64)>,
+    pub first_module: Option<String>,
+    /// L_inf between the two outputs.
+    pub l_inf: Option<f64>,
+    /// The side closer to the float64 truth, where the outputs differ and a truth exists.
+    pub closer_to_truth: Option<String>,
+    pub sentence: String,
 }
 
 fn observe(
@@ -79,6 +85,11 @@ fn observe(
         cmd.env("REPRODIFF_DUMP_DIR", d);
     }
     let status = cmd.output().map_err(|e| Error::io(exe, e))?;
+    let not_run = out.join(super::observe::NOT_RUN_FILE);
+    if not_run.exists() {
+        let why = std::fs::read_to_string(&not_run).unwrap_or_default();
+        return Err(Error::Unavailable(why.trim().to_string()));
+    }
     if !status.status.success() {
         return Err(Error::Torch(format!(
             "localize: {scenario} as {} exited with {}: {}",
@@ -97,16 +108,122 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn rmse(a: &[f64], b: &[f64]) -> f64 {
-    (a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>() / a.len().max(1) as f64).sqrt()
-}
-
 fn read_dump(dir: &Path, name: &str) -> Result<Vec<f64>> {
     let path = dir.join(format!("{name}.npy"));
     let t = tch::Tensor::read_npy(&path).map_err(|e| Error::invalid_file(&path, e))?;
     crate::torch::tensor_to_f64(&t)
 }
 
+/// Runs one side of `scenario`, plain, into `dir`.
+fn plain(
+    exe: &Path,
+    suite_file: &Path,
+    scenario: &str,
+    side: &Combination,
+    dir: &Path,
+) -> Result<Side> {
+    let dumps = dir.join("dump");
+    if dumps.exists() {
+        std::fs::remove_dir_all(&dumps).map_err(|e| Error::io(&dumps, e))?;
+    }
+    Ok(Side {
+        label: side.label.clone(),
+        plain: observe(exe, suite_file, scenario, side, &dir.join("plain"), None)?,
+        captured: None,
+        dumps,
+    })
+}
+
+/// Runs `side` again with activation capture; refuses if capture changed the output.
+fn capture(
+    exe: &Path,
+    suite_file: &Path,
+    scenario: &str,
+    c: &Combination,
+    side: &mut Side,
+) -> Result<()> {
+    let dir = side
+        .dumps
+        .parent()
+        .expect("dump dir has a parent")
+        .join("captured");
+    let captured = observe(exe, suite_file, scenario, c, &dir, Some(&side.dumps))?;
+    if captured.sha256 != side.plain.sha256 {
+        return Err(Error::Torch(format!(
+            "localize: activation capture changed {scenario}'s output as {} ({} plain, {} \
+             captured): its dumps cannot locate anything",
+            side.label,
+            &side.plain.sha256[..12],
+            &captured.sha256[..12]
+        )));
+    }
+    side.captured = Some(captured);
+    Ok(())
+}
+
+/// Localizes every scenario of `suite` selected by `filter` (a regex, as for `check`; `None`:
+/// all) between sides `a` and `b`, writing `<out>/localize.jsonl`. A scenario this host cannot
+/// run is recorded "not run" with why.
+#[allow(clippy::too_many_arguments)]
+pub fn localize_many(
+    exe: &Path,
+    fixtures: &Fixtures,
+    suite: &str,
+    filter: Option<&str>,
+    a: &str,
+    b: &str,
+    isa: &[String],
+    out: &Path,
+    mut progress: impl FnMut(&Record),
+) -> Result<Vec<Record>> {
+    let suites = fixtures.select(&Selection {
+        suites: vec![suite.to_string()],
+        filter: filter.map(String::from),
+    })?;
+    let s = suites
+        .iter()
+        .find(|s| s.name == suite)
+        .ok_or_else(|| Error::InvalidArgument(format!("--suite {suite}: no such suite")))?;
+    if s.scenarios.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "no scenario of suite {suite} matches {} (see `reprodiff list --suite {suite}`)",
+            filter.unwrap_or("")
+        )));
+    }
+    let (ca, cb) = (parse_label(a, isa)?, parse_label(b, isa)?);
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut records = Vec::new();
+    for sc in &s.scenarios {
+        let record = match localize_one(exe, fixtures, s, &sc.name, (&ca, &cb), out) {
+            Ok(l) => l.record(suite),
+            Err(Error::Unavailable(why)) => Record {
+                schema: 1,
+                suite: suite.into(),
+                scenario: sc.name.clone(),
+                a: a.into(),
+                b: b.into(),
+                outcome: "not run".into(),
+                first_step: None,
+                first_module: None,
+                l_inf: None,
+                closer_to_truth: None,
+                sentence: format!("not run: {why}"),
+            },
+            Err(e) => return Err(e),
+        };
+        progress(&record);
+        records.push(record);
+    }
+    let path = out.join("localize.jsonl");
+    let text: String = records
+        .iter()
+        .map(|r| serde_json::to_string(r).expect("a record serialises") + "\n")
+        .collect();
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    Ok(records)
+}
+
+/// Localizes one scenario (`--scenario`): the full result, with both sides' dumps.
 #[allow(clippy::too_many_arguments)]
 pub fn localize(
     exe: &Path,
@@ -118,7 +235,7 @@ pub fn localize(
     isa: &[String],
     out: &Path,
 ) -> Result<Localized> {
-    let suites = fixtures.select(&super::session::Selection {
+    let suites = fixtures.select(&Selection {
         suites: vec![suite.to_string()],
         filter: None,
     })?;
@@ -131,61 +248,45 @@ pub fn localize(
             "--scenario {scenario}: not in suite {suite} (see `reprodiff list --suite {suite}`)"
         )));
     }
-    let mut sides = Vec::new();
-    for spec in [a, b] {
-        let c = side(spec, isa)?;
-        let dir = out.join(spec);
-        let dumps = dir.join("dump");
-        if dumps.exists() {
-            std::fs::remove_dir_all(&dumps).map_err(|e| Error::io(&dumps, e))?;
+    let (ca, cb) = (parse_label(a, isa)?, parse_label(b, isa)?);
+    localize_one(exe, fixtures, s, scenario, (&ca, &cb), out)
+}
+
+fn localize_one(
+    exe: &Path,
+    fixtures: &Fixtures,
+    s: &super::suite::Suite,
+    scenario: &str,
+    (ca, cb): (&Combination, &Combination),
+    out: &Path,
+) -> Result<Localized> {
+    let base = out.join(scenario);
+    let mut a_side = plain(exe, &s.path, scenario, ca, &base.join(&ca.label))?;
+    let mut b_side = plain(exe, &s.path, scenario, cb, &base.join(&cb.label))?;
+    let (mut identical, mut first, mut last) = (Vec::new(), None, None);
+    if a_side.plain.sha256 != b_side.plain.sha256 {
+        capture(exe, &s.path, scenario, ca, &mut a_side)?;
+        capture(exe, &s.path, scenario, cb, &mut b_side)?;
+        let index = std::fs::read_to_string(a_side.dumps.join(INDEX)).unwrap_or_default();
+        for name in index.lines().filter(|l| !l.is_empty()) {
+            let va = read_dump(&a_side.dumps, name)?;
+            let vb = read_dump(&b_side.dumps, name)?;
+            let same =
+                va.len() == vb.len() && va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits());
+            let d = if va.len() == vb.len() {
+                max_abs_diff(&va, &vb)
+            } else {
+                f64::INFINITY
+            };
+            if same && first.is_none() {
+                identical.push(name.to_string());
+            } else if first.is_none() {
+                first = Some((name.to_string(), d));
+            }
+            last = Some((name.to_string(), d));
         }
-        let plain = observe(exe, &s.path, scenario, &c, &dir.join("plain"), None)?;
-        let captured = observe(
-            exe,
-            &s.path,
-            scenario,
-            &c,
-            &dir.join("captured"),
-            Some(&dumps),
-        )?;
-        if plain.sha256 != captured.sha256 {
-            return Err(Error::Torch(format!(
-                "localize: activation capture changed {scenario}'s output as {spec} \
-                 ({} plain, {} captured): its dumps cannot locate anything",
-                &plain.sha256[..12],
-                &captured.sha256[..12]
-            )));
-        }
-        sides.push(Side {
-            label: spec.to_string(),
-            plain,
-            captured,
-            dumps,
-        });
     }
-    let (b_side, a_side) = (sides.pop().expect("two"), sides.pop().expect("two"));
-    let index = std::fs::read_to_string(a_side.dumps.join(INDEX)).unwrap_or_default();
-    let mut identical = Vec::new();
-    let mut first = None;
-    let mut last = None;
-    for name in index.lines().filter(|l| !l.is_empty()) {
-        let va = read_dump(&a_side.dumps, name)?;
-        let vb = read_dump(&b_side.dumps, name)?;
-        let d = if va.len() == vb.len() {
-            max_abs_diff(&va, &vb)
-        } else {
-            f64::INFINITY
-        };
-        let same =
-            va.len() == vb.len() && va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits());
-        if same && first.is_none() {
-            identical.push(name.to_string());
-        } else if first.is_none() {
-            first = Some((name.to_string(), d));
-        }
-        last = Some((name.to_string(), d));
-    }
-    let golden = fixtures.store().load(suite)?;
+    let golden = fixtures.store().load(&s.name)?;
     let to_truth = golden
         .as_ref()
         .and_then(|g| g.scenarios.get(scenario))
@@ -198,57 +299,114 @@ pub fn localize(
                 rmse(&t, &b_side.plain.values),
             )
         });
-    let sentence = sentence(&a_side, &b_side, &identical, &first, &last, to_truth);
-    Ok(Localized {
+    let mut l = Localized {
+        scenario: scenario.to_string(),
         a: a_side,
         b: b_side,
         identical,
         first,
         last,
         to_truth,
-        sentence,
-    })
+        sentence: String::new(),
+    };
+    l.sentence = l.sentence();
+    Ok(l)
 }
 
-fn sentence(
-    a: &Side,
-    b: &Side,
-    identical: &[String],
-    first: &Option<(String, f64)>,
-    last: &Option<(String, f64)>,
-    to_truth: Option<(f64, f64)>,
-) -> String {
-    let out_d = max_abs_diff(&a.plain.values, &b.plain.values);
-    let mut s = match (first, identical.last()) {
-        _ if a.plain.sha256 == b.plain.sha256 && first.is_none() => {
-            format!("{} and {} give identical bits throughout", a.label, b.label)
-        }
-        (None, _) => format!(
-            "every captured activation is identical, yet the outputs differ (L_inf {out_d:.3e}): \
-             the difference arises after the last captured module"
-        ),
-        (Some((m, d)), None) => format!("{m} already differs (max |a - b| {d:.3e})"),
-        (Some((m, d)), Some(prev)) => {
-            format!("identical through {prev}; {m} first differs (max |a - b| {d:.3e})")
-        }
-    };
-    if let Some((m, d)) = last {
-        if first.is_some() && Some(m) != first.as_ref().map(|f| &f.0) {
-            s.push_str(&format!("; by {m} it grows to {d:.3e}"));
+/// The denoising step of a dumped activation (`<t>.<module>`, t its timestep, numbered by the
+/// side's per-step trace) and the module, or `None` and the whole name (text encoder, VAE).
+fn step_of(
+    name: &str,
+    trace: Option<&Vec<crate::pipelines::ddim::StepTrace>>,
+) -> (Option<(usize, i64)>, String) {
+    if let Some((t, module)) = name.split_once('.') {
+        if let Ok(t) = t.parse::<i64>() {
+            let step = trace
+                .and_then(|tr| tr.iter().find(|s| s.timestep == t))
+                .map_or(usize::MAX, |s| s.step);
+            return (Some((step, t)), module.to_string());
         }
     }
-    if a.plain.sha256 != b.plain.sha256 {
+    (None, name.to_string())
+}
+
+impl Localized {
+    fn place(&self, name: &str) -> String {
+        match step_of(name, self.a.plain.trace.as_ref()) {
+            (Some((usize::MAX, t)), m) => format!("t = {t} in {m}"),
+            (Some((k, t)), m) => format!("step {k} (t = {t}) in {m}"),
+            (None, m) => m,
+        }
+    }
+
+    fn closer(&self) -> Option<String> {
+        let (ta, tb) = self.to_truth?;
+        (self.a.plain.sha256 != self.b.plain.sha256).then(|| {
+            if ta <= tb {
+                self.a.label.clone()
+            } else {
+                self.b.label.clone()
+            }
+        })
+    }
+
+    fn sentence(&self) -> String {
+        let (a, b) = (&self.a, &self.b);
+        if a.plain.sha256 == b.plain.sha256 {
+            return format!("{} and {} give identical bits", a.label, b.label);
+        }
+        let out_d = max_abs_diff(&a.plain.values, &b.plain.values);
+        let mut s = match (&self.first, self.identical.last()) {
+            (None, _) => format!(
+                "every captured activation is identical, yet the outputs differ (L_inf \
+                 {out_d:.3e}): the difference arises after the last captured module"
+            ),
+            (Some((m, d)), None) => {
+                format!("{} already differs (max |a - b| {d:.3e})", self.place(m))
+            }
+            (Some((m, d)), Some(prev)) => format!(
+                "identical through {}; {} first differs (max |a - b| {d:.3e})",
+                self.place(prev),
+                self.place(m)
+            ),
+        };
+        if let (Some((m, d)), Some((f, _))) = (&self.last, &self.first) {
+            if m != f {
+                s.push_str(&format!("; by {} it grows to {d:.3e}", self.place(m)));
+            }
+        }
         s.push_str(&format!("; the outputs differ by L_inf {out_d:.3e}"));
-    }
-    if let Some((ta, tb)) = to_truth {
-        if a.plain.sha256 != b.plain.sha256 {
-            let closer = if ta <= tb { &a.label } else { &b.label };
+        if let (Some(closer), Some((ta, tb))) = (self.closer(), self.to_truth) {
             s.push_str(&format!(
                 "; {closer} is closer to the float64 truth (rmse {ta:.3e} for {}, {tb:.3e} for {})",
                 a.label, b.label
             ));
         }
+        s.push_str(". Capture on and off gave the same bits on both sides.");
+        s
     }
-    s.push_str(". Capture on and off gave the same bits on both sides.");
-    s
+
+    pub fn record(&self, suite: &str) -> Record {
+        let differs = self.a.plain.sha256 != self.b.plain.sha256;
+        let (first_step, first_module) = match &self.first {
+            Some((name, _)) => {
+                let (step, m) = step_of(name, self.a.plain.trace.as_ref());
+                (step.filter(|s| s.0 != usize::MAX), Some(m))
+            }
+            None => (None, None),
+        };
+        Record {
+            schema: 1,
+            suite: suite.into(),
+            scenario: self.scenario.clone(),
+            a: self.a.label.clone(),
+            b: self.b.label.clone(),
+            outcome: if differs { "differs" } else { "identical" }.into(),
+            first_step,
+            first_module,
+            l_inf: Some(max_abs_diff(&self.a.plain.values, &self.b.plain.values)),
+            closer_to_truth: self.closer(),
+            sentence: self.sentence.clone(),
+        }
+    }
 }

@@ -1,8 +1,10 @@
-//! `reprodiff matrix`: one suite under each combination of CPU kernel class and thread count
-//! this host can run, each in its own `reprodiff check` child process (ATen, oneDNN and MKL read
+//! `reprodiff matrix`: one suite under each combination of CPU kernel class, thread count and
+//! knob set ([`crate::torch::knobs`]: determinism, dtype, device, channels_last, ...) this host
+//! can run, each in its own `reprodiff check` child process (ATen, oneDNN and MKL read
 //! their settings once, when libtorch starts), each writing its records to `<out>/<combo>/`.
 //! `reprodiff report <out>/*` then shows the drift between them.
 use crate::error::{Error, Result};
+use crate::torch::knobs::{self, Knobs};
 use std::path::{Path, PathBuf};
 
 /// Overrides every scenario's thread count (what `matrix --threads` sets in each child).
@@ -82,11 +84,62 @@ pub struct Combination {
     pub skipped: Option<String>,
 }
 
-/// The combinations of `cpu_classes` × `threads` (`None`: the suite's own thread count), with
-/// the ones this CPU (`isa`: its cpuinfo flags) lacks marked skipped. Unknown names are exit 2.
+/// The knob sets of the matrix's setting axes: every combination of one value per axis
+/// (`--determinism default,full`, `--dtype f32,bf16`, `--device cpu,cuda`, `--knob
+/// none,channels-last,...`), an absent axis adding nothing. `cpu` and `none` add no knob; a
+/// `--knob` value may join several with `+`.
+pub fn knob_sets(
+    determinism: &[String],
+    dtype: &[String],
+    device: &[String],
+    knob: &[String],
+) -> Result<Vec<Knobs>> {
+    let axis = |flag: &str, values: &[String], f: &dyn Fn(&str) -> Result<String>| {
+        if values.is_empty() {
+            return Ok(vec![String::new()]);
+        }
+        values
+            .iter()
+            .map(|v| f(v).map_err(|e| Error::InvalidArgument(format!("--{flag} {v}: {e}"))))
+            .collect::<Result<Vec<String>>>()
+    };
+    let det = axis("determinism", determinism, &|v| match v {
+        "default" | "full" => Ok(format!("det-{v}")),
+        _ => Err(Error::InvalidArgument("expected default or full".into())),
+    })?;
+    let dt = axis("dtype", dtype, &|v| match v {
+        "f32" | "bf16" | "f16" => Ok(v.to_string()),
+        _ => Err(Error::InvalidArgument("expected f32, bf16 or f16".into())),
+    })?;
+    let dev = axis("device", device, &|v| match v {
+        "cpu" => Ok(String::new()),
+        "cuda" => Ok("cuda".into()),
+        _ => Err(Error::InvalidArgument("expected cpu or cuda".into())),
+    })?;
+    let kn = axis("knob", knob, &|v| match v {
+        "none" => Ok(String::new()),
+        _ => Knobs::parse(v).map(|k| k.tokens().join("+")),
+    })?;
+    let mut out = Vec::new();
+    for a in &det {
+        for b in &dt {
+            for c in &dev {
+                for d in &kn {
+                    out.push(Knobs::parse(&[a, b, c, d].map(String::as_str).join(","))?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The combinations of `cpu_classes` × `threads` (`None`: the suite's own thread count) ×
+/// `knobs`, with the ones this CPU (`isa`: its cpuinfo flags) or host lacks marked skipped.
+/// Unknown names are exit 2. Labels are `CLASS[-threadsN][+KNOB...]` ([`parse_label`]).
 pub fn combinations(
     cpu_classes: &[String],
     threads: &[Option<usize>],
+    knobs: &[Knobs],
     isa: &[String],
 ) -> Result<Vec<Combination>> {
     let mut out = Vec::new();
@@ -108,26 +161,60 @@ pub fn combinations(
             if *t == Some(0) {
                 return Err(Error::InvalidArgument("--threads: must be >= 1".into()));
             }
-            let mut env: Vec<(String, String)> = class
-                .env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            if let Some(n) = t {
-                env.push((THREADS_ENV.into(), n.to_string()));
-            }
-            out.push(Combination {
-                label: match t {
+            for k in knobs {
+                let mut env: Vec<(String, String)> = class
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                if let Some(n) = t {
+                    env.push((THREADS_ENV.into(), n.to_string()));
+                }
+                let mut label = match t {
                     Some(n) => format!("{name}-threads{n}"),
                     None => name.clone(),
-                },
-                env,
-                skipped: (!missing.is_empty())
-                    .then(|| format!("this CPU lacks {}", missing.join(", "))),
-            });
+                };
+                if !k.is_empty() {
+                    env.push((knobs::ENV.into(), k.tokens().join(",")));
+                    label = format!("{label}+{}", k.tokens().join("+"));
+                }
+                let skipped = if !missing.is_empty() {
+                    Some(format!("this CPU lacks {}", missing.join(", ")))
+                } else {
+                    k.unavailable()
+                };
+                out.push(Combination {
+                    label,
+                    env,
+                    skipped,
+                });
+            }
         }
     }
     Ok(out)
+}
+
+/// One combination from its label, `CLASS[-threadsN][+KNOB...]` (`native`, `avx2-threads1`,
+/// `native-threads2+channels-last+bf16`): what `localize` takes as a side. One the host cannot
+/// run is an error saying why.
+pub fn parse_label(spec: &str, isa: &[String]) -> Result<Combination> {
+    let (head, knob_part) = spec.split_once('+').unwrap_or((spec, ""));
+    let (class, threads) = match head.rsplit_once("-threads") {
+        Some((c, n)) => (
+            c,
+            Some(n.parse::<usize>().map_err(|_| {
+                Error::InvalidArgument(format!("{spec}: expected CLASS[-threadsN][+KNOB...]"))
+            })?),
+        ),
+        None => (head, None),
+    };
+    let k = Knobs::parse(knob_part)?;
+    let mut c = combinations(&[class.to_string()], &[threads], &[k], isa)?.remove(0);
+    if let Some(why) = c.skipped.take() {
+        return Err(Error::Unavailable(format!("{spec}: {why}")));
+    }
+    c.label = spec.to_string();
+    Ok(c)
 }
 
 /// What one child `check` did.

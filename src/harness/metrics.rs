@@ -165,7 +165,6 @@ pub fn l_inf(a: &[f64], b: &[f64]) -> (f64, usize) {
     worst
 }
 
-/// diffusers' `numpy_cosine_similarity_distance`: `1 - dot(a, b) / (|a| |b|)`.
 /// `sqrt(mean((a - b)^2))`, the sum exactly rounded.
 pub fn rmse(a: &[f64], b: &[f64]) -> f64 {
     if a.is_empty() {
@@ -182,6 +181,7 @@ pub fn rms(x: &[f64]) -> f64 {
     (fsum(x.iter().map(|v| v * v)) / x.len() as f64).sqrt()
 }
 
+/// diffusers' `numpy_cosine_similarity_distance`: `1 - dot(a, b) / (|a| |b|)`.
 pub fn cosine_distance(a: &[f64], b: &[f64]) -> f64 {
     let dot = fsum(a.iter().zip(b).map(|(x, y)| x * y));
     let na = fsum(a.iter().map(|x| x * x)).sqrt();

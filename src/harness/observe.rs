@@ -8,6 +8,7 @@
 use super::metrics;
 use super::suite::Scenario;
 use crate::error::{Error, Result};
+use crate::torch::knobs::Knobs;
 use crate::torch::{tensor_sha256, tensor_to_f64, CpuCapability, DType};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -74,7 +75,32 @@ impl Runner {
         suite_path: &Path,
         scenario: &Scenario,
     ) -> Result<Observation, NotObserved> {
+        let knobs = Knobs::from_env()?;
+        if let Some(why) = knobs.unavailable() {
+            return Err(NotObserved::NotRun(format!(
+                "knobs {}: {why}",
+                knobs.tokens().join("+")
+            )));
+        }
+        let scenario = {
+            let mut s = scenario.clone();
+            if let Some(d) = knobs.dtype() {
+                *s.run.dtype_mut() = d;
+            }
+            if let (Some(dev), crate::torch::DeviceSpec::Cpu) = (knobs.device(), s.device) {
+                s.device = dev;
+            }
+            s
+        };
+        let scenario = &scenario;
         let mut det = scenario.determinism.resolve();
+        if let Some(preset) = knobs.determinism() {
+            det = crate::torch::Determinism {
+                threads: det.threads,
+                cpu_capability: det.cpu_capability,
+                ..crate::torch::Determinism::preset(preset)
+            };
+        }
         if let Some(n) = super::matrix::threads_override()? {
             det.threads = Some(n);
         }
@@ -93,6 +119,7 @@ impl Runner {
                     suite_path,
                     scenario,
                     &format!("{}={want}", CpuCapability::ENV),
+                    &det,
                 );
             }
         }
@@ -107,10 +134,11 @@ impl Runner {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             if !missing.is_empty() {
-                return self.observe_in_child(suite_path, scenario, &missing.join(" "));
+                return self.observe_in_child(suite_path, scenario, &missing.join(" "), &det);
             }
         }
         det.apply()?;
+        knobs.apply()?;
         let start = std::time::Instant::now();
         // Models named by a bare name live in fixtures/models/, beside fixtures/suites/.
         let models = suite_path
@@ -136,6 +164,7 @@ impl Runner {
         suite_path: &Path,
         scenario: &Scenario,
         need: &str,
+        det: &crate::torch::Determinism,
     ) -> Result<Observation, NotObserved> {
         let Some(exe) = &self.exe else {
             return Err(NotObserved::NotRun(format!(
@@ -152,7 +181,7 @@ impl Runner {
             .arg("--out")
             .arg(dir.path())
             .env(CHILD_ENV, "1")
-            .envs(scenario.determinism.resolve().child_env())
+            .envs(det.child_env())
             .status()
             .map_err(|e| Error::io(exe, e))?;
         let not_run = dir.path().join(NOT_RUN_FILE);

@@ -184,7 +184,14 @@ impl ParamPath {
     /// tensors and differs from diffusers in the last bit.
     pub fn get(&self, leaf: &str, shape: &[i64]) -> Result<Tensor> {
         let name = self.sub(leaf).prefix;
-        let t = self.source.borrow_mut().tensor(&name, shape)?;
+        let mut t = self.source.borrow_mut().tensor(&name, shape)?;
+        if t.dim() == 4 && crate::torch::knobs::channels_last() {
+            // `.to(memory_format=torch.channels_last)`: NHWC in memory, NCHW in shape.
+            t = t
+                .f_permute([0, 2, 3, 1])?
+                .f_contiguous()?
+                .f_permute([0, 3, 1, 2])?;
+        }
         Ok(t.detach().set_requires_grad(true))
     }
 }

@@ -62,7 +62,7 @@ impl FromStr for CpuCapability {
 static DEFAULT_THREADS: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
 
 /// Named starting points for a [`Determinism`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// PyTorch's own defaults: nothing forced.

@@ -196,6 +196,31 @@ char* rd_get_determinism(int* algorithms, int* warn_only, int* cudnn_determinist
   });
 }
 
+// ---- backend switches (the knobs users reach for) -----------------------------------
+
+// torch.backends.mkldnn.enabled = onednn; with fused_attention false, what
+// torch.nn.attention.sdpa_kernel(SDPBackend.MATH) sets: every fused SDPA backend off.
+char* rd_set_backends(int onednn, int fused_attention) {
+  return guarded([&] {
+    auto& ctx = at::globalContext();
+    ctx.setUserEnabledMkldnn(onednn != 0);
+    bool fused = fused_attention != 0;
+    ctx.setSDPUseFlash(fused);
+    ctx.setSDPUseMemEfficient(fused);
+    ctx.setSDPUseCuDNN(fused);
+    ctx.setSDPUseOverrideable(fused);
+    ctx.setSDPUseMath(true);
+  });
+}
+
+char* rd_get_backends(int* onednn, int* flash_attention) {
+  return guarded([&] {
+    auto& ctx = at::globalContext();
+    *onednn = ctx.userEnabledMkldnn() ? 1 : 0;
+    *flash_attention = ctx.userEnabledFlashSDP() ? 1 : 0;
+  });
+}
+
 // ---- facts for the fingerprint ---------------------------------------------------------
 
 char* rd_torch_version(char** out) {

@@ -56,6 +56,9 @@ extern "C" {
         tf32_cudnn: *mut c_int,
     ) -> *mut c_char;
 
+    pub fn rd_set_backends(onednn: c_int, fused_attention: c_int) -> *mut c_char;
+    pub fn rd_get_backends(onednn: *mut c_int, flash_attention: *mut c_int) -> *mut c_char;
+
     pub fn rd_torch_version(out: *mut *mut c_char) -> *mut c_char;
     pub fn rd_cpu_capability(out: *mut *mut c_char) -> *mut c_char;
     pub fn rd_parallel_info(out: *mut *mut c_char) -> *mut c_char;

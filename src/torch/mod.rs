@@ -5,9 +5,11 @@
 //! - [`Determinism`]: `torch.use_deterministic_algorithms`, cuDNN, TF32, CUBLAS_WORKSPACE_CONFIG,
 //!   threads and the CPU capability, with diffusers' `enable_full_determinism` as a preset.
 //! - [`DType`] and [`DeviceSpec`]: the spellings suites and flags use.
+//! - [`knobs`]: channels_last, oneDNN off, math attention and the other speed settings.
 mod determinism;
 mod ffi;
 mod generator;
+pub mod knobs;
 mod types;
 
 pub use determinism::{CpuCapability, Determinism, DeterminismSpec, Preset};

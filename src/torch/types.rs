@@ -6,7 +6,9 @@ use std::str::FromStr;
 use tch::{Device, Kind, Tensor};
 
 /// A floating dtype as suites and flags spell it (`f32`, `f16`, `bf16`, `f64`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     #[default]
