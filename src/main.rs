@@ -39,6 +39,10 @@ enum Command {
         /// Directory for the records: <DIR>/records.jsonl, one JSON line per scenario run.
         #[arg(long, default_value = "reprodiff-out/records")]
         out: PathBuf,
+        /// Also write each output array to <DIR>/outputs/<suite>/<scenario>.npy (what the
+        /// HTML report draws images and difference maps from).
+        #[arg(long)]
+        save_outputs: bool,
     },
     /// Deliberately refresh goldens: each scenario runs twice and must repeat bit for bit.
     Bless {
@@ -396,7 +400,8 @@ fn run(cli: Cli) -> Result<i32> {
             json,
             verbose,
             out,
-        } => check(&sel, json, verbose, &out),
+            save_outputs,
+        } => check(&sel, json, verbose, &out, save_outputs),
         Command::Bless { sel } => bless(&sel),
         Command::List { sel, json } => {
             for suite in sel.fixtures()?.select(&sel.selection())? {
@@ -592,7 +597,13 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn check(sel: &SelectArgs, json: bool, verbose: bool, out: &Path) -> Result<i32> {
+fn check(
+    sel: &SelectArgs,
+    json: bool,
+    verbose: bool,
+    out: &Path,
+    save_outputs: bool,
+) -> Result<i32> {
     let fixtures = sel.fixtures()?;
     let suites = fixtures.select(&sel.selection())?;
     if suites.is_empty() {
@@ -606,13 +617,19 @@ fn check(sel: &SelectArgs, json: bool, verbose: bool, out: &Path) -> Result<i32>
     let progress = progress_bar(total);
     let mut results: Vec<ScenarioResult> = Vec::new();
     let mut records = session::RecordWriter::create(out)?;
+    records.save_outputs = save_outputs;
     for suite in &suites {
         let golden: Option<GoldenFile> = store.load(&suite.name)?;
         for scenario in &suite.scenarios {
             progress.set_message(format!("{}/{}", suite.name, scenario.name));
             let (result, obs) =
                 session::check_one(&runner, &store, suite, golden.as_ref(), scenario);
-            records.append(scenario, &result, obs.as_ref().map(|o| &o.environment))?;
+            records.append(
+                scenario,
+                &result,
+                obs.as_ref().map(|o| &o.environment),
+                obs.as_ref().and_then(|o| o.stored.as_ref()),
+            )?;
             results.push(result);
             progress.inc(1);
         }

@@ -822,6 +822,21 @@ fn run_ddim_saves_the_np_image_as_diffusers_returns_it() {
         reprodiff::torch::tensor_sha256(&image).unwrap()
     );
     assert_eq!(record["spec"]["run"]["generator"]["type"], "single");
+    // It is a check record of the current schema, with the per-step trace, one line long:
+    // appended to a records.jsonl, `report` reads it.
+    assert_eq!(record["schema"], 3);
+    assert_eq!(record["verdict"], "no-golden");
+    assert_eq!(record["output"]["trace"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&json.stdout).trim().lines().count(),
+        1
+    );
+    let runs = tmp.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    std::fs::write(runs.join("records.jsonl"), &json.stdout).unwrap();
+    let read = reprodiff(&["report", runs.to_str().unwrap()], None);
+    assert_eq!(read.status.code(), Some(exit::OK), "{}", text(&read));
+    assert!(text(&read).contains("| 1 |"), "{}", text(&read));
     // It is the image the ddim-tiny golden pins: `check` of that scenario (same model, seed,
     // steps and threads) passes against diffusers' expectation and saw the same bits.
     let pinned = ddim_image(
@@ -1629,6 +1644,45 @@ fn matrix_knobs_are_applied_recorded_and_skipped_where_the_host_lacks_them() {
     assert!(text(&bad).contains("'turbo'"), "{}", text(&bad));
 }
 
+/// The seed document's deterministic batch in the HTML report: with the outputs saved, each
+/// batch scenario's images appear as one grid in `make_image_grid`'s layout (4 images: 2 x 2).
+#[test]
+fn html_report_shows_the_deterministic_batch_grids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("records");
+    let run = reprodiff(
+        &[
+            "check",
+            "--suite",
+            "sd-tiny",
+            "--filter",
+            "tiny-sd-b/batch/",
+            "--save-outputs",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(run.status.code(), Some(exit::OK), "{}", text(&run));
+    let record = read_record(&out, "tiny-sd-b/batch/4-images-seeds-0-3/steps5");
+    let shape: Vec<u32> = serde_json::from_value(record["output"]["shape"].clone()).unwrap();
+    assert_eq!(shape[0], 4);
+    let saved = out.join(record["array"].as_str().unwrap());
+    assert!(saved.is_file(), "{}", saved.display());
+    let report = reprodiff(&["report", out.to_str().unwrap(), "--format", "html"], None);
+    assert_eq!(report.status.code(), Some(exit::OK), "{}", text(&report));
+    let page = String::from_utf8_lossy(&report.stdout);
+    assert!(page.contains("<h2>Deterministic batch generation</h2>"));
+    assert_eq!(page.matches("class=\"batch\"").count(), 2, "{page}");
+    let b64 = page.split("src=\"data:image/png;base64,").nth(1).unwrap();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&b64[..b64.find('"').unwrap()])
+        .unwrap();
+    let img = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((img.width(), img.height()), (2 * shape[2], 2 * shape[1]));
+}
+
 /// The HTML report in a real headless browser (Debian's chromium; .ci/run installs it): it
 /// loads without console errors and renders the heatmap cells and the per-step drift curves.
 #[test]
@@ -1721,6 +1775,27 @@ fn drift_report_html_renders_in_a_headless_browser() {
         2,
         "both outputs changed"
     );
+    // Both changed image outputs side by side with their difference map: three inline PNGs
+    // each, which decode to the 8x8 image (the page scales it up).
+    assert_eq!(
+        dom_text.matches("class=\"compare\"").count(),
+        2,
+        "{dom_text}"
+    );
+    let pngs: Vec<&str> = dom_text
+        .split("src=\"data:image/png;base64,")
+        .skip(1)
+        .map(|s| &s[..s.find('"').unwrap()])
+        .collect();
+    assert_eq!(pngs.len(), 6);
+    for b64 in pngs {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let img = image::load_from_memory(&bytes).unwrap();
+        assert_eq!((img.width(), img.height()), (8, 8));
+    }
     let shot = tmp.path().join("report.png");
     let s = browse(&[&format!("--screenshot={}", shot.display())]);
     assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));

@@ -90,6 +90,7 @@ pub fn baseline_at(fixtures: &Path, rev: &str, sets: &[RecordSet]) -> Result<Rec
             sha256: x.sha256.clone(),
             elapsed_s: None,
             trace: Vec::new(),
+            array: None,
         });
     }
     Ok(RecordSet {

@@ -151,7 +151,30 @@ pub struct OutputSummary {
     pub trace: Option<Vec<crate::pipelines::ddim::StepTrace>>,
 }
 
+impl OutputSummary {
+    pub fn of(obs: &Observation) -> Self {
+        OutputSummary {
+            shape: obs.shape.clone(),
+            dtype: obs.dtype.to_string(),
+            sha256: obs.sha256.clone(),
+            metrics: obs.metrics.clone(),
+            unseeded_seed: obs.unseeded_seed,
+            elapsed_s: obs.elapsed_s,
+            trace: obs.trace.clone(),
+        }
+    }
+}
+
 impl ScenarioResult {
+    /// A run compared with nothing (`reprodiff run --json`): verdict "no golden", the output
+    /// described, and `note` saying why.
+    pub fn uncompared(suite: &str, scenario: &str, obs: &Observation, note: &str) -> Self {
+        ScenarioResult {
+            output: Some(OutputSummary::of(obs)),
+            ..Self::bare(suite, scenario, Verdict::NoGolden, note.into())
+        }
+    }
+
     fn bare(suite: &str, scenario: &str, verdict: Verdict, note: String) -> Self {
         ScenarioResult {
             suite: suite.into(),
@@ -211,15 +234,7 @@ pub fn compare(
         compared_with: None,
         checks: Vec::new(),
         notes: Vec::new(),
-        output: Some(OutputSummary {
-            shape: obs.shape.clone(),
-            dtype: obs.dtype.to_string(),
-            sha256: obs.sha256.clone(),
-            metrics: obs.metrics.clone(),
-            unseeded_seed: obs.unseeded_seed,
-            elapsed_s: obs.elapsed_s,
-            trace: obs.trace.clone(),
-        }),
+        output: Some(OutputSummary::of(obs)),
     };
     let Some(golden) = golden.filter(|g| !g.expectations.is_empty()) else {
         result.verdict = Verdict::NoGolden;

@@ -29,6 +29,8 @@ pub struct Entry {
     pub elapsed_s: Option<f64>,
     /// (step, timestep, sum_abs) of the latent after each denoising step.
     pub trace: Vec<(u64, i64, f64)>,
+    /// The output array (`check --save-outputs`), resolved against the record's folder.
+    pub array: Option<PathBuf>,
 }
 
 /// A set of records: one host or one run, labelled by its folder.
@@ -70,7 +72,10 @@ pub fn load(dir: &Path) -> Result<RecordSet> {
                 .filter(|(_, l)| !l.trim().is_empty())
             {
                 match entry(line) {
-                    Ok(e) => set.entries.push(e),
+                    Ok(mut e) => {
+                        e.array = e.array.map(|a| f.with_file_name(a));
+                        set.entries.push(e)
+                    }
                     Err(why) => {
                         set.unreadable
                             .push(format!("{} line {}: {why}", f.display(), i + 1))
@@ -149,6 +154,7 @@ fn entry(text: &str) -> std::result::Result<Entry, String> {
         rmse_truth: metric("rmse_truth").or_else(|| v["output"]["metrics"]["rmse_truth"].as_f64()),
         sha256: v["output"]["sha256"].as_str().map(String::from),
         elapsed_s: v["output"]["elapsed_s"].as_f64(),
+        array: v["array"].as_str().map(PathBuf::from),
         trace: v["output"]["trace"]
             .as_array()
             .map(|steps| {

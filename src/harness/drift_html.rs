@@ -1,13 +1,20 @@
 //! The drift report as one self-contained HTML page: no script, no network at view time. The
 //! pictures are inline SVG: a heatmap of sets × scenarios coloured by verdict, and per-step
 //! drift curves (|Δ sum_abs| of the latent against the baseline, log scale) for scenarios whose
-//! output changed. The tables are those of the Markdown form.
-use super::drift::{RecordSet, Report};
+//! output changed; and inline PNGs where the records carry their output arrays (`check
+//! --save-outputs`, which `matrix` always passes): the baseline's and the set's images side by
+//! side with their difference map, and the deterministic batch's image grids. The tables are
+//! those of the Markdown form.
+use super::drift::{Entry, RecordSet, Report};
+use super::pictures;
+use base64::Engine;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 /// At most this many curves per set, the largest final drift first.
 const CURVES: usize = 12;
+/// At most this many side-by-side image comparisons per set, the largest difference first.
+const PICTURES: usize = 6;
 
 pub fn html(report: &Report, sets: &[RecordSet], baseline: Option<&RecordSet>) -> String {
     let mut out = String::from(
@@ -15,7 +22,10 @@ pub fn html(report: &Report, sets: &[RecordSet], baseline: Option<&RecordSet>) -
          <title>reprodiff drift report</title><style>\
          body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}\
          td,th{border:1px solid #bbb;padding:2px 6px;font-size:13px}code{font-size:12px}\
-         svg{border:1px solid #ddd;margin:0.5em 0}</style></head><body>\n\
+         svg{border:1px solid #ddd;margin:0.5em 0}\
+         figure{display:inline-block;margin:0.5em 1em 0.5em 0;vertical-align:top}\
+         figure img{image-rendering:pixelated;border:1px solid #ddd;margin-right:4px}\
+         figcaption{font-size:12px;max-width:60em}</style></head><body>\n\
          <h1>reprodiff drift report</h1>\n",
     );
     out.push_str("<h2>Verdicts: sets × scenarios</h2>\n");
@@ -25,7 +35,16 @@ pub fn html(report: &Report, sets: &[RecordSet], baseline: Option<&RecordSet>) -
         for set in sets {
             out.push_str(&curves(base, set));
         }
+        out.push_str(
+            "<h2>Images: baseline, this set, and where they differ</h2>\n<p>Each row: the \
+             baseline's output, the set's, and the difference map (each pixel's largest |Δ| \
+             over its channels, the largest of all brightest).</p>\n",
+        );
+        for set in sets {
+            out.push_str(&side_by_side(base, set));
+        }
     }
+    out.push_str(&batch_grids(baseline.into_iter().chain(sets)));
     out.push_str("<h2>Tables</h2>\n<pre>");
     out.push_str(&escape(&super::drift::markdown(report)));
     out.push_str("</pre>\n</body></html>\n");
@@ -165,6 +184,113 @@ fn curves(base: &RecordSet, set: &RecordSet) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// An image output read back from its record's array: (shape, values), if it is an image.
+fn image_of(e: &Entry) -> Option<(Vec<i64>, Vec<f64>)> {
+    let t = tch::Tensor::read_npy(e.array.as_ref()?).ok()?;
+    let shape = t.size();
+    if !pictures::is_image(&shape) {
+        return None;
+    }
+    Some((shape, crate::torch::tensor_to_f64(&t).ok()?))
+}
+
+/// An inline PNG, scaled up so that tiny outputs can be seen (pixelated, not smoothed).
+fn img(picture: &image::RgbImage, alt: &str) -> String {
+    let Ok(bytes) = pictures::png(picture) else {
+        return String::new();
+    };
+    let (w, h) = picture.dimensions();
+    let scale = (256 / w.max(h).max(1)).clamp(1, 8);
+    format!(
+        "<img class=\"picture\" alt=\"{}\" width=\"{}\" height=\"{}\" src=\"data:image/png;base64,{}\">",
+        escape(alt),
+        w * scale,
+        h * scale,
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// The baseline's image, the set's, and their difference map, for each image scenario whose
+/// output changed and both records carry the array.
+fn side_by_side(base: &RecordSet, set: &RecordSet) -> String {
+    let base_by: BTreeMap<&str, &Entry> =
+        base.entries.iter().map(|e| (e.name.as_str(), e)).collect();
+    let mut found: Vec<(f64, String)> = Vec::new();
+    for e in &set.entries {
+        let Some(b) = base_by.get(e.name.as_str()) else {
+            continue;
+        };
+        if b.sha256 == e.sha256 || e.array.is_none() || b.array.is_none() {
+            continue;
+        }
+        let (Some((sa, va)), Some((sb, vb))) = (image_of(b), image_of(e)) else {
+            continue;
+        };
+        if sa != sb {
+            continue;
+        }
+        let (Ok(ga), Ok(gb), Ok((map, max))) = (
+            pictures::image_grid(&sa, &va),
+            pictures::image_grid(&sb, &vb),
+            pictures::difference_map(&sa, &va, &vb),
+        ) else {
+            continue;
+        };
+        let html = format!(
+            "<figure class=\"compare\">{}{}{}<figcaption>{}: max |Δ| {max:.3e}</figcaption></figure>\n",
+            img(&ga, &format!("{} ({})", e.name, base.label)),
+            img(&gb, &format!("{} ({})", e.name, set.label)),
+            img(&map, &format!("{}: difference map", e.name)),
+            escape(&e.name)
+        );
+        found.push((max, html));
+    }
+    found.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut out = format!(
+        "<h3>{} against {}</h3>\n",
+        escape(&set.label),
+        escape(&base.label)
+    );
+    if found.is_empty() {
+        out.push_str("<p>No changed image output with its array in both records.</p>\n");
+    }
+    for (_, html) in found.into_iter().take(PICTURES) {
+        out.push_str(&html);
+    }
+    out
+}
+
+/// The seed document's deterministic batch: the image grids of every `batch` scenario of the
+/// first set whose records carry arrays.
+fn batch_grids<'a>(sets: impl Iterator<Item = &'a RecordSet>) -> String {
+    for set in sets {
+        let grids: Vec<String> = set
+            .entries
+            .iter()
+            .filter(|e| e.name.contains("/batch/"))
+            .filter_map(|e| {
+                let (shape, values) = image_of(e)?;
+                let g = pictures::image_grid(&shape, &values).ok()?;
+                Some(format!(
+                    "<figure class=\"batch\">{}<figcaption>{} ({})</figcaption></figure>\n",
+                    img(&g, &e.name),
+                    escape(&e.name),
+                    escape(&set.label)
+                ))
+            })
+            .collect();
+        if !grids.is_empty() {
+            return format!(
+                "<h2>Deterministic batch generation</h2>\n<p>One generator per image (seeds \
+                 0..n), then prompt variants all on seed 0: each variant should resemble image \
+                 0 of the first grid.</p>\n{}",
+                grids.concat()
+            );
+        }
+    }
+    String::new()
 }
 
 fn escape(s: &str) -> String {

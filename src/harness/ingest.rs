@@ -59,7 +59,7 @@ pub fn compare_results(fixtures: &Fixtures, from: &Path, out: &Path) -> Result<C
         obs.environment = r.environment.clone();
         let result = check::compare(&r.suite, scenario, &obs, golden, &store);
         *verdicts.entry(result.verdict.to_string()).or_insert(0) += 1;
-        writer.append(scenario, &result, Some(&obs.environment))?;
+        writer.append(scenario, &result, Some(&obs.environment), None)?;
     }
     Ok(Compared {
         records: writer.path().to_path_buf(),

@@ -249,6 +249,7 @@ pub fn run(
         let result = std::process::Command::new(exe)
             .arg("check")
             .args(check_args)
+            .arg("--save-outputs")
             .arg("--out")
             .arg(&dir)
             .envs(c.env.iter().map(|(k, v)| (k, v)))

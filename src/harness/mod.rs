@@ -9,7 +9,8 @@
 //!   hosts' goldens.
 //! - [`session`]: `check` and `bless` over a selection; [`report`]: the table people read.
 //! - [`drift`]: drift reports over check records from several hosts or runs; [`matrix`]: a
-//!   suite under each CPU kernel class and thread count one host can run.
+//!   suite under each CPU kernel class, thread count and knob one host can run; [`pictures`]:
+//!   outputs as image grids and difference maps.
 pub mod against;
 pub mod check;
 pub mod drift;
@@ -22,6 +23,7 @@ pub mod merge;
 pub mod metrics;
 pub mod observe;
 pub mod oneoff;
+pub mod pictures;
 pub mod report;
 pub mod session;
 pub mod suite;

@@ -130,6 +130,9 @@ pub struct Record<'a> {
     pub result: &'a ScenarioResult,
     pub spec: &'a Scenario,
     pub environment: Option<&'a Fingerprint>,
+    /// The output array as .npy, relative to the records folder (`check --save-outputs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub array: Option<String>,
 }
 
 /// Why `scenario` cannot run on this host (no CUDA, a hub model not in the local cache), found
@@ -177,6 +180,8 @@ pub const RECORD_SCHEMA: u32 = 3;
 pub struct RecordWriter {
     path: PathBuf,
     file: std::io::BufWriter<std::fs::File>,
+    /// Also write each output array to `outputs/<suite>/<scenario>.npy` beside the records.
+    pub save_outputs: bool,
 }
 
 impl RecordWriter {
@@ -188,6 +193,7 @@ impl RecordWriter {
         Ok(RecordWriter {
             path,
             file: std::io::BufWriter::new(file),
+            save_outputs: false,
         })
     }
 
@@ -200,13 +206,27 @@ impl RecordWriter {
         scenario: &Scenario,
         result: &ScenarioResult,
         env: Option<&Fingerprint>,
+        output: Option<&tch::Tensor>,
     ) -> Result<()> {
         use std::io::Write;
+        let array = match output {
+            Some(t) if self.save_outputs => {
+                let rel = format!("outputs/{}/{}.npy", result.suite, result.scenario);
+                let path = self.path.with_file_name(&rel);
+                let dir = path.parent().expect("an outputs file has a folder");
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                t.write_npy(&path)
+                    .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
+                Some(rel)
+            }
+            _ => None,
+        };
         let record = Record {
             schema: RECORD_SCHEMA,
             result,
             spec: scenario,
             environment: env,
+            array,
         };
         let line = serde_json::to_string(&record).expect("a record serialises");
         writeln!(self.file, "{line}")
