@@ -382,6 +382,12 @@ fn runner() -> Runner {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`reprodiff list --json | head`), as Unix tools do, instead
+    // of panicking on the failed print: Rust ignores SIGPIPE unless told otherwise.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(code) => code,

@@ -47,7 +47,7 @@ import scenarios
 from common import MODELS_DIR, RUN_SH, OracleError, Skip, SuiteError, shown
 from compute import child_main, compute, run_in_child
 from models import SD_WEIGHTS, UNET_WEIGHTS
-from results import merge, record, write_results
+from results import merge, record, records, write_results
 from scenarios import DdimRun, Scenario, SdRun, VaeEncodeRun
 from truth import self_check_float32_draws, self_check_sd_draws
 from workloads import model_of, self_check_latent_loop
@@ -135,7 +135,9 @@ def oracle_main(args: argparse.Namespace) -> int:
     if not lines:
         print("oracle: nothing to merge")
     elif args.no_merge:
-        print(f"oracle: not merged (reprodiff golden merge --from {out_dir} merges it)")
+        folder = records(out_dir)
+        print(f"oracle: not merged (reprodiff golden merge --from {out_dir} merges it); "
+              f"check records in {folder} (reprodiff report {folder})")
     else:
         merge(out_dir, args.golden_dir)
     return 0

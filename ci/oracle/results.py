@@ -164,6 +164,15 @@ def write_results(out_dir: Path, lines: list[Table]) -> Path:
     return path
 
 
+def records(out_dir: Path) -> Path:
+    """`reprodiff golden compare --from out_dir --out out_dir/records`: the results judged
+    against the goldens as `check` judges a run, written as check records (schema and format are
+    reprodiff's; the oracle does not write records itself). Returns the records folder."""
+    folder = out_dir / "records"
+    reprodiff(["golden", "compare", "--from", str(out_dir), "--out", str(folder)])
+    return folder
+
+
 def merge(out_dir: Path, golden_dir: Path | None) -> None:
     """`reprodiff golden merge --from out_dir [--golden-dir golden_dir]`."""
     args = ["golden", "merge", "--from", str(out_dir)]

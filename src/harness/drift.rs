@@ -245,14 +245,22 @@ pub struct Comparison {
     pub groups: BTreeMap<String, Vec<String>>,
 }
 
-/// The report of `sets`, each compared with `baseline` when there is one.
+/// The report of `sets`, each compared with `baseline` when there is one. A set that is the
+/// baseline itself (`report matrix/* --baseline matrix/native`) is summarized once, keeps its
+/// audit row (1.00x, the reference) and is not compared with itself.
 pub fn summarize(sets: &[RecordSet], baseline: Option<&RecordSet>) -> Report {
+    let is_base = |s: &RecordSet| baseline.is_some_and(|b| b.label == s.label);
+    let extra = baseline.filter(|b| !sets.iter().any(|s| s.label == b.label));
     Report {
         schema: 1,
-        sets: sets.iter().chain(baseline).map(summarize_set).collect(),
+        sets: sets.iter().chain(extra).map(summarize_set).collect(),
         audit: baseline.map_or_else(Vec::new, |b| sets.iter().map(|s| audit_row(b, s)).collect()),
-        comparisons: baseline
-            .map_or_else(Vec::new, |b| sets.iter().map(|s| compare(b, s)).collect()),
+        comparisons: baseline.map_or_else(Vec::new, |b| {
+            sets.iter()
+                .filter(|s| !is_base(s))
+                .map(|s| compare(b, s))
+                .collect()
+        }),
     }
 }
 

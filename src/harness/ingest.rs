@@ -30,6 +30,8 @@ pub fn compare_results(fixtures: &Fixtures, from: &Path, out: &Path) -> Result<C
         ));
     }
     let mut writer = RecordWriter::create(out)?;
+    // The oracle's arrays travel with its records, for the HTML report's images.
+    writer.save_outputs = true;
     let mut goldens: BTreeMap<String, Option<GoldenFile>> = BTreeMap::new();
     let mut verdicts = BTreeMap::new();
     for r in &results {
@@ -59,7 +61,12 @@ pub fn compare_results(fixtures: &Fixtures, from: &Path, out: &Path) -> Result<C
         obs.environment = r.environment.clone();
         let result = check::compare(&r.suite, scenario, &obs, golden, &store);
         *verdicts.entry(result.verdict.to_string()).or_insert(0) += 1;
-        writer.append(scenario, &result, Some(&obs.environment), None)?;
+        writer.append(
+            scenario,
+            &result,
+            Some(&obs.environment),
+            obs.stored.as_ref(),
+        )?;
     }
     Ok(Compared {
         records: writer.path().to_path_buf(),
