@@ -2211,6 +2211,51 @@ fn report_against_a_revision_reads_that_revisions_goldens() {
     assert!(text(&bad).contains("no-such-rev"), "{}", text(&bad));
 }
 
+/// The optimisation audit over committed matrix records (fixtures/records/intel-xeon-avx512/
+/// knob-audit: the full cifar10 architecture under channels-last, math attention and bf16):
+/// the README's table, pinned.
+#[test]
+fn knob_audit_of_the_full_cifar10_architecture() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/records/intel-xeon-avx512/knob-audit/ddim-cifar10-arch");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    let sets: Vec<_> = dirs
+        .iter()
+        .map(|d| reprodiff::harness::drift::load(d).unwrap())
+        .collect();
+    let base = reprodiff::harness::drift::load(&root.join("native-threads2+f32")).unwrap();
+    let report = reprodiff::harness::drift::summarize(&sets, Some(&base));
+    // Every knob changed the bits of every output but the all-zero rerun difference, and bf16
+    // is orders of magnitude farther from the truth than any f32 knob.
+    for row in &report.audit {
+        let f32_knob = !row.set.contains("bf16");
+        assert_eq!(row.scenarios, 6, "{row:?}");
+        if row.set != base.label {
+            assert!(row.same_bits <= 1, "{row:?}");
+        }
+        let ratio = row.truth_ratio.unwrap();
+        assert!(
+            if f32_knob {
+                ratio < 10.0
+            } else {
+                ratio > 1000.0
+            },
+            "{row:?}"
+        );
+    }
+    snapshot_settings().bind(|| {
+        insta::assert_snapshot!(
+            "knob_audit_ddim_cifar10_arch",
+            reprodiff::harness::drift::markdown(&report)
+        );
+    });
+}
+
 /// diffusers on torch 2.11.0 and 2.12.1 (the oracle's records, fixtures/records/diffusers-torch-*,
 /// judged by `golden compare`) against the torch 2.13.0 goldens: what a torch release moves.
 #[test]
