@@ -115,6 +115,10 @@ enum Command {
         /// self-contained page with a verdict heatmap and per-step drift curves).
         #[arg(long, default_value = "md", value_parser = ["md", "json", "html"])]
         format: String,
+        /// localize.jsonl files (`reprodiff localize --filter ... --a BASE --b SET`): each
+        /// first divergence they cover also names the step and module where the runs part.
+        #[arg(long, value_name = "FILE")]
+        localized: Vec<PathBuf>,
     },
     /// Maintain golden files.
     Golden {
@@ -480,6 +484,7 @@ fn run(cli: Cli) -> Result<i32> {
             against,
             fixtures,
             format,
+            localized,
         } => {
             use reprodiff::harness::drift;
             let sets = records
@@ -499,7 +504,8 @@ fn run(cli: Cli) -> Result<i32> {
                 }
                 (None, None) => None,
             };
-            let report = drift::summarize(&sets, base.as_ref());
+            let mut report = drift::summarize(&sets, base.as_ref());
+            drift::annotate(&mut report, &drift::load_localized(&localized)?);
             match format.as_str() {
                 "json" => println!(
                     "{}",

@@ -1632,6 +1632,47 @@ fn matrix_knobs_are_applied_recorded_and_skipped_where_the_host_lacks_them() {
         "math attention left the bits unchanged: the knob did not reach libtorch"
     );
     assert!(math["output"]["metrics"]["rmse_truth"].as_f64().unwrap() > 0.0);
+    // Localized between the two matrix labels, the report's first divergence names the step
+    // and module where the knob's run parts from the baseline.
+    let (base_label, math_label) = (
+        "native-threads2+det-full",
+        "native-threads2+math-attention+det-full",
+    );
+    let loc = tmp.path().join("localize");
+    let l = reprodiff(
+        &[
+            "localize",
+            "--suite",
+            "ddim-tiny",
+            "--filter",
+            "^tiny-ddim-a/steps2$",
+            "--a",
+            base_label,
+            "--b",
+            math_label,
+            "--out",
+            loc.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(l.status.code(), Some(exit::OK), "{}", text(&l));
+    let report = reprodiff(
+        &[
+            "report",
+            out.join(math_label).to_str().unwrap(),
+            "--baseline",
+            out.join(base_label).to_str().unwrap(),
+            "--localized",
+            loc.join("localize.jsonl").to_str().unwrap(),
+        ],
+        None,
+    );
+    let r = text(&report);
+    assert_eq!(report.status.code(), Some(exit::OK), "{r}");
+    assert!(
+        r.contains("; localize: first differs at step 0 (t = 500) in down_blocks.1"),
+        "{r}"
+    );
     let has_cuda = base["environment"]["cuda"]["available"] == true;
     if !has_cuda {
         assert!(

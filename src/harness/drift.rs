@@ -498,6 +498,59 @@ pub fn markdown(report: &Report) -> String {
     out
 }
 
+/// One line of `localize.jsonl` (`reprodiff localize --filter ...`), as the report uses it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Localized {
+    pub suite: String,
+    pub scenario: String,
+    pub a: String,
+    pub b: String,
+    pub outcome: String,
+    pub first_step: Option<(u64, i64)>,
+    pub first_module: Option<String>,
+}
+
+/// Reads `localize.jsonl` files; a line that is not a localize record is an error naming the
+/// file and line (exit 2).
+pub fn load_localized(paths: &[PathBuf]) -> Result<Vec<Localized>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            out.push(serde_json::from_str(line).map_err(|e| {
+                Error::invalid_file(p, format!("line {}: not a localize record: {e}", i + 1))
+            })?);
+        }
+    }
+    Ok(out)
+}
+
+/// Adds the module where the runs part to each "First divergence" line whose scenario was
+/// localized between the comparison's two sets (matched by their labels, which are the matrix
+/// labels `localize` takes as sides).
+pub fn annotate(report: &mut Report, localized: &[Localized]) {
+    for c in &mut report.comparisons {
+        let Some(lines) = c.groups.get_mut("First divergence") else {
+            continue;
+        };
+        for line in lines.iter_mut() {
+            let found = localized.iter().find(|l| {
+                l.outcome == "differs"
+                    && ((l.a == c.base && l.b == c.new) || (l.a == c.new && l.b == c.base))
+                    && line.starts_with(&format!("{}/{}: ", l.suite, l.scenario))
+            });
+            if let Some(l) = found {
+                let at = match (&l.first_step, &l.first_module) {
+                    (Some((k, t)), Some(m)) => format!("step {k} (t = {t}) in {m}"),
+                    (None, Some(m)) => m.clone(),
+                    _ => "after the last captured module".into(),
+                };
+                line.push_str(&format!("; localize: first differs at {at}"));
+            }
+        }
+    }
+}
+
 /// Where two runs of one scenario whose outputs differ part, from their per-step traces: a
 /// sentence a person can act on.
 pub fn first_divergence(a: &[(u64, i64, f64)], b: &[(u64, i64, f64)]) -> String {
