@@ -242,36 +242,8 @@ struct DdimArgs {
     eta: f64,
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// One generator for the whole batch, seeded S.
-    #[arg(long, conflicts_with = "seeds")]
-    seed: Option<u64>,
-    /// One generator per sample (the list's length must equal --batch).
-    #[arg(long, value_delimiter = ',')]
-    seeds: Option<Vec<u64>>,
-    /// cpu: torch.Generator("cpu"); cuda: torch.Generator("cuda"); global: torch.manual_seed.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "global"])]
-    generator: String,
-    /// [torch.Generator().manual_seed(S)] * batch: one generator listed batch times.
-    #[arg(long, requires = "seed")]
-    repeat_generator: bool,
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// diffusers' enable_full_determinism().
-    #[arg(long)]
-    deterministic: bool,
-    /// Intra-op threads (torch.set_num_threads).
-    #[arg(long)]
-    threads: Option<usize>,
-    #[arg(long, default_value = "np")]
-    output_type: String,
-    /// Write the output as .npy, exactly as diffusers returns it (bf16 as f32).
-    #[arg(long)]
-    save: Option<PathBuf>,
-    /// Print the result record as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    common: RunArgs,
 }
 
 #[derive(Args)]
@@ -307,10 +279,20 @@ struct SdArgs {
     /// Take the text encoder's hidden state this many layers before the last.
     #[arg(long)]
     clip_skip: Option<usize>,
+    /// Write the images as one PNG grid (diffusers' make_image_grid layout).
+    #[arg(long)]
+    grid: Option<PathBuf>,
+    #[command(flatten)]
+    common: RunArgs,
+}
+
+/// The flags every `run` pipeline takes: generators, device, dtype, determinism, output.
+#[derive(Args)]
+struct RunArgs {
     /// One generator for all images, seeded S.
     #[arg(long, conflicts_with = "seeds")]
     seed: Option<u64>,
-    /// One generator per image (prompts × images per prompt).
+    /// One generator per image (its length must be the number of images).
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
     /// cpu: torch.Generator("cpu"); cuda: torch.Generator("cuda"); global: torch.manual_seed.
@@ -331,15 +313,72 @@ struct SdArgs {
     threads: Option<usize>,
     #[arg(long, default_value = "np")]
     output_type: String,
-    /// Write the output as .npy, exactly as diffusers returns it.
+    /// Write the output as .npy, exactly as diffusers returns it (bf16 as f32).
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Write the images as one PNG grid (diffusers' make_image_grid layout).
-    #[arg(long)]
-    grid: Option<PathBuf>,
-    /// Print the result record as JSON.
+    /// Print the result record (the record `check` writes) as one JSON line.
     #[arg(long)]
     json: bool,
+}
+
+impl RunArgs {
+    fn device(&self) -> Result<reprodiff::torch::DeviceSpec> {
+        self.device.parse()
+    }
+
+    /// The generator spec for `images` images on `device`.
+    fn generator(
+        &self,
+        images: usize,
+        device: reprodiff::torch::DeviceSpec,
+    ) -> Result<reprodiff::torch::GeneratorSpec> {
+        reprodiff::torch::GeneratorSpec::from_flags(
+            self.seed,
+            self.seeds.as_deref(),
+            &self.generator,
+            self.repeat_generator,
+            images,
+            device,
+        )
+    }
+
+    /// Runs `run` as a one-off scenario and reports it.
+    fn run(
+        &self,
+        run: reprodiff::harness::workload::Workload,
+        device: reprodiff::torch::DeviceSpec,
+        grid: Option<&Path>,
+    ) -> Result<i32> {
+        use reprodiff::torch::{DeterminismSpec, Preset};
+        let determinism = DeterminismSpec {
+            preset: if self.deterministic {
+                Preset::Full
+            } else {
+                Preset::Default
+            },
+            threads: self.threads,
+            ..Default::default()
+        };
+        let scenario = Scenario {
+            name: "run".into(),
+            description: None,
+            run,
+            device,
+            determinism,
+            metrics: vec![reprodiff::harness::metrics::Metric::SumAbs],
+            tolerance: Default::default(),
+            cross_class: None,
+            slice: None,
+            store_array: true,
+        };
+        let out = Outputs {
+            save: self.save.as_deref(),
+            grid,
+            json: self.json,
+        };
+        reprodiff::harness::oneoff::run(&scenario, out)?;
+        Ok(exit::OK)
+    }
 }
 
 #[derive(Args)]
@@ -469,12 +508,18 @@ fn run(cli: Cli) -> Result<i32> {
                     &out,
                     |r| println!("{}/{}: {}", r.suite, r.scenario, r.sentence),
                 )?;
-                let differ = records.iter().filter(|r| r.outcome == "differs").count();
+                let count = |o: &str| records.iter().filter(|r| r.outcome == o).count();
                 println!(
-                    "{differ} of {} differ; {}",
+                    "{} of {} differ, {} failed, {} not run; {}",
+                    count("differs"),
                     records.len(),
+                    count("failed"),
+                    count("not run"),
                     out.join("localize.jsonl").display()
                 );
+                if count("failed") > 0 {
+                    return Ok(exit::FAILED);
+                }
             }
             Ok(exit::OK)
         }
@@ -743,76 +788,28 @@ fn bless(sel: &SelectArgs) -> Result<i32> {
 
 /// `reprodiff run ddim`: one pipeline run, described as a scenario so the record matches
 /// what `check` writes.
-/// A one-off scenario for `run`: f32 metrics, the output kept for --save.
-fn one_off(
-    run: reprodiff::harness::workload::Workload,
-    device: reprodiff::torch::DeviceSpec,
-    deterministic: bool,
-    threads: Option<usize>,
-) -> Scenario {
-    use reprodiff::torch::{DeterminismSpec, Preset};
-    let mut determinism = DeterminismSpec {
-        preset: if deterministic {
-            Preset::Full
-        } else {
-            Preset::Default
-        },
-        ..Default::default()
-    };
-    determinism.threads = threads;
-    Scenario {
-        name: "run".into(),
-        description: None,
-        run,
-        device,
-        determinism,
-        metrics: vec![reprodiff::harness::metrics::Metric::SumAbs],
-        tolerance: Default::default(),
-        cross_class: None,
-        slice: None,
-        store_array: true,
-    }
-}
-
 fn run_ddim(a: &DdimArgs) -> Result<i32> {
     use reprodiff::harness::workload::Workload;
-    use reprodiff::torch::GeneratorSpec;
-
-    let device: reprodiff::torch::DeviceSpec = a.device.parse()?;
-    let generator = GeneratorSpec::from_flags(
-        a.seed,
-        a.seeds.as_deref(),
-        &a.generator,
-        a.repeat_generator,
-        a.batch,
-        device,
-    )?;
+    let device = a.common.device()?;
     let run = Workload::Ddim {
         model: a.model.clone(),
         steps: a.steps,
         eta: a.eta,
         batch: a.batch,
-        generator,
-        output_type: a.output_type.parse()?,
-        dtype: a.dtype.parse()?,
+        generator: a.common.generator(a.batch, device)?,
+        output_type: a.common.output_type.parse()?,
+        dtype: a.common.dtype.parse()?,
         use_clipped_model_output: false,
         twice: false,
         scheduler: Default::default(),
     };
-    let scenario = one_off(run, device, a.deterministic, a.threads);
-    let out = Outputs {
-        save: a.save.as_deref(),
-        grid: None,
-        json: a.json,
-    };
-    reprodiff::harness::oneoff::run(&scenario, out)?;
-    Ok(exit::OK)
+    a.common.run(run, device, None)
 }
 
+/// `reprodiff run sd`: one StableDiffusionPipeline call.
 fn run_sd(a: &SdArgs) -> Result<i32> {
     use reprodiff::harness::workload::Workload;
     use reprodiff::pipelines::stable_diffusion::Prompts;
-    use reprodiff::torch::GeneratorSpec;
 
     if let Some(i) = a.prompts.iter().position(|p| p.trim().is_empty()) {
         return Err(Error::InvalidArgument(format!(
@@ -830,15 +827,7 @@ fn run_sd(a: &SdArgs) -> Result<i32> {
         many => Some(Prompts::Many(many.to_vec())),
     };
     let images = a.prompts.len() * a.num_images_per_prompt;
-    let device: reprodiff::torch::DeviceSpec = a.device.parse()?;
-    let generator = GeneratorSpec::from_flags(
-        a.seed,
-        a.seeds.as_deref(),
-        &a.generator,
-        a.repeat_generator,
-        images,
-        device,
-    )?;
+    let device = a.common.device()?;
     let run = Workload::Sd {
         model: a.model.clone(),
         prompt,
@@ -850,21 +839,14 @@ fn run_sd(a: &SdArgs) -> Result<i32> {
         height: a.height,
         width: a.width,
         clip_skip: a.clip_skip,
-        generator,
-        output_type: a.output_type.parse()?,
-        dtype: a.dtype.parse()?,
+        generator: a.common.generator(images, device)?,
+        output_type: a.common.output_type.parse()?,
+        dtype: a.common.dtype.parse()?,
         scheduler_class: a.scheduler.as_deref().map(str::parse).transpose()?,
         scheduler: Default::default(),
         twice: false,
     };
-    let scenario = one_off(run, device, a.deterministic, a.threads);
-    let out = Outputs {
-        save: a.save.as_deref(),
-        grid: a.grid.as_deref(),
-        json: a.json,
-    };
-    reprodiff::harness::oneoff::run(&scenario, out)?;
-    Ok(exit::OK)
+    a.common.run(run, device, a.grid.as_deref())
 }
 
 fn bench_ddim(model: &str, steps: usize, runs: usize, threads: Option<usize>) -> Result<i32> {

@@ -1685,6 +1685,20 @@ fn matrix_knobs_are_applied_recorded_and_skipped_where_the_host_lacks_them() {
     assert!(text(&bad).contains("'turbo'"), "{}", text(&bad));
 }
 
+/// The inline PNGs (`data:` URIs) of an HTML page, decoded.
+fn inline_pngs(page: &str) -> Vec<image::DynamicImage> {
+    use base64::Engine;
+    page.split("src=\"data:image/png;base64,")
+        .skip(1)
+        .map(|s| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&s[..s.find('"').unwrap()])
+                .unwrap();
+            image::load_from_memory(&bytes).unwrap()
+        })
+        .collect()
+}
+
 /// The seed document's deterministic batch in the HTML report: with the outputs saved, each
 /// batch scenario's images appear as one grid in `make_image_grid`'s layout (4 images: 2 x 2).
 #[test]
@@ -1715,12 +1729,7 @@ fn html_report_shows_the_deterministic_batch_grids() {
     let page = String::from_utf8_lossy(&report.stdout);
     assert!(page.contains("<h2>Deterministic batch generation</h2>"));
     assert_eq!(page.matches("class=\"batch\"").count(), 2, "{page}");
-    let b64 = page.split("src=\"data:image/png;base64,").nth(1).unwrap();
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&b64[..b64.find('"').unwrap()])
-        .unwrap();
-    let img = image::load_from_memory(&bytes).unwrap();
+    let img = &inline_pngs(&page)[0];
     assert_eq!((img.width(), img.height()), (2 * shape[2], 2 * shape[1]));
 }
 
@@ -1823,18 +1832,9 @@ fn drift_report_html_renders_in_a_headless_browser() {
         2,
         "{dom_text}"
     );
-    let pngs: Vec<&str> = dom_text
-        .split("src=\"data:image/png;base64,")
-        .skip(1)
-        .map(|s| &s[..s.find('"').unwrap()])
-        .collect();
+    let pngs = inline_pngs(&dom_text);
     assert_eq!(pngs.len(), 6);
-    for b64 in pngs {
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap();
-        let img = image::load_from_memory(&bytes).unwrap();
+    for img in pngs {
         assert_eq!((img.width(), img.height()), (8, 8));
     }
     let shot = tmp.path().join("report.png");
@@ -2196,7 +2196,7 @@ fn localize_over_a_filter_names_the_step_and_module_of_each_scenario() {
         t.contains("tiny-ddim-a/steps2: identical through step 0 (t = 500) in down_blocks.0; step 0 (t = 500) in down_blocks.1 first differs"),
         "{t}"
     );
-    assert!(t.contains("2 of 2 differ"), "{t}");
+    assert!(t.contains("2 of 2 differ, 0 failed, 0 not run"), "{t}");
     let lines = std::fs::read_to_string(tmp.path().join("localize.jsonl")).unwrap();
     let records: Vec<serde_json::Value> = lines
         .lines()

@@ -516,7 +516,11 @@ pub fn load_localized(paths: &[PathBuf]) -> Result<Vec<Localized>> {
     let mut out = Vec::new();
     for p in paths {
         let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             out.push(serde_json::from_str(line).map_err(|e| {
                 Error::invalid_file(p, format!("line {}: not a localize record: {e}", i + 1))
             })?);

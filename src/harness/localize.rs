@@ -49,7 +49,7 @@ pub struct Record {
     pub scenario: String,
     pub a: String,
     pub b: String,
-    /// "identical", "differs" or "not run".
+    /// "identical", "differs", "not run" or "failed".
     pub outcome: String,
     /// The denoising step (and its timestep) of the first differing module, if it has one.
     pub first_step: Option<(usize, i64)>,
@@ -163,7 +163,7 @@ fn capture(
 
 /// Localizes every scenario of `suite` selected by `filter` (a regex, as for `check`; `None`:
 /// all) between sides `a` and `b`, writing `<out>/localize.jsonl`. A scenario this host cannot
-/// run is recorded "not run" with why.
+/// run is recorded "not run" with why, one that fails "failed" with the error; the rest go on.
 #[allow(clippy::too_many_arguments)]
 pub fn localize_many(
     exe: &Path,
@@ -196,20 +196,26 @@ pub fn localize_many(
     for sc in &s.scenarios {
         let record = match localize_one(exe, fixtures, s, &sc.name, (&ca, &cb), out) {
             Ok(l) => l.record(suite),
-            Err(Error::Unavailable(why)) => Record {
-                schema: 1,
-                suite: suite.into(),
-                scenario: sc.name.clone(),
-                a: a.into(),
-                b: b.into(),
-                outcome: "not run".into(),
-                first_step: None,
-                first_module: None,
-                l_inf: None,
-                closer_to_truth: None,
-                sentence: format!("not run: {why}"),
-            },
-            Err(e) => return Err(e),
+            // One scenario that cannot be run or localized does not stop the others.
+            Err(e) => {
+                let (outcome, sentence) = match e {
+                    Error::Unavailable(why) => ("not run", format!("not run: {why}")),
+                    other => ("failed", format!("failed: {other}")),
+                };
+                Record {
+                    schema: 1,
+                    suite: suite.into(),
+                    scenario: sc.name.clone(),
+                    a: a.into(),
+                    b: b.into(),
+                    outcome: outcome.into(),
+                    first_step: None,
+                    first_module: None,
+                    l_inf: None,
+                    closer_to_truth: None,
+                    sentence,
+                }
+            }
         };
         progress(&record);
         records.push(record);

@@ -27,6 +27,12 @@ impl Dump {
     pub fn write(&self, module: &str, x: &Tensor) -> Result<()> {
         if let Some(dir) = &self.dir {
             let path = dir.join(format!("{}{module}.npy", self.prefix));
+            // .npy has no bfloat16: such activations are written as float32 (exactly).
+            let x = if x.kind() == tch::Kind::BFloat16 {
+                x.f_to_kind(tch::Kind::Float)?
+            } else {
+                x.shallow_clone()
+            };
             x.write_npy(&path)
                 .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
             use std::io::Write;
