@@ -855,7 +855,7 @@ fn bench_ddim(model: &str, steps: usize, runs: usize, threads: Option<usize>) ->
     Ok(exit::OK)
 }
 
-fn print_bench(b: &reprodiff::pipelines::ddim::Bench, steps: usize) {
+fn print_bench(b: &reprodiff::pipelines::Bench, steps: usize) {
     println!(
         "{}",
         serde_json::json!({"impl": "reprodiff", "steps": steps, "threads": b.threads,

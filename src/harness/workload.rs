@@ -118,15 +118,6 @@ fn one() -> usize {
     1
 }
 
-/// How a seeded global generator reaches a pipeline: `generator=torch.manual_seed(s)`, the CPU
-/// default generator object. An unseeded run passes `generator=None`.
-fn as_pipeline_argument(gens: Generators, unseeded: bool) -> Generators {
-    match gens {
-        Generators::Global if !unseeded => Generators::CpuDefault,
-        other => other,
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RandomOp {
@@ -330,19 +321,8 @@ impl Workload {
                 let call = self.sd_call().expect("an sd workload");
                 let dir = crate::loading::resolve_dir(model, models_dir)?;
                 let mut pipe = SdPipeline::load(&dir, *dtype, device, *scheduler_class, scheduler)?;
-                let (gens, unseeded_seed) = generator.build()?;
-                let mut gens = as_pipeline_argument(gens, unseeded_seed.is_some());
-                pipe.trace = trace.then(Vec::new);
-                let mut tensor = pipe.call(&call, &mut gens)?;
-                let trace = pipe.trace.take();
-                if *twice {
-                    let (again, _) = match unseeded_seed {
-                        Some(seed) => GeneratorSpec::Global { seed }.build()?,
-                        None => generator.build()?,
-                    };
-                    let mut again = as_pipeline_argument(again, unseeded_seed.is_some());
-                    tensor = tensor.f_sub(&pipe.call(&call, &mut again)?)?;
-                }
+                let (tensor, trace, unseeded_seed) =
+                    crate::pipelines::run(&mut pipe, &call, generator, *twice, trace)?;
                 Ok(Output {
                     tensor,
                     trace,
@@ -363,8 +343,6 @@ impl Workload {
             } => {
                 let folder = crate::loading::resolve(model, models_dir)?;
                 let mut pipe = DdimPipeline::load(&folder, *dtype, device, scheduler)?;
-                let (gens, unseeded_seed) = generator.build()?;
-                let mut gens = as_pipeline_argument(gens, unseeded_seed.is_some());
                 let call = DdimCall {
                     batch_size: *batch,
                     num_inference_steps: *steps,
@@ -372,18 +350,8 @@ impl Workload {
                     use_clipped_model_output: *use_clipped_model_output,
                     output_type: *output_type,
                 };
-                pipe.trace = trace.then(Vec::new);
-                let mut tensor = pipe.call(&call, &mut gens)?;
-                let trace = pipe.trace.take();
-                if *twice {
-                    // g.manual_seed(0) again: a fresh set of generators from the same spec.
-                    let (again, _) = match unseeded_seed {
-                        Some(seed) => GeneratorSpec::Global { seed }.build()?,
-                        None => generator.build()?,
-                    };
-                    let mut again = as_pipeline_argument(again, unseeded_seed.is_some());
-                    tensor = tensor.f_sub(&pipe.call(&call, &mut again)?)?;
-                }
+                let (tensor, trace, unseeded_seed) =
+                    crate::pipelines::run(&mut pipe, &call, generator, *twice, trace)?;
                 Ok(Output {
                     tensor,
                     trace,

@@ -248,14 +248,20 @@ impl Encoder {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dump = super::dump::Dump::new("vae.encoder.");
         let mut h = self.conv_in.forward(x)?;
-        for block in &self.down_blocks {
+        dump.write("conv_in", &h)?;
+        for (i, block) in self.down_blocks.iter().enumerate() {
             h = block.forward(&h, None, None)?.0;
+            dump.write(&format!("down_blocks.{i}"), &h)?;
         }
         h = self.mid_block.forward(&h, None, None)?;
+        dump.write("mid_block", &h)?;
         let h = self.conv_norm_out.forward(&h)?;
         let h = h.f_silu()?;
-        self.conv_out.forward(&h)
+        let h = self.conv_out.forward(&h)?;
+        dump.write("conv_out", &h)?;
+        Ok(h)
     }
 }
 

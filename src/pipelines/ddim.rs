@@ -169,22 +169,13 @@ impl DdimPipeline {
     }
 }
 
-/// What `reprodiff bench ddim` measures.
-#[derive(Debug, Clone)]
-pub struct Bench {
-    pub threads: i32,
-    /// Seconds of each timed call (a warm-up call comes first and is not counted).
-    pub seconds: Vec<f64>,
-    /// VmHWM of this process, in kB.
-    pub peak_rss_kb: Option<u64>,
-    /// SHA-256 of the last image, to check both sides computed the same thing.
-    pub sha256: String,
-}
-
-/// Loads `model` once, then calls the pipeline `runs + 1` times with a CPU generator re-seeded
-/// 0 before each call, f32 on the CPU: the same loop as ci/bench_diffusers.py.
-pub fn bench(model: &str, steps: usize, runs: usize, threads: Option<usize>) -> Result<Bench> {
-    use crate::torch::{Determinism, GeneratorSpec};
+pub fn bench(
+    model: &str,
+    steps: usize,
+    runs: usize,
+    threads: Option<usize>,
+) -> Result<super::Bench> {
+    use crate::torch::Determinism;
     Determinism {
         threads,
         ..Determinism::torch_defaults()
@@ -196,26 +187,15 @@ pub fn bench(model: &str, steps: usize, runs: usize, threads: Option<usize>) -> 
         num_inference_steps: steps,
         ..Default::default()
     };
-    let spec = GeneratorSpec::Single {
-        seed: 0,
-        device: DeviceSpec::Cpu,
-    };
-    let mut seconds = Vec::new();
-    let mut sha256 = String::new();
-    for i in 0..=runs {
-        let (mut gens, _) = spec.build()?;
-        let start = std::time::Instant::now();
-        let image = pipe.call(&call, &mut gens)?;
-        if i > 0 {
-            seconds.push(start.elapsed().as_secs_f64());
-        }
-        sha256 = crate::torch::tensor_sha256(&image)?;
+    super::bench(&mut pipe, &call, runs)
+}
+
+impl super::Pipeline for DdimPipeline {
+    type Call = DdimCall;
+    fn call(&mut self, args: &DdimCall, generators: &mut Generators) -> Result<Tensor> {
+        DdimPipeline::call(self, args, generators)
     }
-    let peak_rss_kb = super::peak_rss_kb();
-    Ok(Bench {
-        threads: tch::get_num_threads(),
-        seconds,
-        peak_rss_kb,
-        sha256,
-    })
+    fn trace_mut(&mut self) -> &mut Option<Vec<StepTrace>> {
+        &mut self.trace
+    }
 }

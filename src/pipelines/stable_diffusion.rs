@@ -332,8 +332,8 @@ pub fn bench(
     size: Option<i64>,
     runs: usize,
     threads: Option<usize>,
-) -> Result<super::ddim::Bench> {
-    use crate::torch::{Determinism, GeneratorSpec};
+) -> Result<super::Bench> {
+    use crate::torch::Determinism;
     Determinism {
         threads,
         ..Determinism::torch_defaults()
@@ -353,25 +353,15 @@ pub fn bench(
         clip_skip: None,
         output_type: OutputType::Np,
     };
-    let spec = GeneratorSpec::Single {
-        seed: 0,
-        device: DeviceSpec::Cpu,
-    };
-    let mut seconds = Vec::new();
-    let mut sha256 = String::new();
-    for i in 0..=runs {
-        let (mut gens, _) = spec.build()?;
-        let start = std::time::Instant::now();
-        let image = pipe.call(&call, &mut gens)?;
-        if i > 0 {
-            seconds.push(start.elapsed().as_secs_f64());
-        }
-        sha256 = crate::torch::tensor_sha256(&image)?;
+    super::bench(&mut pipe, &call, runs)
+}
+
+impl super::Pipeline for SdPipeline {
+    type Call = SdCall;
+    fn call(&mut self, args: &SdCall, generators: &mut Generators) -> Result<Tensor> {
+        SdPipeline::call(self, args, generators)
     }
-    Ok(super::ddim::Bench {
-        threads: tch::get_num_threads(),
-        seconds,
-        peak_rss_kb: super::peak_rss_kb(),
-        sha256,
-    })
+    fn trace_mut(&mut self) -> &mut Option<Vec<StepTrace>> {
+        &mut self.trace
+    }
 }
