@@ -2208,7 +2208,32 @@ fn localize_over_a_filter_names_the_step_and_module_of_each_scenario() {
         assert_eq!(r["first_module"], "down_blocks.1", "{r}");
         assert_eq!(r["first_step"][0], 0, "{r}");
         assert!(r["l_inf"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r.get("beyond_noise_step").is_some(), "{r}");
     }
+    // bf16 against f32 moves the first step's latent far more than one ulp of initial noise
+    // does: beyond the noise response from step 0.
+    let bf16 = reprodiff(
+        &[
+            "localize",
+            "--suite",
+            "ddim-tiny",
+            "--filter",
+            "^tiny-ddim-a/steps2$",
+            "--a",
+            "native-threads2",
+            "--b",
+            "native-threads2+bf16",
+            "--out",
+            tmp.path().join("bf16").to_str().unwrap(),
+        ],
+        None,
+    );
+    let t = text(&bf16);
+    assert_eq!(bf16.status.code(), Some(exit::OK), "{t}");
+    assert!(
+        t.contains("the drift first exceeds the noise response (what one ulp of initial noise moves the latent's sum_abs) at step 0 (t = 500)"),
+        "{t}"
+    );
 }
 
 /// `report --against REV` compares records with the goldens as they were at a git revision:

@@ -62,7 +62,8 @@ pub struct Fingerprint {
     pub cpu: Cpu,
     pub cuda: Cuda,
     pub determinism: Determinism,
-    /// The knobs in force ([`crate::torch::knobs`]): channels-last, onednn-off, bf16, ...
+    /// The knobs in force ([`crate::torch::knobs`]): channels-last, onednn-off, bf16, ...; and
+    /// `nudged-initial-noise` when the pipelines nudge their initial noise (`localize`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub knobs: Vec<String>,
 }
@@ -150,7 +151,14 @@ impl Fingerprint {
                 },
             },
             determinism: Determinism::in_force()?,
-            knobs: torch::knobs::in_force().tokens(),
+            knobs: {
+                let mut k = torch::knobs::in_force().tokens();
+                // localize's noise-response run: never silent in a record.
+                if std::env::var_os(crate::pipelines::NUDGE_ENV).is_some() {
+                    k.push("nudged-initial-noise".into());
+                }
+                k
+            },
         })
     }
 

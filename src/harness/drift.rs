@@ -508,6 +508,8 @@ pub struct Localized {
     pub outcome: String,
     pub first_step: Option<(u64, i64)>,
     pub first_module: Option<String>,
+    #[serde(default)]
+    pub beyond_noise_step: Option<(u64, i64)>,
 }
 
 /// Reads `localize.jsonl` files; a line that is not a localize record is an error naming the
@@ -550,6 +552,12 @@ pub fn annotate(report: &mut Report, localized: &[Localized]) {
                     _ => "after the last captured module".into(),
                 };
                 line.push_str(&format!("; localize: first differs at {at}"));
+                if let Some((k, t)) = l.beyond_noise_step {
+                    line.push_str(&format!(
+                        ", beyond the noise response (one ulp of initial noise) from step {k} \
+                         (t = {t})"
+                    ));
+                }
             }
         }
     }

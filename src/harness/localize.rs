@@ -38,6 +38,10 @@ pub struct Localized {
     pub last: Option<(String, f64)>,
     /// rmse(truth, a) and rmse(truth, b) of the outputs, when the golden has a truth.
     pub to_truth: Option<(f64, f64)>,
+    /// Held against the noise response (how far one ulp of initial noise moves side a's
+    /// per-step sum_abs): the first step where the drift exceeds it, or `Ok(None)` when it
+    /// never does; `Err` when there is no trace to tell.
+    pub beyond_noise: std::result::Result<Option<(usize, i64)>, ()>,
     pub sentence: String,
 }
 
@@ -56,6 +60,9 @@ pub struct Record {
     pub first_module: Option<String>,
     /// L_inf between the two outputs.
     pub l_inf: Option<f64>,
+    /// The first step whose |Δ sum_abs| exceeds the noise response (what one ulp of initial
+    /// noise moves it); null when it never does or there is no trace.
+    pub beyond_noise_step: Option<(usize, i64)>,
     /// The side closer to the float64 truth, where the outputs differ and a truth exists.
     pub closer_to_truth: Option<String>,
     pub sentence: String,
@@ -68,9 +75,14 @@ fn observe(
     c: &Combination,
     out: &Path,
     dump: Option<&Path>,
+    nudge: bool,
 ) -> Result<Observation> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut cmd = std::process::Command::new(exe);
+    cmd.env_remove(crate::pipelines::NUDGE_ENV);
+    if nudge {
+        cmd.env(crate::pipelines::NUDGE_ENV, "1");
+    }
     cmd.arg("observe")
         .arg("--suite-file")
         .arg(suite_file)
@@ -128,7 +140,15 @@ fn plain(
     }
     Ok(Side {
         label: side.label.clone(),
-        plain: observe(exe, suite_file, scenario, side, &dir.join("plain"), None)?,
+        plain: observe(
+            exe,
+            suite_file,
+            scenario,
+            side,
+            &dir.join("plain"),
+            None,
+            false,
+        )?,
         captured: None,
         dumps,
     })
@@ -147,7 +167,7 @@ fn capture(
         .parent()
         .expect("dump dir has a parent")
         .join("captured");
-    let captured = observe(exe, suite_file, scenario, c, &dir, Some(&side.dumps))?;
+    let captured = observe(exe, suite_file, scenario, c, &dir, Some(&side.dumps), false)?;
     if captured.sha256 != side.plain.sha256 {
         return Err(Error::Torch(format!(
             "localize: activation capture changed {scenario}'s output as {} ({} plain, {} \
@@ -212,6 +232,7 @@ pub fn localize_many(
                     first_step: None,
                     first_module: None,
                     l_inf: None,
+                    beyond_noise_step: None,
                     closer_to_truth: None,
                     sentence,
                 }
@@ -270,7 +291,11 @@ fn localize_one(
     let mut a_side = plain(exe, &s.path, scenario, ca, &base.join(&ca.label))?;
     let mut b_side = plain(exe, &s.path, scenario, cb, &base.join(&cb.label))?;
     let (mut identical, mut first, mut last) = (Vec::new(), None, None);
+    let mut beyond_noise = Err(());
     if a_side.plain.sha256 != b_side.plain.sha256 {
+        let dir = base.join(&ca.label).join("nudged");
+        let nudged = observe(exe, &s.path, scenario, ca, &dir, None, true)?;
+        beyond_noise = noise_step(&a_side.plain, &b_side.plain, &nudged);
         capture(exe, &s.path, scenario, ca, &mut a_side)?;
         capture(exe, &s.path, scenario, cb, &mut b_side)?;
         let index = std::fs::read_to_string(a_side.dumps.join(INDEX)).unwrap_or_default();
@@ -313,10 +338,32 @@ fn localize_one(
         first,
         last,
         to_truth,
+        beyond_noise,
         sentence: String::new(),
     };
     l.sentence = l.sentence();
     Ok(l)
+}
+
+/// The first step where |Δ sum_abs| between `a` and `b` exceeds the noise response at that
+/// step, |sum_abs(nudged) - sum_abs(a)| (`nudged`: `a` with its initial noise one ulp up).
+fn noise_step(
+    a: &Observation,
+    b: &Observation,
+    nudged: &Observation,
+) -> std::result::Result<Option<(usize, i64)>, ()> {
+    let (Some(ta), Some(tb), Some(tn)) = (&a.trace, &b.trace, &nudged.trace) else {
+        return Err(());
+    };
+    if ta.is_empty() || ta.len() != tb.len() || ta.len() != tn.len() {
+        return Err(());
+    }
+    Ok(ta
+        .iter()
+        .zip(tb)
+        .zip(tn)
+        .find(|((x, y), n)| (x.sum_abs - y.sum_abs).abs() > (x.sum_abs - n.sum_abs).abs())
+        .map(|((x, _), _)| (x.step, x.timestep)))
 }
 
 /// The denoising step of a dumped activation (`<t>.<module>`, t its timestep, numbered by the
@@ -381,6 +428,17 @@ impl Localized {
                 s.push_str(&format!("; by {} it grows to {d:.3e}", self.place(m)));
             }
         }
+        match self.beyond_noise {
+            Ok(Some((k, t))) => s.push_str(&format!(
+                "; the drift first exceeds the noise response (what one ulp of initial noise \
+                 moves the latent's sum_abs) at step {k} (t = {t})"
+            )),
+            Ok(None) => s.push_str(
+                "; at every step the drift stays within the noise response (what one ulp of \
+                 initial noise moves the latent's sum_abs)",
+            ),
+            Err(()) => {}
+        }
         s.push_str(&format!("; the outputs differ by L_inf {out_d:.3e}"));
         if let (Some(closer), Some((ta, tb))) = (self.closer(), self.to_truth) {
             s.push_str(&format!(
@@ -411,6 +469,7 @@ impl Localized {
             first_step,
             first_module,
             l_inf: Some(max_abs_diff(&self.a.plain.values, &self.b.plain.values)),
+            beyond_noise_step: self.beyond_noise.ok().flatten(),
             closer_to_truth: self.closer(),
             sentence: self.sentence.clone(),
         }

@@ -147,7 +147,8 @@ impl DdimPipeline {
         self.scheduler.use_clipped_model_output = args.use_clipped_model_output;
 
         let _guard = tch::no_grad_guard();
-        let mut image = randn_tensor(&shape, generators, self.device, self.dtype)?;
+        let mut image =
+            super::initial_noise(randn_tensor(&shape, generators, self.device, self.dtype)?)?;
         for (i, &t) in self.scheduler.timesteps().to_vec().iter().enumerate() {
             let model_output = self.unet.forward(&image, t)?;
             image = self.scheduler.step(&model_output, t, &image, generators)?;

@@ -283,8 +283,9 @@ impl SdPipeline {
             height / vsf,
             width / vsf,
         ];
-        let mut latents = randn_tensor(&shape, generators, self.device, self.dtype)?
-            .f_mul_scalar(self.scheduler.init_noise_sigma())?;
+        let mut latents =
+            super::initial_noise(randn_tensor(&shape, generators, self.device, self.dtype)?)?
+                .f_mul_scalar(self.scheduler.init_noise_sigma())?;
         for (i, &t) in self.scheduler.timesteps().to_vec().iter().enumerate() {
             let input = if args.guided() {
                 Tensor::f_cat(&[&latents, &latents], 0)?
