@@ -8,7 +8,7 @@ use reprodiff::harness::observe::{self, NotObserved, Runner};
 use reprodiff::harness::oneoff::Outputs;
 use reprodiff::harness::report;
 use reprodiff::harness::session::{self, Fixtures, Selection};
-use reprodiff::harness::suite::{Scenario, Suite};
+use reprodiff::harness::suite::Suite;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -349,28 +349,8 @@ impl RunArgs {
         device: reprodiff::torch::DeviceSpec,
         grid: Option<&Path>,
     ) -> Result<i32> {
-        use reprodiff::torch::{DeterminismSpec, Preset};
-        let determinism = DeterminismSpec {
-            preset: if self.deterministic {
-                Preset::Full
-            } else {
-                Preset::Default
-            },
-            threads: self.threads,
-            ..Default::default()
-        };
-        let scenario = Scenario {
-            name: "run".into(),
-            description: None,
-            run,
-            device,
-            determinism,
-            metrics: vec![reprodiff::harness::metrics::Metric::SumAbs],
-            tolerance: Default::default(),
-            cross_class: None,
-            slice: None,
-            store_array: true,
-        };
+        let scenario =
+            reprodiff::harness::oneoff::scenario(run, device, self.deterministic, self.threads);
         let out = Outputs {
             save: self.save.as_deref(),
             grid,

@@ -13,6 +13,37 @@ pub struct Outputs<'a> {
     pub json: bool,
 }
 
+/// The one-scenario run of `reprodiff run`: `run` on `device`, with diffusers'
+/// `enable_full_determinism()` when `deterministic`, on `threads` intra-op threads.
+pub fn scenario(
+    run: super::workload::Workload,
+    device: crate::torch::DeviceSpec,
+    deterministic: bool,
+    threads: Option<usize>,
+) -> Scenario {
+    use crate::torch::{DeterminismSpec, Preset};
+    Scenario {
+        name: "run".into(),
+        description: None,
+        run,
+        device,
+        determinism: DeterminismSpec {
+            preset: if deterministic {
+                Preset::Full
+            } else {
+                Preset::Default
+            },
+            threads,
+            ..Default::default()
+        },
+        metrics: vec![super::metrics::Metric::SumAbs],
+        tolerance: Default::default(),
+        cross_class: None,
+        slice: None,
+        store_array: true,
+    }
+}
+
 /// Runs `scenario` (validated, its determinism applied) and reports its output.
 pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
     scenario.run.validate().map_err(Error::InvalidArgument)?;
