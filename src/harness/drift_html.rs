@@ -70,8 +70,14 @@ fn heatmap<'a>(sets: impl Iterator<Item = &'a RecordSet> + Clone) -> String {
         .flat_map(|s| s.entries.iter().map(|e| e.name.as_str()))
         .collect();
     let names: Vec<&str> = names.into_iter().collect();
-    let (cell, label_w) = (6usize, 180usize);
     let rows: Vec<&RecordSet> = sets.collect();
+    // Wide enough for the longest label (11px sans-serif: about 7px a character).
+    let longest = rows
+        .iter()
+        .map(|s| s.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let (cell, label_w) = (6usize, (longest * 7 + 10).max(180));
     let (w, h) = (
         label_w + cell * names.len().max(1),
         cell * 3 * rows.len().max(1) + 10,
