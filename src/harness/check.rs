@@ -242,11 +242,12 @@ pub fn compare(
         return result;
     };
     // A dtype knob (`bf16`, ...) makes another dtype on purpose: compared by value.
-    let dtype_knob = obs
-        .environment
-        .knobs
-        .iter()
-        .any(|k| matches!(k.as_str(), "f32" | "bf16" | "f16"));
+    let dtype_knob = obs.environment.knobs.iter().any(|k| {
+        matches!(
+            crate::torch::knobs::Knob::parse(k),
+            Ok(crate::torch::knobs::Knob::Dtype(_))
+        )
+    });
     if golden.dtype != obs.dtype && dtype_knob && golden.shape == obs.shape {
         result.notes.push(format!(
             "computed in {} by a knob: compared by value with the {} expectation",
@@ -295,6 +296,13 @@ pub fn compare(
             ));
         }
     }
+    // The float64 truth, read once: for the cross-class rule and the output's rmse_truth.
+    let truth_values = golden.truth.as_ref().map(|t| {
+        store
+            .read_array(&t.array)
+            .map(|(v, _)| v)
+            .map_err(|e| e.to_string())
+    });
     // The expectation's array is read only where it is compared: across classes always, within
     // a class when the bits differ or a metric needs it.
     match (how, scenario.cross_class) {
@@ -325,7 +333,7 @@ pub fn compare(
                 expectation,
                 obs,
                 expected.as_deref(),
-                store,
+                truth_values.as_ref(),
                 (k, noise_ulps),
             );
         }
@@ -342,12 +350,10 @@ pub fn compare(
     }
     // How far the output is from the float64 truth, whatever it was judged by: the drift a
     // knob or another class costs (the optimisation audit).
-    if let (Some(truth), Some(out)) = (&golden.truth, result.output.as_mut()) {
-        if let Ok((t, _)) = store.read_array(&truth.array) {
-            if t.len() == obs.values.len() {
-                out.metrics
-                    .insert("rmse_truth".into(), metrics::rmse(&t, &obs.values));
-            }
+    if let (Some(Ok(t)), Some(out)) = (&truth_values, result.output.as_mut()) {
+        if t.len() == obs.values.len() {
+            out.metrics
+                .insert("rmse_truth".into(), metrics::rmse(t, &obs.values));
         }
     }
     result
@@ -418,7 +424,7 @@ fn cross_class_truth(
     e: &Expectation,
     obs: &Observation,
     expected: Option<&[f64]>,
-    store: &GoldenStore,
+    truth_values: Option<&std::result::Result<Vec<f64>, String>>,
     (k, noise_ulps): (f64, f64),
 ) {
     let Some(truth) = &golden.truth else {
@@ -438,9 +444,9 @@ fn cross_class_truth(
             .push("the expectation has no array to measure against the truth".into());
         return;
     };
-    let truth_values = match store.read_array(&truth.array) {
-        Ok((v, _)) if v.len() == obs.values.len() => v,
-        Ok((v, _)) => {
+    let truth_values = match truth_values.expect("read where the golden has a truth") {
+        Ok(v) if v.len() == obs.values.len() => v,
+        Ok(v) => {
             result.verdict = Verdict::Failed;
             result.notes.push(format!(
                 "truth array holds {} values, the output {}",
@@ -455,7 +461,7 @@ fn cross_class_truth(
             return;
         }
     };
-    let scale = metrics::rms(&truth_values);
+    let scale = metrics::rms(truth_values);
     let relative = if scale > 0.0 {
         truth.sensitivity / scale
     } else {
@@ -474,8 +480,8 @@ fn cross_class_truth(
         ));
         return;
     }
-    let r_expected = metrics::rmse(&truth_values, expected);
-    let r_got = metrics::rmse(&truth_values, &obs.values);
+    let r_expected = metrics::rmse(truth_values, expected);
+    let r_got = metrics::rmse(truth_values, &obs.values);
     let floor = noise_ulps * truth.sensitivity;
     let bound = k * r_expected + floor;
     let verdict = if r_got <= bound {

@@ -196,14 +196,7 @@ pub fn localize_many(
     out: &Path,
     mut progress: impl FnMut(&Record),
 ) -> Result<Vec<Record>> {
-    let suites = fixtures.select(&Selection {
-        suites: vec![suite.to_string()],
-        filter: filter.map(String::from),
-    })?;
-    let s = suites
-        .iter()
-        .find(|s| s.name == suite)
-        .ok_or_else(|| Error::InvalidArgument(format!("--suite {suite}: no such suite")))?;
+    let s = &select(fixtures, suite, filter)?;
     if s.scenarios.is_empty() {
         return Err(Error::InvalidArgument(format!(
             "no scenario of suite {suite} matches {} (see `reprodiff list --suite {suite}`)",
@@ -262,14 +255,7 @@ pub fn localize(
     isa: &[String],
     out: &Path,
 ) -> Result<Localized> {
-    let suites = fixtures.select(&Selection {
-        suites: vec![suite.to_string()],
-        filter: None,
-    })?;
-    let s = suites
-        .iter()
-        .find(|s| s.name == suite)
-        .ok_or_else(|| Error::InvalidArgument(format!("--suite {suite}: no such suite")))?;
+    let s = &select(fixtures, suite, None)?;
     if !s.scenarios.iter().any(|x| x.name == scenario) {
         return Err(Error::InvalidArgument(format!(
             "--scenario {scenario}: not in suite {suite} (see `reprodiff list --suite {suite}`)"
@@ -277,6 +263,18 @@ pub fn localize(
     }
     let (ca, cb) = (parse_label(a, isa)?, parse_label(b, isa)?);
     localize_one(exe, fixtures, s, scenario, (&ca, &cb), out)
+}
+
+/// Suite `suite` with the scenarios `filter` selects.
+fn select(fixtures: &Fixtures, suite: &str, filter: Option<&str>) -> Result<super::suite::Suite> {
+    fixtures
+        .select(&Selection {
+            suites: vec![suite.to_string()],
+            filter: filter.map(String::from),
+        })?
+        .into_iter()
+        .find(|s| s.name == suite)
+        .ok_or_else(|| Error::InvalidArgument(format!("--suite {suite}: no such suite")))
 }
 
 fn localize_one(
@@ -366,17 +364,18 @@ fn noise_step(
         .map(|((x, _), _)| (x.step, x.timestep)))
 }
 
-/// The denoising step of a dumped activation (`<t>.<module>`, t its timestep, numbered by the
-/// side's per-step trace) and the module, or `None` and the whole name (text encoder, VAE).
+/// The denoising step of a dumped activation (`<t>.<module>`: its timestep t, and its step
+/// number where the side's per-step trace has t) and the module; `None` and the whole name for
+/// activations outside the loop (text encoder, VAE).
 fn step_of(
     name: &str,
     trace: Option<&Vec<crate::pipelines::ddim::StepTrace>>,
-) -> (Option<(usize, i64)>, String) {
+) -> (Option<(Option<usize>, i64)>, String) {
     if let Some((t, module)) = name.split_once('.') {
         if let Ok(t) = t.parse::<i64>() {
             let step = trace
                 .and_then(|tr| tr.iter().find(|s| s.timestep == t))
-                .map_or(usize::MAX, |s| s.step);
+                .map(|s| s.step);
             return (Some((step, t)), module.to_string());
         }
     }
@@ -386,8 +385,8 @@ fn step_of(
 impl Localized {
     fn place(&self, name: &str) -> String {
         match step_of(name, self.a.plain.trace.as_ref()) {
-            (Some((usize::MAX, t)), m) => format!("t = {t} in {m}"),
-            (Some((k, t)), m) => format!("step {k} (t = {t}) in {m}"),
+            (Some((Some(k), t)), m) => format!("step {k} (t = {t}) in {m}"),
+            (Some((None, t)), m) => format!("t = {t} in {m}"),
             (None, m) => m,
         }
     }
@@ -455,7 +454,7 @@ impl Localized {
         let (first_step, first_module) = match &self.first {
             Some((name, _)) => {
                 let (step, m) = step_of(name, self.a.plain.trace.as_ref());
-                (step.filter(|s| s.0 != usize::MAX), Some(m))
+                (step.and_then(|(k, t)| Some((k?, t))), Some(m))
             }
             None => (None, None),
         };
