@@ -57,8 +57,78 @@ const MODEL_INDEX: &str = r#"{
 
 pub const ARCHS: &[&str] = &["ddpm-cifar10-32", "stable-diffusion-v1-5"];
 
+/// What DERIVED says of the draws. The derivation draws through ATen's randn, whose vectorised
+/// kernels (avx2 and avx512 give the same bits) and scalar `default` kernel give other draws,
+/// one ulp apart: weights derived under `default` are other weights, and every output made from
+/// them differs from the goldens (found: a cache made by a run under ATEN_CPU_CAPABILITY=default
+/// moved all of sd15-arch). So weights are always derived with the vectorised draws, in a child
+/// process under avx2 when this one dispatches to `default`, and a folder whose DERIVED lacks
+/// this line is made again.
+const DRAWS: &str = "draws: ATen's vectorised randn (avx2 and avx512 give the same bits)";
+
+/// Set in the child that derives under avx2, so that it never spawns another.
+const CHILD_ENV: &str = "REPRODIFF_DERIVE_CHILD";
+
+fn vectorised_draws() -> Result<bool> {
+    Ok(matches!(
+        crate::torch::cpu_capability()?.as_str(),
+        "avx2" | "avx512"
+    ))
+}
+
+/// The reprodiff executable to derive in: REPRODIFF_BIN, this process if it is reprodiff, or
+/// the one beside a cargo test binary (target/<profile>/deps/NAME -> target/<profile>/).
+fn reprodiff_exe() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("REPRODIFF_BIN") {
+        return Some(p.into());
+    }
+    let me = std::env::current_exe().ok()?;
+    if me.file_stem().is_some_and(|s| s == "reprodiff") {
+        return Some(me);
+    }
+    let sibling = me.parent()?.parent()?.join("reprodiff");
+    sibling.is_file().then_some(sibling)
+}
+
+/// `reprodiff derive-weights --arch ARCH --out OUT` in a child under ATEN_CPU_CAPABILITY=avx2.
+fn write_in_child(arch: &str, out: &Path) -> Result<()> {
+    let unavailable = |why: String| {
+        Err(Error::Unavailable(format!(
+            "derived:{arch} needs ATen's vectorised randn (this process dispatches to `default`): \
+             {why}"
+        )))
+    };
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return unavailable("this CPU has neither AVX2 nor AVX-512".into());
+    }
+    let Some(exe) = reprodiff_exe() else {
+        return unavailable(
+            "no reprodiff executable to derive in (set REPRODIFF_BIN, or run `reprodiff \
+             derive-weights` once on a host with AVX2)"
+                .into(),
+        );
+    };
+    let status = std::process::Command::new(&exe)
+        .args(["derive-weights", "--arch", arch, "--out"])
+        .arg(out)
+        .env("ATEN_CPU_CAPABILITY", "avx2")
+        .env(CHILD_ENV, "1")
+        .status()
+        .map_err(|e| Error::io(&exe, e))?;
+    if !status.success() {
+        return unavailable(format!(
+            "{} derive-weights failed ({status})",
+            exe.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Writes the pipeline folder for `arch` (weights seed 0) into `out`, replacing what is there.
 pub fn write(arch: &str, out: &Path) -> Result<()> {
+    if !vectorised_draws()? {
+        return write_in_child(arch, out);
+    }
     let tmp = write_beside(arch, out)?;
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -145,25 +215,38 @@ fn write_beside(arch: &str, out: &Path) -> Result<tempfile::TempDir> {
         root.join("DERIVED"),
         format!(
             "reprodiff derive-weights --arch {arch} (derivation v{DERIVATION_VERSION}, seed 0): \
-             each tensor from a CPU generator seeded by SHA-256 of its name; not trained weights\n"
+             each tensor from a CPU generator seeded by SHA-256 of its name; not trained \
+             weights\n{DRAWS}\n"
         ),
     )
     .map_err(|e| Error::io(root.join("DERIVED"), e))?;
     Ok(tmp)
 }
 
-/// The cached folder for `derived:ARCH` (a diffusers pipeline folder), written on first use.
+/// The cached folder for `derived:ARCH` (a diffusers pipeline folder), written on first use,
+/// and again where an older one does not say it was made with the vectorised draws.
 pub fn materialize(arch: &str) -> Result<PathBuf> {
     let dir = cache_dir().join(format!("derived/{arch}-v{DERIVATION_VERSION}"));
-    if !dir.join("DERIVED").is_file() {
+    let complete = |d: &Path| {
+        std::fs::read_to_string(d.join("DERIVED")).is_ok_and(|t| t.lines().any(|l| l == DRAWS))
+    };
+    if !complete(&dir) {
         // Several processes (nextest runs tests in parallel) may get here at once: each writes
         // its own copy and renames it into place; a rename onto a folder another process put
-        // there first fails, and that folder is complete, so ours is dropped. An existing
-        // complete folder is never removed while someone may be reading it.
-        let tmp = write_beside(arch, &dir)?;
-        if std::fs::rename(tmp.path(), &dir).is_ok() {
-            let _ = tmp.keep();
-        } else if !dir.join("DERIVED").is_file() {
+        // there first fails, and that folder is complete, so ours is dropped. A complete folder
+        // is never removed while someone may be reading it; a stale one (no DRAWS line) is.
+        let parent = dir.parent().expect("a cache folder has a parent");
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".derive-")
+            .tempdir_in(parent)
+            .map_err(|e| Error::io(parent, e))?;
+        let made = staging.path().join("folder");
+        write(arch, &made)?;
+        if dir.join("DERIVED").is_file() && !complete(&dir) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        if std::fs::rename(&made, &dir).is_err() && !complete(&dir) {
             return Err(Error::invalid_file(
                 &dir,
                 "cannot create the derived model folder (it exists but is incomplete: remove it)",
