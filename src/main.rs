@@ -49,6 +49,19 @@ enum Command {
         #[command(flatten)]
         sel: SelectArgs,
     },
+    /// Compute the noise_ulps each selected suite's cross-class truth rule needs, from the
+    /// recorded classes' expectations in its goldens and the committed calibration records
+    /// (<fixtures>/records/*/calibration/*; --records adds folders),
+    /// and whether the suite's value keeps the policy (at least the need, at most 2x it).
+    /// Exit 1 when a suite breaks it.
+    Calibrate {
+        #[command(flatten)]
+        sel: SelectArgs,
+        /// A check-record folder (records.jsonl) whose classes count as more classes to pass
+        /// (repeatable).
+        #[arg(long = "records", value_name = "DIR")]
+        records: Vec<PathBuf>,
+    },
     /// List the selected scenarios.
     List {
         #[command(flatten)]
@@ -432,6 +445,7 @@ fn run(cli: Cli) -> Result<i32> {
             save_outputs,
         } => check(&sel, json, verbose, &out, save_outputs),
         Command::Bless { sel } => bless(&sel),
+        Command::Calibrate { sel, records } => calibrate(&sel, &records),
         Command::List { sel, json } => {
             for suite in sel.fixtures()?.select(&sel.selection())? {
                 for s in &suite.scenarios {
@@ -571,8 +585,9 @@ fn run(cli: Cli) -> Result<i32> {
             }
             for m in reprodiff::harness::merge::merge(&fixtures, &from)? {
                 println!(
-                    "{}: {} expectation(s) added, {} replaced, {} unchanged; {} truth(s) written",
-                    m.suite, m.added, m.replaced, m.unchanged, m.truths
+                    "{}: {} expectation(s) added, {} replaced, {} unchanged, {} kept over a \
+                     blessed one; {} truth(s) written",
+                    m.suite, m.added, m.replaced, m.unchanged, m.kept, m.truths
                 );
             }
             Ok(exit::OK)
@@ -650,6 +665,7 @@ fn check(
     }
     let store = fixtures.store();
     let runner = runner();
+    let host = Fingerprint::current()?;
     let total: usize = suites.iter().map(|s| s.scenarios.len()).sum();
     let progress = progress_bar(total);
     let mut results: Vec<ScenarioResult> = Vec::new();
@@ -660,7 +676,7 @@ fn check(
         for scenario in &suite.scenarios {
             progress.set_message(format!("{}/{}", suite.name, scenario.name));
             let (result, obs) =
-                session::check_one(&runner, &store, suite, golden.as_ref(), scenario);
+                session::check_one(&runner, &store, suite, golden.as_ref(), scenario, &host);
             records.append(
                 scenario,
                 &result,
@@ -742,6 +758,30 @@ fn matrix(sel: &SelectArgs, axes: &MatrixAxes, out: &Path) -> Result<i32> {
         out.display()
     );
     Ok(exit::OK)
+}
+
+fn calibrate(sel: &SelectArgs, records: &[PathBuf]) -> Result<i32> {
+    for dir in records {
+        if !dir.join("records.jsonl").is_file() {
+            return Err(Error::InvalidArgument(format!(
+                "--records {}: no records.jsonl in that folder",
+                dir.display()
+            )));
+        }
+    }
+    let fixtures = sel.fixtures()?;
+    let store = fixtures.store();
+    let mut all = reprodiff::harness::calibrate::committed_records(&fixtures);
+    all.extend(records.iter().cloned());
+    let dirs: Vec<&Path> = all.iter().map(PathBuf::as_path).collect();
+    let mut broken = 0;
+    for suite in fixtures.select(&sel.selection())? {
+        if let Some(need) = reprodiff::harness::calibrate::need(&suite, &store, &dirs)? {
+            println!("{}", need.sentence());
+            broken += usize::from(!need.holds());
+        }
+    }
+    Ok(if broken == 0 { exit::OK } else { exit::FAILED })
 }
 
 fn bless(sel: &SelectArgs) -> Result<i32> {
@@ -894,7 +934,15 @@ fn print_env(fp: &Fingerprint) {
         v.libtorch,
         v.torch_build.as_deref().unwrap_or("?")
     );
-    println!("os        {} {}", fp.os.name, fp.os.arch);
+    println!(
+        "os        {} {}{}",
+        fp.os.name,
+        fp.os.arch,
+        fp.os
+            .libc
+            .as_deref()
+            .map_or(String::new(), |l| format!(", {l}"))
+    );
     println!("cpu       {} ({} threads)", fp.cpu.model, fp.cpu.threads);
     println!("isa       {}", fp.cpu.isa.join(" "));
     println!("dispatch  {}", fp.cpu.capability);

@@ -1,15 +1,18 @@
 //! The conformance suite as tests: one trial per (suite, scenario) found under fixtures/,
-//! named `suite/scenario` (e.g. `rng/randn/cpu-generator/seed0/4`). A trial passes when the
-//! scenario is identical to its expectation or within tolerance; it fails on drift, failure, a
-//! missing golden, and (in CI) a host class without an expectation. A scenario that cannot run
-//! here (no CUDA, model weights not in the local cache) is ignored at list time, with the
-//! reason printed, so runners count it apart from the passes. The suites are data: adding a
-//! scenario to a suite file adds a test here.
+//! named `suite/scenario` (e.g. `rng/randn/cpu-generator/seed0/4`). A trial passes only when
+//! the scenario was compared and found identical to its expectation or within tolerance; every
+//! other verdict fails it (drift, failure, a missing golden, not comparable, a scenario that
+//! turned out not to run). What cannot run or be judged here is decided at list time
+//! (`session::plan`: no CUDA, a CPU capability or model weights missing, a scenario checked only
+//! on its own class, no expectation for this class outside CI) and ignored, with the reason
+//! printed, so runners count it apart from the passes. The suites are data: adding a scenario
+//! to a suite file adds a test here.
 use libtest_mimic::{Arguments, Failed, Trial};
+use reprodiff::env::Fingerprint;
 use reprodiff::harness::check::{in_ci, Verdict};
 use reprodiff::harness::observe::Runner;
 use reprodiff::harness::report;
-use reprodiff::harness::session::{cannot_run, check_one, Fixtures, Selection};
+use reprodiff::harness::session::{check_one, plan, Fixtures, Selection};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,23 +26,35 @@ fn main() {
         exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_reprodiff"))),
     });
     let store = Arc::new(fixtures.store());
+    let host = Arc::new(Fingerprint::current().unwrap_or_else(|e| panic!("fingerprint: {e}")));
 
     let mut trials = Vec::new();
     for suite in suites {
+        let goldens = store
+            .load(&suite.name)
+            .unwrap_or_else(|e| panic!("cannot load the goldens of {}: {e}", suite.name));
         let suite = Arc::new(suite);
         for index in 0..suite.scenarios.len() {
-            let (suite, runner, store) = (suite.clone(), runner.clone(), store.clone());
-            let name = format!("{}/{}", suite.name, suite.scenarios[index].name);
-            let skip = cannot_run(&suite.scenarios[index]);
-            if let (Some(why), true) = (&skip, args.list) {
-                eprintln!("{name}: ignored, not run: {why}");
+            let scenario = &suite.scenarios[index];
+            let name = format!("{}/{}", suite.name, scenario.name);
+            let entry = goldens
+                .as_ref()
+                .and_then(|g| g.scenarios.get(&scenario.name));
+            // Ignored only where the plan's verdict is not itself a failure (no expectation
+            // is one in CI: that trial runs and fails with the reason).
+            let skip = plan(scenario, entry, &host).filter(|(v, _)| !v.fails(in_ci()));
+            if let (Some((verdict, why)), true) = (&skip, args.list) {
+                eprintln!("{name}: ignored, {verdict}: {why}");
             }
+            let (suite, runner, store) = (suite.clone(), runner.clone(), store.clone());
+            let host = host.clone();
             let trial = Trial::test(name, move || {
                 let golden = store
                     .load(&suite.name)
                     .map_err(|e| Failed::from(e.to_string()))?;
                 let scenario = &suite.scenarios[index];
-                let (result, _) = check_one(&runner, &store, &suite, golden.as_ref(), scenario);
+                let (result, _) =
+                    check_one(&runner, &store, &suite, golden.as_ref(), scenario, &host);
                 let text = format!(
                     "{}{}",
                     report::lines(std::slice::from_ref(&result), true),
@@ -48,7 +63,8 @@ fn main() {
                         .as_deref()
                         .map_or(String::new(), |c| format!("host class: {c}\n"))
                 );
-                if result.verdict.fails(in_ci()) {
+                // Nothing passes unlooked at: a trial that ran passes only on a comparison.
+                if !result.verdict.passed() {
                     return Err(
                         format!("{} is {}:\n{text}", result.scenario, result.verdict).into(),
                     );

@@ -46,6 +46,13 @@ const ONEDNN_ALIASES: &[(&str, &str)] = &[
     ("avx10_1_512_amx_fp16", "avx512_core_amx_fp16"),
 ];
 
+/// The components CPU random draws depend on. Measured: one seed gives the same draws on an
+/// AMD EPYC with AVX-512, an AMD EPYC with AVX2 and an Intel Xeon at the same ATen capability,
+/// whatever oneDNN, MKL or the thread count do; another capability (`default`'s scalar
+/// Box-Muller against the vectorised one) changes them. A `bits` cross-class rule compares only
+/// with an expectation whose class shares all of these.
+pub const BITS_DEPEND_ON: &[&str] = &["device", "arch", "aten", "libtorch"];
+
 /// ATen's capabilities, lowest first.
 const ATEN: &[&str] = &["default", "avx2", "avx512"];
 
@@ -132,6 +139,15 @@ impl EnvClass {
             + ne(&a.mkl, &b.mkl)
     }
 
+    /// Whether `self` and `other` agree on every component named in `parts` (names as in the
+    /// key: device, arch, vendor, aten, onednn, mkl, threads, libtorch). `any` shares nothing.
+    pub fn shares(&self, other: &EnvClass, parts: &[&str]) -> bool {
+        let (EnvClass::Host(a), EnvClass::Host(b)) = (self, other) else {
+            return false;
+        };
+        parts.iter().all(|p| a.component(p) == b.component(p))
+    }
+
     /// The nearest of `candidates` (see [`EnvClass::distance`]); `None` when there are none.
     pub fn nearest<'a>(
         &self,
@@ -139,6 +155,23 @@ impl EnvClass {
     ) -> Option<&'a EnvClass> {
         candidates.into_iter().min_by(|x, y| {
             (self.distance(x), x.to_string()).cmp(&(self.distance(y), y.to_string()))
+        })
+    }
+}
+
+impl HostClass {
+    /// One component by its name in the key; `None` for an unknown name.
+    pub fn component(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "device" => self.device.clone(),
+            "arch" => self.arch.clone(),
+            "vendor" => self.vendor.clone(),
+            "aten" => self.aten.clone(),
+            "onednn" => self.onednn.clone(),
+            "mkl" => self.mkl.clone(),
+            "threads" => self.threads.to_string(),
+            "libtorch" => self.libtorch.clone(),
+            _ => return None,
         })
     }
 }

@@ -7,7 +7,7 @@
 //! [`class`] turns a fingerprint into the environment class that goldens are keyed by.
 pub mod class;
 
-pub use class::EnvClass;
+pub use class::{EnvClass, BITS_DEPEND_ON};
 
 use crate::error::Result;
 use crate::torch::{self, Determinism};
@@ -84,6 +84,26 @@ pub struct Versions {
 pub struct Os {
     pub name: String,
     pub arch: String,
+    /// The C library and its version, e.g. "glibc 2.36". ATen's scalar code paths call its
+    /// math: torch's `default`-capability randn is glibc's logf, cosf and sinf bit for bit (0 of
+    /// 3,072 draws differ with glibc's, 35 with correctly rounded ones). Recorded, not in the
+    /// class key: every host recorded so far ran glibc 2.36, so no record shows it matters yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libc: Option<String>,
+}
+
+/// The C library this process runs on ("glibc 2.36"); `None` where it cannot be asked.
+fn libc_version() -> Option<String> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: gnu_get_libc_version returns a pointer to a static NUL-terminated string.
+        let version = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        Some(format!("glibc {}", version.to_string_lossy()))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +148,7 @@ impl Fingerprint {
             os: Os {
                 name: std::env::consts::OS.into(),
                 arch: std::env::consts::ARCH.into(),
+                libc: libc_version(),
             },
             cpu: Cpu {
                 model,

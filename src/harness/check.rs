@@ -1,13 +1,20 @@
 //! Comparing an observation with its golden: which expectation, per-metric checks and a
 //! scenario verdict.
 //!
-//! The expectation is chosen by the run's environment class ([`crate::env::class`]):
-//! 1. the expectation of the same class, compared with the scenario's own tolerances (bit for
-//!    bit where the suite says so);
-//! 2. else a published expectation (class `any`), with the same tolerances;
-//! 3. else the nearest recorded class ([`EnvClass::nearest`]), judged by the scenario's
-//!    `cross_class` rule. Under rule `truth`, a scenario whose sensitivity makes the comparison
-//!    powerless is reported as "not comparable" with its number, never passed by a wide band.
+//! The expectation is chosen by the run's environment class ([`crate::env::class`]), in one
+//! place ([`choose`]), before the run (to skip what cannot be judged here) and after it:
+//! 1. the expectation of the same class made by the oracle (diffusers / PyTorch), compared with
+//!    the scenario's own tolerances (bit for bit in every suite here);
+//! 2. else a published expectation (class `any`), with the same tolerances: a publication stays
+//!    the authority for its scenario;
+//! 3. else the nearest recorded class ([`EnvClass::nearest`]) the scenario's `cross_class` rule
+//!    can use, judged by that rule. A rerun difference (run 1 minus run 2) is compared exactly
+//!    on every class. A scenario the suite marks `own_class_only` is never judged across
+//!    classes; one whose sensitivity makes the truth rule powerless without that mark is
+//!    "not comparable", a failure: nothing passes unlooked at.
+//!
+//! An expectation `reprodiff bless` wrote for the run's class is an extra exact check beside
+//! the authority, never a replacement for it.
 use super::golden::{Expectation, GoldenScenario, GoldenStore};
 use super::metrics::{self, Metric};
 use super::observe::{NotObserved, Observation};
@@ -21,6 +28,17 @@ use std::fmt;
 /// amplified into a different result, and no tolerance separates a bug from the hardware.
 pub const POWERLESS_SENSITIVITY: f64 = 1e-3;
 
+/// `sensitivity` as a fraction of the truth's RMS (0 for an all-zero truth): above
+/// [`POWERLESS_SENSITIVITY`] no cross-class tolerance can tell a bug from the hardware.
+pub fn relative_sensitivity(sensitivity: f64, truth: &[f64]) -> f64 {
+    let scale = metrics::rms(truth);
+    if scale > 0.0 {
+        sensitivity / scale
+    } else {
+        0.0
+    }
+}
+
 /// Ordered from best to worst; a scenario's verdict is the worst of its metrics'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -29,13 +47,17 @@ pub enum Verdict {
     Identical,
     /// Different, inside the scenario's tolerance (or its cross-class tolerance).
     WithinTolerance,
-    /// Not run for a stated reason (no CUDA, no weights, CPU lacks a capability). Not a pass.
+    /// Not run, for a reason found before running it (no CUDA, no weights, the CPU lacks a
+    /// capability, a scenario checked only on its own class on another class). Neither a pass
+    /// nor a failure: a skip, said with its reason. A scenario that turns out not to run only
+    /// once started is `Failed`.
     NotRun,
-    /// Compared with another class, where the scenario is too sensitive for any tolerance to
-    /// mean something. Not a pass.
+    /// Only another class's expectation, and the scenario too sensitive for any tolerance to
+    /// mean something there: nothing could be compared. A failure; a suite that knows it marks
+    /// the scenario `own_class_only`, with the measured reason, and it is skipped instead.
     NotComparable,
-    /// This host's class has no expectation and the scenario no cross-class rule. A failure in
-    /// CI, a warning elsewhere.
+    /// This host's class has no expectation the scenario's cross-class rule can use. A failure
+    /// in CI; elsewhere a skip, decided before running.
     NoExpectation,
     /// Outside the tolerance.
     Drifted,
@@ -50,12 +72,9 @@ impl Verdict {
     /// expectation means the goldens do not cover the machines the project is tested on).
     pub fn fails(self, ci: bool) -> bool {
         match self {
-            Verdict::Identical
-            | Verdict::WithinTolerance
-            | Verdict::NotRun
-            | Verdict::NotComparable => false,
+            Verdict::Identical | Verdict::WithinTolerance | Verdict::NotRun => false,
             Verdict::NoExpectation => ci,
-            Verdict::Drifted | Verdict::NoGolden | Verdict::Failed => true,
+            Verdict::NotComparable | Verdict::Drifted | Verdict::NoGolden | Verdict::Failed => true,
         }
     }
 
@@ -188,14 +207,23 @@ impl ScenarioResult {
         }
     }
 
-    /// A scenario that produced no observation.
+    /// A scenario skipped before it ran: `verdict` is `NotRun` or `NoExpectation`.
+    pub fn skipped(suite: &str, scenario: &str, verdict: Verdict, reason: &str) -> Self {
+        Self::bare(suite, scenario, verdict, reason.into())
+    }
+
+    /// A scenario that produced no observation. Whatever was found missing only once it ran
+    /// is a failure: what a host lacks is decided before running (`session::plan`).
     pub fn not_observed(suite: &str, scenario: &str, why: &NotObserved) -> Self {
         match why {
             NotObserved::NotRun(reason) => Self::bare(
                 suite,
                 scenario,
-                Verdict::NotRun,
-                format!("not run: {reason}"),
+                Verdict::Failed,
+                format!(
+                    "could not run, although nothing was found missing before it started: \
+                     {reason}"
+                ),
             ),
             NotObserved::Failed(e) => Self::bare(suite, scenario, Verdict::Failed, e.to_string()),
         }
@@ -215,6 +243,121 @@ pub fn bless_hint(suite: &str, scenario: &str) -> String {
         regex::escape(scenario),
         regex::escape(scenario)
     )
+}
+
+/// The producer of the expectations `reprodiff bless` writes.
+pub const BLESSED: &str = "reprodiff";
+
+/// Why a run of some class has no expectation to be judged by.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoAuthority {
+    /// The suite checks the scenario on its own class only (its reason), and this class has no
+    /// expectation.
+    OwnClassOnly(String),
+    /// No expectation the scenario's cross-class rule can use (or it has no rule): why.
+    NoExpectation(String),
+}
+
+/// The expectations a run of one class is compared with.
+#[derive(Debug)]
+pub struct Choice<'a> {
+    /// What diffusers (or a publication) says: this class's oracle expectation, else a
+    /// published one, else the nearest recorded class the scenario's cross-class rule can use.
+    pub authority: std::result::Result<(&'a Expectation, Match), NoAuthority>,
+    /// This class's own expectation made by `reprodiff bless` where the authority is another:
+    /// an extra exact check, never a replacement for the comparison with diffusers.
+    pub blessed: Option<&'a Expectation>,
+}
+
+/// Chooses what a run of `class` is compared with (see the module docs). One place, used both
+/// before a scenario runs (`harness::session::plan`) and after (`compare`).
+pub fn choose<'a>(golden: &'a GoldenScenario, class: &EnvClass, scenario: &Scenario) -> Choice<'a> {
+    let is_blessed = |e: &Expectation| e.provenance.producer == BLESSED;
+    let own = golden.expectation(class);
+    let authorities: Vec<&EnvClass> = golden
+        .expectations
+        .iter()
+        .filter(|e| !is_blessed(e))
+        .map(|e| &e.class)
+        .collect();
+    if authorities.is_empty() {
+        // Only reprodiff's own expectations (kernels with no diffusers counterpart).
+        return Choice {
+            authority: own.map(|e| (e, Match::SameClass)).ok_or_else(|| {
+                NoAuthority::NoExpectation(format!(
+                    "the golden holds only expectations reprodiff blessed, none for this host's \
+                     class {class}"
+                ))
+            }),
+            blessed: None,
+        };
+    }
+    let blessed = own.filter(|e| is_blessed(e));
+    let pick = |authority| Choice { authority, blessed };
+    if let Some(e) = own.filter(|e| !is_blessed(e)) {
+        return pick(Ok((e, Match::SameClass)));
+    }
+    if let Some(e) = golden.expectation(&EnvClass::Any) {
+        return pick(Ok((e, Match::Published)));
+    }
+    let nearest = |usable: Vec<&EnvClass>| {
+        class
+            .nearest(usable)
+            .and_then(|c| golden.expectation(c))
+            .map(|e| (e, Match::NearestClass))
+    };
+    if scenario.run.is_rerun_difference() {
+        return pick(Ok(nearest(authorities).expect("authorities is not empty")));
+    }
+    if let Some(reason) = &scenario.own_class_only {
+        return pick(Err(NoAuthority::OwnClassOnly(reason.clone())));
+    }
+    let found = match scenario.cross_class {
+        None => {
+            return pick(Err(NoAuthority::NoExpectation(format!(
+                "no expectation for this host's class {class} and no cross_class rule in the \
+                 suite: record this class with the oracle (ci/oracle/run.sh) on such a host"
+            ))))
+        }
+        Some(CrossClass::Bits) => nearest(
+            authorities
+                .into_iter()
+                .filter(|c| class.shares(c, crate::env::BITS_DEPEND_ON))
+                .collect(),
+        ),
+        Some(CrossClass::Truth { .. }) => nearest(authorities),
+    };
+    pick(found.ok_or_else(|| {
+        NoAuthority::NoExpectation(format!(
+            "the suite's bits rule compares only with a class of the same {}, and none was \
+             recorded for this host's class {class}: record it with the oracle (ci/oracle/run.sh, \
+             which any host can run under ATEN_CPU_CAPABILITY=...)",
+            crate::env::BITS_DEPEND_ON.join(", ")
+        ))
+    }))
+}
+
+/// The extra exact check against this class's blessed expectation.
+fn blessed_check(result: &mut ScenarioResult, own: &Expectation, obs: &Observation) {
+    let identical = own.sha256.as_deref() == Some(obs.sha256.as_str());
+    let verdict = if identical {
+        Verdict::Identical
+    } else {
+        Verdict::Drifted
+    };
+    result.checks.push(MetricCheck {
+        metric: "bits (blessed)".into(),
+        golden: own.sha256.as_deref().map_or("no bits", |h| &h[..12]).into(),
+        got: obs.sha256[..12].to_string(),
+        delta: None,
+        tolerance: "bit-exact".into(),
+        verdict,
+    });
+    result.notes.push(format!(
+        "also compared bit for bit with this class's expectation that reprodiff blessed ({}): {}",
+        own.provenance.command, verdict
+    ));
+    result.verdict = result.verdict.max(verdict);
 }
 
 /// Compares `obs` with the expectation `golden` holds for its class (see the module docs).
@@ -261,21 +404,21 @@ pub fn compare(
         ));
         return result;
     }
-    let (expectation, how) = match golden
-        .expectation(&class)
-        .map(|e| (e, Match::SameClass))
-        .or_else(|| {
-            golden
-                .expectation(&EnvClass::Any)
-                .map(|e| (e, Match::Published))
-        }) {
-        Some(found) => found,
-        None => {
-            let nearest = class
-                .nearest(golden.expectations.iter().map(|e| &e.class))
-                .expect("expectations is not empty");
-            let e = golden.expectation(nearest).expect("nearest is one of them");
-            (e, Match::NearestClass)
+    let choice = choose(golden, &class, scenario);
+    let (expectation, how) = match choice.authority {
+        Ok(found) => found,
+        Err(NoAuthority::OwnClassOnly(reason)) => {
+            result.verdict = Verdict::NotComparable;
+            result.notes.push(format!(
+                "checked only on its own class ({reason}), and this host's class {class} has no \
+                 expectation: nothing here can judge it"
+            ));
+            return result;
+        }
+        Err(NoAuthority::NoExpectation(reason)) => {
+            result.verdict = Verdict::NoExpectation;
+            result.notes.push(reason);
+            return result;
         }
     };
     result.compared_with = Some(ComparedWith {
@@ -305,14 +448,22 @@ pub fn compare(
     });
     // The expectation's array is read only where it is compared: across classes always, within
     // a class when the bits differ or a metric needs it.
+    let exact = |result: &mut ScenarioResult| {
+        let identical = expectation.sha256.as_deref() == Some(obs.sha256.as_str());
+        let expected = (!identical || scenario.metrics.iter().any(|m| m.needs_array()))
+            .then(|| load_array(expectation, obs, store, &mut result.notes))
+            .flatten();
+        same_class(result, scenario, expectation, obs, expected.as_deref());
+    };
     match (how, scenario.cross_class) {
-        (Match::NearestClass, None) => {
-            result.verdict = Verdict::NoExpectation;
+        // Run 1 minus run 2 is zero on every host, or the claim fails: never a tolerance.
+        (Match::NearestClass, _) if scenario.run.is_rerun_difference() => {
             result.notes.push(
-                "no expectation for this host's class and no cross_class rule in the suite: \
-                 record this class with the oracle (ci/oracle/run.sh) on such a host"
+                "a rerun difference is exactly zero on every class: compared exactly with that \
+                 class's expectation"
                     .into(),
             );
+            exact(&mut result);
         }
         // The same bits as another class's expectation: identical, whatever the rule (a
         // release or CPU that changed nothing for this scenario is worth saying so).
@@ -337,13 +488,10 @@ pub fn compare(
                 (k, noise_ulps),
             );
         }
-        _ => {
-            let identical = expectation.sha256.as_deref() == Some(obs.sha256.as_str());
-            let expected = (!identical || scenario.metrics.iter().any(|m| m.needs_array()))
-                .then(|| load_array(expectation, obs, store, &mut result.notes))
-                .flatten();
-            same_class(&mut result, scenario, expectation, obs, expected.as_deref());
-        }
+        _ => exact(&mut result),
+    }
+    if let Some(own) = choice.blessed {
+        blessed_check(&mut result, own, obs);
     }
     if !obs.finite {
         result.verdict = Verdict::Failed;
@@ -462,11 +610,7 @@ fn cross_class_truth(
         }
     };
     let scale = metrics::rms(truth_values);
-    let relative = if scale > 0.0 {
-        truth.sensitivity / scale
-    } else {
-        0.0
-    };
+    let relative = relative_sensitivity(truth.sensitivity, truth_values);
     if relative > POWERLESS_SENSITIVITY {
         result.verdict = Verdict::NotComparable;
         result.notes.push(format!(
@@ -639,5 +783,149 @@ fn describe_tolerance(metric: Metric, tol: Tolerance) -> String {
         (_, Tolerance::Max { max: 0.0 }) => "exact".into(),
         (_, Tolerance::Max { max }) => format!("<= {max}"),
         (_, Tolerance::Min { min }) => format!(">= {min} dB"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::golden::Provenance;
+    use crate::harness::suite::Suite;
+    use std::path::Path;
+
+    const INTEL: &str =
+        "cpu/x86_64/intel/aten=avx512/onednn=avx512_core_amx/mkl=auto/threads=2/libtorch=2.13.0";
+    const AMD: &str =
+        "cpu/x86_64/amd/aten=avx512/onednn=avx512_core_bf16/mkl=auto/threads=2/libtorch=2.13.0";
+    const AMD_DEFAULT: &str =
+        "cpu/x86_64/amd/aten=default/onednn=avx2/mkl=auto/threads=2/libtorch=2.13.0";
+
+    fn scenario(extra: &str) -> Scenario {
+        let text = format!(
+            "schema = 1\nname = \"t\"\n[[scenario]]\nname = \"s\"\nmetrics = [\"bits\"]\n\
+             run = {{ kind = \"random\", op = \"randn\", shape = [4], generator = {{ type = \
+             \"single\", seed = 0 }} }}\n{extra}\n"
+        );
+        Suite::parse(&text, Path::new("t.toml"))
+            .unwrap()
+            .scenarios
+            .remove(0)
+    }
+
+    fn expectation(class: &str, producer: &str) -> Expectation {
+        Expectation {
+            class: class.parse().unwrap(),
+            sha256: Some(format!("{producer}-{class}")),
+            metrics: Default::default(),
+            array: None,
+            provenance: Provenance {
+                producer: producer.into(),
+                tool: "t".into(),
+                command: format!("made by {producer}"),
+                environment: None,
+            },
+        }
+    }
+
+    fn golden(expectations: &[(&str, &str)]) -> GoldenScenario {
+        GoldenScenario {
+            shape: vec![4],
+            dtype: crate::torch::DType::F32,
+            truth: None,
+            expectations: expectations
+                .iter()
+                .map(|(c, p)| expectation(c, p))
+                .collect(),
+        }
+    }
+
+    fn authority<'a>(c: &Choice<'a>) -> (&'a str, Match) {
+        let (e, how) = c.authority.as_ref().expect("an authority");
+        (e.provenance.producer.as_str(), *how)
+    }
+
+    const TRUTH: &str = "cross_class = { rule = \"truth\", k = 2.0, noise_ulps = 1.0 }";
+
+    #[test]
+    fn the_own_oracle_expectation_is_the_authority() {
+        let g = golden(&[(INTEL, "oracle"), (AMD, "oracle")]);
+        let c = choose(&g, &INTEL.parse().unwrap(), &scenario(TRUTH));
+        assert_eq!(authority(&c), ("oracle", Match::SameClass));
+        assert!(c.blessed.is_none());
+    }
+
+    #[test]
+    fn a_blessed_expectation_never_replaces_the_nearest_oracle_class() {
+        let g = golden(&[(INTEL, "reprodiff"), (AMD, "oracle")]);
+        let c = choose(&g, &INTEL.parse().unwrap(), &scenario(TRUTH));
+        let (e, how) = c.authority.as_ref().unwrap();
+        assert_eq!(
+            (e.class.to_string().as_str(), *how),
+            (AMD, Match::NearestClass)
+        );
+        assert_eq!(c.blessed.unwrap().class.to_string(), INTEL);
+    }
+
+    #[test]
+    fn a_publication_stays_the_authority_beside_a_blessed_expectation() {
+        let g = golden(&[("any", "published"), (INTEL, "reprodiff")]);
+        let c = choose(&g, &INTEL.parse().unwrap(), &scenario(""));
+        assert_eq!(authority(&c), ("published", Match::Published));
+        assert!(c.blessed.is_some());
+    }
+
+    #[test]
+    fn only_blessed_expectations_are_all_there_is() {
+        let g = golden(&[(INTEL, "reprodiff")]);
+        let c = choose(&g, &INTEL.parse().unwrap(), &scenario(""));
+        assert_eq!(authority(&c), ("reprodiff", Match::SameClass));
+        assert!(c.blessed.is_none());
+        let c = choose(&g, &AMD.parse().unwrap(), &scenario(TRUTH));
+        assert!(matches!(c.authority, Err(NoAuthority::NoExpectation(_))));
+    }
+
+    #[test]
+    fn own_class_only_and_no_rule_have_no_authority_on_another_class() {
+        let g = golden(&[(AMD, "oracle")]);
+        let own = scenario(&format!("{TRUTH}\nown_class_only = \"measured\""));
+        let c = choose(&g, &INTEL.parse().unwrap(), &own);
+        assert_eq!(
+            c.authority.unwrap_err(),
+            NoAuthority::OwnClassOnly("measured".into())
+        );
+        let c = choose(&g, &INTEL.parse().unwrap(), &scenario(""));
+        assert!(matches!(c.authority, Err(NoAuthority::NoExpectation(_))));
+        // On its own class an own-class-only scenario is judged as any other.
+        let c = choose(&g, &AMD.parse().unwrap(), &own);
+        assert_eq!(authority(&c), ("oracle", Match::SameClass));
+    }
+
+    #[test]
+    fn the_bits_rule_compares_only_with_the_same_aten_capability() {
+        let bits = scenario("cross_class = { rule = \"bits\" }");
+        let g = golden(&[(AMD, "oracle"), (AMD_DEFAULT, "oracle")]);
+        let intel_default: EnvClass =
+            "cpu/x86_64/intel/aten=default/onednn=sse41/mkl=auto/threads=1/libtorch=2.13.0"
+                .parse()
+                .unwrap();
+        let c = choose(&g, &intel_default, &bits);
+        let (e, _) = c.authority.unwrap();
+        assert_eq!(e.class.to_string(), AMD_DEFAULT);
+        let g = golden(&[(AMD, "oracle")]);
+        assert!(matches!(
+            choose(&g, &intel_default, &bits).authority,
+            Err(NoAuthority::NoExpectation(_))
+        ));
+        assert!(choose(&g, &INTEL.parse().unwrap(), &bits).authority.is_ok());
+    }
+
+    #[test]
+    fn a_scenario_found_missing_only_at_run_time_fails() {
+        let r = ScenarioResult::not_observed("s", "x", &NotObserved::NotRun("gone".into()));
+        assert_eq!(r.verdict, Verdict::Failed);
+        assert!(r.notes[0].contains("gone"), "{:?}", r.notes);
+        assert!(Verdict::NotComparable.fails(false));
+        assert!(!Verdict::NotRun.fails(true));
+        assert!(Verdict::NoExpectation.fails(true) && !Verdict::NoExpectation.fails(false));
     }
 }

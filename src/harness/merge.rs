@@ -12,6 +12,7 @@
 //! from the arrays, so every golden value has one definition. Arrays are verified against
 //! their SHA-256 before anything is written, and the golden JSON is written by
 //! [`GoldenStore::save`] (atomic, canonical).
+use super::check::BLESSED;
 use super::golden::{Expectation, GoldenFile, GoldenScenario, GoldenStore, Provenance, Truth};
 use super::metrics;
 use super::session::Fixtures;
@@ -78,6 +79,8 @@ pub struct MergeSummary {
     pub added: usize,
     pub replaced: usize,
     pub unchanged: usize,
+    /// Oracle or published expectations kept where the source had a blessed one.
+    pub kept: usize,
     pub truths: usize,
 }
 
@@ -188,6 +191,20 @@ fn merge_result(
         },
     };
     let truth = match r.truth {
+        Some(t)
+            if keeps_recorded_truth(
+                store,
+                file,
+                &r.scenario,
+                &expectation.class,
+                &r.shape,
+                device,
+                &t.sha256,
+                &from.join(&t.array),
+            )? =>
+        {
+            None
+        }
         Some(t) => {
             let (tensor, _) = read_verified(&from.join(&t.array), DType::F64, &t.sha256, &where_)?;
             let name = truth_array_name(&r.suite, &r.scenario, &t.sha256);
@@ -233,12 +250,16 @@ fn merge_golden(
             let (tensor, _) = read_verified(&other.dir.join(rel), dtype, sha, &where_)?;
             store.write_array(rel, &tensor)
         };
+        // Another host's whole golden: its truth comes in only where none is recorded.
+        let recorded = file.scenarios.get(&name).is_some_and(|s| {
+            s.truth.is_some() && s.shape == scenario.shape && s.dtype == scenario.dtype
+        });
         let truth = match scenario.truth {
-            Some(t) => {
+            Some(t) if !recorded => {
                 copy(&t.array, DType::F64, &t.sha256)?;
                 Some(t)
             }
-            None => None,
+            _ => None,
         };
         for (i, e) in scenario.expectations.into_iter().enumerate() {
             match (&e.array, &e.sha256) {
@@ -269,6 +290,56 @@ fn merge_golden(
         }
     }
     Ok(())
+}
+
+/// Whether the truth already recorded for `scenario` stays, rather than the merged one at
+/// `path`: it does unless it was made in the same class as the merged result (a re-recording)
+/// or the output's shape changed. The float64 truth itself depends a little on the host that
+/// made it (measured: Intel Xeon against AMD EPYC truths differ by up to 5e-7 relative on SD
+/// scenarios, AMD AVX-512 against AMD AVX2 not at all), so one host's truth is kept for every
+/// class's expectation to be measured against, and the difference is said.
+#[allow(clippy::too_many_arguments)]
+fn keeps_recorded_truth(
+    store: &GoldenStore,
+    file: &GoldenFile,
+    scenario: &str,
+    class: &crate::env::EnvClass,
+    shape: &[i64],
+    device: crate::torch::DeviceSpec,
+    sha256: &str,
+    path: &Path,
+) -> Result<bool> {
+    let Some(s) = file.scenarios.get(scenario).filter(|s| s.shape == shape) else {
+        return Ok(false);
+    };
+    let Some(old) = &s.truth else {
+        return Ok(false);
+    };
+    if old.sha256 == sha256 {
+        return Ok(true);
+    }
+    let made_in = old
+        .provenance
+        .environment
+        .as_ref()
+        .and_then(|id| file.environments.get(id))
+        .map(|fp| fp.class(device));
+    if made_in.as_ref() == Some(class) {
+        return Ok(false);
+    }
+    let (recorded, _) = store.read_array(&old.array)?;
+    let merged = tensor_to_f64(
+        &tch::Tensor::read_npy(path).map_err(|e| Error::invalid_file(path, e.to_string()))?,
+    )?;
+    eprintln!(
+        "{}/{scenario}: kept the recorded float64 truth (made in {}); this one (made in {class}) \
+         differs by rmse {:.3e} = {:.3} of the sensitivity",
+        file.suite,
+        made_in.map_or("an unknown class".into(), |c| c.to_string()),
+        metrics::rmse(&recorded, &merged),
+        metrics::rmse(&recorded, &merged) / old.sensitivity.max(f64::MIN_POSITIVE)
+    );
+    Ok(true)
 }
 
 /// Puts one expectation (and a truth) into `file`, counting what changed. An output of another
@@ -309,8 +380,31 @@ fn put(
     }
     match s.expectation(&e.class) {
         Some(old) if old.sha256 == e.sha256 && old.metrics == e.metrics => summary.unchanged += 1,
-        Some(_) => {
+        // What diffusers computed is never replaced by what reprodiff blessed.
+        Some(old) if e.provenance.producer == BLESSED && old.provenance.producer != BLESSED => {
+            summary.kept += 1;
+            eprintln!(
+                "{}/{name} [{}]: kept the {} expectation (sha256 {}); the {} one (sha256 {}) is \
+                 not merged over it",
+                file.suite,
+                e.class,
+                old.provenance.producer,
+                short(&old.sha256),
+                e.provenance.producer,
+                short(&e.sha256)
+            );
+        }
+        Some(old) => {
             summary.replaced += 1;
+            eprintln!(
+                "{}/{name} [{}]: replaced {} sha256 {} -> {} sha256 {}",
+                file.suite,
+                e.class,
+                old.provenance.producer,
+                short(&old.sha256),
+                e.provenance.producer,
+                short(&e.sha256)
+            );
             s.put(e);
         }
         None => {
@@ -322,6 +416,10 @@ fn put(
         summary.truths += 1;
         s.truth = Some(t);
     }
+}
+
+fn short(sha: &Option<String>) -> &str {
+    sha.as_deref().map_or("(none)", |s| &s[..12.min(s.len())])
 }
 
 /// The truth array's file name, beside the expectations' arrays.

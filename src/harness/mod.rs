@@ -12,6 +12,7 @@
 //!   suite under each CPU kernel class, thread count and knob one host can run; [`pictures`]:
 //!   outputs as image grids and difference maps.
 pub mod against;
+pub mod calibrate;
 pub mod check;
 pub mod drift;
 pub mod drift_html;

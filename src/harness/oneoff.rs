@@ -39,6 +39,7 @@ pub fn scenario(
         metrics: vec![super::metrics::Metric::SumAbs],
         tolerance: Default::default(),
         cross_class: None,
+        own_class_only: None,
         slice: None,
         store_array: true,
     }

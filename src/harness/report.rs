@@ -1,6 +1,7 @@
-//! What `check` prints: one line per scenario (verdict, what it was compared with, the metric
-//! that decided), metric rows and notes only where something is to be read (or `--verbose`),
-//! then counts by verdict and by suite.
+//! What `check` prints: one line per scenario that ran (verdict, what it was compared with, the
+//! metric that decided), metric rows and notes only where something is to be read (or
+//! `--verbose`); the scenarios skipped before running grouped by reason; then counts by verdict
+//! and by suite.
 use super::check::{Match, ScenarioResult, Verdict};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -17,9 +18,47 @@ pub fn render(results: &[ScenarioResult], verbose: bool, ci: bool) -> String {
     if !classes.is_empty() {
         out.push('\n');
     }
-    out.push_str(&lines(results, verbose));
+    let (skipped, ran): (Vec<ScenarioResult>, Vec<ScenarioResult>) =
+        results.iter().cloned().partition(is_skip);
+    out.push_str(&lines(&ran, verbose));
+    if !skipped.is_empty() {
+        out.push('\n');
+        out.push_str(&skipped_by_reason(&skipped, verbose));
+    }
     out.push('\n');
     out.push_str(&summary(results, ci));
+    out
+}
+
+/// Skipped before running: not run, or no expectation decided without a run.
+fn is_skip(r: &ScenarioResult) -> bool {
+    matches!(r.verdict, Verdict::NotRun | Verdict::NoExpectation) && r.output.is_none()
+}
+
+/// "24 not run: <reason>" and the scenarios' names (the first few; all with `verbose`).
+pub fn skipped_by_reason(skipped: &[ScenarioResult], verbose: bool) -> String {
+    let mut groups: BTreeMap<(Verdict, &str), Vec<String>> = BTreeMap::new();
+    for r in skipped {
+        let reason = r.notes.first().map_or("", String::as_str);
+        groups
+            .entry((r.verdict, reason))
+            .or_default()
+            .push(format!("{}/{}", r.suite, r.scenario));
+    }
+    let mut out = String::new();
+    for ((verdict, reason), names) in &groups {
+        let _ = writeln!(out, "{} {verdict}: {reason}", names.len());
+        let shown = if verbose { names.len() } else { 3 };
+        let mut list = names[..shown.min(names.len())].join(", ");
+        if names.len() > shown {
+            let _ = write!(
+                list,
+                " and {} more (--verbose lists them)",
+                names.len() - shown
+            );
+        }
+        let _ = writeln!(out, "    {list}");
+    }
     out
 }
 

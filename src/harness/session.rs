@@ -135,28 +135,85 @@ pub struct Record<'a> {
     pub array: Option<String>,
 }
 
-/// Why `scenario` cannot run on this host (no CUDA, a hub model not in the local cache), found
-/// without running it, so test runners can skip it at list time; `None` if nothing is missing.
-pub fn cannot_run(scenario: &Scenario) -> Option<String> {
-    if let Err(e) = scenario.device.ensure_available() {
-        return Some(e.to_string());
+/// Why `scenario` will not be run on `host`, decided before it runs, so that a test runner can
+/// skip it at list time and `check` can group it by reason: what the host lacks (CUDA, a CPU
+/// capability, what a knob needs, a hub model not in the local cache), as `NotRun`; or that
+/// nothing recorded can judge the class the run would have (`harness::check::choose`), as
+/// `NotRun` for a scenario checked only on its own class and `NoExpectation` otherwise (a
+/// failure in CI). `None`: it runs and is compared. Whatever turns up missing only once a
+/// scenario runs is a failure.
+pub fn plan(
+    scenario: &Scenario,
+    golden: Option<&GoldenScenario>,
+    host: &Fingerprint,
+) -> Option<(Verdict, String)> {
+    let not_run = |why: String| Some((Verdict::NotRun, why));
+    let knobs = match crate::torch::knobs::Knobs::from_env() {
+        Ok(k) => k,
+        Err(_) => return None, // the run names the bad variable
+    };
+    if let Some(why) = knobs.unavailable() {
+        return not_run(format!("knobs {}: {why}", knobs.tokens().join("+")));
     }
-    let model = scenario.run.model()?;
-    let id = model.strip_prefix("hub:")?;
-    crate::loading::hub_snapshot(id)
-        .err()
-        .map(|e| e.to_string())
+    let device = match (knobs.device(), scenario.device) {
+        (Some(d), crate::torch::DeviceSpec::Cpu) => d,
+        _ => scenario.device,
+    };
+    if let Err(e) = device.ensure_available() {
+        return not_run(e.to_string());
+    }
+    let det = scenario.determinism.resolve();
+    if let Some(want) = det.cpu_capability {
+        let missing = want.missing(&host.cpu.isa);
+        if host.os.arch == "x86_64" && !missing.is_empty() {
+            return not_run(format!(
+                "ATen capability '{want}' requested, but this CPU lacks {}",
+                missing.join(", ")
+            ));
+        }
+    }
+    if let Some(id) = scenario.run.model().and_then(|m| m.strip_prefix("hub:")) {
+        if let Err(e) = crate::loading::hub_snapshot(id) {
+            return not_run(e.to_string());
+        }
+    }
+    let golden = golden.filter(|g| !g.expectations.is_empty())?;
+    let mut fp = host.clone();
+    if let Ok(Some(n)) = super::matrix::threads_override() {
+        fp.cpu.threads = n;
+    } else if let Some(n) = det.threads {
+        fp.cpu.threads = n;
+    }
+    if let Some(want) = det.cpu_capability {
+        fp.cpu.capability = want.name().into();
+    }
+    let class = fp.class(device);
+    match check::choose(golden, &class, scenario).authority {
+        Ok(_) => None,
+        Err(check::NoAuthority::OwnClassOnly(reason)) => not_run(format!(
+            "checked only on its own class ({reason}); this host's class {class} has none"
+        )),
+        Err(check::NoAuthority::NoExpectation(reason)) => Some((Verdict::NoExpectation, reason)),
+    }
 }
 
-/// Runs and checks one scenario against the store.
+/// Plans, runs and checks one scenario against the store (`host`: this process's fingerprint,
+/// for the plan).
 pub fn check_one(
     runner: &Runner,
     store: &GoldenStore,
     suite: &Suite,
     golden: Option<&GoldenFile>,
     scenario: &Scenario,
+    host: &Fingerprint,
 ) -> (ScenarioResult, Option<Observation>) {
     let entry = golden.and_then(|g| g.scenarios.get(&scenario.name));
+    if let Some((verdict, why)) = plan(scenario, entry, host) {
+        return (
+            ScenarioResult::skipped(&suite.name, &scenario.name, verdict, &why),
+            None,
+        );
+    }
     match runner.observe(&suite.path, scenario) {
         Ok(obs) => {
             let result = check::compare(&suite.name, scenario, &obs, entry, store);

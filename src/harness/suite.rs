@@ -42,14 +42,16 @@ pub enum Tolerance {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "rule", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum CrossClass {
-    /// The bits must still be identical: the suite claims they do not depend on the class
-    /// (measured for CPU random draws with the same ATen capability).
+    /// The bits must still be identical: the suite claims they do not depend on the class's
+    /// vendor, oneDNN ISA, MKL path or thread count (measured for CPU random draws), only on
+    /// the components in [`crate::env::BITS_DEPEND_ON`] (device, arch, ATen capability,
+    /// libtorch): only an expectation that shares those is compared with.
     Bits,
     /// PyTorch's accuracy rule (`torch._dynamo.utils.same`) against the float64 truth,
     /// `rmse(truth, got) <= k * rmse(truth, expectation) + floor`, with the floor in units of
     /// the scenario's sensitivity (the rmse by which one ulp of initial noise moves the output):
     /// `floor = noise_ulps * sensitivity`. Another CPU's rounding acts like a few ulps of noise,
-    /// and how far that carries is the scenario's own figure (calibrated by ci/calibrate.py).
+    /// and how far that carries is the scenario's own figure (`reprodiff calibrate`).
     Truth { k: f64, noise_ulps: f64 },
 }
 
@@ -75,6 +77,12 @@ pub struct Scenario {
     /// host of a class without an expectation gets the verdict "no expectation".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cross_class: Option<CrossClass>,
+    /// The scenario is compared only with its own class's expectation (or a published one),
+    /// never across classes, for the measured reason given here (e.g. its sensitivity makes
+    /// any cross-class tolerance powerless). On a host whose class has no expectation it is
+    /// skipped before it runs, with this reason. A test holds the reason to the golden's truth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_class_only: Option<String>,
     /// Check only this part of the output, numpy-style: "0, -3:, -3:, -1" is
     /// `image[0, -3:, -3:, -1]` (what diffusers' slow tests pin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,6 +141,13 @@ impl Scenario {
                     "cross_class rule \"truth\" compares arrays but store_array = false".into(),
                 );
             }
+        }
+        if self
+            .own_class_only
+            .as_deref()
+            .is_some_and(|r| r.trim().is_empty())
+        {
+            return Err("own_class_only: give the measured reason, not an empty string".into());
         }
         if let Some(s) = &self.slice {
             parse_slice(s).map_err(|m| format!("slice: {m}"))?;

@@ -140,6 +140,15 @@ pub struct Output {
 }
 
 impl Workload {
+    /// Run 1 minus run 2 of a re-seeded pipeline: the seed document claims it is exactly zero,
+    /// on every host, so it is compared exactly on every class (`harness::check`).
+    pub fn is_rerun_difference(&self) -> bool {
+        matches!(
+            self,
+            Workload::Ddim { twice: true, .. } | Workload::Sd { twice: true, .. }
+        )
+    }
+
     /// The dtype the workload computes in, which a dtype knob can change.
     pub fn dtype_mut(&mut self) -> &mut DType {
         match self {

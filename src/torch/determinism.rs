@@ -31,6 +31,27 @@ impl CpuCapability {
         }
     }
 
+    /// The /proc/cpuinfo flags ATen needs before it dispatches to this capability
+    /// (aten/src/ATen/native/DispatchStub.cpp: AVX-512 needs VL, BW, DQ and FMA; AVX2 needs
+    /// AVX2 and FMA).
+    pub fn needs(self) -> &'static [&'static str] {
+        match self {
+            CpuCapability::Default => &[],
+            CpuCapability::Avx2 => &["avx2", "fma"],
+            CpuCapability::Avx512 => &["avx512vl", "avx512bw", "avx512dq", "fma"],
+        }
+    }
+
+    /// The flags of `needs` missing from `isa` (a fingerprint's ISA list); empty when an x86
+    /// CPU with these flags can run the capability.
+    pub fn missing<'a>(self, isa: &[String]) -> Vec<&'a str> {
+        self.needs()
+            .iter()
+            .copied()
+            .filter(|f| !isa.iter().any(|i| i == f))
+            .collect()
+    }
+
     /// The capability this process dispatches to, if it is one of the known ones.
     pub fn current() -> Result<Option<Self>> {
         Ok(super::cpu_capability()?.parse().ok())

@@ -1,0 +1,252 @@
+//! Calibrating a suite's cross-class truth rule from measurements: `reprodiff calibrate`.
+//!
+//! The rule ([`super::suite::CrossClass::Truth`]) passes a run of an unrecorded class when
+//! `rmse(truth, got) <= k * rmse(truth, nearest expectation) + noise_ulps * S`. For a fixed k
+//! (PyTorch dynamo's 2), the floor a suite needs is the smallest `noise_ulps` for which every
+//! recorded class `a` would pass against every other recorded class `b`, on every scenario the
+//! rule judges:
+//!
+//! ```text
+//! need = max over scenarios, a != b of (rmse(truth, a) - k * rmse(truth, b)) / S
+//! ```
+//!
+//! Recorded classes are the golden's oracle expectations (each class's array against the
+//! float64 truth); record folders add the classes they ran in (their `rmse_truth`), as the `a`
+//! side only: the committed ones, [`committed_records`] (kernel settings of a host that nobody
+//! recorded as a class, `fixtures/records/<host>/calibration/<setting>/`), and any others given. Scenarios the rule never
+//! judges are left out: own-class-only ones, rerun differences (compared exactly) and those
+//! without a truth. The policy the guard test holds every suite to: its `noise_ulps` is at
+//! least the need and at most [`MAX_MARGIN`] times it, so a tolerance is neither too tight for
+//! a recorded host nor silently wide.
+use super::check::BLESSED;
+use super::golden::GoldenStore;
+use super::metrics;
+use super::suite::{CrossClass, Suite};
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A suite's `noise_ulps` may be at most this many times what its records need.
+pub const MAX_MARGIN: f64 = 2.0;
+
+/// What one suite's records need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Need {
+    pub suite: String,
+    /// The k the need was computed for (the suite's own).
+    pub k: f64,
+    /// The suite's `noise_ulps`.
+    pub set: f64,
+    /// The smallest `noise_ulps` every pair passes with.
+    pub noise_ulps: f64,
+    /// The scenario and pair that set it ("scenario: class a vs class b").
+    pub set_by: String,
+    /// Scenarios the rule judges, and how many of them have figures of two classes or more.
+    pub scenarios: usize,
+    pub paired: usize,
+    /// The recorded classes (oracle expectations) and the other classes from records.
+    pub classes: Vec<String>,
+    pub record_classes: Vec<String>,
+    /// The need of each dtype's scenarios, where a suite has several.
+    pub by_dtype: BTreeMap<String, f64>,
+}
+
+impl Need {
+    /// Whether the suite's value keeps the policy (see the module docs).
+    pub fn holds(&self) -> bool {
+        self.noise_ulps > 0.0
+            && self.set >= self.noise_ulps
+            && self.set <= MAX_MARGIN * self.noise_ulps
+    }
+
+    /// One line for people: the need, what set it, and the verdict of the policy.
+    pub fn sentence(&self) -> String {
+        let verdict = if self.paired == 0 {
+            "no pair of classes to calibrate from".to_string()
+        } else if self.noise_ulps == 0.0 {
+            format!(
+                "no floor needed: k alone passes every pair ({} set)",
+                self.set
+            )
+        } else if self.set < self.noise_ulps {
+            format!("TOO TIGHT: {} is below the need", self.set)
+        } else if self.set > MAX_MARGIN * self.noise_ulps {
+            format!(
+                "TOO WIDE: {} is more than {MAX_MARGIN}x the need (at most {:.3})",
+                self.set,
+                MAX_MARGIN * self.noise_ulps
+            )
+        } else {
+            format!(
+                "ok: {} set ({:.2}x the need)",
+                self.set,
+                self.set / self.noise_ulps
+            )
+        };
+        let dtypes: Vec<String> = self
+            .by_dtype
+            .iter()
+            .map(|(d, n)| format!("{d} {n:.3}"))
+            .collect();
+        format!(
+            "{}: k = {}, noise_ulps needed {:.3} (set by {}; by dtype: {}) over {} scenarios \
+             ({} paired), {} recorded classes{}; {verdict}",
+            self.suite,
+            self.k,
+            self.noise_ulps,
+            self.set_by,
+            dtypes.join(", "),
+            self.scenarios,
+            self.paired,
+            self.classes.len(),
+            if self.record_classes.is_empty() {
+                String::new()
+            } else {
+                format!(" + {} from records", self.record_classes.len())
+            }
+        )
+    }
+}
+
+/// The committed calibration records: `<fixtures>/records/<host>/calibration/<setting>/`
+/// folders holding records.jsonl, sorted.
+pub fn committed_records(fixtures: &super::session::Fixtures) -> Vec<std::path::PathBuf> {
+    let mut dirs = Vec::new();
+    let hosts = std::fs::read_dir(fixtures.root.join("records"))
+        .into_iter()
+        .flatten();
+    for host in hosts.flatten() {
+        let settings = std::fs::read_dir(host.path().join("calibration"))
+            .into_iter()
+            .flatten();
+        for setting in settings.flatten() {
+            if setting.path().join("records.jsonl").is_file() {
+                dirs.push(setting.path());
+            }
+        }
+    }
+    dirs.sort();
+    dirs
+}
+
+/// The need of `suite` from its goldens in `store` and the check records under `records`
+/// (folders holding records.jsonl); `None` for a suite without the truth rule.
+pub fn need(suite: &Suite, store: &GoldenStore, records: &[&Path]) -> Result<Option<Need>> {
+    let Some(golden) = store.load(&suite.name)? else {
+        return Ok(None);
+    };
+    let mut k_set = None;
+    // scenario -> (dtype, sensitivity, class -> rmse(truth, class))
+    let mut figures: BTreeMap<&str, (String, f64, BTreeMap<String, f64>)> = BTreeMap::new();
+    let mut recorded: BTreeMap<&str, BTreeMap<String, f64>> = BTreeMap::new();
+    for s in &suite.scenarios {
+        let Some(CrossClass::Truth { k, noise_ulps }) = s.cross_class else {
+            continue;
+        };
+        k_set = Some((k, noise_ulps));
+        if s.own_class_only.is_some() || s.run.is_rerun_difference() {
+            continue;
+        }
+        let Some(g) = golden.scenarios.get(&s.name) else {
+            continue;
+        };
+        let Some(truth) = &g.truth else { continue };
+        let (t, _) = store.read_array(&truth.array)?;
+        let mut by_class = BTreeMap::new();
+        for e in g
+            .expectations
+            .iter()
+            .filter(|e| e.provenance.producer != BLESSED)
+        {
+            if let Some(rel) = &e.array {
+                let (v, _) = store.read_array(rel)?;
+                by_class.insert(e.class.to_string(), metrics::rmse(&t, &v));
+            }
+        }
+        recorded.insert(&s.name, by_class.clone());
+        figures.insert(&s.name, (g.dtype.to_string(), truth.sensitivity, by_class));
+    }
+    let Some((k, set)) = k_set else {
+        return Ok(None);
+    };
+    let mut record_classes = Vec::new();
+    for dir in records {
+        for (scenario, class, r) in read_rmse_truth(dir, &suite.name)? {
+            if let Some((_, _, by_class)) = figures.get_mut(scenario.as_str()) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = by_class.entry(class) {
+                    if !record_classes.contains(slot.key()) {
+                        record_classes.push(slot.key().clone());
+                    }
+                    slot.insert(r);
+                }
+            }
+        }
+    }
+    let mut need = Need {
+        suite: suite.name.clone(),
+        k,
+        set,
+        noise_ulps: 0.0,
+        set_by: "-".into(),
+        scenarios: figures.len(),
+        paired: 0,
+        classes: Vec::new(),
+        record_classes,
+        by_dtype: BTreeMap::new(),
+    };
+    let mut classes: Vec<String> = recorded.values().flat_map(|m| m.keys().cloned()).collect();
+    classes.sort();
+    classes.dedup();
+    need.classes = classes;
+    for (name, (dtype, sensitivity, by_class)) in &figures {
+        let against = &recorded[name];
+        if by_class.len() >= 2 {
+            need.paired += 1;
+        }
+        let d = need.by_dtype.entry(dtype.clone()).or_insert(0.0);
+        if *sensitivity <= 0.0 {
+            continue;
+        }
+        for (a, ra) in by_class {
+            for (b, rb) in against {
+                let gap = (ra - k * rb) / sensitivity;
+                if a == b || gap <= 0.0 {
+                    continue;
+                }
+                *d = d.max(gap);
+                if gap > need.noise_ulps {
+                    need.noise_ulps = gap;
+                    need.set_by = format!("{name}: {a} vs {b}");
+                }
+            }
+        }
+    }
+    Ok(Some(need))
+}
+
+/// (scenario, class, rmse_truth) of each record of `suite` in `dir`/records.jsonl.
+fn read_rmse_truth(dir: &Path, suite: &str) -> Result<Vec<(String, String, f64)>> {
+    let path = dir.join("records.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let r: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::invalid_file(&path, format!("line {}: {e}", i + 1)))?;
+        if r["suite"] != suite {
+            continue;
+        }
+        let (Some(scenario), Some(class), Some(rmse)) = (
+            r["scenario"].as_str(),
+            r["class"].as_str(),
+            r["output"]["metrics"]["rmse_truth"].as_f64(),
+        ) else {
+            continue;
+        };
+        out.push((scenario.to_string(), class.to_string(), rmse));
+    }
+    Ok(out)
+}
