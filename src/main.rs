@@ -36,10 +36,11 @@ enum Command {
         /// Print every scenario's metric rows and notes, not only those that are not identical.
         #[arg(long, short)]
         verbose: bool,
-        /// Directory for the records: <DIR>/records.jsonl, one JSON line per scenario run.
+        /// Directory for the records: <DIR>/records.jsonl, one JSON line per scenario run,
+        /// started afresh, or appended to while another check is writing there.
         #[arg(long, default_value = "reprodiff-out/records")]
         out: PathBuf,
-        /// Also write each output array to <DIR>/outputs/<suite>/<scenario>.npy (what the
+        /// Also write each output array to <DIR>/outputs/<suite>/<scenario>.<sha12>.npy (what the
         /// HTML report draws images and difference maps from).
         #[arg(long)]
         save_outputs: bool,
@@ -526,6 +527,15 @@ fn run(cli: Cli) -> Result<i32> {
             localized,
         } => {
             use reprodiff::harness::drift;
+            for dir in &records {
+                exists("RECORDS_DIR", dir)?;
+            }
+            if let Some(dir) = &baseline {
+                exists("--baseline", dir)?;
+            }
+            for file in &localized {
+                exists("--localized", file)?;
+            }
             let sets = records
                 .iter()
                 .map(|d| drift::load(d))
@@ -561,6 +571,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Golden {
             action: GoldenAction::Compare { from, out, sel },
         } => {
+            exists("--from", &from)?;
             let c = reprodiff::harness::ingest::compare_results(&sel.fixtures()?, &from, &out)?;
             let counts: Vec<String> = c.verdicts.iter().map(|(v, n)| format!("{n} {v}")).collect();
             println!(
@@ -579,6 +590,7 @@ fn run(cli: Cli) -> Result<i32> {
                     sel,
                 },
         } => {
+            exists("--from", &from)?;
             let mut fixtures = sel.fixtures()?;
             if let Some(dir) = golden_dir {
                 fixtures.golden = dir;
@@ -749,8 +761,16 @@ fn matrix(sel: &SelectArgs, axes: &MatrixAxes, out: &Path) -> Result<i32> {
         args.extend(["--fixtures".to_string(), f.display().to_string()]);
     }
     let exe = std::env::current_exe().map_err(|e| Error::io("reprodiff", e))?;
-    for o in matrix::run(&exe, &args, &combos, out)? {
+    let outcomes = matrix::run(&exe, &args, &combos, out)?;
+    for o in &outcomes {
         println!("{:<28}  {}", o.label, o.summary);
+    }
+    if outcomes.iter().all(|o| o.records.is_none()) {
+        return Err(Error::Unavailable(format!(
+            "every combination was skipped (reasons above), so nothing ran and {} holds no \
+             records to report",
+            out.display()
+        )));
     }
     println!(
         "records: {}/<combination>/records.jsonl; compare them with `reprodiff report {}/*`",
@@ -758,6 +778,18 @@ fn matrix(sel: &SelectArgs, axes: &MatrixAxes, out: &Path) -> Result<i32> {
         out.display()
     );
     Ok(exit::OK)
+}
+
+/// A path given on the command line must exist before any work starts: exit 2 naming the flag.
+fn exists(flag: &str, path: &Path) -> Result<()> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{flag} {}: no such file or folder",
+            path.display()
+        )))
+    }
 }
 
 fn calibrate(sel: &SelectArgs, records: &[PathBuf]) -> Result<i32> {

@@ -91,11 +91,14 @@ pub fn baseline_at(fixtures: &Path, rev: &str, sets: &[RecordSet]) -> Result<Rec
             elapsed_s: None,
             trace: Vec::new(),
             array: None,
+            unseeded: false,
         });
     }
     Ok(RecordSet {
         label: format!("goldens@{}", &commit[..12.min(commit.len())]),
         entries,
         unreadable: Vec::new(),
+        duplicates: 0,
+        conflicts: Vec::new(),
     })
 }

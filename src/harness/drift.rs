@@ -31,6 +31,8 @@ pub struct Entry {
     pub trace: Vec<(u64, i64, f64)>,
     /// The output array (`check --save-outputs`), resolved against the record's folder.
     pub array: Option<PathBuf>,
+    /// An unseeded run (a fresh OS seed each time): two of its records may differ.
+    pub unseeded: bool,
 }
 
 /// A set of records: one host or one run, labelled by its folder.
@@ -38,8 +40,12 @@ pub struct Entry {
 pub struct RecordSet {
     pub label: String,
     pub entries: Vec<Entry>,
-    /// Files that could not be read, with why; the rest was read.
+    /// Files and lines that could not be read, with why; the rest was read.
     pub unreadable: Vec<String>,
+    /// Records dropped as copies of another (same scenario, class and output).
+    pub duplicates: usize,
+    /// "suite/scenario (class)" with records of different outputs in one class.
+    pub conflicts: Vec<String>,
 }
 
 /// Reads every record under `dir`: the lines of `*.jsonl` files (what `check` writes) and
@@ -56,21 +62,33 @@ pub fn load(dir: &Path) -> Result<RecordSet> {
             .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into()),
         entries: Vec::new(),
         unreadable: Vec::new(),
+        duplicates: 0,
+        conflicts: Vec::new(),
     };
     for f in files {
-        let text = match std::fs::read_to_string(&f) {
-            Ok(t) => t,
+        let bytes = match std::fs::read(&f) {
+            Ok(b) => b,
             Err(e) => {
                 set.unreadable.push(format!("{}: {e}", f.display()));
                 continue;
             }
         };
         if f.extension().is_some_and(|x| x == "jsonl") {
-            for (i, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
+            // Line by line, so that bad bytes on one line (an interrupted or foreign write)
+            // cost that line only.
+            for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+                let line = match std::str::from_utf8(line) {
+                    Ok(l) if l.trim().is_empty() => continue,
+                    Ok(l) => l,
+                    Err(e) => {
+                        set.unreadable.push(format!(
+                            "{} line {}: not UTF-8 ({e})",
+                            f.display(),
+                            i + 1
+                        ));
+                        continue;
+                    }
+                };
                 match entry(line) {
                     Ok(mut e) => {
                         e.array = e.array.map(|a| f.with_file_name(a));
@@ -84,18 +102,52 @@ pub fn load(dir: &Path) -> Result<RecordSet> {
             }
             continue;
         }
-        match entry(&text) {
+        match std::str::from_utf8(&bytes)
+            .map_err(|e| format!("not UTF-8 ({e})"))
+            .and_then(entry)
+        {
             Ok(e) => set.entries.push(e),
             Err(why) => set.unreadable.push(format!("{}: {why}", f.display())),
         }
     }
     if set.entries.is_empty() {
-        return Err(Error::invalid_file(
-            dir,
-            "no check records here (records.jsonl, or *.json of schema 1 and 2)",
-        ));
+        let why = if set.unreadable.is_empty() {
+            "no records.jsonl here, nor *.json records of schema 1 and 2".to_string()
+        } else {
+            format!(
+                "nothing in it is a readable check record: {}",
+                set.unreadable.join("; ")
+            )
+        };
+        return Err(Error::invalid_file(dir, why));
     }
+    set.dedupe();
     Ok(set)
+}
+
+impl RecordSet {
+    /// Counts a record of the same scenario, class and output as one seen before once, as a
+    /// duplicate; names a scenario whose records in one class hold different outputs as
+    /// conflicting (unseeded scenarios draw a fresh seed each run, so they are left alone).
+    fn dedupe(&mut self) {
+        let mut seen: BTreeMap<(String, String), Vec<Option<String>>> = BTreeMap::new();
+        let mut kept = Vec::new();
+        for e in std::mem::take(&mut self.entries) {
+            let outputs = seen.entry((e.name.clone(), e.class.clone())).or_default();
+            if outputs.contains(&e.sha256) {
+                self.duplicates += 1;
+                continue;
+            }
+            if !outputs.is_empty() && !e.unseeded {
+                self.conflicts.push(format!("{} ({})", e.name, e.class));
+            }
+            outputs.push(e.sha256.clone());
+            kept.push(e);
+        }
+        self.conflicts.sort();
+        self.conflicts.dedup();
+        self.entries = kept;
+    }
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -155,6 +207,7 @@ fn entry(text: &str) -> std::result::Result<Entry, String> {
         sha256: v["output"]["sha256"].as_str().map(String::from),
         elapsed_s: v["output"]["elapsed_s"].as_f64(),
         array: v["array"].as_str().map(PathBuf::from),
+        unseeded: v["output"]["unseeded_seed"].is_u64(),
         trace: v["output"]["trace"]
             .as_array()
             .map(|steps| {
@@ -200,6 +253,16 @@ pub struct SetSummary {
     pub label: String,
     pub classes: Vec<ClassSummary>,
     pub unreadable: Vec<String>,
+    /// Records counted once because another had the same scenario, class and output.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub duplicates: usize,
+    /// Scenarios with records of different outputs in one class.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -300,6 +363,8 @@ fn summarize_set(set: &RecordSet) -> SetSummary {
             })
             .collect(),
         unreadable: set.unreadable.clone(),
+        duplicates: set.duplicates,
+        conflicts: set.conflicts.clone(),
     }
 }
 
@@ -441,6 +506,19 @@ pub fn markdown(report: &Report) -> String {
         }
         for u in &set.unreadable {
             let _ = writeln!(out, "\nunreadable, skipped: {u}");
+        }
+        if set.duplicates > 0 {
+            let _ = writeln!(
+                out,
+                "\n{} duplicate record(s) (same scenario, class and output as another) counted once",
+                set.duplicates
+            );
+        }
+        for c in &set.conflicts {
+            let _ = writeln!(
+                out,
+                "\nconflicting: {c} has records with different outputs in one class"
+            );
         }
     }
     if let Some(base) = report.comparisons.first().map(|c| &c.base) {

@@ -354,7 +354,29 @@ impl GoldenStore {
         tensor
             .write_npy(tmp.path())
             .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io(tmp.path(), e))?;
+        abort_before_rename_if_asked("array");
         tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        sync_dir(parent)
+    }
+
+    /// Removes what an interrupted write left (`.tmp-*` beside the JSON files and in the suite's
+    /// array folder), saying so on stderr.
+    fn remove_stray_temps(&self, suite: &str) -> Result<()> {
+        for dir in [self.dir.clone(), self.dir.join(suite)] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let p = entry.path();
+                    std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                    eprintln!("removed {}: left by an interrupted write", p.display());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -362,6 +384,7 @@ impl GoldenStore {
     pub fn save(&self, file: &GoldenFile) -> Result<()> {
         let path = self.json_path(&file.suite);
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        self.remove_stray_temps(&file.suite)?;
         write_atomic(&path, file.to_canonical_json().as_bytes())?;
 
         let referenced: std::collections::HashSet<PathBuf> = file
@@ -402,7 +425,8 @@ pub fn slug(name: &str) -> String {
         .collect()
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+/// Writes `bytes` to `path`: a temporary file in the same directory, fsync, rename, fsync of
+/// the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
@@ -413,6 +437,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.as_file()
         .sync_all()
         .map_err(|e| Error::io(tmp.path(), e))?;
+    abort_before_rename_if_asked("json");
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    sync_dir(parent)
+}
+
+/// fsync of a folder after a rename in it, so the new name survives a power cut.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Set by tests to `array` or `json`: that kind of golden write aborts the process between its
+/// temporary file and the rename, as a kill at that moment would (no destructor runs, so the
+/// temporary file stays).
+pub const ABORT_BEFORE_RENAME_ENV: &str = "REPRODIFF_TEST_ABORT_BEFORE_RENAME";
+
+fn abort_before_rename_if_asked(kind: &str) {
+    if std::env::var(ABORT_BEFORE_RENAME_ENV).is_ok_and(|v| v == kind) {
+        std::process::abort();
+    }
 }

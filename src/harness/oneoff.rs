@@ -48,6 +48,19 @@ pub fn scenario(
 /// Runs `scenario` (validated, its determinism applied) and reports its output.
 pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
     scenario.run.validate().map_err(Error::InvalidArgument)?;
+    // Where the output goes is checked before any work, so a typo costs no computation.
+    for (flag, path) in [("--save", out.save), ("--grid", out.grid)] {
+        if let Some(path) = path {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                return Err(Error::InvalidArgument(format!(
+                    "{flag} {}: the folder {} does not exist",
+                    path.display(),
+                    dir.expect("checked").display()
+                )));
+            }
+        }
+    }
     scenario.determinism.resolve().apply()?;
     let start = std::time::Instant::now();
     let output = scenario.run.run(scenario.device, None, out.json)?;

@@ -232,24 +232,44 @@ pub fn check_one(
 /// The record schema: one JSON object per line of `records.jsonl` (README.md, "Records").
 pub const RECORD_SCHEMA: u32 = 3;
 
-/// Writes `<out>/records.jsonl`, one record per scenario run, each line flushed as it is
-/// written, so an interrupted run leaves every finished record readable.
+/// Writes `<out>/records.jsonl`, one record per scenario run. Several processes may share the
+/// folder: every writer holds a shared lock on the file for its lifetime, and one that finds no
+/// other writer starts the file afresh (a new run replaces the records of a finished one) while
+/// one that finds another appends beside it. Each record is one `write` of the whole line to a
+/// file opened for appending, so lines of concurrent writers never interleave (Linux serialises
+/// writes to one regular file); an interrupted run leaves every finished record readable.
 pub struct RecordWriter {
     path: PathBuf,
-    file: std::io::BufWriter<std::fs::File>,
-    /// Also write each output array to `outputs/<suite>/<scenario>.npy` beside the records.
+    file: std::fs::File,
+    /// Also write each output array to `outputs/<suite>/<scenario>.<sha12>.npy` beside the
+    /// records (named by content, so concurrent writers never overwrite each other's).
     pub save_outputs: bool,
 }
 
 impl RecordWriter {
-    /// Creates (or truncates) `<out>/records.jsonl`.
+    /// Opens `<out>/records.jsonl`: afresh, or for appending beside another running writer.
     pub fn create(out: &Path) -> Result<Self> {
+        use std::os::unix::io::AsRawFd;
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let path = out.join("records.jsonl");
-        let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let fd = file.as_raw_fd();
+        // SAFETY: flock on a descriptor this function owns.
+        let alone = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if alone {
+            file.set_len(0).map_err(|e| Error::io(&path, e))?;
+        }
+        // SAFETY: as above; a shared lock while this writer lives (released on close).
+        if unsafe { libc::flock(fd, libc::LOCK_SH) } != 0 {
+            return Err(Error::io(&path, std::io::Error::last_os_error()));
+        }
         Ok(RecordWriter {
             path,
-            file: std::io::BufWriter::new(file),
+            file,
             save_outputs: false,
         })
     }
@@ -268,7 +288,8 @@ impl RecordWriter {
         use std::io::Write;
         let array = match output {
             Some(t) if self.save_outputs => {
-                let rel = format!("outputs/{}/{}.npy", result.suite, result.scenario);
+                let sha = result.output.as_ref().map_or("", |o| &o.sha256[..12]);
+                let rel = format!("outputs/{}/{}.{sha}.npy", result.suite, result.scenario);
                 let path = self.path.with_file_name(&rel);
                 let dir = path.parent().expect("an outputs file has a folder");
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -285,9 +306,10 @@ impl RecordWriter {
             environment: env,
             array,
         };
-        let line = serde_json::to_string(&record).expect("a record serialises");
-        writeln!(self.file, "{line}")
-            .and_then(|_| self.file.flush())
+        let mut line = serde_json::to_string(&record).expect("a record serialises");
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
             .map_err(|e| Error::io(&self.path, e))
     }
 }
@@ -504,4 +526,46 @@ fn describe_change(old: Option<&Expectation>, new: &Expectation) -> Vec<String> 
 
 fn short(sha: &Option<String>) -> &str {
     sha.as_deref().map_or("(none)", |s| &s[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writers in several threads, each with its own writer on one folder, lose no record and
+    /// never interleave a line.
+    #[test]
+    fn concurrent_writers_keep_every_record_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "schema = 1\nname = \"t\"\n[[scenario]]\nname = \"s\"\nmetrics = [\"bits\"]\n\
+                    run = { kind = \"random\", op = \"randn\", shape = [4], generator = { \
+                    type = \"single\", seed = 0 } }\n";
+        let scenario = Suite::parse(text, Path::new("t.toml"))
+            .unwrap()
+            .scenarios
+            .remove(0);
+        let first = RecordWriter::create(dir.path()).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (scenario, out) = (&scenario, dir.path());
+                scope.spawn(move || {
+                    let mut w = RecordWriter::create(out).unwrap();
+                    for i in 0..200 {
+                        // A long note, so that a record is far larger than one page.
+                        let why = format!("thread {t} record {i} {}", "x".repeat(9000));
+                        let r = ScenarioResult::skipped("t", "s", Verdict::NotRun, &why);
+                        w.append(scenario, &r, None, None).unwrap();
+                    }
+                });
+            }
+        });
+        drop(first);
+        let text = std::fs::read_to_string(dir.path().join("records.jsonl")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 800);
+        for l in lines {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a whole record");
+            assert_eq!(v["schema"], RECORD_SCHEMA);
+        }
+    }
 }
