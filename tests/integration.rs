@@ -977,6 +977,7 @@ fn per_sample_generators_reproduce_each_image_of_a_batch() {
 #[case::zero_steps(&["--seed", "0", "--steps", "0"], "steps")]
 #[case::too_many_steps(&["--seed", "0", "--steps", "1001"], "cannot be larger")]
 #[case::negative_eta(&["--seed", "0", "--eta=-0.5"], "eta")]
+#[case::infinite_eta(&["--seed", "0", "--eta", "inf"], "eta = inf: must be a finite number")]
 #[case::seeds_of_the_wrong_length(&["--seeds", "1,2,3", "--batch", "2"], "--seeds has 3 seeds")]
 #[case::unknown_dtype(&["--seed", "0", "--dtype", "f8"], "f8")]
 #[case::cuda_device_that_is_not_there(&["--seed", "0", "--device", "cuda:99"], "cuda:99")]
@@ -2202,6 +2203,85 @@ fn missing_paths_on_the_command_line_name_their_flag() {
         assert_eq!(out.status.code(), Some(exit::USAGE), "{args:?}: {t}");
         assert!(t.contains(&format!("{flag} {nowhere}")), "{args:?}: {t}");
     }
+}
+
+/// `localize` names the flag the user passed: a bad side is `--a`/`--b`, a filter matching
+/// nothing is `--filter`; a dump folder that does not exist names REPRODIFF_DUMP_DIR.
+#[test]
+fn messages_name_what_the_user_passed() {
+    for (args, says) in [
+        (
+            vec![
+                "localize",
+                "--suite",
+                "ddim-tiny",
+                "--scenario",
+                "tiny-ddim-a/steps2",
+                "--a",
+                "native",
+                "--b",
+                "zen9",
+            ],
+            "--b zen9: zen9: unknown",
+        ),
+        (
+            vec![
+                "localize",
+                "--suite",
+                "ddim-tiny",
+                "--scenario",
+                "tiny-ddim-a/steps2",
+                "--a",
+                "native-threads0",
+                "--b",
+                "native",
+            ],
+            "--a native-threads0: must be >= 1",
+        ),
+        (
+            vec![
+                "localize",
+                "--suite",
+                "ddim-tiny",
+                "--filter",
+                "nomatch",
+                "--a",
+                "native",
+                "--b",
+                "sse41",
+            ],
+            "--filter nomatch: no scenario of suite ddim-tiny matches",
+        ),
+    ] {
+        let out = reprodiff_native(&args, None);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(exit::USAGE), "{args:?}: {t}");
+        assert!(t.contains(says), "{args:?}: {t}");
+        assert!(
+            !t.contains("--cpu-class") && !t.contains("no such suite"),
+            "{t}"
+        );
+    }
+    let (_tmp, model) = tiny_model_copy();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reprodiff"));
+    cmd.args([
+        "run",
+        "ddim",
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--seed",
+        "0",
+    ])
+    .env("REPRODIFF_DUMP_DIR", "/nonexistent/dumps");
+    let out = cmd.output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::USAGE), "{t}");
+    assert!(
+        t.contains("REPRODIFF_DUMP_DIR=/nonexistent/dumps: no such folder"),
+        "{t}"
+    );
 }
 
 /// A records.jsonl of this host's rng suite (checked now), as lines.

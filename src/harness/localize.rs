@@ -203,7 +203,7 @@ pub fn localize_many(
             filter.unwrap_or("")
         )));
     }
-    let (ca, cb) = (parse_label(a, isa)?, parse_label(b, isa)?);
+    let (ca, cb) = (side("--a", a, isa)?, side("--b", b, isa)?);
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut records = Vec::new();
     for sc in &s.scenarios {
@@ -261,11 +261,25 @@ pub fn localize(
             "--scenario {scenario}: not in suite {suite} (see `reprodiff list --suite {suite}`)"
         )));
     }
-    let (ca, cb) = (parse_label(a, isa)?, parse_label(b, isa)?);
+    let (ca, cb) = (side("--a", a, isa)?, side("--b", b, isa)?);
     localize_one(exe, fixtures, s, scenario, (&ca, &cb), out)
 }
 
-/// Suite `suite` with the scenarios `filter` selects.
+/// A side of the comparison from its label, an error naming the flag that gave it.
+fn side(flag: &str, label: &str, isa: &[String]) -> Result<Combination> {
+    parse_label(label, isa).map_err(|e| match e {
+        Error::InvalidArgument(m) | Error::Unavailable(m) => Error::InvalidArgument(format!(
+            "{flag} {label}: {} (a side is CLASS[-threadsN][+KNOB...], as `matrix` labels \
+             its combinations)",
+            m.trim_start_matches("--cpu-class ")
+                .trim_start_matches("--threads: ")
+        )),
+        other => other,
+    })
+}
+
+/// Suite `suite` with the scenarios `filter` selects (the suite itself was checked to exist
+/// by `Fixtures::select`, so nothing found means the filter matched nothing).
 fn select(fixtures: &Fixtures, suite: &str, filter: Option<&str>) -> Result<super::suite::Suite> {
     fixtures
         .select(&Selection {
@@ -274,7 +288,13 @@ fn select(fixtures: &Fixtures, suite: &str, filter: Option<&str>) -> Result<supe
         })?
         .into_iter()
         .find(|s| s.name == suite)
-        .ok_or_else(|| Error::InvalidArgument(format!("--suite {suite}: no such suite")))
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "--filter {}: no scenario of suite {suite} matches (see `reprodiff list --suite \
+                 {suite}`)",
+                filter.unwrap_or("")
+            ))
+        })
 }
 
 fn localize_one(

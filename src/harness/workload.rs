@@ -209,8 +209,8 @@ impl Workload {
                 if *steps == 0 {
                     return Err("run.steps must be >= 1".into());
                 }
-                if *eta < 0.0 {
-                    return Err(format!("run.eta = {eta}: must be >= 0"));
+                if !(eta.is_finite() && *eta >= 0.0) {
+                    return Err(format!("eta = {eta}: must be a finite number >= 0"));
                 }
                 if *batch == 0 {
                     return Err("run.batch must be >= 1".into());
