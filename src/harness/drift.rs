@@ -383,8 +383,9 @@ fn audit_row(base: &RecordSet, set: &RecordSet) -> AuditRow {
     AuditRow {
         set: set.label.clone(),
         scenarios: both.len(),
-        seconds: both.iter().filter_map(|p| p.1.elapsed_s).sum(),
-        baseline_seconds: both.iter().filter_map(|p| p.0.elapsed_s).sum(),
+        // `+ 0.0`: an empty f64 sum is -0.0, which would print as "-0.000".
+        seconds: both.iter().filter_map(|p| p.1.elapsed_s).sum::<f64>() + 0.0,
+        baseline_seconds: both.iter().filter_map(|p| p.0.elapsed_s).sum::<f64>() + 0.0,
         same_bits: both
             .iter()
             .filter(|(b, e)| b.sha256.is_some() && b.sha256 == e.sha256)
@@ -678,7 +679,36 @@ pub fn first_divergence(a: &[(u64, i64, f64)], b: &[(u64, i64, f64)]) -> String 
 
 #[cfg(test)]
 mod tests {
-    use super::first_divergence;
+    use super::*;
+
+    fn set(label: &str) -> RecordSet {
+        RecordSet {
+            label: label.into(),
+            entries: vec![Entry {
+                name: "s/x".into(),
+                verdict: "identical".into(),
+                class: "c".into(),
+                l_inf: None,
+                rmse_truth: None,
+                sha256: Some("a".into()),
+                elapsed_s: None,
+                trace: Vec::new(),
+                array: None,
+                unseeded: false,
+            }],
+            unreadable: Vec::new(),
+            duplicates: 0,
+            conflicts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_audit_row_without_times_says_zero_seconds_not_minus_zero() {
+        let (base, other) = (set("base"), set("other"));
+        let text = markdown(&summarize(&[other], Some(&base)));
+        assert!(text.contains("| other | 0 | 0.000 |"), "{text}");
+        assert!(!text.contains("-0.000"), "{text}");
+    }
 
     #[test]
     fn first_divergence_names_the_step_and_how_far_it_grows() {
