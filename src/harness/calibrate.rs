@@ -22,7 +22,7 @@ use super::check::BLESSED;
 use super::golden::GoldenStore;
 use super::metrics;
 use super::suite::{CrossClass, Suite};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -171,8 +171,14 @@ pub fn need(suite: &Suite, store: &GoldenStore, records: &[&Path]) -> Result<Opt
     };
     let mut record_classes = Vec::new();
     for dir in records {
-        for (scenario, class, r) in read_rmse_truth(dir, &suite.name)? {
-            if let Some((_, _, by_class)) = figures.get_mut(scenario.as_str()) {
+        let set = super::drift::load(dir)?;
+        let prefix = format!("{}/", suite.name);
+        for e in &set.entries {
+            let (Some(scenario), Some(r)) = (e.name.strip_prefix(&prefix), e.rmse_truth) else {
+                continue;
+            };
+            let class = e.class.clone();
+            if let Some((_, _, by_class)) = figures.get_mut(scenario) {
                 if let std::collections::btree_map::Entry::Vacant(slot) = by_class.entry(class) {
                     if !record_classes.contains(slot.key()) {
                         record_classes.push(slot.key().clone());
@@ -222,31 +228,4 @@ pub fn need(suite: &Suite, store: &GoldenStore, records: &[&Path]) -> Result<Opt
         }
     }
     Ok(Some(need))
-}
-
-/// (scenario, class, rmse_truth) of each record of `suite` in `dir`/records.jsonl.
-fn read_rmse_truth(dir: &Path, suite: &str) -> Result<Vec<(String, String, f64)>> {
-    let path = dir.join("records.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let mut out = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let r: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::invalid_file(&path, format!("line {}: {e}", i + 1)))?;
-        if r["suite"] != suite {
-            continue;
-        }
-        let (Some(scenario), Some(class), Some(rmse)) = (
-            r["scenario"].as_str(),
-            r["class"].as_str(),
-            r["output"]["metrics"]["rmse_truth"].as_f64(),
-        ) else {
-            continue;
-        };
-        out.push((scenario.to_string(), class.to_string(), rmse));
-    }
-    Ok(out)
 }

@@ -384,26 +384,22 @@ fn put(
         Some(old) if e.provenance.producer == BLESSED && old.provenance.producer != BLESSED => {
             summary.kept += 1;
             eprintln!(
-                "{}/{name} [{}]: kept the {} expectation (sha256 {}); the {} one (sha256 {}) is \
-                 not merged over it",
+                "{}/{name} [{}]: kept the {} expectation ({}); not merged over it: {}",
                 file.suite,
                 e.class,
                 old.provenance.producer,
-                short(&old.sha256),
-                e.provenance.producer,
-                short(&e.sha256)
+                described(old),
+                described(&e)
             );
         }
         Some(old) => {
             summary.replaced += 1;
             eprintln!(
-                "{}/{name} [{}]: replaced {} sha256 {} -> {} sha256 {}",
+                "{}/{name} [{}]: replaced {} -> {}",
                 file.suite,
                 e.class,
-                old.provenance.producer,
-                short(&old.sha256),
-                e.provenance.producer,
-                short(&e.sha256)
+                described(old),
+                described(&e)
             );
             s.put(e);
         }
@@ -418,8 +414,13 @@ fn put(
     }
 }
 
-fn short(sha: &Option<String>) -> &str {
-    sha.as_deref().map_or("(none)", |s| &s[..12.min(s.len())])
+/// "oracle sha256 0123456789ab": who made an expectation and its bits.
+fn described(e: &Expectation) -> String {
+    let sha = e
+        .sha256
+        .as_deref()
+        .map_or("(none)", |s| &s[..12.min(s.len())]);
+    format!("{} sha256 {sha}", e.provenance.producer)
 }
 
 /// The truth array's file name, beside the expectations' arrays.

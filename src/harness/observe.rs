@@ -61,6 +61,31 @@ impl From<Error> for NotObserved {
     }
 }
 
+/// `scenario` as it runs under `knobs` (a dtype, a device, a determinism preset) and
+/// REPRODIFF_THREADS, with the determinism it runs under. One rule, for the run and for the
+/// plan made before it (`session::plan`).
+pub fn as_run(scenario: &Scenario, knobs: &Knobs) -> Result<(Scenario, crate::torch::Determinism)> {
+    let mut s = scenario.clone();
+    if let Some(d) = knobs.dtype() {
+        *s.run.dtype_mut() = d;
+    }
+    if let (Some(dev), crate::torch::DeviceSpec::Cpu) = (knobs.device(), s.device) {
+        s.device = dev;
+    }
+    let mut det = s.determinism.resolve();
+    if let Some(preset) = knobs.determinism() {
+        det = crate::torch::Determinism {
+            threads: det.threads,
+            cpu_capability: det.cpu_capability,
+            ..crate::torch::Determinism::preset(preset)
+        };
+    }
+    if let Some(n) = super::matrix::threads_override()? {
+        det.threads = Some(n);
+    }
+    Ok((s, det))
+}
+
 /// How to run scenarios: in this process, or in a child when the scenario needs one.
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -82,28 +107,8 @@ impl Runner {
                 knobs.tokens().join("+")
             )));
         }
-        let scenario = {
-            let mut s = scenario.clone();
-            if let Some(d) = knobs.dtype() {
-                *s.run.dtype_mut() = d;
-            }
-            if let (Some(dev), crate::torch::DeviceSpec::Cpu) = (knobs.device(), s.device) {
-                s.device = dev;
-            }
-            s
-        };
+        let (scenario, det) = as_run(scenario, &knobs)?;
         let scenario = &scenario;
-        let mut det = scenario.determinism.resolve();
-        if let Some(preset) = knobs.determinism() {
-            det = crate::torch::Determinism {
-                threads: det.threads,
-                cpu_capability: det.cpu_capability,
-                ..crate::torch::Determinism::preset(preset)
-            };
-        }
-        if let Some(n) = super::matrix::threads_override()? {
-            det.threads = Some(n);
-        }
         let in_child = std::env::var_os(CHILD_ENV).is_some();
         if let Some(want) = det.cpu_capability {
             let now = crate::torch::cpu_capability()?;

@@ -155,14 +155,13 @@ pub fn plan(
     if let Some(why) = knobs.unavailable() {
         return not_run(format!("knobs {}: {why}", knobs.tokens().join("+")));
     }
-    let device = match (knobs.device(), scenario.device) {
-        (Some(d), crate::torch::DeviceSpec::Cpu) => d,
-        _ => scenario.device,
+    let Ok((run, det)) = super::observe::as_run(scenario, &knobs) else {
+        return None; // the run names the bad variable
     };
+    let device = run.device;
     if let Err(e) = device.ensure_available() {
         return not_run(e.to_string());
     }
-    let det = scenario.determinism.resolve();
     if let Some(want) = det.cpu_capability {
         let missing = want.missing(&host.cpu.isa);
         if host.os.arch == "x86_64" && !missing.is_empty() {
@@ -179,9 +178,7 @@ pub fn plan(
     }
     let golden = golden.filter(|g| !g.expectations.is_empty())?;
     let mut fp = host.clone();
-    if let Ok(Some(n)) = super::matrix::threads_override() {
-        fp.cpu.threads = n;
-    } else if let Some(n) = det.threads {
+    if let Some(n) = det.threads {
         fp.cpu.threads = n;
     }
     if let Some(want) = det.cpu_capability {
