@@ -35,6 +35,9 @@ pub enum Error {
     // --- the machinery underneath failed (exit 4) ---
     #[error("libtorch: {0}")]
     Torch(String),
+    /// reprodiff's own machinery: a child process that failed, an image encoder.
+    #[error("{0}")]
+    Internal(String),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -52,7 +55,7 @@ impl Error {
                 exit::USAGE
             }
             Error::BlessRefused(_) => exit::REFUSED,
-            Error::Torch(_) | Error::Io { .. } => exit::INTERNAL,
+            Error::Torch(_) | Error::Internal(_) | Error::Io { .. } => exit::INTERNAL,
         }
     }
 
@@ -60,6 +63,15 @@ impl Error {
         Error::InvalidFile {
             path: path.into(),
             message: message.to_string(),
+        }
+    }
+
+    /// A libtorch call that wrote `path` failed: a file-system error is the file's (it names
+    /// the file, with no "libtorch:" prefix); anything else is libtorch's.
+    pub fn writing(path: &std::path::Path, e: tch::TchError) -> Self {
+        match e {
+            tch::TchError::Io(source) => Error::io(path, source),
+            e => Error::Torch(format!("writing {}: {e}", path.display())),
         }
     }
 
@@ -74,5 +86,27 @@ impl Error {
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
         Error::Torch(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file libtorch cannot write is the file system's error: it names the file, with no
+    /// "libtorch:" prefix, and is exit 4 like every failure underneath reprodiff.
+    #[test]
+    fn a_file_libtorch_cannot_write_is_named_without_a_libtorch_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-folder/x.npy");
+        let e = tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu))
+            .write_npy(&path)
+            .map_err(|e| Error::writing(&path, e))
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        assert!(text.starts_with(&path.display().to_string()), "{text}");
+        assert!(!text.contains("libtorch"), "{text}");
+        assert_eq!(e.exit_code(), exit::INTERNAL);
     }
 }

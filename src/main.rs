@@ -681,7 +681,7 @@ fn check(
     let total: usize = suites.iter().map(|s| s.scenarios.len()).sum();
     let progress = progress_bar(total);
     let mut results: Vec<ScenarioResult> = Vec::new();
-    let mut records = session::RecordWriter::create(out)?;
+    let mut records = reprodiff::harness::records::RecordWriter::create(out)?;
     records.save_outputs = save_outputs;
     for suite in &suites {
         let golden: Option<GoldenFile> = store.load(&suite.name)?;

@@ -83,7 +83,7 @@ pub fn baseline_at(fixtures: &Path, rev: &str, sets: &[RecordSet]) -> Result<Rec
         };
         entries.push(Entry {
             name: e.name.clone(),
-            verdict: "identical".into(),
+            verdict: super::check::Verdict::Identical,
             class: e.class.clone(),
             l_inf: None,
             rmse_truth: None,

@@ -83,6 +83,26 @@ impl Verdict {
         matches!(self, Verdict::Identical | Verdict::WithinTolerance)
     }
 
+    /// Every verdict, best first.
+    pub const ALL: [Verdict; 8] = [
+        Verdict::Identical,
+        Verdict::WithinTolerance,
+        Verdict::NotComparable,
+        Verdict::NotRun,
+        Verdict::NoExpectation,
+        Verdict::Drifted,
+        Verdict::NoGolden,
+        Verdict::Failed,
+    ];
+
+    /// The name records and reports use ("within-tolerance"): serde's name of the variant.
+    pub fn key(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .expect("a verdict serialises as its name")
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Verdict::Identical => "identical",

@@ -5,8 +5,9 @@
 //! where the two runs part (from the records' per-step traces). Markdown, for a pull-request
 //! comment.
 //!
-//! Records of schema 1 (before classes) read too: their class comes from their fingerprint.
-use crate::env::Fingerprint;
+//! Records are read through [`records`], old schemas too.
+use super::check::Verdict;
+use super::records::{self, Record};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub struct Entry {
     /// `suite/scenario`.
     pub name: String,
-    pub verdict: String,
+    pub verdict: Verdict,
     pub class: String,
     /// The largest l_inf a metric row reported against the expectation, if any.
     pub l_inf: Option<f64>,
@@ -48,71 +49,27 @@ pub struct RecordSet {
     pub conflicts: Vec<String>,
 }
 
-/// Reads every record under `dir`: the lines of `*.jsonl` files (what `check` writes) and
-/// single-record `*.json` files (records of schema 1 and 2). A line or file that is not a
-/// record is named (file and line) in `unreadable` and skipped; the rest is read. A folder
-/// without any record is an error (exit 2).
+/// Reads every record under `dir` ([`records::read`]): a line or file that is not a record
+/// is named (file and line) in `unreadable` and skipped; the rest is read. A folder without
+/// any readable record is an error (exit 2) that says why.
 pub fn load(dir: &Path) -> Result<RecordSet> {
-    let mut files = Vec::new();
-    collect(dir, &mut files)?;
-    files.sort();
+    let read = records::read(dir)?;
     let mut set = RecordSet {
         label: dir
             .file_name()
             .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into()),
-        entries: Vec::new(),
-        unreadable: Vec::new(),
+        entries: read
+            .records
+            .iter()
+            .map(|(file, r)| Entry::of(r, file))
+            .collect(),
+        unreadable: read.unreadable,
         duplicates: 0,
         conflicts: Vec::new(),
     };
-    for f in files {
-        let bytes = match std::fs::read(&f) {
-            Ok(b) => b,
-            Err(e) => {
-                set.unreadable.push(format!("{}: {e}", f.display()));
-                continue;
-            }
-        };
-        if f.extension().is_some_and(|x| x == "jsonl") {
-            // Line by line, so that bad bytes on one line (an interrupted or foreign write)
-            // cost that line only.
-            for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-                let line = match std::str::from_utf8(line) {
-                    Ok(l) if l.trim().is_empty() => continue,
-                    Ok(l) => l,
-                    Err(e) => {
-                        set.unreadable.push(format!(
-                            "{} line {}: not UTF-8 ({e})",
-                            f.display(),
-                            i + 1
-                        ));
-                        continue;
-                    }
-                };
-                match entry(line) {
-                    Ok(mut e) => {
-                        e.array = e.array.map(|a| f.with_file_name(a));
-                        set.entries.push(e)
-                    }
-                    Err(why) => {
-                        set.unreadable
-                            .push(format!("{} line {}: {why}", f.display(), i + 1))
-                    }
-                }
-            }
-            continue;
-        }
-        match std::str::from_utf8(&bytes)
-            .map_err(|e| format!("not UTF-8 ({e})"))
-            .and_then(entry)
-        {
-            Ok(e) => set.entries.push(e),
-            Err(why) => set.unreadable.push(format!("{}: {why}", f.display())),
-        }
-    }
     if set.entries.is_empty() {
         let why = if set.unreadable.is_empty() {
-            "no records.jsonl here, nor *.json records of schema 1 and 2".to_string()
+            "no records.jsonl here, nor *.json records of schema 1".to_string()
         } else {
             format!(
                 "nothing in it is a readable check record: {}",
@@ -123,6 +80,44 @@ pub fn load(dir: &Path) -> Result<RecordSet> {
     }
     set.dedupe();
     Ok(set)
+}
+
+impl Entry {
+    /// What the report needs of `record`, read from `file`.
+    pub fn of(record: &Record, file: &Path) -> Self {
+        let r = &record.result;
+        let metric = |name: &str| {
+            r.checks
+                .iter()
+                .filter(|c| c.metric == name)
+                .filter_map(|c| c.got.parse::<f64>().ok())
+                .reduce(f64::max)
+        };
+        let out = r.output.as_ref();
+        Entry {
+            name: format!("{}/{}", r.suite, r.scenario),
+            verdict: r.verdict,
+            class: r
+                .class
+                .clone()
+                .unwrap_or_else(|| "(not run: no class)".into()),
+            l_inf: metric("l_inf"),
+            rmse_truth: metric("rmse_truth")
+                .or_else(|| out.and_then(|o| o.metrics.get("rmse_truth").copied())),
+            sha256: out.map(|o| o.sha256.clone()),
+            elapsed_s: out.map(|o| o.elapsed_s),
+            trace: out
+                .and_then(|o| o.trace.as_ref())
+                .map(|t| {
+                    t.iter()
+                        .map(|s| (s.step as u64, s.timestep, s.sum_abs))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            array: record.array.as_ref().map(|a| file.with_file_name(a)),
+            unseeded: out.is_some_and(|o| o.unseeded_seed.is_some()),
+        }
+    }
 }
 
 impl RecordSet {
@@ -149,93 +144,6 @@ impl RecordSet {
         self.entries = kept;
     }
 }
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let p = e.map_err(|e| Error::io(dir, e))?.path();
-        if p.is_dir() {
-            collect(&p, out)?;
-        } else if p.extension().is_some_and(|x| x == "json" || x == "jsonl") {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
-fn entry(text: &str) -> std::result::Result<Entry, String> {
-    let v: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| format!("{e} (line {}, column {})", e.line(), e.column()))?;
-    match v["schema"].as_u64() {
-        Some(1..=3) => {}
-        other => {
-            return Err(format!(
-                "record schema {} is not one this reprodiff reads (1 to 3)",
-                other.map_or("missing".into(), |s| s.to_string())
-            ))
-        }
-    }
-    let field = |k: &str| {
-        v[k].as_str()
-            .map(String::from)
-            .ok_or_else(|| format!("no `{k}`: not a check record"))
-    };
-    let class = match v["class"].as_str() {
-        Some(c) => c.to_string(),
-        None if v["environment"].is_object() => {
-            let fp: Fingerprint =
-                serde_json::from_value(v["environment"].clone()).map_err(|e| e.to_string())?;
-            let device = serde_json::from_value(v["spec"]["device"].clone()).unwrap_or_default();
-            fp.class(device).to_string()
-        }
-        None => "(not run: no class)".into(),
-    };
-    let metric = |name: &str| {
-        v["checks"].as_array().and_then(|checks| {
-            checks
-                .iter()
-                .filter(|c| c["metric"] == name)
-                .filter_map(|c| c["got"].as_str()?.parse::<f64>().ok())
-                .reduce(f64::max)
-        })
-    };
-    Ok(Entry {
-        name: format!("{}/{}", field("suite")?, field("scenario")?),
-        verdict: field("verdict")?,
-        class,
-        l_inf: metric("l_inf"),
-        rmse_truth: metric("rmse_truth").or_else(|| v["output"]["metrics"]["rmse_truth"].as_f64()),
-        sha256: v["output"]["sha256"].as_str().map(String::from),
-        elapsed_s: v["output"]["elapsed_s"].as_f64(),
-        array: v["array"].as_str().map(PathBuf::from),
-        unseeded: v["output"]["unseeded_seed"].is_u64(),
-        trace: v["output"]["trace"]
-            .as_array()
-            .map(|steps| {
-                steps
-                    .iter()
-                    .filter_map(|s| {
-                        Some((
-                            s["step"].as_u64()?,
-                            s["timestep"].as_i64()?,
-                            s["sum_abs"].as_f64()?,
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    })
-}
-
-const VERDICTS: [&str; 8] = [
-    "identical",
-    "within-tolerance",
-    "not-comparable",
-    "not-run",
-    "no-expectation",
-    "drifted",
-    "no-golden",
-    "failed",
-];
 
 /// The report's content, rendered as Markdown ([`markdown`]) or JSON (serde).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -269,7 +177,7 @@ fn is_zero(n: &usize) -> bool {
 pub struct ClassSummary {
     pub class: String,
     pub scenarios: usize,
-    /// Count per verdict, in [`VERDICTS`] order, zeros included.
+    /// Count per verdict, in [`Verdict::ALL`] order, zeros included.
     pub verdicts: Vec<(String, usize)>,
     pub worst_l_inf: Option<Worst>,
     pub worst_rmse_truth: Option<Worst>,
@@ -349,14 +257,9 @@ fn summarize_set(set: &RecordSet) -> SetSummary {
             .map(|(class, entries)| ClassSummary {
                 class: class.into(),
                 scenarios: entries.len(),
-                verdicts: VERDICTS
+                verdicts: Verdict::ALL
                     .iter()
-                    .map(|v| {
-                        (
-                            v.to_string(),
-                            entries.iter().filter(|e| e.verdict == *v).count(),
-                        )
-                    })
+                    .map(|v| (v.key(), entries.iter().filter(|e| e.verdict == *v).count()))
                     .collect(),
                 worst_l_inf: worst(&entries, |e| e.l_inf),
                 worst_rmse_truth: worst(&entries, |e| e.rmse_truth),
@@ -429,32 +332,32 @@ fn compare(base: &RecordSet, new: &RecordSet) -> Comparison {
             .collect()
     };
     let (b, n) = (by_name(base), by_name(new));
-    let verdicts = VERDICTS
+    let verdicts = Verdict::ALL
         .iter()
         .map(|v| {
             let count =
                 |m: &BTreeMap<String, Entry>| m.values().filter(|e| e.verdict == *v).count();
-            (v.to_string(), count(&b), count(&n))
+            (v.key(), count(&b), count(&n))
         })
         .filter(|(_, cb, cn)| *cb != 0 || *cn != 0)
         .collect();
-    let good = |v: &str| v == "identical" || v == "within-tolerance";
+    let good = |v: Verdict| v.passed();
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut add = |group: &str, line: String| groups.entry(group.into()).or_default().push(line);
     for (name, e) in &n {
-        let v = &e.verdict;
+        let v = e.verdict;
         let Some(old) = b.get(name) else {
-            add("New", format!("{name}: {v}"));
+            add("New", format!("{name}: {}", v.key()));
             continue;
         };
-        let was = &old.verdict;
-        if good(was) && !good(v) && v != "not-run" {
+        let (now, was) = (v.key(), old.verdict.key());
+        if good(old.verdict) && !good(v) && v != Verdict::NotRun {
             add(
                 "Newly drifted or failed",
-                format!("{name}: {v} (previously {was})"),
+                format!("{name}: {now} (previously {was})"),
             );
-        } else if !good(was) && good(v) {
-            add("Newly fixed", format!("{name}: {v} (previously {was})"));
+        } else if !good(old.verdict) && good(v) {
+            add("Newly fixed", format!("{name}: {now} (previously {was})"));
         }
         if let (Some(x), Some(y)) = (&old.sha256, &e.sha256) {
             if x != y {
@@ -483,11 +386,11 @@ pub fn markdown(report: &Report) -> String {
     for set in &report.sets {
         let _ = writeln!(out, "\n## {}\n", set.label);
         out.push_str("| class | scenarios |");
-        for v in VERDICTS {
-            let _ = write!(out, " {} |", v.replace('-', " "));
+        for v in Verdict::ALL {
+            let _ = write!(out, " {} |", v.label());
         }
         out.push_str(" worst l_inf | worst rmse to truth |\n|---|---|");
-        out.push_str(&"---|".repeat(VERDICTS.len() + 2));
+        out.push_str(&"---|".repeat(Verdict::ALL.len() + 2));
         out.push('\n');
         for c in &set.classes {
             let _ = write!(out, "| `{}` | {} |", c.class, c.scenarios);
@@ -686,7 +589,7 @@ mod tests {
             label: label.into(),
             entries: vec![Entry {
                 name: "s/x".into(),
-                verdict: "identical".into(),
+                verdict: Verdict::Identical,
                 class: "c".into(),
                 l_inf: None,
                 rmse_truth: None,

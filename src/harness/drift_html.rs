@@ -87,10 +87,10 @@ fn heatmap<'a>(sets: impl Iterator<Item = &'a RecordSet> + Clone) -> String {
     );
     for (r, set) in rows.iter().enumerate() {
         let y = r * cell * 3 + 5;
-        let by: BTreeMap<&str, &str> = set
+        let by: BTreeMap<&str, String> = set
             .entries
             .iter()
-            .map(|e| (e.name.as_str(), e.verdict.as_str()))
+            .map(|e| (e.name.as_str(), e.verdict.key()))
             .collect();
         let _ = writeln!(
             svg,
@@ -99,7 +99,7 @@ fn heatmap<'a>(sets: impl Iterator<Item = &'a RecordSet> + Clone) -> String {
             escape(&set.label)
         );
         for (c, name) in names.iter().enumerate() {
-            let verdict = by.get(name).copied().unwrap_or("missing");
+            let verdict = by.get(name).map_or("missing", String::as_str);
             let _ = writeln!(
                 svg,
                 "<rect class=\"cell\" x=\"{}\" y=\"{y}\" width=\"{cell}\" height=\"{}\" fill=\"{}\"><title>{}: {}</title></rect>",

@@ -353,7 +353,7 @@ impl GoldenStore {
             .map_err(|e| Error::io(parent, e))?;
         tensor
             .write_npy(tmp.path())
-            .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
+            .map_err(|e| Error::writing(&path, e))?;
         tmp.as_file()
             .sync_all()
             .map_err(|e| Error::io(tmp.path(), e))?;

@@ -5,7 +5,8 @@
 use super::check;
 use super::golden::GoldenFile;
 use super::merge::{read_results, read_verified};
-use super::session::{Fixtures, RecordWriter};
+use super::records::RecordWriter;
+use super::session::Fixtures;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

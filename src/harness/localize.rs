@@ -103,7 +103,7 @@ fn observe(
         return Err(Error::Unavailable(why.trim().to_string()));
     }
     if !status.status.success() {
-        return Err(Error::Torch(format!(
+        return Err(Error::Internal(format!(
             "localize: {scenario} as {} exited with {}: {}",
             c.label,
             status.status,
@@ -169,7 +169,7 @@ fn capture(
         .join("captured");
     let captured = observe(exe, suite_file, scenario, c, &dir, Some(&side.dumps), false)?;
     if captured.sha256 != side.plain.sha256 {
-        return Err(Error::Torch(format!(
+        return Err(Error::Internal(format!(
             "localize: activation capture changed {scenario}'s output as {} ({} plain, {} \
              captured): its dumps cannot locate anything",
             side.label,

@@ -264,7 +264,7 @@ pub fn run(
                 .unwrap_or("")
                 .to_string(),
             _ => {
-                return Err(Error::Torch(format!(
+                return Err(Error::Internal(format!(
                     "matrix: `check` for {} exited with {}: {}",
                     c.label,
                     result.status,

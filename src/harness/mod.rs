@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod observe;
 pub mod oneoff;
 pub mod pictures;
+pub mod records;
 pub mod report;
 pub mod session;
 pub mod suite;

@@ -196,7 +196,7 @@ impl Runner {
                 let why = std::fs::read_to_string(&not_run).unwrap_or_default();
                 Err(NotObserved::NotRun(why.trim().to_string()))
             }
-            _ => Err(NotObserved::Failed(Error::Torch(format!(
+            _ => Err(NotObserved::Failed(Error::Internal(format!(
                 "child `reprodiff observe` for '{}' exited with {status}",
                 scenario.name
             )))),
@@ -248,8 +248,7 @@ pub fn write_observation(dir: &Path, obs: &Observation) -> Result<()> {
     std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
     if let Some(t) = &obs.stored {
         let npy = dir.join("output.npy");
-        t.write_npy(&npy)
-            .map_err(|e| Error::Torch(format!("writing {}: {e}", npy.display())))?;
+        t.write_npy(&npy).map_err(|e| Error::writing(&npy, e))?;
     }
     Ok(())
 }

@@ -74,7 +74,7 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
     if let Some(path) = out.save {
         stored
             .write_npy(path)
-            .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
+            .map_err(|e| Error::writing(path, e))?;
     }
     if let Some(path) = out.grid {
         write_grid(stored, path)?;
@@ -88,14 +88,8 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
             &obs,
             "a one-off `reprodiff run`: compared with no golden",
         );
-        let record = super::session::Record {
-            schema: super::session::RECORD_SCHEMA,
-            result: &result,
-            spec: scenario,
-            environment: Some(&obs.environment),
-            array: None,
-        };
-        println!("{}", serde_json::to_string(&record).expect("serialises"));
+        let record = super::records::Record::new(&result, scenario, Some(&obs.environment));
+        print!("{}", record.line());
         return Ok(());
     }
     println!(

@@ -106,7 +106,7 @@ fn heat(v: f64) -> Rgb<u8> {
 pub fn png(img: &RgbImage) -> Result<Vec<u8>> {
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, image::ImageFormat::Png)
-        .map_err(|e| Error::Torch(format!("encoding a PNG: {e}")))?;
+        .map_err(|e| Error::Internal(format!("encoding a PNG: {e}")))?;
     Ok(bytes.into_inner())
 }
 

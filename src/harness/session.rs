@@ -6,7 +6,6 @@ use super::suite::{Scenario, Suite};
 use crate::env::Fingerprint;
 use crate::error::{Error, Result};
 use regex::Regex;
-use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Which scenarios to run: suites by name (all when empty) and a regex on scenario names.
@@ -121,20 +120,6 @@ fn check_model_reference(suite: &Suite, scenario: &Scenario, models: &Path) -> R
     Ok(())
 }
 
-/// One JSON record per scenario run: the result (with the run's class and the class it was
-/// compared with), the scenario as run and the environment.
-#[derive(Debug, Serialize)]
-pub struct Record<'a> {
-    pub schema: u32,
-    #[serde(flatten)]
-    pub result: &'a ScenarioResult,
-    pub spec: &'a Scenario,
-    pub environment: Option<&'a Fingerprint>,
-    /// The output array as .npy, relative to the records folder (`check --save-outputs`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub array: Option<String>,
-}
-
 /// Why `scenario` will not be run on `host`, decided before it runs, so that a test runner can
 /// skip it at list time and `check` can group it by reason: what the host lacks (CUDA, a CPU
 /// capability, what a knob needs, a hub model not in the local cache), as `NotRun`; or that
@@ -223,91 +208,6 @@ pub fn check_one(
             }
             (r, None)
         }
-    }
-}
-
-/// The record schema: one JSON object per line of `records.jsonl` (README.md, "Records").
-pub const RECORD_SCHEMA: u32 = 3;
-
-/// Writes `<out>/records.jsonl`, one record per scenario run. Several processes may share the
-/// folder: every writer holds a shared lock on the file for its lifetime, and one that finds no
-/// other writer starts the file afresh (a new run replaces the records of a finished one) while
-/// one that finds another appends beside it. Each record is one `write` of the whole line to a
-/// file opened for appending, so lines of concurrent writers never interleave (Linux serialises
-/// writes to one regular file); an interrupted run leaves every finished record readable.
-pub struct RecordWriter {
-    path: PathBuf,
-    file: std::fs::File,
-    /// Also write each output array to `outputs/<suite>/<scenario>.<sha12>.npy` beside the
-    /// records (named by content, so concurrent writers never overwrite each other's).
-    pub save_outputs: bool,
-}
-
-impl RecordWriter {
-    /// Opens `<out>/records.jsonl`: afresh, or for appending beside another running writer.
-    pub fn create(out: &Path) -> Result<Self> {
-        use std::os::unix::io::AsRawFd;
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let path = out.join("records.jsonl");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        let fd = file.as_raw_fd();
-        // SAFETY: flock on a descriptor this function owns.
-        let alone = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if alone {
-            file.set_len(0).map_err(|e| Error::io(&path, e))?;
-        }
-        // SAFETY: as above; a shared lock while this writer lives (released on close).
-        if unsafe { libc::flock(fd, libc::LOCK_SH) } != 0 {
-            return Err(Error::io(&path, std::io::Error::last_os_error()));
-        }
-        Ok(RecordWriter {
-            path,
-            file,
-            save_outputs: false,
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn append(
-        &mut self,
-        scenario: &Scenario,
-        result: &ScenarioResult,
-        env: Option<&Fingerprint>,
-        output: Option<&tch::Tensor>,
-    ) -> Result<()> {
-        use std::io::Write;
-        let array = match output {
-            Some(t) if self.save_outputs => {
-                let sha = result.output.as_ref().map_or("", |o| &o.sha256[..12]);
-                let rel = format!("outputs/{}/{}.{sha}.npy", result.suite, result.scenario);
-                let path = self.path.with_file_name(&rel);
-                let dir = path.parent().expect("an outputs file has a folder");
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-                t.write_npy(&path)
-                    .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
-                Some(rel)
-            }
-            _ => None,
-        };
-        let record = Record {
-            schema: RECORD_SCHEMA,
-            result,
-            spec: scenario,
-            environment: env,
-            array,
-        };
-        let mut line = serde_json::to_string(&record).expect("a record serialises");
-        line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .map_err(|e| Error::io(&self.path, e))
     }
 }
 
@@ -523,46 +423,4 @@ fn describe_change(old: Option<&Expectation>, new: &Expectation) -> Vec<String> 
 
 fn short(sha: &Option<String>) -> &str {
     sha.as_deref().map_or("(none)", |s| &s[..12])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Writers in several threads, each with its own writer on one folder, lose no record and
-    /// never interleave a line.
-    #[test]
-    fn concurrent_writers_keep_every_record_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let text = "schema = 1\nname = \"t\"\n[[scenario]]\nname = \"s\"\nmetrics = [\"bits\"]\n\
-                    run = { kind = \"random\", op = \"randn\", shape = [4], generator = { \
-                    type = \"single\", seed = 0 } }\n";
-        let scenario = Suite::parse(text, Path::new("t.toml"))
-            .unwrap()
-            .scenarios
-            .remove(0);
-        let first = RecordWriter::create(dir.path()).unwrap();
-        std::thread::scope(|scope| {
-            for t in 0..4 {
-                let (scenario, out) = (&scenario, dir.path());
-                scope.spawn(move || {
-                    let mut w = RecordWriter::create(out).unwrap();
-                    for i in 0..200 {
-                        // A long note, so that a record is far larger than one page.
-                        let why = format!("thread {t} record {i} {}", "x".repeat(9000));
-                        let r = ScenarioResult::skipped("t", "s", Verdict::NotRun, &why);
-                        w.append(scenario, &r, None, None).unwrap();
-                    }
-                });
-            }
-        });
-        drop(first);
-        let text = std::fs::read_to_string(dir.path().join("records.jsonl")).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 800);
-        for l in lines {
-            let v: serde_json::Value = serde_json::from_str(l).expect("a whole record");
-            assert_eq!(v["schema"], RECORD_SCHEMA);
-        }
-    }
 }

@@ -207,9 +207,7 @@ fn write_beside(arch: &str, out: &Path) -> Result<tempfile::TempDir> {
     }
     for (rel, tensors) in &f.weights {
         let path = mkdir(rel)?;
-        tch::Tensor::write_safetensors(tensors, &path).map_err(|e| {
-            Error::Torch(format!("writing derived weights {}: {e}", path.display()))
-        })?;
+        tch::Tensor::write_safetensors(tensors, &path).map_err(|e| Error::writing(&path, e))?;
     }
     std::fs::write(
         root.join("DERIVED"),

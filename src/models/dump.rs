@@ -39,8 +39,7 @@ impl Dump {
             } else {
                 x.shallow_clone()
             };
-            x.write_npy(&path)
-                .map_err(|e| Error::Torch(format!("writing {}: {e}", path.display())))?;
+            x.write_npy(&path).map_err(|e| Error::writing(&path, e))?;
             use std::io::Write;
             let index = dir.join(INDEX);
             std::fs::OpenOptions::new()

@@ -1,0 +1,317 @@
+//! Check records: the one type `check` writes to `records.jsonl` and `report` reads back, its
+//! schema version, the writer several processes can share and the reader that reads every
+//! line it can and names each one it cannot (README.md, "Records").
+use super::check::ScenarioResult;
+use super::suite::Scenario;
+use crate::env::Fingerprint;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The record schema: one JSON object per line of `records.jsonl`. Schema 1 (single `*.json`
+/// files, before classes) and 2 (no `class` either) are read through the same type: their
+/// class is the class of the recorded fingerprint ([`parse`]).
+pub const RECORD_SCHEMA: u32 = 3;
+/// The oldest schema [`parse`] reads.
+pub const OLDEST_SCHEMA: u32 = 1;
+
+/// One JSON record per scenario run: the result (with the run's class and the class it was
+/// compared with), the scenario as run and the environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub schema: u32,
+    #[serde(flatten)]
+    pub result: ScenarioResult,
+    pub spec: Scenario,
+    pub environment: Option<Fingerprint>,
+    /// The output array as .npy, relative to the records folder (`check --save-outputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<String>,
+}
+
+impl Record {
+    pub fn new(result: &ScenarioResult, spec: &Scenario, env: Option<&Fingerprint>) -> Self {
+        Record {
+            schema: RECORD_SCHEMA,
+            result: result.clone(),
+            spec: spec.clone(),
+            environment: env.cloned(),
+            array: None,
+        }
+    }
+
+    /// The record as one line of `records.jsonl`, newline included.
+    pub fn line(&self) -> String {
+        let mut line = serde_json::to_string(self).expect("a record serialises");
+        line.push('\n');
+        line
+    }
+}
+
+/// Reads one record (a line of `records.jsonl`, or a whole schema-1 `*.json` file). `Err`
+/// says why it is not one: not JSON, a schema this reprodiff does not read, or which field
+/// does not fit. A record of schema 1 or 2 has no `class`: it gets the class of its recorded
+/// fingerprint on its scenario's device, which is what those versions compared by.
+pub fn parse(text: &str) -> std::result::Result<Record, String> {
+    let mut v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
+    let schema = match v["schema"].as_u64() {
+        Some(s) if (u64::from(OLDEST_SCHEMA)..=u64::from(RECORD_SCHEMA)).contains(&s) => s,
+        other => {
+            return Err(format!(
+                "record schema {} is not one this reprodiff reads ({OLDEST_SCHEMA} to \
+                 {RECORD_SCHEMA})",
+                other.map_or("missing".into(), |s| s.to_string())
+            ))
+        }
+    };
+    let record: Record = serde_json::from_value(v.clone())
+        .map_err(|e| format!("not a check record of schema {schema}: {e}"))?;
+    if record.result.class.is_some() {
+        return Ok(record);
+    }
+    let Some(fp) = &record.environment else {
+        return Ok(record);
+    };
+    v["class"] = fp.class(record.spec.device).to_string().into();
+    serde_json::from_value(v).map_err(|e| format!("schema {schema}: {e}"))
+}
+
+/// Every record under a folder, with where it was read, and what could not be read.
+#[derive(Debug, Default)]
+pub struct Read {
+    /// (file, record), in file order and line order.
+    pub records: Vec<(PathBuf, Record)>,
+    /// "file line N: why" for each line or file that is not a record.
+    pub unreadable: Vec<String>,
+}
+
+/// Reads every record under `dir`: the lines of `*.jsonl` files (what `check` writes) and
+/// single-record `*.json` files (schema 1). Bad bytes on one line (an interrupted or foreign
+/// write) cost that line only; an unreadable file costs that file.
+pub fn read(dir: &Path) -> Result<Read> {
+    let mut files = Vec::new();
+    collect(dir, &mut files)?;
+    files.sort();
+    let mut out = Read::default();
+    for f in files {
+        let bytes = match std::fs::read(&f) {
+            Ok(b) => b,
+            Err(e) => {
+                out.unreadable.push(format!("{}: {e}", f.display()));
+                continue;
+            }
+        };
+        if f.extension().is_some_and(|x| x == "jsonl") {
+            for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+                let where_ = || format!("{} line {}", f.display(), i + 1);
+                match std::str::from_utf8(line) {
+                    Ok(l) if l.trim().is_empty() => {}
+                    Ok(l) => match parse(l) {
+                        Ok(r) => out.records.push((f.clone(), r)),
+                        Err(why) => out.unreadable.push(format!("{}: {why}", where_())),
+                    },
+                    Err(e) => out
+                        .unreadable
+                        .push(format!("{}: not UTF-8 ({e})", where_())),
+                }
+            }
+            continue;
+        }
+        match std::str::from_utf8(&bytes)
+            .map_err(|e| format!("not UTF-8 ({e})"))
+            .and_then(parse)
+        {
+            Ok(r) => out.records.push((f.clone(), r)),
+            Err(why) => out.unreadable.push(format!("{}: {why}", f.display())),
+        }
+    }
+    Ok(out)
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let p = e.map_err(|e| Error::io(dir, e))?.path();
+        if p.is_dir() {
+            collect(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "json" || x == "jsonl") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Writes `<out>/records.jsonl`, one record per scenario run. Several processes may share the
+/// folder: every writer holds a shared lock on the file for its lifetime, and one that finds no
+/// other writer starts the file afresh (a new run replaces the records of a finished one) while
+/// one that finds another appends beside it. Each record is one `write` of the whole line to a
+/// file opened for appending, so lines of concurrent writers never interleave (Linux serialises
+/// writes to one regular file); an interrupted run leaves every finished record readable.
+pub struct RecordWriter {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Also write each output array to `outputs/<suite>/<scenario>.<sha12>.npy` beside the
+    /// records (named by content, so concurrent writers never overwrite each other's).
+    pub save_outputs: bool,
+}
+
+impl RecordWriter {
+    /// Opens `<out>/records.jsonl`: afresh, or for appending beside another running writer.
+    pub fn create(out: &Path) -> Result<Self> {
+        use std::os::unix::io::AsRawFd;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let path = out.join("records.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let fd = file.as_raw_fd();
+        // SAFETY: flock on a descriptor this function owns.
+        let alone = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if alone {
+            file.set_len(0).map_err(|e| Error::io(&path, e))?;
+        }
+        // SAFETY: as above; a shared lock while this writer lives (released on close).
+        if unsafe { libc::flock(fd, libc::LOCK_SH) } != 0 {
+            return Err(Error::io(&path, std::io::Error::last_os_error()));
+        }
+        Ok(RecordWriter {
+            path,
+            file,
+            save_outputs: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn append(
+        &mut self,
+        scenario: &Scenario,
+        result: &ScenarioResult,
+        env: Option<&Fingerprint>,
+        output: Option<&tch::Tensor>,
+    ) -> Result<()> {
+        use std::io::Write;
+        let array = match output {
+            Some(t) if self.save_outputs => {
+                let sha = result.output.as_ref().map_or("", |o| &o.sha256[..12]);
+                let rel = format!("outputs/{}/{}.{sha}.npy", result.suite, result.scenario);
+                let path = self.path.with_file_name(&rel);
+                let dir = path.parent().expect("an outputs file has a folder");
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                t.write_npy(&path).map_err(|e| Error::writing(&path, e))?;
+                Some(rel)
+            }
+            _ => None,
+        };
+        let record = Record {
+            array,
+            ..Record::new(result, scenario, env)
+        };
+        self.file
+            .write_all(record.line().as_bytes())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::check::Verdict;
+    use crate::harness::suite::Suite;
+
+    /// Writers in several threads, each with its own writer on one folder, lose no record and
+    /// never interleave a line.
+    #[test]
+    fn concurrent_writers_keep_every_record_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "schema = 1\nname = \"t\"\n[[scenario]]\nname = \"s\"\nmetrics = [\"bits\"]\n\
+                    run = { kind = \"random\", op = \"randn\", shape = [4], generator = { \
+                    type = \"single\", seed = 0 } }\n";
+        let scenario = Suite::parse(text, Path::new("t.toml"))
+            .unwrap()
+            .scenarios
+            .remove(0);
+        let first = RecordWriter::create(dir.path()).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (scenario, out) = (&scenario, dir.path());
+                scope.spawn(move || {
+                    let mut w = RecordWriter::create(out).unwrap();
+                    for i in 0..200 {
+                        // A long note, so that a record is far larger than one page.
+                        let why = format!("thread {t} record {i} {}", "x".repeat(9000));
+                        let r = ScenarioResult::skipped("t", "s", Verdict::NotRun, &why);
+                        w.append(scenario, &r, None, None).unwrap();
+                    }
+                });
+            }
+        });
+        drop(first);
+        let text = std::fs::read_to_string(dir.path().join("records.jsonl")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 800);
+        for l in lines {
+            let r = parse(l).expect("a whole record");
+            assert_eq!(r.schema, RECORD_SCHEMA);
+        }
+    }
+
+    /// Every check record committed under fixtures/records (schemas 1 to 3, from four hosts
+    /// and two library versions) reads through the one record type, and reads as what it
+    /// says: a class for every record that ran, and the verdict it was written with.
+    #[test]
+    fn every_committed_record_reads_through_the_record_type() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/records");
+        let read = read(&root).unwrap();
+        // Oracle results and env.json are not check records; everything else must read.
+        let unreadable: Vec<&String> = read
+            .unreadable
+            .iter()
+            .filter(|u| !u.contains("/oracle-results/") && !u.contains("env.json"))
+            .collect();
+        assert!(unreadable.is_empty(), "{unreadable:#?}");
+        let schemas: std::collections::BTreeSet<u32> =
+            read.records.iter().map(|(_, r)| r.schema).collect();
+        assert!(
+            schemas.contains(&1) && schemas.contains(&RECORD_SCHEMA),
+            "{schemas:?}"
+        );
+        for (file, r) in &read.records {
+            let text = std::fs::read_to_string(file).unwrap();
+            let written = text
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .chain([serde_json::from_str(&text).ok()])
+                .flatten()
+                .find(|v| v["suite"] == r.result.suite && v["scenario"] == r.result.scenario)
+                .expect("the record's own line");
+            assert_eq!(written["verdict"], r.result.verdict.key().as_str());
+            if r.result.verdict != Verdict::NotRun {
+                assert!(r.result.class.is_some(), "{}: no class", file.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_of_an_unknown_schema_or_shape_is_named_not_guessed() {
+        assert!(parse("{\"schema\": 99}").unwrap_err().contains("schema 99"));
+        assert!(parse("{}").unwrap_err().contains("schema missing"));
+        assert!(parse("{\"schema\": 3, \"suite\": 1}")
+            .unwrap_err()
+            .contains("not a check record of schema 3"));
+        assert!(parse("{{").unwrap_err().starts_with("not JSON"));
+    }
+
+    #[test]
+    fn verdict_keys_are_the_names_records_hold() {
+        for v in Verdict::ALL {
+            let text = serde_json::to_string(&v).unwrap();
+            assert_eq!(text, format!("\"{}\"", v.key()));
+            assert_eq!(v.label(), v.key().replace('-', " "));
+        }
+    }
+}
