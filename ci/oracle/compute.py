@@ -34,7 +34,8 @@ from determinism import determinism_in_force
 from fingerprint import environment_fingerprint
 from results import Outcome
 from scenarios import DdimRun, Scenario, SdRun, VaeEncodeRun
-from truth import component_images, nudged_image, rmse, truth_images
+from truth import (component_images, nudged_image, rmse, step_latents, steps_recorded,
+                   truth_images)
 from workloads import ddim_images, pipeline_output, run_random, self_check_latent_loop
 from workloads_sd import sd_images, vae_moments
 
@@ -59,27 +60,50 @@ def compute_ddim(scenario: Scenario, run: DdimRun, fingerprint: dict[str, Any]) 
     """The float32 output (twice, bit for bit), the float64 truth and the sensitivity."""
     if run.output_type == "latent":
         self_check_latent_loop(run.model, run.models_dir, scenario.device)
-    images = ddim_images(run, scenario.device)
+    runs = 2 if run.twice else 1
+    with steps_recorded() as run_steps:
+        images = ddim_images(run, scenario.device)
     output = repeated_output(scenario, run, images, ddim_images(run, scenario.device))
-    truth = cut(scenario, pipeline_output(run, truth_images(run, scenario.device)))
+    with steps_recorded() as truth_steps:
+        truth = cut(scenario, pipeline_output(run, truth_images(run, scenario.device)))
     # A `twice` output is a difference of zeros: its sensitivity is that of its first image.
-    nudged = cut(scenario, nudged_image(run, scenario.device))
+    with steps_recorded() as nudged_steps:
+        nudged = cut(scenario, nudged_image(run, scenario.device))
     sensitivity = rmse(nudged, cut(scenario, images[0]))
-    return Outcome(scenario, output, fingerprint, truth, sensitivity)
+    steps = per_step(run, (run_steps, runs), (truth_steps, runs), (nudged_steps, 1))
+    return Outcome(scenario, output, fingerprint, truth, sensitivity, steps=steps)
 
 
 def compute_sd(scenario: Scenario, run: SdRun, fingerprint: dict[str, Any]) -> Outcome:
     """The output (twice, bit for bit), the float64 truth, the sensitivity and the
     per-component sensitivities (in the run's own precision: truth.py)."""
-    images = sd_images(run, scenario.device)
+    runs = 2 if run.twice else 1
+    with steps_recorded() as run_steps:
+        images = sd_images(run, scenario.device)
     output = repeated_output(scenario, run, images, sd_images(run, scenario.device))
-    truth = cut(scenario, pipeline_output(run, truth_images(run, scenario.device)))
+    with steps_recorded() as truth_steps:
+        truth = cut(scenario, pipeline_output(run, truth_images(run, scenario.device)))
     # As for DDIM, a `twice` output's sensitivities are those of its first image.
     first = cut(scenario, images[0])
-    sensitivity = rmse(cut(scenario, nudged_image(run, scenario.device)), first)
+    with steps_recorded() as nudged_steps:
+        nudged = nudged_image(run, scenario.device)
+    sensitivity = rmse(cut(scenario, nudged), first)
     components = {name: rmse(cut(scenario, image), first)
                   for name, image in component_images(run, scenario.device).items()}
-    return Outcome(scenario, output, fingerprint, truth, sensitivity, components)
+    steps = per_step(run, (run_steps, runs), (truth_steps, runs), (nudged_steps, 1))
+    return Outcome(scenario, output, fingerprint, truth, sensitivity, components, steps)
+
+
+def per_step(run: DdimRun | SdRun, *recorded: tuple[list[torch.Tensor], int]
+             ) -> dict[str, torch.Tensor] | None:
+    """The per-step latents of the run, its truth and its nudged run (truth.steps_recorded),
+    each [steps, *latent]; None for a rerun difference, which is compared exactly."""
+    if run.twice:
+        return None
+    stacked = [step_latents(latents, runs) for latents, runs in recorded]
+    if len({t.shape for t in stacked}) != 1:
+        raise OracleError(f"per-step latents of unequal shapes {[t.shape for t in stacked]}")
+    return dict(zip(("run", "truth", "nudged"), stacked))
 
 
 def compute_vae_encode(scenario: Scenario, run: VaeEncodeRun,

@@ -11,7 +11,9 @@ expectation of the class its fingerprint gives. A line:
      is exact), "environment" (the fingerprint), "provenance" {"producer", "tool", "command"},
      "truth": null or {"array" (float64 .npy), "sha256", "sensitivity", "components" (SD
      only: {"text_encoder", "unet", "vae"?: sensitivity to that component's rounding}),
-     "tool"}}
+     "tool", "steps": absent or {"run", "truth", "nudged": {"array", "sha256"}: float64
+     .npy of the latent after every scheduler step, [steps, *latent], of the run (in its
+     dtype, cast), the truth and the nudged run}}}
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Outcome:
     truth: torch.Tensor | None = None
     sensitivity: float | None = None
     components: dict[str, float] | None = None
+    steps: dict[str, torch.Tensor] | None = None
 
 
 def record(outcome: Outcome, out_dir: Path) -> Table:
@@ -85,6 +88,14 @@ def record(outcome: Outcome, out_dir: Path) -> Table:
         }
         if outcome.components is not None:
             line["truth"]["components"] = outcome.components
+        if outcome.steps is not None:
+            line["truth"]["steps"] = {}
+            for kind, latents in outcome.steps.items():
+                t = latents.to(torch.float64).contiguous()
+                line["truth"]["steps"][kind] = {
+                    "array": save_array(out_dir,
+                                        f"{slug(s.name)}.steps-{kind}.{truth_sha[:12]}.npy", t),
+                    "sha256": raw_sha256(t)}
     return line
 
 

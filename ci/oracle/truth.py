@@ -26,6 +26,12 @@ is made from the draws that run consumes (drawn in its dtype, then cast to float
 initial noise is nudged one ulp of its dtype, and a component's output is multiplied by
 1 + eps/2 of its dtype (2^-8 for bf16, 2^-11 for f16; 2^-24 for float32).
 
+Per step (steps_recorded): the latent after every scheduler step of the float32 run, of the
+truth and of the nudged run, so that reprodiff can hold a run to the truth step by step, as far
+as the trajectory stays comparable ("within tolerance through step 31 of 50"), and measure each
+step's noise response (the nudged run's distance from the float32 run at that step). Which
+elements and what is stored are reprodiff's rule (`reprodiff golden merge`), not this file's.
+
 Both replace diffusers' `randn_tensor` where the pipelines look it up (workloads.py,
 workloads_sd.py): in the pipeline's module (the initial latent, the oracle's DDIM latent loop
 included) and in DDIM's scheduler module (the eta noise).
@@ -34,6 +40,7 @@ included) and in DDIM's scheduler module (the eta noise).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -105,6 +112,43 @@ def component_images(run: SdRun, device: str) -> dict[str, torch.Tensor]:
         if not calls:
             raise OracleError(f"the {name} hook on {run.model} was never called")
     return images
+
+
+@contextlib.contextmanager
+def steps_recorded() -> Iterator[list[torch.Tensor]]:
+    """Every DDIM and PNDM scheduler step's `prev_sample` (the latent after the step), copied
+    to the CPU in call order, for the block. The schedulers' classes are patched, so the
+    pipelines' loops and the oracle's own latent loop are recorded alike."""
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    latents: list[torch.Tensor] = []
+    originals = {cls: cls.step for cls in (DDIMScheduler, PNDMScheduler)}
+
+    def recorded(original: Callable[..., Any]) -> Callable[..., Any]:
+        # wraps: the SD pipeline passes `eta` and `generator` only to a step whose signature
+        # (inspect.signature, which follows __wrapped__) names them.
+        @functools.wraps(original)
+        def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+            out = original(self, *args, **kwargs)
+            prev = out[0] if isinstance(out, tuple) else out.prev_sample
+            latents.append(prev.detach().cpu().clone())
+            return out
+        return step
+
+    for cls, original in originals.items():
+        cls.step = recorded(original)
+    try:
+        yield latents
+    finally:
+        for cls, original in originals.items():
+            cls.step = original
+
+
+def step_latents(latents: list[torch.Tensor], runs: int) -> torch.Tensor:
+    """The first of `runs` equally long runs' per-step latents, stacked: [steps, *latent]."""
+    if not latents or len(latents) % runs:
+        raise OracleError(f"{len(latents)} scheduler steps recorded over {runs} run(s)")
+    return torch.stack(latents[: len(latents) // runs])
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:

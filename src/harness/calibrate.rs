@@ -18,6 +18,12 @@
 //! without a truth. The policy the guard test holds every suite to: its `noise_ulps` is at
 //! least the need and at most [`MAX_MARGIN`] times it, so a tolerance is neither too tight for
 //! a recorded host nor silently wide.
+//!
+//! The step rule (`step_ulps`, per dtype) is calibrated the same way from the records alone:
+//! every check record of a scenario whose golden holds the per-step truth carries
+//! `truth_step_ulps`, the largest distance of its trace from the truth over the comparable
+//! steps, in units of each step's noise response; the need of a dtype is the largest of those
+//! over the records' classes, and `step_ulps` must lie between it and [`MAX_MARGIN`] times it.
 use super::check::BLESSED;
 use super::golden::GoldenStore;
 use super::metrics;
@@ -49,6 +55,30 @@ pub struct Need {
     pub record_classes: Vec<String>,
     /// The need of each dtype's scenarios, where a suite has several.
     pub by_dtype: BTreeMap<String, f64>,
+    /// The step rule, per dtype with figures in the records.
+    pub steps: BTreeMap<String, StepNeed>,
+}
+
+/// What one dtype's step rule needs: the largest `truth_step_ulps` of the records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepNeed {
+    pub need: f64,
+    /// The suite's `step_ulps` for the dtype.
+    pub set: Option<f64>,
+    /// "scenario (class)" that set the need.
+    pub set_by: String,
+    /// Records (scenario runs) that had figures.
+    pub runs: usize,
+}
+
+impl StepNeed {
+    /// Set, calibrated from at least one run, and between the need and MAX_MARGIN times it.
+    pub fn holds(&self) -> bool {
+        self.runs > 0
+            && self
+                .set
+                .is_some_and(|set| set >= self.need && set <= MAX_MARGIN * self.need.max(1e-9))
+    }
 }
 
 impl Need {
@@ -57,6 +87,7 @@ impl Need {
         self.noise_ulps > 0.0
             && self.set >= self.noise_ulps
             && self.set <= MAX_MARGIN * self.noise_ulps
+            && self.steps.values().all(StepNeed::holds)
     }
 
     /// One line for people: the need, what set it, and the verdict of the policy.
@@ -88,9 +119,28 @@ impl Need {
             .iter()
             .map(|(d, n)| format!("{d} {n:.3}"))
             .collect();
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|(d, n)| {
+                let verdict = match n.set {
+                    _ if n.runs == 0 => "NO RECORDS to calibrate it from".to_string(),
+                    None => "NOT SET".to_string(),
+                    Some(set) if set < n.need => format!("TOO TIGHT: {set}"),
+                    Some(set) if set > MAX_MARGIN * n.need => {
+                        format!("TOO WIDE: {set}, at most {:.3}", MAX_MARGIN * n.need)
+                    }
+                    Some(set) => format!("ok: {set} set"),
+                };
+                format!(
+                    "; step_ulps.{d} needed {:.3} (set by {}, {} runs): {verdict}",
+                    n.need, n.set_by, n.runs
+                )
+            })
+            .collect();
         format!(
             "{}: k = {}, noise_ulps needed {:.3} (set by {}; by dtype: {}) over {} scenarios \
-             ({} paired), {} recorded classes{}; {verdict}",
+             ({} paired), {} recorded classes{}; {verdict}{}",
             self.suite,
             self.k,
             self.noise_ulps,
@@ -103,7 +153,8 @@ impl Need {
                 String::new()
             } else {
                 format!(" + {} from records", self.record_classes.len())
-            }
+            },
+            steps.concat()
         )
     }
 }
@@ -140,10 +191,15 @@ pub fn need(suite: &Suite, store: &GoldenStore, records: &[&Path]) -> Result<Opt
     let mut figures: BTreeMap<&str, (String, f64, BTreeMap<String, f64>)> = BTreeMap::new();
     let mut recorded: BTreeMap<&str, BTreeMap<String, f64>> = BTreeMap::new();
     for s in &suite.scenarios {
-        let Some(CrossClass::Truth { k, noise_ulps }) = s.cross_class else {
+        let Some(CrossClass::Truth {
+            k,
+            noise_ulps,
+            step_ulps,
+        }) = s.cross_class
+        else {
             continue;
         };
-        k_set = Some((k, noise_ulps));
+        k_set = Some((k, noise_ulps, step_ulps));
         if s.own_class_only.is_some() || s.run.is_rerun_difference() {
             continue;
         }
@@ -166,11 +222,38 @@ pub fn need(suite: &Suite, store: &GoldenStore, records: &[&Path]) -> Result<Opt
         recorded.insert(&s.name, by_class.clone());
         figures.insert(&s.name, (g.dtype.to_string(), truth.sensitivity, by_class));
     }
-    let Some((k, set)) = k_set else {
+    let Some((k, set, step_ulps)) = k_set else {
         return Ok(None);
     };
+    let mut steps: BTreeMap<String, StepNeed> = BTreeMap::new();
     let mut record_classes = Vec::new();
     for dir in records {
+        for (_, r) in super::records::read(dir)?.records {
+            let res = &r.result;
+            let Some(out) = res.output.as_ref().filter(|_| res.suite == suite.name) else {
+                continue;
+            };
+            let Some(&ulps) = out.metrics.get("truth_step_ulps") else {
+                continue;
+            };
+            let dtype = out.dtype.clone();
+            let set = dtype.parse().ok().and_then(|d| step_ulps.get(d));
+            let n = steps.entry(dtype).or_insert(StepNeed {
+                need: 0.0,
+                set,
+                set_by: "-".into(),
+                runs: 0,
+            });
+            n.runs += 1;
+            if ulps > n.need {
+                n.need = ulps;
+                n.set_by = format!(
+                    "{} ({})",
+                    res.scenario,
+                    res.class.as_deref().unwrap_or("no class")
+                );
+            }
+        }
         let set = super::drift::load(dir)?;
         let prefix = format!("{}/", suite.name);
         for e in &set.entries {
@@ -188,6 +271,14 @@ pub fn need(suite: &Suite, store: &GoldenStore, records: &[&Path]) -> Result<Opt
             }
         }
     }
+    for (dtype, set) in step_ulps.iter() {
+        steps.entry(dtype.into()).or_insert(StepNeed {
+            need: 0.0,
+            set: Some(set),
+            set_by: "-".into(),
+            runs: 0,
+        });
+    }
     let mut need = Need {
         suite: suite.name.clone(),
         k,
@@ -199,6 +290,7 @@ pub fn need(suite: &Suite, store: &GoldenStore, records: &[&Path]) -> Result<Opt
         classes: Vec::new(),
         record_classes,
         by_dtype: BTreeMap::new(),
+        steps,
     };
     let mut classes: Vec<String> = recorded.values().flat_map(|m| m.keys().cloned()).collect();
     classes.sort();

@@ -199,7 +199,15 @@ impl OutputSummary {
             metrics: obs.metrics.clone(),
             unseeded_seed: obs.unseeded_seed,
             elapsed_s: obs.elapsed_s,
-            trace: obs.trace.clone(),
+            // Records keep each step's sum_abs and sample, not the truth's elements.
+            trace: obs.trace.as_ref().map(|t| {
+                t.iter()
+                    .map(|s| crate::pipelines::ddim::StepTrace {
+                        subset: Vec::new(),
+                        ..s.clone()
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -466,6 +474,30 @@ pub fn compare(
             .map(|(v, _)| v)
             .map_err(|e| e.to_string())
     });
+    // The run's trace against the per-step truth, where the golden has one: for the step rule
+    // and the output's truth_step_ulps (what `reprodiff calibrate` reads).
+    let steps = golden
+        .truth
+        .as_ref()
+        .and_then(|t| t.steps.as_ref())
+        .filter(|_| !scenario.run.is_rerun_difference())
+        .and_then(|st| match obs.trace {
+            Some(_) => Some(step_reading(st, obs, store)),
+            // An output without its run (`golden compare` of the oracle's results): the
+            // output's rule alone.
+            None => {
+                result.notes.push(
+                    "the output comes without its per-step trace: the step rule was not applied"
+                        .into(),
+                );
+                None
+            }
+        });
+    if let (Some(Ok(reading)), Some(out)) = (&steps, result.output.as_mut()) {
+        if let Some(worst) = reading.worst() {
+            out.metrics.insert("truth_step_ulps".into(), worst);
+        }
+    }
     // The expectation's array is read only where it is compared: across classes always, within
     // a class when the bits differ or a metric needs it.
     let exact = |result: &mut ScenarioResult| {
@@ -496,7 +528,14 @@ pub fn compare(
                     .into(),
             );
         }
-        (Match::NearestClass, Some(CrossClass::Truth { k, noise_ulps })) => {
+        (
+            Match::NearestClass,
+            Some(CrossClass::Truth {
+                k,
+                noise_ulps,
+                step_ulps,
+            }),
+        ) => {
             let expected = load_array(expectation, obs, store, &mut result.notes);
             cross_class_truth(
                 &mut result,
@@ -507,6 +546,22 @@ pub fn compare(
                 truth_values.as_ref(),
                 (k, noise_ulps),
             );
+            match (&steps, step_ulps.get(obs.dtype)) {
+                (Some(Ok(reading)), Some(bound)) => step_rule(&mut result, reading, bound),
+                (Some(Err(why)), _) => {
+                    result.verdict = Verdict::Failed;
+                    result
+                        .notes
+                        .push(format!("the per-step truth cannot be read: {why}"));
+                }
+                (Some(Ok(_)), None) if result.verdict == Verdict::NotComparable => {
+                    result.notes.push(format!(
+                        "the suite sets no step_ulps for {}: the per-step truth was not used",
+                        obs.dtype
+                    ));
+                }
+                _ => {}
+            }
         }
         _ => exact(&mut result),
     }
@@ -671,6 +726,168 @@ fn cross_class_truth(
         e.class
     ));
     result.verdict = verdict;
+}
+
+/// A run's trace held against the per-step truth: per step, how far the run is from the
+/// truth in units of that step's noise response, as far as the trajectory is comparable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReading {
+    /// Denoising steps in the run.
+    pub steps: usize,
+    /// Per comparable step (the first `ratios.len()` steps, those whose noise response is at
+    /// most [`step_limit`] of the truth's RMS there): rmse(truth, run) / response.
+    pub ratios: Vec<f64>,
+    /// The step limit of the run's dtype ([`step_limit`]).
+    pub limit: f64,
+}
+
+impl StepReading {
+    /// The largest ratio over the comparable steps.
+    pub fn worst(&self) -> Option<f64> {
+        self.ratios.iter().copied().reduce(f64::max)
+    }
+}
+
+/// The most a step's noise response may be, relative to the truth's RMS there, for the step to
+/// be comparable across classes, in a run of `dtype`. For float32 it is the output's limit,
+/// [`POWERLESS_SENSITIVITY`]: rounding amplified some 8,400 times (1e-3 / 2^-23). A run in
+/// f16 or bf16 starts from a noise response of about its own epsilon (2^-10, 2^-7), so the same
+/// amplification of its own rounding is allowed, up to [`STEP_CHAOS_CAP`]: beyond a tenth of
+/// the latent, one ulp has become another trajectory whatever the precision.
+pub fn step_limit(dtype: crate::torch::DType) -> f64 {
+    use crate::torch::DType;
+    let eps = |d: DType| match d {
+        DType::F32 => f64::from(f32::EPSILON),
+        DType::F16 => 2f64.powi(-10),
+        DType::Bf16 => 2f64.powi(-7),
+        DType::F64 => f64::EPSILON,
+    };
+    (POWERLESS_SENSITIVITY * eps(dtype) / eps(DType::F32)).min(STEP_CHAOS_CAP)
+}
+
+/// The largest relative noise response any step may have and still be compared ([`step_limit`]).
+pub const STEP_CHAOS_CAP: f64 = 0.1;
+
+/// How many steps, from the first, a per-step truth (`truth`: [steps, elements], flat) keeps
+/// comparable across classes for a run of `dtype`: those whose noise response is at most
+/// [`step_limit`] of the truth's RMS at that step. After the first that is not, the trajectory
+/// is chaotic.
+pub fn comparable_steps(
+    truth: &[f64],
+    noise_response: &[f64],
+    dtype: crate::torch::DType,
+) -> usize {
+    let per = truth.len() / noise_response.len().max(1);
+    let limit = step_limit(dtype);
+    noise_response
+        .iter()
+        .enumerate()
+        .take_while(|(i, r)| relative_sensitivity(**r, &truth[i * per..(i + 1) * per]) <= limit)
+        .count()
+}
+
+/// Reads the golden's per-step truth and holds the run's trace against it.
+fn step_reading(
+    st: &super::golden::StepTruth,
+    obs: &Observation,
+    store: &GoldenStore,
+) -> std::result::Result<StepReading, String> {
+    let trace = obs
+        .trace
+        .as_ref()
+        .ok_or("the run recorded no per-step trace")?;
+    let (values, shape) = store.read_array(&st.array).map_err(|e| e.to_string())?;
+    let steps = st.noise_response.len();
+    if shape.len() != 2 || shape[0] as usize != steps || trace.len() != steps {
+        return Err(format!(
+            "the per-step truth {} is {shape:?} for {steps} noise responses; the run made {} steps",
+            st.array,
+            trace.len()
+        ));
+    }
+    let per = shape[1] as usize;
+    let comparable = comparable_steps(&values, &st.noise_response, obs.dtype);
+    let mut ratios = Vec::new();
+    for (i, (step, response)) in trace.iter().zip(&st.noise_response).enumerate() {
+        if step.subset.len() != per {
+            return Err(format!(
+                "step {}: the run's trace holds {} of the truth's {per} elements",
+                i + 1,
+                step.subset.len()
+            ));
+        }
+        if i >= comparable {
+            continue;
+        }
+        let r = metrics::rmse(&values[i * per..(i + 1) * per], &step.subset);
+        ratios.push(if *response > 0.0 {
+            r / response
+        } else if r == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        });
+    }
+    Ok(StepReading {
+        steps,
+        ratios,
+        limit: step_limit(obs.dtype),
+    })
+}
+
+/// The cross-class step rule: every comparable step within `bound` noise responses of the
+/// truth. Where the output itself is not comparable, this is the verdict ("within tolerance
+/// through step 31 of 50; chaotic after"); else the worse of the two.
+fn step_rule(result: &mut ScenarioResult, reading: &StepReading, bound: f64) {
+    let (n, m) = (reading.ratios.len(), reading.steps);
+    let output_chaotic = result.verdict == Verdict::NotComparable;
+    if n == 0 {
+        result.notes.push(format!(
+            "not one of the {m} steps is comparable across classes: the noise response exceeds \
+             {}% of the latent from the first step on",
+            100.0 * reading.limit
+        ));
+        return;
+    }
+    let beyond = reading.ratios.iter().position(|r| *r > bound);
+    let verdict = match beyond {
+        Some(_) => Verdict::Drifted,
+        None => Verdict::WithinTolerance,
+    };
+    let worst = reading.worst().expect("n > 0");
+    result.checks.push(MetricCheck {
+        metric: "rmse_truth_steps".into(),
+        golden: "0".into(),
+        got: format!("{worst:.3}"),
+        delta: Some(worst),
+        tolerance: format!("<= {bound} noise responses at steps 1 to {n} of {m}"),
+        verdict,
+    });
+    let chaotic = if n < m {
+        format!(
+            "; chaotic after, where the noise response exceeds {}% of the latent",
+            100.0 * reading.limit
+        )
+    } else {
+        String::new()
+    };
+    result.notes.push(match beyond {
+        Some(i) => format!(
+            "beyond the step rule at step {} of {m}: rmse(truth, got) is {:.3} noise responses \
+             of that step, the bound {bound}; comparable through step {n}{chaotic}",
+            i + 1,
+            reading.ratios[i]
+        ),
+        None => format!(
+            "within tolerance through step {n} of {m} by the per-step truth (worst {worst:.3} of \
+             {bound} noise responses){chaotic}"
+        ),
+    });
+    result.verdict = if output_chaotic {
+        verdict
+    } else {
+        result.verdict.max(verdict)
+    };
 }
 
 fn worst(checks: &[MetricCheck]) -> Verdict {
@@ -947,5 +1164,90 @@ mod tests {
         assert!(Verdict::NotComparable.fails(false));
         assert!(!Verdict::NotRun.fails(true));
         assert!(Verdict::NoExpectation.fails(true) && !Verdict::NoExpectation.fails(false));
+    }
+
+    /// The elements the per-step truth holds depend on the latent's size alone: all of a
+    /// small latent, else 256 evenly spaced ones, the first element first.
+    #[test]
+    fn the_step_truth_elements_are_fixed_by_the_size_alone() {
+        use crate::pipelines::ddim::{step_subset, STEP_TRUTH_ELEMENTS};
+        let small: Vec<f64> = (0..192).map(f64::from).collect();
+        assert_eq!(step_subset(&small), small);
+        let big: Vec<f64> = (0..4096).map(f64::from).collect();
+        let sub = step_subset(&big);
+        assert_eq!(sub.len(), STEP_TRUTH_ELEMENTS);
+        assert_eq!(&sub[..3], &[0.0, 16.0, 32.0]);
+        assert_eq!(sub[255], 4080.0);
+    }
+
+    fn reading(ratios: &[f64], steps: usize) -> StepReading {
+        StepReading {
+            steps,
+            ratios: ratios.to_vec(),
+            limit: POWERLESS_SENSITIVITY,
+        }
+    }
+
+    fn chaotic() -> ScenarioResult {
+        ScenarioResult::skipped("s", "x", Verdict::NotComparable, "output chaotic")
+    }
+
+    /// Where the output is chaotic, the comparable steps decide, and the line says how far it
+    /// looked; the first step beyond the bound is named.
+    #[test]
+    fn the_step_rule_judges_a_chaotic_output_by_its_comparable_steps() {
+        let mut r = chaotic();
+        step_rule(&mut r, &reading(&[0.5, 1.2, 0.9], 50), 2.0);
+        assert_eq!(r.verdict, Verdict::WithinTolerance);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("through step 3 of 50") && n.contains("chaotic after")),
+            "{:?}",
+            r.notes
+        );
+        let mut r = chaotic();
+        step_rule(&mut r, &reading(&[0.5, 2.5, 9.0], 50), 2.0);
+        assert_eq!(r.verdict, Verdict::Drifted);
+        assert!(
+            r.notes.iter().any(|n| n.contains("at step 2 of 50")),
+            "{:?}",
+            r.notes
+        );
+        // No comparable step: the output's "not comparable" stands (a failure).
+        let mut r = chaotic();
+        step_rule(&mut r, &reading(&[], 50), 2.0);
+        assert_eq!(r.verdict, Verdict::NotComparable);
+        // A comparable output that drifted stays drifted whatever the steps say.
+        let mut r = chaotic();
+        r.verdict = Verdict::Drifted;
+        step_rule(&mut r, &reading(&[0.1], 1), 2.0);
+        assert_eq!(r.verdict, Verdict::Drifted);
+    }
+
+    /// A step is comparable while its noise response is at most POWERLESS_SENSITIVITY of the
+    /// truth's RMS there; the first that is not ends the comparable steps.
+    #[test]
+    fn comparable_steps_end_at_the_first_chaotic_step() {
+        let truth = vec![1.0; 6]; // 3 steps of 2 elements, RMS 1
+        let limit = POWERLESS_SENSITIVITY;
+        use crate::torch::DType;
+        assert_eq!(
+            comparable_steps(&truth, &[0.0, limit, limit * 0.5], DType::F32),
+            3
+        );
+        assert_eq!(
+            comparable_steps(&truth, &[0.0, limit * 2.0, 0.0], DType::F32),
+            1
+        );
+        assert_eq!(
+            comparable_steps(&truth, &[limit * 2.0, 0.0, 0.0], DType::F32),
+            0
+        );
+        // f16's own rounding is 2^13 times float32's: the same amplification is allowed, up
+        // to the cap.
+        assert_eq!(step_limit(DType::F32), limit);
+        assert_eq!(comparable_steps(&truth, &[0.05, 0.09, 0.2], DType::F16), 2);
+        assert_eq!(step_limit(DType::Bf16), STEP_CHAOS_CAP);
     }
 }

@@ -60,7 +60,25 @@ pub struct Truth {
     /// call, so a user sees which component amplifies rounding.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub components: BTreeMap<String, f64>,
+    /// The truth step by step, made by the same oracle run; absent where the oracle that made
+    /// the truth recorded no steps, and for a rerun difference (compared exactly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<StepTruth>,
     pub provenance: Provenance,
+}
+
+/// The float64 truth of a pipeline's latent after every denoising step, on the elements
+/// [`crate::pipelines::ddim::step_subset`] picks, and each step's noise response: what the
+/// cross-class step rule holds a run's own trace against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepTruth {
+    /// A float64 .npy of shape [steps, elements], relative to fixtures/golden/.
+    pub array: String,
+    pub sha256: String,
+    /// Per step, the rmse (on the same elements) by which the float32 run's latent moves when
+    /// its initial noise is one ulp (of the run's dtype) higher everywhere.
+    pub noise_response: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,6 +236,16 @@ impl GoldenScenario {
             check_provenance(&t.provenance, environments).map_err(|m| format!("truth: {m}"))?;
             if bad_sha(&t.sha256) || !t.sensitivity.is_finite() || t.sensitivity < 0.0 {
                 return Err("truth: sha256 must be 64 hex digits and sensitivity >= 0".into());
+            }
+            if let Some(st) = &t.steps {
+                if bad_sha(&st.sha256)
+                    || st.noise_response.is_empty()
+                    || st.noise_response.iter().any(|r| !r.is_finite() || *r < 0.0)
+                {
+                    return Err("truth.steps: sha256 must be 64 hex digits and every \
+                                noise_response finite and >= 0"
+                        .into());
+                }
             }
         }
         Ok(())
@@ -395,6 +423,12 @@ impl GoldenStore {
                     .iter()
                     .filter_map(|e| e.array.as_ref())
                     .chain(s.truth.as_ref().map(|t| &t.array))
+                    .chain(
+                        s.truth
+                            .as_ref()
+                            .and_then(|t| t.steps.as_ref())
+                            .map(|st| &st.array),
+                    )
             })
             .map(|a| self.dir.join(a))
             .collect();

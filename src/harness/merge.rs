@@ -13,11 +13,14 @@
 //! their SHA-256 before anything is written, and the golden JSON is written by
 //! [`GoldenStore::save`] (atomic, canonical).
 use super::check::BLESSED;
-use super::golden::{Expectation, GoldenFile, GoldenScenario, GoldenStore, Provenance, Truth};
+use super::golden::{
+    Expectation, GoldenFile, GoldenScenario, GoldenStore, Provenance, StepTruth, Truth,
+};
 use super::metrics;
 use super::session::Fixtures;
 use crate::env::Fingerprint;
 use crate::error::{Error, Result};
+use crate::pipelines::ddim::step_subset;
 use crate::torch::{tensor_sha256, tensor_to_f64, DType};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -70,6 +73,76 @@ struct OracleTruth {
     #[serde(default)]
     components: std::collections::BTreeMap<String, f64>,
     tool: String,
+    #[serde(default)]
+    steps: Option<OracleSteps>,
+}
+
+/// The latent after every scheduler step, [steps, *latent] as float64, of the run, its truth
+/// and its nudged run (ci/oracle/truth.py, steps_recorded).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OracleSteps {
+    run: OracleArray,
+    truth: OracleArray,
+    nudged: OracleArray,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OracleArray {
+    array: String,
+    sha256: String,
+}
+
+/// The golden's per-step truth from the oracle's per-step latents: the truth's elements that
+/// [`step_subset`] picks, stored as [steps, elements], and each step's noise response, the
+/// rmse on those elements between the nudged run and the run.
+fn step_truth(
+    store: &GoldenStore,
+    from: &Path,
+    steps: &OracleSteps,
+    suite: &str,
+    scenario: &str,
+) -> Result<StepTruth> {
+    let where_ = format!("{suite}/{scenario}");
+    let read = |a: &OracleArray| -> Result<(Vec<i64>, Vec<f64>)> {
+        let (t, values) = read_verified(&from.join(&a.array), DType::F64, &a.sha256, &where_)?;
+        Ok((t.size(), values))
+    };
+    let (run, truth, nudged) = (read(&steps.run)?, read(&steps.truth)?, read(&steps.nudged)?);
+    if run.0 != truth.0 || run.0 != nudged.0 || run.0.len() < 2 {
+        return Err(Error::invalid_file(
+            from.join(&steps.truth.array),
+            format!(
+                "{where_}: per-step latents of shapes {:?}, {:?}, {:?}: not one [steps, *latent]",
+                run.0, truth.0, nudged.0
+            ),
+        ));
+    }
+    let n_steps = run.0[0] as usize;
+    let per = run.1.len() / n_steps.max(1);
+    let step = |v: &[f64], i: usize| step_subset(&v[i * per..(i + 1) * per]);
+    let mut subset = Vec::new();
+    let mut noise_response = Vec::new();
+    for i in 0..n_steps {
+        let t = step(&truth.1, i);
+        noise_response.push(metrics::rmse(&step(&nudged.1, i), &step(&run.1, i)));
+        subset.extend(t);
+    }
+    let elements = (subset.len() / n_steps.max(1)) as i64;
+    let tensor = tch::Tensor::from_slice(&subset).reshape([n_steps as i64, elements]);
+    let sha256 = tensor_sha256(&tensor)?;
+    let array = format!(
+        "{suite}/{}.steps.{}.npy",
+        super::golden::slug(scenario),
+        &sha256[..12]
+    );
+    store.write_array(&array, &tensor)?;
+    Ok(StepTruth {
+        array,
+        sha256,
+        noise_response,
+    })
 }
 
 /// What a merge did to one suite.
@@ -201,6 +274,7 @@ fn merge_result(
                 device,
                 &t.sha256,
                 &from.join(&t.array),
+                t.steps.is_some(),
             )? =>
         {
             None
@@ -209,11 +283,17 @@ fn merge_result(
             let (tensor, _) = read_verified(&from.join(&t.array), DType::F64, &t.sha256, &where_)?;
             let name = truth_array_name(&r.suite, &r.scenario, &t.sha256);
             store.write_array(&name, &tensor)?;
+            let steps = t
+                .steps
+                .as_ref()
+                .map(|st| step_truth(store, from, st, &r.suite, &r.scenario))
+                .transpose()?;
             Some(Truth {
                 array: name,
                 sha256: t.sha256,
                 sensitivity: t.sensitivity,
                 components: t.components,
+                steps,
                 provenance: Provenance {
                     producer: expectation.provenance.producer.clone(),
                     tool: t.tool,
@@ -257,6 +337,9 @@ fn merge_golden(
         let truth = match scenario.truth {
             Some(t) if !recorded => {
                 copy(&t.array, DType::F64, &t.sha256)?;
+                if let Some(st) = &t.steps {
+                    copy(&st.array, DType::F64, &st.sha256)?;
+                }
                 Some(t)
             }
             _ => None,
@@ -294,7 +377,8 @@ fn merge_golden(
 
 /// Whether the truth already recorded for `scenario` stays, rather than the merged one at
 /// `path`: it does unless it was made in the same class as the merged result (a re-recording)
-/// or the output's shape changed. The float64 truth itself depends a little on the host that
+/// or the output's shape changed, or it is the same truth and only the merged one holds the
+/// per-step truth. The float64 truth itself depends a little on the host that
 /// made it (measured: Intel Xeon against AMD EPYC truths differ by up to 5e-7 relative on SD
 /// scenarios, AMD AVX-512 against AMD AVX2 not at all), so one host's truth is kept for every
 /// class's expectation to be measured against, and the difference is said.
@@ -308,6 +392,7 @@ fn keeps_recorded_truth(
     device: crate::torch::DeviceSpec,
     sha256: &str,
     path: &Path,
+    brings_steps: bool,
 ) -> Result<bool> {
     let Some(s) = file.scenarios.get(scenario).filter(|s| s.shape == shape) else {
         return Ok(false);
@@ -316,7 +401,8 @@ fn keeps_recorded_truth(
         return Ok(false);
     };
     if old.sha256 == sha256 {
-        return Ok(true);
+        // The same truth, re-recorded with its per-step truth where it had none.
+        return Ok(!(brings_steps && old.steps.is_none()));
     }
     let made_in = old
         .provenance

@@ -52,7 +52,48 @@ pub enum CrossClass {
     /// the scenario's sensitivity (the rmse by which one ulp of initial noise moves the output):
     /// `floor = noise_ulps * sensitivity`. Another CPU's rounding acts like a few ulps of noise,
     /// and how far that carries is the scenario's own figure (`reprodiff calibrate`).
-    Truth { k: f64, noise_ulps: f64 },
+    ///
+    /// `step_ulps` is the same idea step by step, where the golden holds the per-step truth:
+    /// at every step whose noise response is still small next to the latent
+    /// ([`super::check::POWERLESS_SENSITIVITY`]), `rmse(truth_t, got_t) <= step_ulps *
+    /// noise_response_t`, per dtype of the run (rounding of f16 or bf16 carries differently).
+    /// The run's own trace is held to the truth alone, so the step rule judges scenarios whose
+    /// output is too chaotic to compare, as far as their trajectory stays comparable.
+    Truth {
+        k: f64,
+        noise_ulps: f64,
+        #[serde(default)]
+        step_ulps: PerDtype,
+    },
+}
+
+/// A value per dtype of the run, where one is set (`{ f32 = 3.0, bf16 = 6.0 }`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerDtype {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f32: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f16: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bf16: Option<f64>,
+}
+
+impl PerDtype {
+    pub fn get(&self, dtype: crate::torch::DType) -> Option<f64> {
+        match dtype {
+            crate::torch::DType::F32 => self.f32,
+            crate::torch::DType::F16 => self.f16,
+            crate::torch::DType::Bf16 => self.bf16,
+            _ => None,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        [("f32", self.f32), ("f16", self.f16), ("bf16", self.bf16)]
+            .into_iter()
+            .filter_map(|(n, v)| Some((n, v?)))
+    }
 }
 
 /// One named thing to run and check.
@@ -129,11 +170,21 @@ impl Scenario {
                 ));
             }
         }
-        if let Some(CrossClass::Truth { k, noise_ulps }) = self.cross_class {
+        if let Some(CrossClass::Truth {
+            k,
+            noise_ulps,
+            step_ulps,
+        }) = self.cross_class
+        {
             if !(k >= 1.0 && noise_ulps >= 0.0 && k.is_finite() && noise_ulps.is_finite()) {
                 return Err(format!(
                     "cross_class: k = {k}, noise_ulps = {noise_ulps}: k must be >= 1 and \
                      noise_ulps >= 0"
+                ));
+            }
+            if let Some((dtype, v)) = step_ulps.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+                return Err(format!(
+                    "cross_class: step_ulps.{dtype} = {v}: must be finite and > 0"
                 ));
             }
             if !self.store_array {

@@ -28,15 +28,30 @@ pub struct SafetensorsSource {
     device: Device,
 }
 
+/// Test-only: every floating-point weight read from a safetensors file is multiplied by this
+/// factor (`REPRODIFF_TEST_SCALE_WEIGHTS=1.01`), a planted defect that the cross-class rules
+/// must catch (tests `a_planted_defect_*`). Unset, nothing changes.
+pub const PLANT_SCALE_ENV: &str = "REPRODIFF_TEST_SCALE_WEIGHTS";
+
 impl SafetensorsSource {
     pub fn load(path: &Path, dtype: DType, device: Device) -> Result<Self> {
         let raw = Tensor::read_safetensors(path).map_err(|e| {
             Error::invalid_file(path, format!("not a readable safetensors file: {e}"))
         })?;
-        let tensors = raw
-            .into_iter()
-            .map(|(name, t)| (rename_legacy(&name), t))
-            .collect();
+        let scale = match std::env::var(PLANT_SCALE_ENV) {
+            Ok(v) => Some(v.parse::<f64>().map_err(|_| {
+                Error::InvalidArgument(format!("{PLANT_SCALE_ENV}={v}: not a number"))
+            })?),
+            Err(_) => None,
+        };
+        let mut tensors = BTreeMap::new();
+        for (name, t) in raw {
+            let t = match scale {
+                Some(f) if t.is_floating_point() => t.f_mul_scalar(f)?,
+                _ => t,
+            };
+            tensors.insert(rename_legacy(&name), t);
+        }
         Ok(SafetensorsSource {
             path: path.to_path_buf(),
             tensors,
