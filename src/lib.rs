@@ -14,6 +14,7 @@ pub mod harness;
 pub mod loading;
 pub mod models;
 pub mod pipelines;
+pub mod portable;
 pub mod schedulers;
 pub mod tokenizer;
 pub mod torch;
