@@ -6,4 +6,5 @@
 //! library's `logf`, `sinf` and `cosf` replaced by ports of glibc's own ([`libm`]), so that its
 //! bits do not depend on the CPU capability, the ISA or the C library of the host.
 pub mod libm;
+pub mod ops;
 pub mod randn;

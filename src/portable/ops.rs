@@ -1,0 +1,475 @@
+//! The portable kernels' operations, each with its order of floating-point operations fixed by
+//! the shapes alone (the **order rule**, version 1, written so that a CUDA kernel can follow it):
+//!
+//! - **Dot products** (linear, matmul, conv2d as patches times filters): 16 lanes; lane `j`
+//!   accumulates, in float32 starting from +0, the products `a[k] * b[k]` of the reduction
+//!   indices `k ≡ j (mod 16)` in increasing `k`, each product rounded to float32 and then added
+//!   (never a fused multiply-add); the lanes then fold pairwise, `j += j + 8`, `j += j + 4`,
+//!   `j += j + 2`, `j += j + 1`, and lane 0 is the sum. A bias is added last. For conv2d the
+//!   reduction index runs over the weight's own layout (`[in channel][ky][kx]`), a padded input
+//!   element being +0.
+//! - **Statistics** (group_norm's mean and variance, softmax's denominator): float64, in
+//!   increasing flat index, two passes (mean, then the squared deviations).
+//! - **Transcendentals**: the `libm` crate (rust-lang's port of musl), never the platform's:
+//!   `silu(x) = x * (1 / (1 + expf(-x)))`, softmax's `expf(x - max)`.
+//!
+//! Threads (rayon) split output elements only; a vector unit of any width computes lanes of
+//! independent sums. So the bits depend on neither the ISA ([`Isa`], which the tests force in
+//! turn), the thread count nor the batch size (each sample's outputs are computed alone).
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+use tch::{Kind, Tensor};
+
+/// The order rule's version: a change of any order above is a new version (and new goldens).
+pub const ORDER_RULE: u32 = 1;
+/// The lanes of every dot product, whatever the vector unit.
+pub const LANES: usize = 16;
+
+/// The instruction sets a kernel is compiled for; all give the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64's baseline (SSE2), or any other architecture's.
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+/// Forces an ISA for the portable kernels (`baseline`, `avx2`, `avx512`): the tests run each.
+pub const ISA_ENV: &str = "REPRODIFF_PORTABLE_ISA";
+
+impl Isa {
+    /// The ISAs this CPU can run, baseline first.
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                v.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(Isa::Avx512);
+            }
+        }
+        v
+    }
+
+    /// [`ISA_ENV`] if set (an error names a value this CPU cannot run), else the widest.
+    pub fn chosen() -> Result<Isa> {
+        let available = Isa::available();
+        match std::env::var(ISA_ENV) {
+            Err(_) => Ok(*available.last().expect("baseline is always available")),
+            Ok(v) => Isa::parse(&v, &available),
+        }
+    }
+
+    /// `v` as an ISA of `available`, or an error naming the variable and the value.
+    pub fn parse(v: &str, available: &[Isa]) -> Result<Isa> {
+        let isa = match v {
+            "baseline" => Isa::Baseline,
+            "avx2" => Isa::Avx2,
+            "avx512" => Isa::Avx512,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "{ISA_ENV}={v}: expected baseline, avx2 or avx512"
+                )))
+            }
+        };
+        if !available.contains(&isa) {
+            return Err(Error::Unavailable(format!(
+                "{ISA_ENV}={v}: this CPU cannot run it"
+            )));
+        }
+        Ok(isa)
+    }
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for j in 0..LANES {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    for (j, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        acc[j] += x * y;
+    }
+    for w in [8, 4, 2, 1] {
+        for j in 0..w {
+            acc[j] += acc[j + w];
+        }
+    }
+    acc[0]
+}
+
+/// One row of `gemm_nt`: `out[j] = dot(a, b_j) (+ bias[j])`.
+#[inline(always)]
+fn row(a: &[f32], b: &[f32], k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        let d = dot(a, &b[j * k..(j + 1) * k]);
+        *o = match bias {
+            Some(bias) => d + bias[j],
+            None => d,
+        };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_avx2(a: &[f32], b: &[f32], k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+    row(a, b, k, bias, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_avx512(a: &[f32], b: &[f32], k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+    row(a, b, k, bias, out)
+}
+
+/// `out[i][j] = sum_k a[i][k] * b[j][k] (+ bias[j])` for a of [m, k] and b of [n, k], row-major,
+/// under the order rule; rows split across threads.
+pub fn gemm_nt(
+    isa: Isa,
+    a: &[f32],
+    b: &[f32],
+    (m, n, k): (usize, usize, usize),
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    assert!(a.len() == m * k && b.len() == n * k && bias.is_none_or(|x| x.len() == n));
+    let mut out = vec![0f32; m * n];
+    if n == 0 {
+        return out;
+    }
+    out.par_chunks_mut(n).enumerate().for_each(|(i, o)| {
+        let a = &a[i * k..(i + 1) * k];
+        match isa {
+            Isa::Baseline => row(a, b, k, bias, o),
+            // SAFETY: `Isa::chosen` and the tests pick only ISAs the CPU reports.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { row_avx2(a, b, k, bias, o) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { row_avx512(a, b, k, bias, o) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => row(a, b, k, bias, o),
+        }
+    });
+    out
+}
+
+/// A float32 CPU tensor's values and shape.
+pub fn values(t: &Tensor) -> Result<(Vec<f32>, Vec<i64>)> {
+    if t.kind() != Kind::Float || t.device() != tch::Device::Cpu {
+        return Err(Error::InvalidArgument(format!(
+            "portable kernels take float32 CPU tensors, not {:?} on {:?}",
+            t.kind(),
+            t.device()
+        )));
+    }
+    Ok((Vec::try_from(t.contiguous().view(-1))?, t.size()))
+}
+
+fn tensor(v: &[f32], shape: &[i64]) -> Tensor {
+    Tensor::from_slice(v).reshape(shape)
+}
+
+/// `x @ w.T + b` over the last dimension of x ([.., k]) with w of [n, k].
+pub fn linear(isa: Isa, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (xv, xs) = values(x)?;
+    let (wv, ws) = values(w)?;
+    let k = *xs.last().expect("linear input has a last dimension") as usize;
+    let n = ws[0] as usize;
+    let bias = b.map(values).transpose()?.map(|(v, _)| v);
+    let m = xv.len() / k.max(1);
+    let out = gemm_nt(isa, &xv, &wv, (m, n, k), bias.as_deref());
+    let mut shape = xs.clone();
+    *shape.last_mut().expect("non-empty") = n as i64;
+    Ok(tensor(&out, &shape))
+}
+
+/// `bmm(a, b)` for a of [batch, m, k] and b of [batch, k, n].
+pub fn bmm(isa: Isa, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (av, s) = values(a)?;
+    let bt = b.transpose(1, 2).contiguous();
+    let (bv, t) = values(&bt)?;
+    let (batch, m, k, n) = (s[0] as usize, s[1] as usize, s[2] as usize, t[1] as usize);
+    let mut out = Vec::with_capacity(batch * m * n);
+    for i in 0..batch {
+        out.extend(gemm_nt(
+            isa,
+            &av[i * m * k..(i + 1) * m * k],
+            &bv[i * n * k..(i + 1) * n * k],
+            (m, n, k),
+            None,
+        ));
+    }
+    Ok(tensor(&out, &[batch as i64, m as i64, n as i64]))
+}
+
+/// conv2d of x [N, C, H, W] with w [O, C, kh, kw] (groups 1, dilation 1), each sample alone.
+pub fn conv2d(
+    isa: Isa,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: i64,
+    padding: i64,
+) -> Result<Tensor> {
+    let (xv, xs) = values(x)?;
+    let (wv, ws) = values(w)?;
+    let bias = b.map(values).transpose()?.map(|(v, _)| v);
+    let [n, c, h, wd] = [xs[0], xs[1], xs[2], xs[3]].map(|d| d as usize);
+    let [o, wc, kh, kw] = [ws[0], ws[1], ws[2], ws[3]].map(|d| d as usize);
+    if wc != c {
+        return Err(Error::InvalidArgument(format!(
+            "conv2d: input has {c} channels, the weight {wc}"
+        )));
+    }
+    let (s, p) = (stride as usize, padding as usize);
+    let ho = (h + 2 * p - kh) / s + 1;
+    let wo = (wd + 2 * p - kw) / s + 1;
+    let k = c * kh * kw;
+    let mut out = vec![0f32; n * o * ho * wo];
+    for img in 0..n {
+        let x = &xv[img * c * h * wd..(img + 1) * c * h * wd];
+        // Patches [ho * wo, k] in the weight's layout; padding is +0.
+        let mut patches = vec![0f32; ho * wo * k];
+        patches
+            .par_chunks_mut(k)
+            .enumerate()
+            .for_each(|(pix, patch)| {
+                let (oy, ox) = (pix / wo, pix % wo);
+                for ci in 0..c {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy = (oy * s + ky) as isize - p as isize;
+                            let ix = (ox * s + kx) as isize - p as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                patch[(ci * kh + ky) * kw + kx] =
+                                    x[(ci * h + iy as usize) * wd + ix as usize];
+                            }
+                        }
+                    }
+                }
+            });
+        let y = gemm_nt(isa, &patches, &wv, (ho * wo, o, k), bias.as_deref());
+        let dst = &mut out[img * o * ho * wo..(img + 1) * o * ho * wo];
+        for pix in 0..ho * wo {
+            for oc in 0..o {
+                dst[oc * ho * wo + pix] = y[pix * o + oc];
+            }
+        }
+    }
+    Ok(tensor(&out, &[n as i64, o as i64, ho as i64, wo as i64]))
+}
+
+/// group_norm of x [N, C, *] with per-channel gamma and beta: per sample and group, mean and
+/// variance in float64 (two passes, increasing index), `rstd = 1 / sqrt(var + eps)` in float64,
+/// then `((x - mean) * rstd) as f32 * gamma + beta` in float32.
+pub fn group_norm(
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let (mut v, s) = values(x)?;
+    let (g, _) = values(gamma)?;
+    let (b, _) = values(beta)?;
+    let (n, c) = (s[0] as usize, s[1] as usize);
+    let per_channel = v.len() / (n * c).max(1);
+    let per_group = per_channel * c / groups;
+    v.par_chunks_mut(per_group)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let first_channel = (i % groups) * (c / groups);
+            let mean = chunk.iter().map(|&x| f64::from(x)).sum::<f64>() / per_group as f64;
+            let var = chunk
+                .iter()
+                .map(|&x| (f64::from(x) - mean).powi(2))
+                .sum::<f64>()
+                / per_group as f64;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for (j, x) in chunk.iter_mut().enumerate() {
+                let ch = first_channel + j / per_channel;
+                *x = ((f64::from(*x) - mean) * rstd) as f32 * g[ch] + b[ch];
+            }
+        });
+    Ok(tensor(&v, &s))
+}
+
+/// `x * (1 / (1 + expf(-x)))`, elementwise.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    let (mut v, s) = values(x)?;
+    v.par_iter_mut()
+        .for_each(|x| *x *= 1.0 / (1.0 + libm::expf(-*x)));
+    Ok(tensor(&v, &s))
+}
+
+/// softmax over the last dimension: `expf(x - max)` in float32, the sum in float64 (increasing
+/// index), each divided by it in float64 and rounded once.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    let (mut v, s) = values(x)?;
+    let d = *s.last().expect("softmax over a last dimension") as usize;
+    v.par_chunks_mut(d.max(1)).for_each(|row| {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for x in row.iter_mut() {
+            *x = libm::expf(*x - max);
+        }
+        let sum: f64 = row.iter().map(|&x| f64::from(x)).sum();
+        for x in row.iter_mut() {
+            *x = (f64::from(*x) / sum) as f32;
+        }
+    });
+    Ok(tensor(&v, &s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1) (xorshift), fixed by the seed.
+    fn noise(seed: u64, shape: &[i64]) -> Tensor {
+        let n: i64 = shape.iter().product();
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        tensor(&v, shape)
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        values(t).unwrap().0.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Every op of the order rule on shapes the UNets use: conv2d 3x3 (stride 1 and 2), 1x1,
+    /// linear, bmm, group_norm, silu, softmax.
+    fn all_ops(isa: Isa) -> Vec<Vec<u32>> {
+        let x = noise(1, &[2, 35, 9, 7]);
+        let w3 = noise(2, &[19, 35, 3, 3]);
+        let w1 = noise(3, &[5, 35, 1, 1]);
+        let b = noise(4, &[19]);
+        let lx = noise(5, &[3, 4, 77]);
+        let lw = noise(6, &[21, 77]);
+        let qa = noise(7, &[2, 13, 40]);
+        let qb = noise(8, &[2, 40, 11]);
+        vec![
+            bits(&conv2d(isa, &x, &w3, Some(&b), 1, 1).unwrap()),
+            bits(&conv2d(isa, &x, &w3, None, 2, 1).unwrap()),
+            bits(&conv2d(isa, &x, &w1, None, 1, 0).unwrap()),
+            bits(&linear(isa, &lx, &lw, Some(&noise(9, &[21]))).unwrap()),
+            bits(&bmm(isa, &qa, &qb).unwrap()),
+            bits(&group_norm(&x, 5, &noise(10, &[35]), &noise(11, &[35]), 1e-6).unwrap()),
+            bits(&silu(&x).unwrap()),
+            bits(&softmax(&(&lx * 8.0)).unwrap()),
+        ]
+    }
+
+    /// The same bits from every ISA this CPU runs and at 1, 2 and 3 threads.
+    #[test]
+    fn the_bits_depend_on_neither_the_isa_nor_the_thread_count() {
+        let isas = Isa::available();
+        let reference = all_ops(Isa::Baseline);
+        for &isa in &isas {
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let got = pool.install(|| all_ops(isa));
+                assert!(got == reference, "{isa:?} at {threads} threads differs");
+            }
+        }
+        eprintln!("same bits on {isas:?} at 1, 2, 3 threads");
+    }
+
+    /// Each sample of a batch is computed alone: a batch of 3 gives each image's own bits.
+    #[test]
+    fn the_bits_do_not_depend_on_the_batch() {
+        let isa = Isa::chosen().unwrap();
+        let x = noise(1, &[3, 12, 8, 8]);
+        let w = noise(2, &[7, 12, 3, 3]);
+        let batch = bits(&conv2d(isa, &x, &w, None, 1, 1).unwrap());
+        let gb = noise(3, &[12]);
+        let gnb = bits(&group_norm(&x, 4, &gb, &gb, 1e-5).unwrap());
+        let per = batch.len() / 3;
+        let per_gn = gnb.len() / 3;
+        for i in 0..3 {
+            let one = x.narrow(0, i, 1);
+            assert_eq!(
+                bits(&conv2d(isa, &one, &w, None, 1, 1).unwrap()),
+                batch[i as usize * per..(i as usize + 1) * per]
+            );
+            assert_eq!(
+                bits(&group_norm(&one, 4, &gb, &gb, 1e-5).unwrap()),
+                gnb[i as usize * per_gn..(i as usize + 1) * per_gn]
+            );
+        }
+    }
+
+    /// Against libtorch in float64, every output is within the order rule's error bound:
+    /// `|got - exact| <= (k / 16 + 4 + 1) * 2^-24 * sum_k |a_k b_k|` for a dot product of length
+    /// k (16 lanes of k / 16 sequential additions, a fold of depth 4, the bias, each product's
+    /// rounding), and group_norm and softmax within a few float32 ulps.
+    #[test]
+    fn the_order_rule_is_as_accurate_as_its_bound() {
+        let isa = Isa::chosen().unwrap();
+        let x = noise(1, &[2, 64, 8, 8]);
+        let w = noise(2, &[16, 64, 3, 3]);
+        let got = values(&conv2d(isa, &x, &w, None, 1, 1).unwrap()).unwrap().0;
+        let f64_ = |t: &Tensor| t.to_kind(Kind::Double);
+        let exact = f64_(&x).conv2d(&f64_(&w), None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+        let scale =
+            f64_(&x)
+                .abs()
+                .conv2d(&f64_(&w).abs(), None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+        let exact: Vec<f64> = Vec::try_from(exact.view(-1)).unwrap();
+        let scale: Vec<f64> = Vec::try_from(scale.view(-1)).unwrap();
+        let k = 64 * 9;
+        let gamma = (k as f64 / 16.0 + 5.0) * 2f64.powi(-24);
+        let worst = got
+            .iter()
+            .zip(&exact)
+            .zip(&scale)
+            .map(|((g, e), s)| (f64::from(*g) - e).abs() / (gamma * s))
+            .fold(0.0, f64::max);
+        assert!(worst <= 1.0, "conv2d at {worst} of its bound");
+        let gb = Tensor::ones([64], (Kind::Float, tch::Device::Cpu));
+        let zb = Tensor::zeros([64], (Kind::Float, tch::Device::Cpu));
+        let gn = values(&group_norm(&x, 8, &gb, &zb, 1e-6).unwrap())
+            .unwrap()
+            .0;
+        let gn_exact: Vec<f64> = Vec::try_from(
+            f64_(&x)
+                .group_norm(8, None::<Tensor>, None::<Tensor>, 1e-6, false)
+                .view(-1),
+        )
+        .unwrap();
+        let ulps = gn
+            .iter()
+            .zip(&gn_exact)
+            .map(|(g, e)| (f64::from(*g) - e).abs() / (e.abs().max(1e-3) * 2f64.powi(-23)))
+            .fold(0.0, f64::max);
+        assert!(ulps <= 2.0, "group_norm within {ulps} ulps");
+    }
+
+    #[test]
+    fn a_forced_isa_the_cpu_lacks_or_a_typo_is_named() {
+        let e = Isa::parse("neon", &[Isa::Baseline])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(ISA_ENV) && e.contains("neon"), "{e}");
+        let e = Isa::parse("avx512", &[Isa::Baseline, Isa::Avx2]).unwrap_err();
+        assert!(matches!(e, Error::Unavailable(_)), "{e}");
+        assert_eq!(
+            Isa::parse("avx2", &[Isa::Baseline, Isa::Avx2]).unwrap(),
+            Isa::Avx2
+        );
+    }
+}
