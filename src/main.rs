@@ -256,6 +256,10 @@ struct DdimArgs {
     eta: f64,
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// native: libtorch's kernels, bit for bit diffusers'; portable: reprodiff's own, the
+    /// same bits on every CPU (the knob `portable`; float32, torch.Generator objects).
+    #[arg(long, default_value = "native", value_parser = ["native", "portable"])]
+    kernels: String,
     #[command(flatten)]
     common: RunArgs,
 }
@@ -842,6 +846,9 @@ fn bless(sel: &SelectArgs) -> Result<i32> {
 /// what `check` writes.
 fn run_ddim(a: &DdimArgs) -> Result<i32> {
     use reprodiff::harness::workload::Workload;
+    if a.kernels == "portable" {
+        reprodiff::torch::knobs::add_to_env(reprodiff::torch::knobs::Knob::Portable)?;
+    }
     let device = a.common.device()?;
     let run = Workload::Ddim {
         model: a.model.clone(),

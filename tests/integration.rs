@@ -3462,3 +3462,101 @@ fn drift_report_across_torch_releases() {
         );
     });
 }
+
+/// The portable kernels (#14) on the DDIM pipeline: one seed, one image, whatever ATen's CPU
+/// capability, oneDNN's ISA, the portable kernels' own ISA and the thread count; and each image
+/// of a batch made with per-sample generators is, bit for bit, the image made alone with its
+/// seed. A control shows the same settings do move native's bits.
+#[test]
+fn portable_ddim_gives_one_image_whatever_the_cpu_kernels_threads_and_batch() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/tiny-ddim-b");
+    let model = model.to_str().unwrap();
+    let sha = |extra: &[&str], env: &[(&str, &str)]| -> String {
+        let mut args = vec![
+            "run", "ddim", "--model", model, "--steps", "5", "--eta", "1", "--seed", "0", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = reprodiff_with_env(&args, None, env);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+        let record: serde_json::Value = serde_json::from_str(t.lines().last().unwrap()).unwrap();
+        record["output"]["sha256"].as_str().unwrap().to_string()
+    };
+    let portable = ["--kernels", "portable"];
+    let reference = sha(&portable, &[]);
+    type Setting<'a> = (String, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let mut settings: Vec<Setting> = vec![
+        (
+            "aten default".into(),
+            vec![("ATEN_CPU_CAPABILITY", "default")],
+            vec![],
+        ),
+        (
+            "onednn sse41".into(),
+            vec![("ONEDNN_MAX_CPU_ISA", "SSE41")],
+            vec![],
+        ),
+        (
+            "portable isa baseline".into(),
+            vec![("REPRODIFF_PORTABLE_ISA", "baseline")],
+            vec![],
+        ),
+        ("1 thread".into(), vec![], vec!["--threads", "1"]),
+        ("3 threads".into(), vec![], vec!["--threads", "3"]),
+    ];
+    if std::arch::is_x86_feature_detected!("avx2") {
+        settings.push((
+            "aten avx2".into(),
+            vec![("ATEN_CPU_CAPABILITY", "avx2")],
+            vec![],
+        ));
+        settings.push((
+            "portable isa avx2".into(),
+            vec![("REPRODIFF_PORTABLE_ISA", "avx2")],
+            vec![],
+        ));
+    }
+    for (name, env, extra) in &settings {
+        let mut args = portable.to_vec();
+        args.extend_from_slice(extra);
+        assert_eq!(sha(&args, env), reference, "portable under {name}");
+    }
+    // Control: native's bits do depend on ATen's capability (linspace, randn, convolutions).
+    assert_ne!(
+        sha(&[], &[("ATEN_CPU_CAPABILITY", "default")]),
+        sha(&[], &[("ATEN_CPU_CAPABILITY", "avx2")]),
+        "native under default and avx2"
+    );
+    // Batch invariance: per-sample generators, batch 3.
+    let tmp = tempfile::tempdir().unwrap();
+    let save = |name: &str, extra: &[&str]| -> Tensor {
+        let path = tmp.path().join(name);
+        let mut args = vec![
+            "run",
+            "ddim",
+            "--model",
+            model,
+            "--steps",
+            "5",
+            "--eta",
+            "1",
+            "--kernels",
+            "portable",
+            "--save",
+            path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = reprodiff(&args, None);
+        assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
+        Tensor::read_npy(&path).unwrap()
+    };
+    let batch = save("batch.npy", &["--seeds", "0,1,2", "--batch", "3"]);
+    for i in 0..3i64 {
+        let seed = i.to_string();
+        let alone = save(&format!("{i}.npy"), &["--seed", &seed]);
+        assert!(
+            batch.narrow(0, i, 1).equal(&alone),
+            "image {i} of the batch"
+        );
+    }
+}

@@ -45,7 +45,8 @@ pub fn scenario(
     }
 }
 
-/// Runs `scenario` (validated, its determinism applied) and reports its output.
+/// Runs `scenario` (validated, its determinism and the knobs in force applied) and reports
+/// its output.
 pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
     scenario.run.validate().map_err(Error::InvalidArgument)?;
     // Where the output goes is checked before any work, so a typo costs no computation.
@@ -61,7 +62,19 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
             }
         }
     }
-    scenario.determinism.resolve().apply()?;
+    // The knobs in force (REPRODIFF_KNOBS, or a flag like `--kernels portable`), as `check`
+    // applies them.
+    let knobs = crate::torch::knobs::Knobs::from_env()?;
+    if let Some(why) = knobs.unavailable() {
+        return Err(Error::Unavailable(format!(
+            "knobs {}: {why}",
+            knobs.tokens().join("+")
+        )));
+    }
+    let (scenario, det) = super::observe::as_run(scenario, &knobs)?;
+    let scenario = &scenario;
+    det.apply()?;
+    knobs.apply()?;
     let start = std::time::Instant::now();
     let output = scenario.run.run(scenario.device, None, out.json)?;
     let mut obs = super::observe::describe(

@@ -96,16 +96,20 @@ impl Attention {
             Ok(t.f_view([b, -1, self.heads, head_dim])?.f_transpose(1, 2)?)
         };
         let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
-        let out = Tensor::f_scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<&Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        )?;
+        let out = if crate::portable::enabled() {
+            portable_attention(&q, &k, &v)?
+        } else {
+            Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                None::<&Tensor>,
+                0.0,
+                false,
+                None,
+                false,
+            )?
+        };
         let out = out
             .f_transpose(1, 2)?
             .f_reshape([b, -1, self.heads * head_dim])?;
@@ -119,4 +123,19 @@ impl Attention {
         }
         Ok(out.f_div_scalar(self.rescale_output_factor)?)
     }
+}
+
+/// SDPA's math for q, k, v of [b, heads, n, d] under the portable order rule:
+/// `softmax(q k^T * (1 / sqrt(d))) v`, the scale a float32 multiply after the dot products.
+fn portable_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    use crate::portable::ops;
+    let isa = crate::portable::isa()?;
+    let s = q.size();
+    let (b, h, n, d) = (s[0], s[1], s[2], s[3]);
+    let m = k.size()[2];
+    let flat = |t: &Tensor, rows: i64| t.contiguous().reshape([b * h, rows, d]);
+    let scores = ops::bmm(isa, &flat(q, n), &flat(k, m).transpose(1, 2))?;
+    let scale = (1.0 / (d as f64).sqrt()) as f32;
+    let probs = ops::softmax(&scores.f_mul_scalar(f64::from(scale))?)?;
+    Ok(ops::bmm(isa, &probs, &flat(v, m))?.reshape([b, h, n, d]))
 }

@@ -22,13 +22,29 @@ impl Timesteps {
             .f_mul_scalar(-(10000f64.ln()))?;
         // exponent / (half_dim - downscale_freq_shift)
         let exponent = exponent.f_div_scalar(half as f64 - self.freq_shift)?;
-        let freqs = exponent.f_exp()?;
+        let portable = crate::portable::enabled();
+        // Elementwise transcendentals: libtorch's vectorised ones depend on the ISA, so the
+        // portable kernels take them from the libm crate.
+        let map = |t: &Tensor, f: fn(f32) -> f32| -> Result<Tensor> {
+            let (v, shape) = crate::portable::ops::values(t)?;
+            let v: Vec<f32> = v.into_iter().map(f).collect();
+            Ok(Tensor::from_slice(&v).reshape(shape))
+        };
+        let freqs = if portable {
+            map(&exponent, libm::expf)?
+        } else {
+            exponent.f_exp()?
+        };
         // timesteps[:, None].float() * emb[None, :]; `scale * emb` with scale = 1 is exact.
         let emb = timesteps
             .f_unsqueeze(1)?
             .f_to_kind(Kind::Float)?
             .f_mul(&freqs.f_unsqueeze(0)?)?;
-        let emb = Tensor::f_cat(&[emb.f_sin()?, emb.f_cos()?], -1)?;
+        let emb = if portable {
+            Tensor::f_cat(&[map(&emb, libm::sinf)?, map(&emb, libm::cosf)?], -1)?
+        } else {
+            Tensor::f_cat(&[emb.f_sin()?, emb.f_cos()?], -1)?
+        };
         let emb = if self.flip_sin_to_cos {
             Tensor::f_cat(
                 &[emb.f_narrow(1, half, half)?, emb.f_narrow(1, 0, half)?],

@@ -1,7 +1,16 @@
 //! The torch.nn layers the models use, each calling the same ATen op as its PyTorch module
-//! (`F.conv2d`, `F.linear`, `F.group_norm`, ...), so the same libtorch gives the same bits.
+//! (`F.conv2d`, `F.linear`, `F.group_norm`, ...), so the same libtorch gives the same bits; or,
+//! in a process switched to the portable kernels ([`crate::portable`]), reprodiff's own.
 use super::params::ParamPath;
 use crate::error::{Error, Result};
+use crate::portable::ops;
+
+/// An operation the portable kernels do not have yet (the SD models' LayerNorm, GELU, ...).
+pub fn not_portable(what: &str) -> Error {
+    Error::Unavailable(format!(
+        "{what} has no portable kernel yet: run with the native kernels"
+    ))
+}
 use tch::Tensor;
 
 /// nn.Conv2d (bias always on in these models).
@@ -31,6 +40,17 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::portable::enabled() {
+            let isa = crate::portable::isa()?;
+            return ops::conv2d(
+                isa,
+                x,
+                &self.weight,
+                Some(&self.bias),
+                self.stride,
+                self.padding,
+            );
+        }
         Ok(x.f_conv2d(
             &self.weight,
             Some(&self.bias),
@@ -62,6 +82,10 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::portable::enabled() {
+            let isa = crate::portable::isa()?;
+            return ops::linear(isa, x, &self.weight, self.bias.as_ref());
+        }
         Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
     }
 }
@@ -91,6 +115,9 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::portable::enabled() {
+            return ops::group_norm(x, self.groups as usize, &self.weight, &self.bias, self.eps);
+        }
         // F.group_norm passes torch.backends.cudnn.enabled (True by default).
         Ok(x.f_group_norm(
             self.groups,
@@ -122,6 +149,9 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::portable::enabled() {
+            return Err(not_portable("LayerNorm"));
+        }
         // F.layer_norm passes torch.backends.cudnn.enabled (True by default).
         Ok(x.f_layer_norm(
             [self.dim],
@@ -175,6 +205,12 @@ impl Activation {
     }
 
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        if crate::portable::enabled() {
+            return match self {
+                Activation::Silu => ops::silu(x),
+                other => Err(not_portable(&format!("{other:?}"))),
+            };
+        }
         Ok(match self {
             Activation::Silu => x.f_silu()?,
             Activation::Mish => x.f_mish()?,

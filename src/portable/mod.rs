@@ -8,3 +8,23 @@
 pub mod libm;
 pub mod ops;
 pub mod randn;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the models and the noise run on the portable kernels in this process (one mode per
+/// process: a run is native or portable as a whole).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Switches the process to the portable kernels (or back).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed)
+}
+
+/// The ISA the portable kernels run on: [`ops::ISA_ENV`] if set, else the widest available.
+pub fn isa() -> crate::error::Result<ops::Isa> {
+    ops::Isa::chosen()
+}

@@ -154,8 +154,7 @@ impl DdimScheduler {
             betas
         };
         // alphas = 1.0 - betas; alphas_cumprod = torch.cumprod(alphas, dim=0)
-        let alphas = betas.f_rsub_scalar(1.0)?;
-        let alphas_cumprod = alphas.f_cumprod(0, Kind::Float)?;
+        let alphas_cumprod = super::alphas_cumprod(&betas)?;
         let final_alpha_cumprod = if config.set_alpha_to_one {
             Tensor::from(1.0f32)
         } else {
@@ -383,11 +382,13 @@ pub fn timesteps(spacing: &str, train: usize, n: usize, offset: i64) -> Vec<i64>
 /// diffusers' `betas_for_alpha_bar(T, max_beta=0.999)` with the cosine transform, in Python
 /// floats (f64): `t1 = i / T`, `t2 = (i + 1) / T` are true divisions.
 pub fn betas_for_alpha_bar(train: usize, max_beta: f64) -> Vec<f64> {
-    let alpha_bar = |t: f64| {
-        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
-            .cos()
-            .powi(2)
+    // The platform's cos, as Python's math.cos; the portable kernels take the libm crate's.
+    let cos = if crate::portable::enabled() {
+        libm::cos
+    } else {
+        f64::cos
     };
+    let alpha_bar = |t: f64| cos((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).powi(2);
     (0..train)
         .map(|i| {
             let t1 = i as f64 / train as f64;

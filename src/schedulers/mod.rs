@@ -42,6 +42,22 @@ pub(crate) fn train_betas(
 ) -> Result<Tensor> {
     use tch::{Device, Kind};
     let f32_cpu = (Kind::Float, Device::Cpu);
+    if crate::portable::enabled() {
+        use crate::portable::ops::linspace;
+        let betas: Vec<f32> = match (trained, schedule) {
+            (Some(b), _) => b.iter().map(|&x| x as f32).collect(),
+            (None, "linear") => linspace(start, end, train),
+            (None, "scaled_linear") => linspace(start.sqrt(), end.sqrt(), train)
+                .into_iter()
+                .map(|x| x * x)
+                .collect(),
+            _ => ddim::betas_for_alpha_bar(train, 0.999)
+                .into_iter()
+                .map(|x| x as f32)
+                .collect(),
+        };
+        return Ok(Tensor::from_slice(&betas));
+    }
     Ok(match (trained, schedule) {
         // torch.tensor(trained_betas, dtype=torch.float32)
         (Some(b), _) => Tensor::from_slice(b).f_to_kind(Kind::Float)?,
@@ -52,6 +68,17 @@ pub(crate) fn train_betas(
         }
         _ => Tensor::from_slice(&ddim::betas_for_alpha_bar(train, 0.999)).f_to_kind(Kind::Float)?,
     })
+}
+
+/// `torch.cumprod(1 - betas, dim=0)` in float32: libtorch's, or in a process on the portable
+/// kernels, [`crate::portable::ops::cumprod`].
+pub(crate) fn alphas_cumprod(betas: &Tensor) -> Result<Tensor> {
+    let alphas = betas.f_rsub_scalar(1.0)?;
+    if crate::portable::enabled() {
+        let (v, _) = crate::portable::ops::values(&alphas)?;
+        return Ok(Tensor::from_slice(&crate::portable::ops::cumprod(&v)));
+    }
+    Ok(alphas.f_cumprod(0, tch::Kind::Float)?)
 }
 
 /// The scheduler classes reprodiff implements.

@@ -6,7 +6,7 @@ use super::Scheduler;
 use crate::error::{Error, Result};
 use crate::torch::Generators;
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// scheduler_config.json of a PNDMScheduler, diffusers' defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,7 +116,7 @@ impl PndmScheduler {
             (config.beta_start, config.beta_end),
             config.num_train_timesteps,
         )?;
-        let alphas_cumprod = betas.f_rsub_scalar(1.0)?.f_cumprod(0, Kind::Float)?;
+        let alphas_cumprod = super::alphas_cumprod(&betas)?;
         let final_alpha_cumprod = if config.set_alpha_to_one {
             Tensor::from(1.0f32)
         } else {

@@ -106,8 +106,17 @@ impl Generator {
         unsafe { ffi::rd_gen_same_state(self.raw, other.raw) != 0 }
     }
 
-    /// `torch.randn(shape, generator=self, dtype=dtype, device=device)`.
+    /// `torch.randn(shape, generator=self, dtype=dtype, device=device)`; in a process on the
+    /// portable kernels, [`crate::portable::randn::randn`] (float32 CPU draws only).
     pub fn randn(&mut self, shape: &[i64], dtype: DType, device: DeviceSpec) -> Result<Tensor> {
+        if crate::portable::enabled() {
+            if dtype != DType::F32 || device != DeviceSpec::Cpu {
+                return Err(Error::Unavailable(format!(
+                    "portable noise is float32 from a CPU generator, not {dtype} on {device}"
+                )));
+            }
+            return crate::portable::randn::randn(self, shape);
+        }
         self.sample(ffi::rd_randn, shape, dtype, device)
     }
 
@@ -371,6 +380,12 @@ pub fn randn_tensor(
     dtype: DType,
 ) -> Result<Tensor> {
     match generators {
+        Generators::Global | Generators::CpuDefault if crate::portable::enabled() => {
+            Err(Error::Unavailable(
+                "portable noise needs a torch.Generator object, not torch's global generator"
+                    .into(),
+            ))
+        }
         Generators::Global => {
             device.ensure_available()?;
             Ok(Tensor::f_randn(shape, (dtype.kind(), device.device()))?)

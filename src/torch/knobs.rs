@@ -12,6 +12,7 @@
 //! | `f32`, `bf16`, `f16` | `pipe.to(dtype)`; the output is cast back to the scenario's dtype |
 //! | `det-default`, `det-full` | the determinism preset (`enable_full_determinism()` for full) |
 //! | `cuda` | `pipe.to("cuda")` for a CPU scenario (generators stay where the scenario put them) |
+//! | `portable` | none: reprodiff's portable kernels ([`crate::portable`]) instead of libtorch's |
 use super::{ffi, DType, DeviceSpec, Preset};
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,10 +29,11 @@ pub enum Knob {
     Dtype(DType),
     Determinism(Preset),
     Cuda,
+    Portable,
 }
 
-pub const KNOWN: &str =
-    "channels-last, onednn-off, math-attention, f32, bf16, f16, det-default, det-full, cuda";
+pub const KNOWN: &str = "channels-last, onednn-off, math-attention, f32, bf16, f16, det-default, \
+                         det-full, cuda, portable";
 
 impl Knob {
     pub fn parse(token: &str) -> Result<Knob> {
@@ -45,6 +47,7 @@ impl Knob {
             "det-default" => Knob::Determinism(Preset::Default),
             "det-full" => Knob::Determinism(Preset::Full),
             "cuda" => Knob::Cuda,
+            "portable" => Knob::Portable,
             _ => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown knob '{token}' (known: {KNOWN})"
@@ -65,6 +68,7 @@ impl Knob {
             Knob::Determinism(Preset::Default) => "det-default",
             Knob::Determinism(Preset::Full) => "det-full",
             Knob::Cuda => "cuda",
+            Knob::Portable => "portable",
         }
     }
 }
@@ -151,9 +155,22 @@ impl Knobs {
         })
         .map_err(Error::Torch)?;
         CHANNELS_LAST.store(self.has(Knob::ChannelsLast), Ordering::SeqCst);
+        crate::portable::set_enabled(self.has(Knob::Portable));
         *IN_FORCE.lock().expect("knobs lock") = self.clone();
         Ok(())
     }
+}
+
+/// Adds `knob` to `REPRODIFF_KNOBS` of this process (and so of its children): what a flag like
+/// `run ddim --kernels portable` asks for.
+pub fn add_to_env(knob: Knob) -> Result<()> {
+    let mut knobs = Knobs::from_env()?;
+    if !knobs.has(knob) {
+        knobs.0.push(knob);
+        knobs.0.sort();
+    }
+    std::env::set_var(ENV, knobs.tokens().join(","));
+    Ok(())
 }
 
 static CHANNELS_LAST: AtomicBool = AtomicBool::new(false);
