@@ -3501,8 +3501,19 @@ fn portable_ddim_gives_one_image_whatever_the_cpu_kernels_threads_and_batch() {
             vec![("REPRODIFF_PORTABLE_ISA", "baseline")],
             vec![],
         ),
-        ("1 thread".into(), vec![], vec!["--threads", "1"]),
-        ("3 threads".into(), vec![], vec!["--threads", "3"]),
+        ("1 libtorch thread".into(), vec![], vec!["--threads", "1"]),
+        ("3 libtorch threads".into(), vec![], vec!["--threads", "3"]),
+        // The portable kernels' own threads (rayon's pool).
+        (
+            "1 kernel thread".into(),
+            vec![("RAYON_NUM_THREADS", "1")],
+            vec![],
+        ),
+        (
+            "3 kernel threads".into(),
+            vec![("RAYON_NUM_THREADS", "3")],
+            vec![],
+        ),
     ];
     if std::arch::is_x86_feature_detected!("avx2") {
         settings.push((
@@ -3559,4 +3570,39 @@ fn portable_ddim_gives_one_image_whatever_the_cpu_kernels_threads_and_batch() {
             "image {i} of the batch"
         );
     }
+}
+
+/// Derived weights are ATen's draws whatever kernels the run that needs them uses: a portable
+/// run that derives the full cifar10 architecture into an empty cache gives the image of a
+/// portable run on the weights derived natively (found on a GPU host with an empty cache, where
+/// the derivation went through the portable noise and failed).
+#[test]
+fn a_portable_run_derives_the_same_weights_as_a_native_one() {
+    let args = [
+        "run",
+        "ddim",
+        "--model",
+        "derived:ddpm-cifar10-32",
+        "--steps",
+        "1",
+        "--seed",
+        "0",
+        "--kernels",
+        "portable",
+        "--json",
+    ];
+    let sha = |out: &Output| -> String {
+        let t = text(out);
+        assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+        let record: serde_json::Value = serde_json::from_str(t.lines().last().unwrap()).unwrap();
+        record["output"]["sha256"].as_str().unwrap().to_string()
+    };
+    let usual = sha(&reprodiff(&args, None));
+    let empty = tempfile::tempdir().unwrap();
+    let fresh = sha(&reprodiff_with_env(
+        &args,
+        None,
+        &[("REPRODIFF_CACHE", empty.path().to_str().unwrap())],
+    ));
+    assert_eq!(fresh, usual);
 }

@@ -113,6 +113,8 @@ fn write_in_child(arch: &str, out: &Path) -> Result<()> {
         .arg(out)
         .env("ATEN_CPU_CAPABILITY", "avx2")
         .env(CHILD_ENV, "1")
+        // The weights are defined by ATen's draws, whatever kernels the run uses.
+        .env_remove(crate::torch::knobs::ENV)
         .status()
         .map_err(|e| Error::io(&exe, e))?;
     if !status.success() {
@@ -129,12 +131,31 @@ pub fn write(arch: &str, out: &Path) -> Result<()> {
     if !vectorised_draws()? {
         return write_in_child(arch, out);
     }
+    let _native = NativeDraws::new();
     let tmp = write_beside(arch, out)?;
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
     let kept = tmp.keep();
     std::fs::rename(&kept, out).map_err(|e| Error::io(out, e))
+}
+
+/// While it lives, the process draws with libtorch even if it runs on the portable kernels:
+/// derived weights are defined by ATen's vectorised draws, not by the run that needs them.
+struct NativeDraws(bool);
+
+impl NativeDraws {
+    fn new() -> Self {
+        let was = crate::portable::enabled();
+        crate::portable::set_enabled(false);
+        NativeDraws(was)
+    }
+}
+
+impl Drop for NativeDraws {
+    fn drop(&mut self) {
+        crate::portable::set_enabled(self.0);
+    }
 }
 
 /// A derived pipeline folder: text files (configs, tokenizer) and safetensors files, by path.
