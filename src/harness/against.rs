@@ -87,6 +87,8 @@ pub fn baseline_at(fixtures: &Path, rev: &str, sets: &[RecordSet]) -> Result<Rec
             class: e.class.clone(),
             l_inf: None,
             rmse_truth: None,
+            dtype: None,
+            truth_step_ulps: None,
             sha256: x.sha256.clone(),
             elapsed_s: None,
             trace: Vec::new(),

@@ -228,34 +228,29 @@ pub fn need(suite: &Suite, store: &GoldenStore, records: &[&Path]) -> Result<Opt
     let mut steps: BTreeMap<String, StepNeed> = BTreeMap::new();
     let mut record_classes = Vec::new();
     for dir in records {
-        for (_, r) in super::records::read(dir)?.records {
-            let res = &r.result;
-            let Some(out) = res.output.as_ref().filter(|_| res.suite == suite.name) else {
+        let set = super::drift::load(dir)?;
+        let prefix = format!("{}/", suite.name);
+        for e in &set.entries {
+            let (Some(scenario), Some(ulps), Some(dtype)) = (
+                e.name.strip_prefix(&prefix),
+                e.truth_step_ulps,
+                e.dtype.as_ref(),
+            ) else {
                 continue;
             };
-            let Some(&ulps) = out.metrics.get("truth_step_ulps") else {
-                continue;
-            };
-            let dtype = out.dtype.clone();
-            let set = dtype.parse().ok().and_then(|d| step_ulps.get(d));
-            let n = steps.entry(dtype).or_insert(StepNeed {
+            let set_ulps = dtype.parse().ok().and_then(|d| step_ulps.get(d));
+            let n = steps.entry(dtype.clone()).or_insert(StepNeed {
                 need: 0.0,
-                set,
+                set: set_ulps,
                 set_by: "-".into(),
                 runs: 0,
             });
             n.runs += 1;
             if ulps > n.need {
                 n.need = ulps;
-                n.set_by = format!(
-                    "{} ({})",
-                    res.scenario,
-                    res.class.as_deref().unwrap_or("no class")
-                );
+                n.set_by = format!("{scenario} ({})", e.class);
             }
         }
-        let set = super::drift::load(dir)?;
-        let prefix = format!("{}/", suite.name);
         for e in &set.entries {
             let (Some(scenario), Some(r)) = (e.name.strip_prefix(&prefix), e.rmse_truth) else {
                 continue;

@@ -25,6 +25,10 @@ pub struct Entry {
     pub l_inf: Option<f64>,
     /// rmse(truth, output): the cross-class rule's row, or the output's own `rmse_truth`.
     pub rmse_truth: Option<f64>,
+    /// The output's dtype ("f32", "bf16", ...), where it ran.
+    pub dtype: Option<String>,
+    /// The run's worst comparable step against the per-step truth, in noise responses.
+    pub truth_step_ulps: Option<f64>,
     pub sha256: Option<String>,
     /// Seconds the run took (the scenario's own work, without loading in the parent).
     pub elapsed_s: Option<f64>,
@@ -104,6 +108,8 @@ impl Entry {
             l_inf: metric("l_inf"),
             rmse_truth: metric("rmse_truth")
                 .or_else(|| out.and_then(|o| o.metrics.get("rmse_truth").copied())),
+            dtype: out.map(|o| o.dtype.clone()),
+            truth_step_ulps: out.and_then(|o| o.metrics.get("truth_step_ulps").copied()),
             sha256: out.map(|o| o.sha256.clone()),
             elapsed_s: out.map(|o| o.elapsed_s),
             trace: out
@@ -593,6 +599,8 @@ mod tests {
                 class: "c".into(),
                 l_inf: None,
                 rmse_truth: None,
+                dtype: None,
+                truth_step_ulps: None,
                 sha256: Some("a".into()),
                 elapsed_s: None,
                 trace: Vec::new(),

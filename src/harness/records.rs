@@ -53,7 +53,7 @@ impl Record {
 /// does not fit. A record of schema 1 or 2 has no `class`: it gets the class of its recorded
 /// fingerprint on its scenario's device, which is what those versions compared by.
 pub fn parse(text: &str) -> std::result::Result<Record, String> {
-    let mut v: serde_json::Value = serde_json::from_str(text)
+    let v: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
     let schema = match v["schema"].as_u64() {
         Some(s) if (u64::from(OLDEST_SCHEMA)..=u64::from(RECORD_SCHEMA)).contains(&s) => s,
@@ -65,16 +65,14 @@ pub fn parse(text: &str) -> std::result::Result<Record, String> {
             ))
         }
     };
-    let record: Record = serde_json::from_value(v.clone())
+    let mut record: Record = serde_json::from_value(v)
         .map_err(|e| format!("not a check record of schema {schema}: {e}"))?;
-    if record.result.class.is_some() {
-        return Ok(record);
+    if record.result.class.is_none() {
+        if let Some(fp) = &record.environment {
+            record.result.class = Some(fp.class(record.spec.device).to_string());
+        }
     }
-    let Some(fp) = &record.environment else {
-        return Ok(record);
-    };
-    v["class"] = fp.class(record.spec.device).to_string().into();
-    serde_json::from_value(v).map_err(|e| format!("schema {schema}: {e}"))
+    Ok(record)
 }
 
 /// Every record under a folder, with where it was read, and what could not be read.

@@ -25,11 +25,7 @@ impl Timesteps {
         let portable = crate::portable::enabled();
         // Elementwise transcendentals: libtorch's vectorised ones depend on the ISA, so the
         // portable kernels take them from the libm crate.
-        let map = |t: &Tensor, f: fn(f32) -> f32| -> Result<Tensor> {
-            let (v, shape) = crate::portable::ops::values(t)?;
-            let v: Vec<f32> = v.into_iter().map(f).collect();
-            Ok(Tensor::from_slice(&v).reshape(shape))
-        };
+        use crate::portable::ops::map;
         let freqs = if portable {
             map(&exponent, libm::expf)?
         } else {

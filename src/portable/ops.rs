@@ -299,12 +299,16 @@ pub fn group_norm(
     Ok(tensor(&v, &s))
 }
 
+/// `f` on every element of a float32 CPU tensor (the libm crate's transcendentals, say).
+pub fn map(x: &Tensor, f: fn(f32) -> f32) -> Result<Tensor> {
+    let (mut v, s) = values(x)?;
+    v.par_iter_mut().for_each(|x| *x = f(*x));
+    Ok(tensor(&v, &s))
+}
+
 /// `x * (1 / (1 + expf(-x)))`, elementwise.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    let (mut v, s) = values(x)?;
-    v.par_iter_mut()
-        .for_each(|x| *x *= 1.0 / (1.0 + libm::expf(-*x)));
-    Ok(tensor(&v, &s))
+    map(x, |x| x * (1.0 / (1.0 + libm::expf(-x))))
 }
 
 /// softmax over the last dimension: `expf(x - max)` in float32, the sum in float64 (increasing

@@ -41,31 +41,24 @@ pub(crate) fn train_betas(
     train: usize,
 ) -> Result<Tensor> {
     use tch::{Device, Kind};
-    let f32_cpu = (Kind::Float, Device::Cpu);
-    if crate::portable::enabled() {
-        use crate::portable::ops::linspace;
-        let betas: Vec<f32> = match (trained, schedule) {
-            (Some(b), _) => b.iter().map(|&x| x as f32).collect(),
-            (None, "linear") => linspace(start, end, train),
-            (None, "scaled_linear") => linspace(start.sqrt(), end.sqrt(), train)
-                .into_iter()
-                .map(|x| x * x)
-                .collect(),
-            _ => ddim::betas_for_alpha_bar(train, 0.999)
-                .into_iter()
-                .map(|x| x as f32)
-                .collect(),
-        };
-        return Ok(Tensor::from_slice(&betas));
-    }
+    let portable = crate::portable::enabled();
+    // torch.linspace(a, b, train, dtype=float32): libtorch's, or the portable kernels'.
+    let linspace = |a: f64, b: f64| -> Result<Tensor> {
+        Ok(if portable {
+            Tensor::from_slice(&crate::portable::ops::linspace(a, b, train))
+        } else {
+            Tensor::f_linspace(a, b, train as i64, (Kind::Float, Device::Cpu))?
+        })
+    };
+    // Python's `x ** 0.5` is the platform's pow; the portable kernels take the correctly rounded
+    // sqrt instead.
+    let root = |x: f64| if portable { x.sqrt() } else { x.powf(0.5) };
     Ok(match (trained, schedule) {
         // torch.tensor(trained_betas, dtype=torch.float32)
         (Some(b), _) => Tensor::from_slice(b).f_to_kind(Kind::Float)?,
-        (None, "linear") => Tensor::f_linspace(start, end, train as i64, f32_cpu)?,
-        (None, "scaled_linear") => {
-            Tensor::f_linspace(start.powf(0.5), end.powf(0.5), train as i64, f32_cpu)?
-                .f_pow_tensor_scalar(2)?
-        }
+        (None, "linear") => linspace(start, end)?,
+        // ** 2 is one float32 multiply on every path.
+        (None, "scaled_linear") => linspace(root(start), root(end))?.f_pow_tensor_scalar(2)?,
         _ => Tensor::from_slice(&ddim::betas_for_alpha_bar(train, 0.999)).f_to_kind(Kind::Float)?,
     })
 }
