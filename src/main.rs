@@ -67,8 +67,9 @@ enum Command {
     List {
         #[command(flatten)]
         sel: SelectArgs,
-        /// JSON Lines, one expanded scenario each: {"suite", "suite_file", "scenario"} (what
-        /// the oracle reads, so that suites are expanded in one place).
+        /// JSON Lines, one expanded scenario each: {"suite", "suite_file", "scenario",
+        /// "oracle_determinism"} (what the oracle reads, so that suites are expanded in one
+        /// place; the last is what the oracle computes it under).
         #[arg(long)]
         json: bool,
     },
@@ -457,6 +458,7 @@ fn run(cli: Cli) -> Result<i32> {
                     if json {
                         let line = serde_json::json!({
                             "suite": suite.name, "suite_file": suite.path, "scenario": s,
+                            "oracle_determinism": s.oracle_determinism(),
                         });
                         println!("{line}");
                     } else {
@@ -738,6 +740,9 @@ struct MatrixAxes {
     /// Devices: cpu (each scenario's own), cuda (CPU scenarios moved to cuda:0).
     #[arg(long, value_delimiter = ',')]
     device: Vec<String>,
+    /// Kernels: native (libtorch's), portable (reprodiff's, the same bits on every CPU).
+    #[arg(long, value_delimiter = ',')]
+    kernels: Vec<String>,
     /// Knob sets: none, channels-last, onednn-off, math-attention; join several with +.
     #[arg(long, value_delimiter = ',')]
     knob: Vec<String>,
@@ -752,7 +757,13 @@ fn matrix(sel: &SelectArgs, axes: &MatrixAxes, out: &Path) -> Result<i32> {
         axes.threads.iter().map(|&t| Some(t)).collect()
     };
     let isa = Fingerprint::current()?.cpu.isa;
-    let knobs = matrix::knob_sets(&axes.determinism, &axes.dtype, &axes.device, &axes.knob)?;
+    let knobs = matrix::knob_sets(&matrix::SettingAxes {
+        determinism: axes.determinism.clone(),
+        dtype: axes.dtype.clone(),
+        device: axes.device.clone(),
+        kernels: axes.kernels.clone(),
+        knob: axes.knob.clone(),
+    })?;
     let combos = matrix::combinations(&axes.cpu_class, &threads, &knobs, &isa)?;
     let mut args = Vec::new();
     for s in &sel.suites {

@@ -1990,16 +1990,32 @@ fn every_committed_expectation_names_its_producer() {
         };
         for (name, s) in &golden.scenarios {
             assert!(!s.expectations.is_empty(), "{}/{name}", suite.name);
+            // A portable scenario has its portable class's expectation, which only bless makes
+            // (diffusers has no portable kernels); its others are the oracle's.
+            let spec = suite.scenarios.iter().find(|x| &x.name == name);
+            let portable =
+                spec.is_some_and(|x| x.kernels == reprodiff::portable::Kernels::Portable);
+            assert_eq!(
+                s.expectations
+                    .iter()
+                    .any(|e| matches!(e.class, reprodiff::env::EnvClass::Portable { .. })),
+                portable,
+                "{}/{name}: a portable expectation if and only if the scenario is portable",
+                suite.name
+            );
             for e in &s.expectations {
                 let p = &e.provenance;
-                assert_eq!(p.producer, want, "{}/{name} ({})", suite.name, e.class);
-                let command = if want == "oracle" {
-                    "ci/oracle/run.sh "
-                } else {
-                    "ci/oracle/run.sh --published"
+                let (want, command) = match e.class {
+                    reprodiff::env::EnvClass::Portable { .. } => (
+                        "reprodiff",
+                        format!("reprodiff bless --suite {} ", suite.name),
+                    ),
+                    _ if want == "oracle" => (want, "ci/oracle/run.sh ".to_string()),
+                    _ => (want, "ci/oracle/run.sh --published".to_string()),
                 };
+                assert_eq!(p.producer, want, "{}/{name} ({})", suite.name, e.class);
                 assert!(
-                    p.command.starts_with(command),
+                    p.command.starts_with(&command),
                     "{}/{name}: {}",
                     suite.name,
                     p.command
@@ -3480,6 +3496,20 @@ fn portable_ddim_gives_one_image_whatever_the_cpu_kernels_threads_and_batch() {
         let t = text(&out);
         assert_eq!(out.status.code(), Some(exit::OK), "{t}");
         let record: serde_json::Value = serde_json::from_str(t.lines().last().unwrap()).unwrap();
+        // Which path ran: the ISA a setting forces is the one the record names.
+        let ran = &record["environment"]["portable"];
+        if extra.contains(&"portable") {
+            let forced = env.iter().find(|(k, _)| *k == "REPRODIFF_PORTABLE_ISA");
+            if let Some((_, isa)) = forced {
+                assert_eq!(ran["isa"], *isa, "{record}");
+            }
+            let threads = env.iter().find(|(k, _)| *k == "RAYON_NUM_THREADS");
+            if let Some((_, n)) = threads {
+                assert_eq!(ran["threads"].to_string(), *n, "{record}");
+            }
+        } else {
+            assert!(ran.is_null(), "{record}");
+        }
         record["output"]["sha256"].as_str().unwrap().to_string()
     };
     let portable = ["--kernels", "portable"];
@@ -3524,6 +3554,18 @@ fn portable_ddim_gives_one_image_whatever_the_cpu_kernels_threads_and_batch() {
         settings.push((
             "portable isa avx2".into(),
             vec![("REPRODIFF_PORTABLE_ISA", "avx2")],
+            vec![],
+        ));
+    }
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        settings.push((
+            "aten avx512".into(),
+            vec![("ATEN_CPU_CAPABILITY", "avx512")],
+            vec![],
+        ));
+        settings.push((
+            "portable isa avx512".into(),
+            vec![("REPRODIFF_PORTABLE_ISA", "avx512")],
             vec![],
         ));
     }
@@ -3605,4 +3647,95 @@ fn a_portable_run_derives_the_same_weights_as_a_native_one() {
         &[("REPRODIFF_CACHE", empty.path().to_str().unwrap())],
     ));
     assert_eq!(fresh, usual);
+}
+
+/// The seed document's deterministic batch generation, exactly, on every host: in the blessed
+/// portable goldens, image i of each batch made with per-sample generators [0, 1, 2] is, bit
+/// for bit, the image that seed i makes alone (the conformance trials hold every host to those
+/// goldens, so this holds wherever they pass).
+#[test]
+fn portable_batch_images_equal_the_images_made_alone() {
+    use reprodiff::env::EnvClass;
+    let fixtures = reprodiff::harness::session::Fixtures::new(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+    );
+    let store = fixtures.store();
+    let golden = store.load("ddim-portable").unwrap().unwrap();
+    let portable = EnvClass::Portable {
+        order_rule: reprodiff::portable::ops::ORDER_RULE,
+    };
+    let image = |scenario: &str| -> Tensor {
+        let e = golden.scenarios[scenario]
+            .expectation(&portable)
+            .unwrap_or_else(|| panic!("{scenario}: no portable expectation"));
+        Tensor::read_npy(store.dir.join(e.array.as_ref().unwrap())).unwrap()
+    };
+    let mut batches = 0;
+    for model in ["tiny-ddim-a", "tiny-ddim-b"] {
+        for eta in ["0.0", "1.0"] {
+            let batch = image(&format!(
+                "{model}/eta{eta}/per-sample-generators/batch3/steps5"
+            ));
+            assert_eq!(batch.size()[0], 3);
+            for i in 0..3i64 {
+                let alone = image(&format!("{model}/eta{eta}/cpu-generator-seed{i}/steps5"));
+                assert!(
+                    batch.narrow(0, i, 1).equal(&alone),
+                    "{model} eta {eta}: image {i} of the batch is not seed {i}'s image"
+                );
+            }
+            batches += 1;
+        }
+    }
+    assert_eq!(batches, 4);
+}
+
+/// A portable run under another CPU class (ATen default, oneDNN SSE4.1, the portable kernels
+/// forced to the baseline ISA, one kernel thread) has the portable class, matches the blessed
+/// portable expectation bit for bit, and is also judged for accuracy: by the truth rule against
+/// diffusers' run (the oracle's, under the noise contract's capability), not skipped as "same
+/// class". Its record says which ISA and how many threads the kernels ran on.
+#[test]
+fn a_portable_run_is_held_to_its_blessed_bits_and_to_the_float64_truth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scenario = "tiny-ddim-b/eta1.0/cpu-generator-seed0/steps5";
+    let out = reprodiff_with_env(
+        &[
+            "check",
+            "--suite",
+            "ddim-portable",
+            "--filter",
+            &format!("^{}$", regex::escape(scenario)),
+            "--out",
+            tmp.path().to_str().unwrap(),
+        ],
+        None,
+        &[
+            ("ATEN_CPU_CAPABILITY", "default"),
+            ("ONEDNN_MAX_CPU_ISA", "SSE41"),
+            ("REPRODIFF_PORTABLE_ISA", "baseline"),
+            ("RAYON_NUM_THREADS", "1"),
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+    let r = read_record(tmp.path(), scenario);
+    assert_eq!(r["class"], "portable/order-rule=1", "{r}");
+    assert_eq!(r["environment"]["cpu"]["capability"], "default");
+    assert_eq!(r["environment"]["portable"]["isa"], "baseline");
+    assert_eq!(r["environment"]["portable"]["threads"], 1);
+    assert_eq!(r["verdict"], "within-tolerance", "{r}");
+    let compared = r["compared_with"]["class"].as_str().unwrap();
+    assert!(compared.contains("/aten=default/"), "{compared}");
+    assert_eq!(r["compared_with"]["producer"], "oracle");
+    let checks = r["checks"].as_array().unwrap();
+    let by = |m: &str| {
+        checks
+            .iter()
+            .find(|c| c["metric"] == m)
+            .unwrap_or_else(|| panic!("no {m} check in {r}"))
+    };
+    assert_eq!(by("bits (blessed)")["verdict"], "identical");
+    assert_eq!(by("rmse_truth")["verdict"], "within-tolerance");
+    assert!(r["output"]["metrics"]["rmse_truth"].as_f64().unwrap() > 0.0);
 }

@@ -18,6 +18,15 @@
 //! The key is a path of these components, e.g.
 //! `cpu/x86_64/amd/aten=avx2/onednn=avx2/mkl=auto/threads=2/libtorch=2.13.0`; `any` is the
 //! class of a published value, which no run was recorded for.
+//!
+//! A run on the portable kernels (`crate::portable`) has the class `portable/order-rule=N`:
+//! no CPU fact at all, since its bits depend on none (the tests force every ISA, ATen
+//! capability, oneDNN ISA and thread count). It holds the order rule's version, which is what
+//! its bits do depend on. Not the dtype: a portable scenario's dtype is the scenario's own
+//! (float32; the golden entry states it). Not libtorch's version: the portable path calls
+//! libtorch only for operations that are exact (+, -, *, /, sqrt, copies), so a libtorch that
+//! moved portable bits would be a finding, and the test of a blessed portable expectation fails
+//! on it; the version stays in the fingerprint.
 use super::Fingerprint;
 use crate::torch::DeviceSpec;
 use serde::{Deserialize, Serialize};
@@ -61,6 +70,10 @@ pub enum EnvClass {
     /// A published number: it applies to every class and carries no bits.
     Any,
     Host(HostClass),
+    /// The portable kernels under order rule `order_rule`, on any host.
+    Portable {
+        order_rule: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -79,6 +92,11 @@ pub struct HostClass {
 impl EnvClass {
     /// The class of a run on `device` in the environment `fp`.
     pub fn of(fp: &Fingerprint, device: DeviceSpec) -> Self {
+        if let Some(p) = &fp.portable {
+            return EnvClass::Portable {
+                order_rule: p.order_rule,
+            };
+        }
         let cpu = &fp.cpu;
         let env = |k: &str| cpu.kernel_env.get(k).map(|v| v.to_ascii_lowercase());
         let gpu = match device {
@@ -180,6 +198,7 @@ impl fmt::Display for EnvClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EnvClass::Any => f.write_str("any"),
+            EnvClass::Portable { order_rule } => write!(f, "portable/order-rule={order_rule}"),
             EnvClass::Host(h) => write!(
                 f,
                 "{}/{}/{}/aten={}/onednn={}/mkl={}/threads={}/libtorch={}",
@@ -195,6 +214,15 @@ impl FromStr for EnvClass {
     fn from_str(key: &str) -> Result<Self, String> {
         if key == "any" {
             return Ok(EnvClass::Any);
+        }
+        if let Some(rest) = key.strip_prefix("portable/") {
+            let order_rule = rest
+                .strip_prefix("order-rule=")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| {
+                    format!("class '{key}': a portable class is portable/order-rule=<number>")
+                })?;
+            return Ok(EnvClass::Portable { order_rule });
         }
         let parts: Vec<&str> = key.split('/').collect();
         let [device, arch, vendor, rest @ ..] = parts.as_slice() else {
@@ -352,6 +380,11 @@ mod tests {
         let class: EnvClass = key.parse().unwrap();
         assert_eq!(class.to_string(), key);
         assert_eq!("any".parse::<EnvClass>().unwrap(), EnvClass::Any);
+        let portable: EnvClass = "portable/order-rule=1".parse().unwrap();
+        assert_eq!(portable, EnvClass::Portable { order_rule: 1 });
+        assert_eq!(portable.to_string(), "portable/order-rule=1");
+        let err = "portable/v1".parse::<EnvClass>().unwrap_err();
+        assert!(err.contains("portable/order-rule="), "{err}");
         let err = "cpu/x86_64/amd/aten=avx2/onednn=avx2/mkl=auto/thread=2/libtorch=2.13.0"
             .parse::<EnvClass>()
             .unwrap_err();

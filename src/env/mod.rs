@@ -66,6 +66,10 @@ pub struct Fingerprint {
     /// `nudged-initial-noise` when the pipelines nudge their initial noise (`localize`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub knobs: Vec<String>,
+    /// Set when the run was on the portable kernels: their order rule (the class key), ISA and
+    /// thread count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portable: Option<crate::portable::PortableRun>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +184,7 @@ impl Fingerprint {
                 }
                 k
             },
+            portable: crate::portable::PortableRun::current(),
         })
     }
 

@@ -84,16 +84,26 @@ pub struct Combination {
     pub skipped: Option<String>,
 }
 
+/// The matrix's setting axes, each a list of values (an empty list: the axis is absent).
+#[derive(Debug, Clone, Default)]
+pub struct SettingAxes {
+    /// `default`, `full`.
+    pub determinism: Vec<String>,
+    /// `f32`, `bf16`, `f16`.
+    pub dtype: Vec<String>,
+    /// `cpu`, `cuda`.
+    pub device: Vec<String>,
+    /// `native`, `portable`.
+    pub kernels: Vec<String>,
+    /// `none` or knob sets joined with `+`.
+    pub knob: Vec<String>,
+}
+
 /// The knob sets of the matrix's setting axes: every combination of one value per axis
-/// (`--determinism default,full`, `--dtype f32,bf16`, `--device cpu,cuda`, `--knob
-/// none,channels-last,...`), an absent axis adding nothing. `cpu` and `none` add no knob; a
-/// `--knob` value may join several with `+`.
-pub fn knob_sets(
-    determinism: &[String],
-    dtype: &[String],
-    device: &[String],
-    knob: &[String],
-) -> Result<Vec<Knobs>> {
+/// (`--determinism default,full`, `--dtype f32,bf16`, `--device cpu,cuda`, `--kernels
+/// native,portable`, `--knob none,channels-last,...`), an absent axis adding nothing. `cpu`,
+/// `native` and `none` add no knob; a `--knob` value may join several with `+`.
+pub fn knob_sets(axes: &SettingAxes) -> Result<Vec<Knobs>> {
     let axis = |flag: &str, values: &[String], f: &dyn Fn(&str) -> Result<String>| {
         if values.is_empty() {
             return Ok(vec![String::new()]);
@@ -103,34 +113,39 @@ pub fn knob_sets(
             .map(|v| f(v).map_err(|e| Error::InvalidArgument(format!("--{flag} {v}: {e}"))))
             .collect::<Result<Vec<String>>>()
     };
-    let det = axis("determinism", determinism, &|v| match v {
-        "default" | "full" => Ok(format!("det-{v}")),
-        _ => Err(Error::InvalidArgument("expected default or full".into())),
-    })?;
-    let dt = axis("dtype", dtype, &|v| match v {
-        "f32" | "bf16" | "f16" => Ok(v.to_string()),
-        _ => Err(Error::InvalidArgument("expected f32, bf16 or f16".into())),
-    })?;
-    let dev = axis("device", device, &|v| match v {
-        "cpu" => Ok(String::new()),
-        "cuda" => Ok("cuda".into()),
-        _ => Err(Error::InvalidArgument("expected cpu or cuda".into())),
-    })?;
-    let kn = axis("knob", knob, &|v| match v {
-        "none" => Ok(String::new()),
-        _ => Knobs::parse(v).map(|k| k.tokens().join("+")),
-    })?;
-    let mut out = Vec::new();
-    for a in &det {
-        for b in &dt {
-            for c in &dev {
-                for d in &kn {
-                    out.push(Knobs::parse(&[a, b, c, d].map(String::as_str).join(","))?);
-                }
-            }
-        }
+    let axes = [
+        axis("determinism", &axes.determinism, &|v| match v {
+            "default" | "full" => Ok(format!("det-{v}")),
+            _ => Err(Error::InvalidArgument("expected default or full".into())),
+        })?,
+        axis("dtype", &axes.dtype, &|v| match v {
+            "f32" | "bf16" | "f16" => Ok(v.to_string()),
+            _ => Err(Error::InvalidArgument("expected f32, bf16 or f16".into())),
+        })?,
+        axis("device", &axes.device, &|v| match v {
+            "cpu" => Ok(String::new()),
+            "cuda" => Ok("cuda".into()),
+            _ => Err(Error::InvalidArgument("expected cpu or cuda".into())),
+        })?,
+        axis("kernels", &axes.kernels, &|v| match v {
+            "native" => Ok(String::new()),
+            "portable" => Ok("portable".into()),
+            _ => Err(Error::InvalidArgument("expected native or portable".into())),
+        })?,
+        axis("knob", &axes.knob, &|v| match v {
+            "none" => Ok(String::new()),
+            _ => Knobs::parse(v).map(|k| k.tokens().join("+")),
+        })?,
+    ];
+    // The cross product, the first axis varying slowest.
+    let mut specs = vec![String::new()];
+    for values in &axes {
+        specs = specs
+            .iter()
+            .flat_map(|s| values.iter().map(move |v| format!("{s},{v}")))
+            .collect();
     }
-    Ok(out)
+    specs.iter().map(|s| Knobs::parse(s)).collect()
 }
 
 /// The combinations of `cpu_classes` × `threads` (`None`: the suite's own thread count) ×

@@ -8,7 +8,8 @@
 use super::metrics;
 use super::suite::Scenario;
 use crate::error::{Error, Result};
-use crate::torch::knobs::Knobs;
+use crate::portable::Kernels;
+use crate::torch::knobs::{Knob, Knobs};
 use crate::torch::{tensor_sha256, tensor_to_f64, CpuCapability, DType};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -69,6 +70,9 @@ pub fn as_run(scenario: &Scenario, knobs: &Knobs) -> Result<(Scenario, crate::to
     if let Some(d) = knobs.dtype() {
         *s.run.dtype_mut() = d;
     }
+    if knobs.has(Knob::Portable) {
+        s.kernels = Kernels::Portable;
+    }
     if let (Some(dev), crate::torch::DeviceSpec::Cpu) = (knobs.device(), s.device) {
         s.device = dev;
     }
@@ -84,6 +88,15 @@ pub fn as_run(scenario: &Scenario, knobs: &Knobs) -> Result<(Scenario, crate::to
         det.threads = Some(n);
     }
     Ok((s, det))
+}
+
+/// Puts `knobs` in force for `scenario` (as run, [`as_run`]): a portable scenario is the knob
+/// `portable` in force, so one switch decides the kernels and the fingerprint records them.
+pub fn apply_knobs(scenario: &Scenario, knobs: &Knobs) -> Result<()> {
+    match scenario.kernels {
+        Kernels::Portable => knobs.clone().with(Knob::Portable).apply(),
+        Kernels::Native => knobs.apply(),
+    }
 }
 
 /// How to run scenarios: in this process, or in a child when the scenario needs one.
@@ -143,7 +156,7 @@ impl Runner {
             }
         }
         det.apply()?;
-        knobs.apply()?;
+        apply_knobs(scenario, &knobs)?;
         let start = std::time::Instant::now();
         // Models named by a bare name live in fixtures/models/, beside fixtures/suites/.
         let models = suite_path

@@ -27,6 +27,7 @@ pub fn scenario(
         description: None,
         run,
         device,
+        kernels: Default::default(),
         determinism: DeterminismSpec {
             preset: if deterministic {
                 Preset::Full
@@ -74,7 +75,7 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
     let (scenario, det) = super::observe::as_run(scenario, &knobs)?;
     let scenario = &scenario;
     det.apply()?;
-    knobs.apply()?;
+    super::observe::apply_knobs(scenario, &knobs)?;
     let start = std::time::Instant::now();
     let output = scenario.run.run(scenario.device, None, out.json)?;
     let mut obs = super::observe::describe(

@@ -169,6 +169,9 @@ pub fn plan(
     if let Some(want) = det.cpu_capability {
         fp.cpu.capability = want.name().into();
     }
+    if run.kernels == crate::portable::Kernels::Portable {
+        fp.portable = Some(crate::portable::PortableRun::would_run());
+    }
     let class = fp.class(device);
     match check::choose(golden, &class, scenario).authority {
         Ok(_) => None,

@@ -8,6 +8,7 @@
 use super::metrics::Metric;
 use super::workload::Workload;
 use crate::error::{Error, Result};
+use crate::portable::Kernels;
 use crate::torch::{DeterminismSpec, DeviceSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -110,6 +111,10 @@ pub struct Scenario {
     pub device: DeviceSpec,
     #[serde(default)]
     pub determinism: DeterminismSpec,
+    /// The kernels it runs on: libtorch's (`native`, the default) or reprodiff's `portable`
+    /// ones, whose runs have one class on every host (`crate::env::EnvClass::Portable`).
+    #[serde(default, skip_serializing_if = "Kernels::is_native")]
+    pub kernels: Kernels,
     /// What is checked against the golden.
     pub metrics: Vec<Metric>,
     #[serde(default)]
@@ -151,7 +156,41 @@ impl Scenario {
             })
     }
 
+    /// The determinism the oracle computes this scenario under: the scenario's own, and for
+    /// portable kernels the noise contract's ATen capability
+    /// ([`crate::portable::NOISE_CAPABILITY`]), so that diffusers' run and its float64 truth
+    /// start from the portable run's noise. (`reprodiff list --json`'s `oracle_determinism`.)
+    pub fn oracle_determinism(&self) -> DeterminismSpec {
+        let mut d = self.determinism.clone();
+        if self.kernels == Kernels::Portable {
+            d.cpu_capability = Some(crate::portable::NOISE_CAPABILITY);
+        }
+        d
+    }
+
     fn validate(&self) -> std::result::Result<(), String> {
+        if self.kernels == Kernels::Portable {
+            if self.device != DeviceSpec::Cpu {
+                return Err(format!(
+                    "kernels = \"portable\" runs on the CPU, not on device {}",
+                    self.device
+                ));
+            }
+            if self.determinism.cpu_capability.is_some() {
+                return Err(
+                    "kernels = \"portable\" does not depend on the ATen capability: \
+                            determinism.cpu_capability would only hide that"
+                        .into(),
+                );
+            }
+            if self.run.dtype() != crate::torch::DType::F32 {
+                return Err(format!(
+                    "kernels = \"portable\" computes in float32 only (order rule v{}), not {}",
+                    crate::portable::ops::ORDER_RULE,
+                    self.run.dtype()
+                ));
+            }
+        }
         if self.metrics.is_empty() {
             return Err("`metrics` is empty: a scenario must check something".into());
         }

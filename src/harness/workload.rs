@@ -149,6 +149,16 @@ impl Workload {
         )
     }
 
+    /// The dtype the workload computes in.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Workload::Random { dtype, .. }
+            | Workload::Ddim { dtype, .. }
+            | Workload::Sd { dtype, .. }
+            | Workload::VaeEncode { dtype, .. } => *dtype,
+        }
+    }
+
     /// The dtype the workload computes in, which a dtype knob can change.
     pub fn dtype_mut(&mut self) -> &mut DType {
         match self {

@@ -1,7 +1,12 @@
 //! Portable kernels (issue #14): computations whose every floating-point operation is fixed by
 //! the shapes alone, so that one seed gives one result on every machine.
 //!
-//! So far: the noise. [`randn`] is torch's CPU `randn` as ATen computes it under
+//! A scenario chooses its [`Kernels`] (`kernels = "portable"` in a suite, `--kernels` on
+//! `run`, the knob `portable`); a portable run's environment class is
+//! [`crate::env::EnvClass::Portable`], whose key holds the order rule's version and no CPU
+//! facts, so one expectation serves every host.
+//!
+//! The noise. [`randn`] is torch's CPU `randn` as ATen computes it under
 //! `ATEN_CPU_CAPABILITY=default` (the scalar Box-Muller of `normal_fill_16`), with the C
 //! library's `logf`, `sinf` and `cosf` replaced by ports of glibc's own ([`libm`]), so that its
 //! bits do not depend on the CPU capability, the ISA or the C library of the host.
@@ -9,7 +14,56 @@ pub mod libm;
 pub mod ops;
 pub mod randn;
 
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Which kernels a scenario runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// libtorch's: bit for bit diffusers' on the same libtorch and CPU class.
+    #[default]
+    Native,
+    /// reprodiff's own ([`ops`], [`randn`]): the same bits on every CPU, thread count and batch.
+    Portable,
+}
+
+impl Kernels {
+    pub fn is_native(&self) -> bool {
+        *self == Kernels::Native
+    }
+}
+
+/// The noise contract: portable noise is torch's CPU `randn` under this ATen capability, bit for
+/// bit ([`randn`]). The oracle computes a portable scenario under it (`reprodiff list --json`'s
+/// `oracle_determinism`), so its float64 truth starts from exactly the portable run's noise.
+pub const NOISE_CAPABILITY: crate::torch::CpuCapability = crate::torch::CpuCapability::Default;
+
+/// What a portable run's fingerprint records: the order rule its bits follow (the class key's
+/// one component), and the ISA and thread count it ran on (which must not matter; recorded so
+/// that a test or a reader can see which path ran).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortableRun {
+    pub order_rule: u32,
+    pub isa: String,
+    pub threads: usize,
+}
+
+impl PortableRun {
+    /// This process's portable settings; `None` when it runs the native kernels.
+    pub fn current() -> Option<PortableRun> {
+        enabled().then(PortableRun::would_run)
+    }
+
+    /// The settings a portable run in this process would have.
+    pub fn would_run() -> PortableRun {
+        PortableRun {
+            order_rule: ops::ORDER_RULE,
+            isa: isa().map_or_else(|e| format!("unavailable ({e})"), |i| i.name().into()),
+            threads: rayon::current_num_threads(),
+        }
+    }
+}
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 

@@ -38,6 +38,15 @@ pub enum Isa {
 pub const ISA_ENV: &str = "REPRODIFF_PORTABLE_ISA";
 
 impl Isa {
+    /// The name [`ISA_ENV`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Baseline => "baseline",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
     /// The ISAs this CPU can run, baseline first.
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Baseline];

@@ -107,6 +107,15 @@ impl Knobs {
         }
     }
 
+    /// These knobs and `knob`.
+    pub fn with(mut self, knob: Knob) -> Knobs {
+        if !self.has(knob) {
+            self.0.push(knob);
+            self.0.sort();
+        }
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -164,11 +173,7 @@ impl Knobs {
 /// Adds `knob` to `REPRODIFF_KNOBS` of this process (and so of its children): what a flag like
 /// `run ddim --kernels portable` asks for.
 pub fn add_to_env(knob: Knob) -> Result<()> {
-    let mut knobs = Knobs::from_env()?;
-    if !knobs.has(knob) {
-        knobs.0.push(knob);
-        knobs.0.sort();
-    }
+    let knobs = Knobs::from_env()?.with(knob);
     std::env::set_var(ENV, knobs.tokens().join(","));
     Ok(())
 }
