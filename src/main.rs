@@ -257,10 +257,6 @@ struct DdimArgs {
     eta: f64,
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// native: libtorch's kernels, bit for bit diffusers'; portable: reprodiff's own, the
-    /// same bits on every CPU (the knob `portable`; float32, torch.Generator objects).
-    #[arg(long, default_value = "native", value_parser = ["native", "portable"])]
-    kernels: String,
     #[command(flatten)]
     common: RunArgs,
 }
@@ -332,6 +328,10 @@ struct RunArgs {
     threads: Option<usize>,
     #[arg(long, default_value = "np")]
     output_type: String,
+    /// native: libtorch's kernels, bit for bit diffusers'; portable: reprodiff's own, the
+    /// same bits on every CPU (the scenario field `kernels`; float32, torch.Generator objects).
+    #[arg(long, default_value = "native", value_parser = ["native", "portable"])]
+    kernels: String,
     /// Write the output as .npy, exactly as diffusers returns it (bf16 as f32).
     #[arg(long)]
     save: Option<PathBuf>,
@@ -368,8 +368,11 @@ impl RunArgs {
         device: reprodiff::torch::DeviceSpec,
         grid: Option<&Path>,
     ) -> Result<i32> {
-        let scenario =
+        let mut scenario =
             reprodiff::harness::oneoff::scenario(run, device, self.deterministic, self.threads);
+        if self.kernels == "portable" {
+            scenario.kernels = reprodiff::portable::Kernels::Portable;
+        }
         let out = Outputs {
             save: self.save.as_deref(),
             grid,
@@ -857,9 +860,6 @@ fn bless(sel: &SelectArgs) -> Result<i32> {
 /// what `check` writes.
 fn run_ddim(a: &DdimArgs) -> Result<i32> {
     use reprodiff::harness::workload::Workload;
-    if a.kernels == "portable" {
-        reprodiff::torch::knobs::add_to_env(reprodiff::torch::knobs::Knob::Portable)?;
-    }
     let device = a.common.device()?;
     let run = Workload::Ddim {
         model: a.model.clone(),

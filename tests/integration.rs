@@ -3483,14 +3483,14 @@ fn drift_report_across_torch_releases() {
 /// capability, oneDNN's ISA, the portable kernels' own ISA and the thread count; and each image
 /// of a batch made with per-sample generators is, bit for bit, the image made alone with its
 /// seed. A control shows the same settings do move native's bits.
-#[test]
-fn portable_ddim_gives_one_image_whatever_the_cpu_kernels_threads_and_batch() {
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/tiny-ddim-b");
-    let model = model.to_str().unwrap();
+/// Asserts that `run` (a `reprodiff run ...` command line) on the portable kernels gives one
+/// sha256 under each setting that moves native bits, one axis at a time, that the record names
+/// the ISA and kernel threads a setting forces, and (the control) that native's bits do move
+/// between ATen's default and avx2 capabilities.
+fn assert_portable_bits_ignore_the_machine(run: &[&str]) {
     let sha = |extra: &[&str], env: &[(&str, &str)]| -> String {
-        let mut args = vec![
-            "run", "ddim", "--model", model, "--steps", "5", "--eta", "1", "--seed", "0", "--json",
-        ];
+        let mut args = run.to_vec();
+        args.push("--json");
         args.extend_from_slice(extra);
         let out = reprodiff_with_env(&args, None, env);
         let t = text(&out);
@@ -3580,6 +3580,15 @@ fn portable_ddim_gives_one_image_whatever_the_cpu_kernels_threads_and_batch() {
         sha(&[], &[("ATEN_CPU_CAPABILITY", "avx2")]),
         "native under default and avx2"
     );
+}
+
+#[test]
+fn portable_ddim_gives_one_image_whatever_the_cpu_kernels_threads_and_batch() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/tiny-ddim-b");
+    let model = model.to_str().unwrap();
+    assert_portable_bits_ignore_the_machine(&[
+        "run", "ddim", "--model", model, "--steps", "5", "--eta", "1", "--seed", "0",
+    ]);
     // Batch invariance: per-sample generators, batch 3.
     let tmp = tempfile::tempdir().unwrap();
     let save = |name: &str, extra: &[&str]| -> Tensor {
@@ -3612,6 +3621,28 @@ fn portable_ddim_gives_one_image_whatever_the_cpu_kernels_threads_and_batch() {
             "image {i} of the batch"
         );
     }
+}
+
+/// The portable kernels on the Stable Diffusion pipeline (CLIP text encoder, UNet2DCondition,
+/// VAE decoder, PNDM and, with `--scheduler ddim`, DDIM with eta noise): one image whatever
+/// the CPU kernels and thread counts, as for DDIM above.
+#[rstest::rstest]
+#[case::pndm(&["--steps", "3"])]
+#[case::ddim_eta1_negative_prompt(&["--steps", "2", "--scheduler", "ddim", "--eta", "1", "--negative-prompt", "blurry"])]
+fn portable_sd_gives_one_image_whatever_the_cpu_kernels_and_threads(#[case] extra: &[&str]) {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/tiny-sd-b");
+    let mut run = vec![
+        "run",
+        "sd",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "A bear is playing a guitar on Times Square",
+        "--seed",
+        "0",
+    ];
+    run.extend_from_slice(extra);
+    assert_portable_bits_ignore_the_machine(&run);
 }
 
 /// Derived weights are ATen's draws whatever kernels the run that needs them uses: a portable
@@ -3660,34 +3691,46 @@ fn portable_batch_images_equal_the_images_made_alone() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
     );
     let store = fixtures.store();
-    let golden = store.load("ddim-portable").unwrap().unwrap();
     let portable = EnvClass::Portable {
         order_rule: reprodiff::portable::ops::ORDER_RULE,
     };
-    let image = |scenario: &str| -> Tensor {
-        let e = golden.scenarios[scenario]
-            .expectation(&portable)
-            .unwrap_or_else(|| panic!("{scenario}: no portable expectation"));
-        Tensor::read_npy(store.dir.join(e.array.as_ref().unwrap())).unwrap()
-    };
-    let mut batches = 0;
+    // (suite, batch scenario, the scenario of seed i alone for each image i)
+    let mut cases: Vec<(&str, String, Vec<String>)> = Vec::new();
     for model in ["tiny-ddim-a", "tiny-ddim-b"] {
         for eta in ["0.0", "1.0"] {
-            let batch = image(&format!(
-                "{model}/eta{eta}/per-sample-generators/batch3/steps5"
+            cases.push((
+                "ddim-portable",
+                format!("{model}/eta{eta}/per-sample-generators/batch3/steps5"),
+                (0..3)
+                    .map(|i| format!("{model}/eta{eta}/cpu-generator-seed{i}/steps5"))
+                    .collect(),
             ));
-            assert_eq!(batch.size()[0], 3);
-            for i in 0..3i64 {
-                let alone = image(&format!("{model}/eta{eta}/cpu-generator-seed{i}/steps5"));
-                assert!(
-                    batch.narrow(0, i, 1).equal(&alone),
-                    "{model} eta {eta}: image {i} of the batch is not seed {i}'s image"
-                );
-            }
-            batches += 1;
         }
     }
-    assert_eq!(batches, 4);
+    cases.push((
+        "sd-portable",
+        "tiny-sd-b/batch/4-images-seeds-0-3/steps5".into(),
+        (0..4)
+            .map(|i| format!("tiny-sd-b/batch/seed{i}-alone/steps5"))
+            .collect(),
+    ));
+    for (suite, batch, alone) in &cases {
+        let golden = store.load(suite).unwrap().unwrap();
+        let image = |scenario: &str| -> Tensor {
+            let e = golden.scenarios[scenario]
+                .expectation(&portable)
+                .unwrap_or_else(|| panic!("{suite}/{scenario}: no portable expectation"));
+            Tensor::read_npy(store.dir.join(e.array.as_ref().unwrap())).unwrap()
+        };
+        let b = image(batch);
+        assert_eq!(b.size()[0], alone.len() as i64, "{suite}/{batch}");
+        for (i, scenario) in alone.iter().enumerate() {
+            assert!(
+                b.narrow(0, i as i64, 1).equal(&image(scenario)),
+                "{suite}/{batch}: image {i} is not {scenario}"
+            );
+        }
+    }
 }
 
 /// A portable run under another CPU class (ATen default, oneDNN SSE4.1, the portable kernels

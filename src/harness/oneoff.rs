@@ -49,7 +49,7 @@ pub fn scenario(
 /// Runs `scenario` (validated, its determinism and the knobs in force applied) and reports
 /// its output.
 pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
-    scenario.run.validate().map_err(Error::InvalidArgument)?;
+    scenario.validate().map_err(Error::InvalidArgument)?;
     // Where the output goes is checked before any work, so a typo costs no computation.
     for (flag, path) in [("--save", out.save), ("--grid", out.grid)] {
         if let Some(path) = path {
@@ -63,8 +63,8 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
             }
         }
     }
-    // The knobs in force (REPRODIFF_KNOBS, or a flag like `--kernels portable`), as `check`
-    // applies them.
+    // The knobs in force (REPRODIFF_KNOBS; `--kernels portable` is the scenario's field), as
+    // `check` applies them.
     let knobs = crate::torch::knobs::Knobs::from_env()?;
     if let Some(why) = knobs.unavailable() {
         return Err(Error::Unavailable(format!(

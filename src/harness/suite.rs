@@ -168,7 +168,8 @@ impl Scenario {
         d
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    /// Whether the scenario can be run as written (the suite loader's check; `run` uses it).
+    pub fn validate(&self) -> std::result::Result<(), String> {
         if self.kernels == Kernels::Portable {
             if self.device != DeviceSpec::Cpu {
                 return Err(format!(

@@ -97,7 +97,7 @@ impl Attention {
         };
         let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
         let out = if crate::portable::enabled() {
-            portable_attention(&q, &k, &v)?
+            portable_attention(&q, &k, &v, false)?
         } else {
             Tensor::f_scaled_dot_product_attention(
                 &q,
@@ -126,8 +126,9 @@ impl Attention {
 }
 
 /// SDPA's math for q, k, v of [b, heads, n, d] under the portable order rule:
-/// `softmax(q k^T * (1 / sqrt(d))) v`, the scale a float32 multiply after the dot products.
-fn portable_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+/// `softmax(q k^T * (1 / sqrt(d))) v`, the scale a float32 multiply after the dot products;
+/// `causal`: query i sees keys 0..=i only (CLIP's text encoder).
+pub fn portable_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
     use crate::portable::ops;
     let isa = crate::portable::isa()?;
     let s = q.size();
@@ -136,6 +137,12 @@ fn portable_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let flat = |t: &Tensor, rows: i64| t.contiguous().reshape([b * h, rows, d]);
     let scores = ops::bmm(isa, &flat(q, n), &flat(k, m).transpose(1, 2))?;
     let scale = (1.0 / (d as f64).sqrt()) as f32;
-    let probs = ops::softmax(&scores.f_mul_scalar(f64::from(scale))?)?;
+    let mut scores = scores.f_mul_scalar(f64::from(scale))?;
+    if causal {
+        // Keys after the query: -inf, whose exp is exactly 0.
+        let later = Tensor::f_ones([n, m], (tch::Kind::Bool, tch::Device::Cpu))?.f_triu(1)?;
+        scores = scores.f_masked_fill(&later, f64::NEG_INFINITY)?;
+    }
+    let probs = ops::softmax(&scores)?;
     Ok(ops::bmm(isa, &probs, &flat(v, m))?.reshape([b, h, n, d]))
 }

@@ -150,7 +150,7 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if crate::portable::enabled() {
-            return Err(not_portable("LayerNorm"));
+            return ops::layer_norm(x, &self.weight, &self.bias, self.eps);
         }
         // F.layer_norm passes torch.backends.cudnn.enabled (True by default).
         Ok(x.f_layer_norm(
@@ -208,7 +208,11 @@ impl Activation {
         if crate::portable::enabled() {
             return match self {
                 Activation::Silu => ops::silu(x),
-                other => Err(not_portable(&format!("{other:?}"))),
+                Activation::Gelu => ops::gelu(x),
+                Activation::QuickGelu => ops::quick_gelu(x),
+                // max(x, 0): exact on every path.
+                Activation::Relu => Ok(x.f_relu()?),
+                Activation::Mish => Err(not_portable("Mish")),
             };
         }
         Ok(match self {

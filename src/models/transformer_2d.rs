@@ -2,7 +2,7 @@
 //! `BasicTransformerBlock` with a GEGLU `FeedForward` (models/attention.py): the spatial
 //! transformer of Stable Diffusion's cross-attention UNet blocks, op for op.
 use super::attention::Attention;
-use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
+use super::nn::{Activation, Conv2d, GroupNorm, LayerNorm, Linear};
 use super::params::ParamPath;
 use crate::error::Result;
 use tch::Tensor;
@@ -40,7 +40,7 @@ impl FeedForward {
         let h = self.proj.forward(x)?;
         // hidden_states, gate = hidden_states.chunk(2, dim=-1)
         let parts = h.f_chunk(2, -1)?;
-        let h = parts[0].f_mul(&parts[1].f_gelu("none")?)?;
+        let h = parts[0].f_mul(&Activation::Gelu.forward(&parts[1])?)?;
         self.out.forward(&h) // net[1] is Dropout
     }
 }

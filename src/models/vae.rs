@@ -258,7 +258,7 @@ impl Encoder {
         h = self.mid_block.forward(&h, None, None)?;
         dump.write("mid_block", &h)?;
         let h = self.conv_norm_out.forward(&h)?;
-        let h = h.f_silu()?;
+        let h = super::nn::Activation::Silu.forward(&h)?;
         let h = self.conv_out.forward(&h)?;
         dump.write("conv_out", &h)?;
         Ok(h)

@@ -10,8 +10,15 @@
 //!   element being +0.
 //! - **Statistics** (group_norm's mean and variance, softmax's denominator): float64, in
 //!   increasing flat index, two passes (mean, then the squared deviations).
+//! - **Normalisations** (group_norm, layer_norm): `((x - mean) * rstd)` in float64 with
+//!   `rstd = 1 / sqrt(var + eps)`, rounded to float32 once, then `* gamma + beta` in float32.
 //! - **Transcendentals**: the `libm` crate (rust-lang's port of musl), never the platform's:
-//!   `silu(x) = x * (1 / (1 + expf(-x)))`, softmax's `expf(x - max)`.
+//!   `silu(x) = x * (1 / (1 + expf(-x)))`, softmax's `expf(x - max)`,
+//!   `gelu(x) = (x * 0.5) * (1 + erff(x * FRAC_1_SQRT_2))` (erf form, diffusers' and CLIP's
+//!   "gelu"), `quick_gelu(x) = x * (1 / (1 + expf(-(x * 1.702))))` (CLIP's QuickGELU).
+//! - **Attention**: `softmax((q k^T) * s) v` with `s = (1 / sqrt(d)) as f32` multiplied after
+//!   the dot products; a causal mask sets the scores of later keys to -inf before the softmax
+//!   (whose `expf` then gives exactly 0).
 //!
 //! Threads (rayon) split output elements only; a vector unit of any width computes lanes of
 //! independent sums. So the bits depend on neither the ISA ([`Isa`], which the tests force in
@@ -308,6 +315,35 @@ pub fn group_norm(
     Ok(tensor(&v, &s))
 }
 
+/// layer_norm of x [.., d] over its last dimension with gamma and beta of [d]: per row, as
+/// [`group_norm`] per group (float64 mean and variance in increasing index, one rounding).
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let (mut v, s) = values(x)?;
+    let (g, _) = values(gamma)?;
+    let (b, _) = values(beta)?;
+    let d = *s.last().expect("layer_norm over a last dimension") as usize;
+    if g.len() != d || b.len() != d {
+        return Err(Error::InvalidArgument(format!(
+            "layer_norm: the last dimension is {d}, the weight {} and the bias {}",
+            g.len(),
+            b.len()
+        )));
+    }
+    v.par_chunks_mut(d.max(1)).for_each(|row| {
+        let mean = row.iter().map(|&x| f64::from(x)).sum::<f64>() / d as f64;
+        let var = row
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / d as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for (j, x) in row.iter_mut().enumerate() {
+            *x = ((f64::from(*x) - mean) * rstd) as f32 * g[j] + b[j];
+        }
+    });
+    Ok(tensor(&v, &s))
+}
+
 /// `f` on every element of a float32 CPU tensor (the libm crate's transcendentals, say).
 pub fn map(x: &Tensor, f: fn(f32) -> f32) -> Result<Tensor> {
     let (mut v, s) = values(x)?;
@@ -318,6 +354,18 @@ pub fn map(x: &Tensor, f: fn(f32) -> f32) -> Result<Tensor> {
 /// `x * (1 / (1 + expf(-x)))`, elementwise.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     map(x, |x| x * (1.0 / (1.0 + libm::expf(-x))))
+}
+
+/// GELU, erf form: `(x * 0.5) * (1 + erff(x * FRAC_1_SQRT_2))`, elementwise.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    map(x, |x| {
+        (x * 0.5) * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+    })
+}
+
+/// transformers' QuickGELU: `x * (1 / (1 + expf(-(x * 1.702))))`, elementwise.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    map(x, |x| x * (1.0 / (1.0 + libm::expf(-(x * 1.702)))))
 }
 
 /// softmax over the last dimension: `expf(x - max)` in float32, the sum in float64 (increasing

@@ -170,14 +170,6 @@ impl Knobs {
     }
 }
 
-/// Adds `knob` to `REPRODIFF_KNOBS` of this process (and so of its children): what a flag like
-/// `run ddim --kernels portable` asks for.
-pub fn add_to_env(knob: Knob) -> Result<()> {
-    let knobs = Knobs::from_env()?.with(knob);
-    std::env::set_var(ENV, knobs.tokens().join(","));
-    Ok(())
-}
-
 static CHANNELS_LAST: AtomicBool = AtomicBool::new(false);
 static IN_FORCE: Mutex<Knobs> = Mutex::new(Knobs(Vec::new()));
 
