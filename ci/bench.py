@@ -16,6 +16,10 @@ pipeline call of each implementation over all timed calls, the ratio diffusers /
 (> 1: reprodiff is faster), the median peak resident memory per process, and whether both
 produced the same bits. Quote ratios from one run of this script: these machines are noisy.
 
+`--portable` adds reprodiff on its portable kernels (`bench --kernels portable`, issue #14) as a
+third process per round, interleaved with the other two: its median, its min and max, and its
+time over native reprodiff's (< 1.5 is the goal). Its bits are its own class's, not diffusers'.
+
 REPRODIFF_BIN selects the binary (default: target/release/reprodiff, else target/debug/reprodiff).
 """
 import argparse
@@ -54,6 +58,8 @@ def main() -> None:
     ap.add_argument("--pipeline", choices=["ddim", "sd"], default="ddim")
     ap.add_argument("--model", help="a pipeline folder (default: the derived architecture)")
     ap.add_argument("--size", type=int, help="sd: height and width in pixels")
+    ap.add_argument("--portable", action="store_true",
+                    help="also time reprodiff's portable kernels (bench --kernels portable)")
     a = ap.parse_args()
     exe = reprodiff_bin()
     arch = "ddpm-cifar10-32" if a.pipeline == "ddim" else "stable-diffusion-v1-5"
@@ -64,24 +70,35 @@ def main() -> None:
     print(f"reprodiff: {exe}; {a.pipeline} on {model}; threads {a.threads}; "
           f"{a.rounds} rounds x {a.runs} timed runs, interleaved")
     print(f"{'steps':>5}  {'reprodiff s':>12}  {'diffusers s':>12}  {'ratio':>6}  "
-          f"{'reprodiff MiB':>13}  {'diffusers MiB':>13}  same bits")
+          f"{'reprodiff MiB':>13}  {'diffusers MiB':>13}  same bits"
+          + (f"  {'portable s (min-max)':>22}  {'portable/native':>15}" if a.portable else ""))
     for steps in [int(s) for s in a.steps.split(",")]:
         ours = [str(exe), "bench", a.pipeline, "--model", str(model), "--steps", str(steps),
                 "--runs", str(a.runs), "--threads", str(a.threads), *extra]
         theirs = [sys.executable, str(REPO / "ci" / "bench_diffusers.py"), "--model", str(model),
                   "--pipeline", a.pipeline, "--steps", str(steps), "--runs", str(a.runs),
                   "--threads", str(a.threads), *extra]
-        results: dict[str, list[dict]] = {"reprodiff": [], "diffusers": []}
+        order = [("reprodiff", ours), ("diffusers", theirs)]
+        if a.portable:
+            order.append(("portable", [*ours, "--kernels", "portable"]))
+        results: dict[str, list[dict]] = {name: [] for name, _ in order}
         for r in range(a.rounds):
-            order = [("reprodiff", ours), ("diffusers", theirs)]
-            for name, cmd in (order if r % 2 == 0 else order[::-1]):
+            # Rotate who goes first, so that no implementation always runs on a cold machine.
+            shift = r % len(order)
+            for name, cmd in order[shift:] + order[:shift]:
                 results[name].append(run(cmd))
-        med = {k: statistics.median(t for res in v for t in res["seconds"]) for k, v in results.items()}
+        times = {k: [t for res in v for t in res["seconds"]] for k, v in results.items()}
+        med = {k: statistics.median(v) for k, v in times.items()}
         mem = {k: statistics.median(res["peak_rss_kb"] for res in v) / 1024 for k, v in results.items()}
-        same = {res["sha256"] for v in results.values() for res in v}
-        print(f"{steps:>5}  {med['reprodiff']:>12.3f}  {med['diffusers']:>12.3f}  "
-              f"{med['diffusers'] / med['reprodiff']:>6.2f}  {mem['reprodiff']:>13.0f}  "
-              f"{mem['diffusers']:>13.0f}  {'yes' if len(same) == 1 else 'NO'}")
+        same = {res["sha256"] for k in ("reprodiff", "diffusers") for res in results[k]}
+        line = (f"{steps:>5}  {med['reprodiff']:>12.3f}  {med['diffusers']:>12.3f}  "
+                f"{med['diffusers'] / med['reprodiff']:>6.2f}  {mem['reprodiff']:>13.0f}  "
+                f"{mem['diffusers']:>13.0f}  {'yes' if len(same) == 1 else 'NO':>9}")
+        if a.portable:
+            p = times["portable"]
+            spread = f"{med['portable']:.3f} ({min(p):.3f}-{max(p):.3f})"
+            line += f"  {spread:>22}  {med['portable'] / med['reprodiff']:>15.2f}"
+        print(line)
 
 
 if __name__ == "__main__":

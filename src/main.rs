@@ -232,6 +232,9 @@ enum BenchPipeline {
         runs: usize,
         #[arg(long)]
         threads: Option<usize>,
+        /// native (libtorch's kernels) or portable (reprodiff's).
+        #[arg(long, default_value = "native", value_parser = ["native", "portable"])]
+        kernels: String,
     },
     /// DDIMPipeline with a CPU generator seeded 0, re-seeded before each run.
     Ddim {
@@ -243,6 +246,9 @@ enum BenchPipeline {
         runs: usize,
         #[arg(long)]
         threads: Option<usize>,
+        /// native (libtorch's kernels) or portable (reprodiff's).
+        #[arg(long, default_value = "native", value_parser = ["native", "portable"])]
+        kernels: String,
     },
 }
 
@@ -370,9 +376,7 @@ impl RunArgs {
     ) -> Result<i32> {
         let mut scenario =
             reprodiff::harness::oneoff::scenario(run, device, self.deterministic, self.threads);
-        if self.kernels == "portable" {
-            scenario.kernels = reprodiff::portable::Kernels::Portable;
-        }
+        scenario.kernels = kernels_flag(&self.kernels);
         let out = Outputs {
             save: self.save.as_deref(),
             grid,
@@ -626,8 +630,19 @@ fn run(cli: Cli) -> Result<i32> {
                     steps,
                     runs,
                     threads,
+                    kernels,
                 },
-        } => bench_ddim(&model, steps, runs, threads),
+        } => {
+            let b = reprodiff::pipelines::ddim::bench(
+                &model,
+                steps,
+                runs,
+                threads,
+                kernels_flag(&kernels),
+            )?;
+            print_bench(&b, steps, &kernels);
+            Ok(exit::OK)
+        }
         Command::Bench {
             pipeline:
                 BenchPipeline::Sd {
@@ -636,11 +651,18 @@ fn run(cli: Cli) -> Result<i32> {
                     size,
                     runs,
                     threads,
+                    kernels,
                 },
         } => {
-            let b =
-                reprodiff::pipelines::stable_diffusion::bench(&model, steps, size, runs, threads)?;
-            print_bench(&b, steps);
+            let b = reprodiff::pipelines::stable_diffusion::bench(
+                &model,
+                steps,
+                size,
+                runs,
+                threads,
+                kernels_flag(&kernels),
+            )?;
+            print_bench(&b, steps, &kernels);
             Ok(exit::OK)
         }
         Command::DeriveWeights { arch, out } => {
@@ -919,16 +941,19 @@ fn run_sd(a: &SdArgs) -> Result<i32> {
     a.common.run(run, device, a.grid.as_deref())
 }
 
-fn bench_ddim(model: &str, steps: usize, runs: usize, threads: Option<usize>) -> Result<i32> {
-    let b = reprodiff::pipelines::ddim::bench(model, steps, runs, threads)?;
-    print_bench(&b, steps);
-    Ok(exit::OK)
+/// A `--kernels` value clap has checked.
+fn kernels_flag(value: &str) -> reprodiff::portable::Kernels {
+    match value {
+        "portable" => reprodiff::portable::Kernels::Portable,
+        _ => reprodiff::portable::Kernels::Native,
+    }
 }
 
-fn print_bench(b: &reprodiff::pipelines::Bench, steps: usize) {
+fn print_bench(b: &reprodiff::pipelines::Bench, steps: usize, kernels: &str) {
     println!(
         "{}",
-        serde_json::json!({"impl": "reprodiff", "steps": steps, "threads": b.threads,
+        serde_json::json!({"impl": "reprodiff", "kernels": kernels, "steps": steps,
+                           "threads": b.threads, "kernel_threads": rayon::current_num_threads(),
                            "seconds": b.seconds, "peak_rss_kb": b.peak_rss_kb, "sha256": b.sha256})
     );
 }

@@ -198,13 +198,9 @@ pub fn bench(
     steps: usize,
     runs: usize,
     threads: Option<usize>,
+    kernels: crate::portable::Kernels,
 ) -> Result<super::Bench> {
-    use crate::torch::Determinism;
-    Determinism {
-        threads,
-        ..Determinism::torch_defaults()
-    }
-    .apply()?;
+    super::bench_settings(threads, kernels)?;
     let folder = crate::loading::resolve(model, None)?;
     let mut pipe = DdimPipeline::load(&folder, DType::F32, DeviceSpec::Cpu, &Default::default())?;
     let call = DdimCall {

@@ -80,6 +80,23 @@ pub struct Bench {
 }
 
 /// A warm-up call, then `runs` timed calls, each with a CPU generator seeded 0.
+/// A benchmark's settings: torch's defaults on `threads` intra-op threads, and the kernels (the
+/// knob `portable` in force for portable ones, as a portable scenario runs).
+pub fn bench_settings(threads: Option<usize>, kernels: crate::portable::Kernels) -> Result<()> {
+    crate::torch::Determinism {
+        threads,
+        ..crate::torch::Determinism::torch_defaults()
+    }
+    .apply()?;
+    let knobs = crate::torch::knobs::Knobs::default();
+    match kernels {
+        crate::portable::Kernels::Portable => {
+            knobs.with(crate::torch::knobs::Knob::Portable).apply()
+        }
+        crate::portable::Kernels::Native => knobs.apply(),
+    }
+}
+
 pub fn bench<P: Pipeline>(pipe: &mut P, args: &P::Call, runs: usize) -> Result<Bench> {
     let spec = GeneratorSpec::Single {
         seed: 0,

@@ -333,13 +333,9 @@ pub fn bench(
     size: Option<i64>,
     runs: usize,
     threads: Option<usize>,
+    kernels: crate::portable::Kernels,
 ) -> Result<super::Bench> {
-    use crate::torch::Determinism;
-    Determinism {
-        threads,
-        ..Determinism::torch_defaults()
-    }
-    .apply()?;
+    super::bench_settings(threads, kernels)?;
     let dir = crate::loading::resolve_dir(model, None)?;
     let mut pipe = SdPipeline::load(&dir, DType::F32, DeviceSpec::Cpu, None, &Default::default())?;
     let call = SdCall {

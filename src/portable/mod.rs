@@ -39,6 +39,10 @@ impl Kernels {
 /// `oracle_determinism`), so its float64 truth starts from exactly the portable run's noise.
 pub const NOISE_CAPABILITY: crate::torch::CpuCapability = crate::torch::CpuCapability::Default;
 
+/// libtorch's intra-op threads in a portable run (`torch::knobs::Knobs::apply`): the kernels'
+/// threads are rayon's.
+pub const LIBTORCH_THREADS: i32 = 1;
+
 /// What a portable run's fingerprint records: the order rule its bits follow (the class key's
 /// one component), and the ISA and thread count it ran on (which must not matter; recorded so
 /// that a test or a reader can see which path ran).
@@ -80,5 +84,5 @@ pub fn set_enabled(on: bool) {
 
 /// The ISA the portable kernels run on: [`ops::ISA_ENV`] if set, else the widest available.
 pub fn isa() -> crate::error::Result<ops::Isa> {
-    ops::Isa::chosen()
+    ops::chosen_isa()
 }

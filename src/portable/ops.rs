@@ -23,155 +23,46 @@
 //! Threads (rayon) split output elements only; a vector unit of any width computes lanes of
 //! independent sums. So the bits depend on neither the ISA ([`Isa`], which the tests force in
 //! turn), the thread count nor the batch size (each sample's outputs are computed alone).
+//!
+//! The kernels themselves are the crate `reprodiff-kernels` (src/portable/kernels/), built
+//! optimised whatever reprodiff's own opt-level; this module is their tensor glue, and its
+//! tests are theirs.
 use crate::error::{Error, Result};
-use rayon::prelude::*;
+use reprodiff_kernels::{elementwise, norm};
 use tch::{Kind, Tensor};
 
-/// The order rule's version: a change of any order above is a new version (and new goldens).
-pub const ORDER_RULE: u32 = 1;
-/// The lanes of every dot product, whatever the vector unit.
-pub const LANES: usize = 16;
-
-/// The instruction sets a kernel is compiled for; all give the same bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// x86-64's baseline (SSE2), or any other architecture's.
-    Baseline,
-    Avx2,
-    Avx512,
-}
+pub use reprodiff_kernels::{cumprod, linspace, Isa, LANES, ORDER_RULE};
 
 /// Forces an ISA for the portable kernels (`baseline`, `avx2`, `avx512`): the tests run each.
 pub const ISA_ENV: &str = "REPRODIFF_PORTABLE_ISA";
 
-impl Isa {
-    /// The name [`ISA_ENV`] takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Baseline => "baseline",
-            Isa::Avx2 => "avx2",
-            Isa::Avx512 => "avx512",
-        }
-    }
-
-    /// The ISAs this CPU can run, baseline first.
-    pub fn available() -> Vec<Isa> {
-        let mut v = vec![Isa::Baseline];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                v.push(Isa::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                v.push(Isa::Avx512);
-            }
-        }
-        v
-    }
-
-    /// [`ISA_ENV`] if set (an error names a value this CPU cannot run), else the widest.
-    pub fn chosen() -> Result<Isa> {
-        let available = Isa::available();
-        match std::env::var(ISA_ENV) {
-            Err(_) => Ok(*available.last().expect("baseline is always available")),
-            Ok(v) => Isa::parse(&v, &available),
-        }
-    }
-
-    /// `v` as an ISA of `available`, or an error naming the variable and the value.
-    pub fn parse(v: &str, available: &[Isa]) -> Result<Isa> {
-        let isa = match v {
-            "baseline" => Isa::Baseline,
-            "avx2" => Isa::Avx2,
-            "avx512" => Isa::Avx512,
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "{ISA_ENV}={v}: expected baseline, avx2 or avx512"
-                )))
-            }
-        };
-        if !available.contains(&isa) {
-            return Err(Error::Unavailable(format!(
-                "{ISA_ENV}={v}: this CPU cannot run it"
-            )));
-        }
-        Ok(isa)
+/// [`ISA_ENV`] if set (an error names a value this CPU cannot run), else the widest.
+pub fn chosen_isa() -> Result<Isa> {
+    let available = Isa::available();
+    match std::env::var(ISA_ENV) {
+        Err(_) => Ok(*available.last().expect("baseline is always available")),
+        Ok(v) => parse_isa(&v, &available),
     }
 }
 
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let mut ca = a.chunks_exact(LANES);
-    let mut cb = b.chunks_exact(LANES);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for j in 0..LANES {
-            acc[j] += x[j] * y[j];
+/// `v` as an ISA of `available`, or an error naming the variable and the value.
+pub fn parse_isa(v: &str, available: &[Isa]) -> Result<Isa> {
+    let isa = match v {
+        "baseline" => Isa::Baseline,
+        "avx2" => Isa::Avx2,
+        "avx512" => Isa::Avx512,
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "{ISA_ENV}={v}: expected baseline, avx2 or avx512"
+            )))
         }
+    };
+    if !available.contains(&isa) {
+        return Err(Error::Unavailable(format!(
+            "{ISA_ENV}={v}: this CPU cannot run it"
+        )));
     }
-    for (j, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
-        acc[j] += x * y;
-    }
-    for w in [8, 4, 2, 1] {
-        for j in 0..w {
-            acc[j] += acc[j + w];
-        }
-    }
-    acc[0]
-}
-
-/// One row of `gemm_nt`: `out[j] = dot(a, b_j) (+ bias[j])`.
-#[inline(always)]
-fn row(a: &[f32], b: &[f32], k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
-    for (j, o) in out.iter_mut().enumerate() {
-        let d = dot(a, &b[j * k..(j + 1) * k]);
-        *o = match bias {
-            Some(bias) => d + bias[j],
-            None => d,
-        };
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn row_avx2(a: &[f32], b: &[f32], k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
-    row(a, b, k, bias, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn row_avx512(a: &[f32], b: &[f32], k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
-    row(a, b, k, bias, out)
-}
-
-/// `out[i][j] = sum_k a[i][k] * b[j][k] (+ bias[j])` for a of [m, k] and b of [n, k], row-major,
-/// under the order rule; rows split across threads.
-pub fn gemm_nt(
-    isa: Isa,
-    a: &[f32],
-    b: &[f32],
-    (m, n, k): (usize, usize, usize),
-    bias: Option<&[f32]>,
-) -> Vec<f32> {
-    assert!(a.len() == m * k && b.len() == n * k && bias.is_none_or(|x| x.len() == n));
-    let mut out = vec![0f32; m * n];
-    if n == 0 {
-        return out;
-    }
-    out.par_chunks_mut(n).enumerate().for_each(|(i, o)| {
-        let a = &a[i * k..(i + 1) * k];
-        match isa {
-            Isa::Baseline => row(a, b, k, bias, o),
-            // SAFETY: `Isa::chosen` and the tests pick only ISAs the CPU reports.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { row_avx2(a, b, k, bias, o) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { row_avx512(a, b, k, bias, o) },
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => row(a, b, k, bias, o),
-        }
-    });
-    out
+    Ok(isa)
 }
 
 /// A float32 CPU tensor's values and shape.
@@ -198,7 +89,7 @@ pub fn linear(isa: Isa, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Te
     let n = ws[0] as usize;
     let bias = b.map(values).transpose()?.map(|(v, _)| v);
     let m = xv.len() / k.max(1);
-    let out = gemm_nt(isa, &xv, &wv, (m, n, k), bias.as_deref());
+    let out = reprodiff_kernels::gemm_nt(isa, &xv, &wv, (m, n, k), bias.as_deref());
     let mut shape = xs.clone();
     *shape.last_mut().expect("non-empty") = n as i64;
     Ok(tensor(&out, &shape))
@@ -212,7 +103,7 @@ pub fn bmm(isa: Isa, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (batch, m, k, n) = (s[0] as usize, s[1] as usize, s[2] as usize, t[1] as usize);
     let mut out = Vec::with_capacity(batch * m * n);
     for i in 0..batch {
-        out.extend(gemm_nt(
+        out.extend(reprodiff_kernels::gemm_nt(
             isa,
             &av[i * m * k..(i + 1) * m * k],
             &bv[i * n * k..(i + 1) * n * k],
@@ -245,37 +136,18 @@ pub fn conv2d(
     let (s, p) = (stride as usize, padding as usize);
     let ho = (h + 2 * p - kh) / s + 1;
     let wo = (wd + 2 * p - kw) / s + 1;
-    let k = c * kh * kw;
-    let mut out = vec![0f32; n * o * ho * wo];
+    let mut out = Vec::with_capacity(n * o * ho * wo);
     for img in 0..n {
-        let x = &xv[img * c * h * wd..(img + 1) * c * h * wd];
-        // Patches [ho * wo, k] in the weight's layout; padding is +0.
-        let mut patches = vec![0f32; ho * wo * k];
-        patches
-            .par_chunks_mut(k)
-            .enumerate()
-            .for_each(|(pix, patch)| {
-                let (oy, ox) = (pix / wo, pix % wo);
-                for ci in 0..c {
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let iy = (oy * s + ky) as isize - p as isize;
-                            let ix = (ox * s + kx) as isize - p as isize;
-                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
-                                patch[(ci * kh + ky) * kw + kx] =
-                                    x[(ci * h + iy as usize) * wd + ix as usize];
-                            }
-                        }
-                    }
-                }
-            });
-        let y = gemm_nt(isa, &patches, &wv, (ho * wo, o, k), bias.as_deref());
-        let dst = &mut out[img * o * ho * wo..(img + 1) * o * ho * wo];
-        for pix in 0..ho * wo {
-            for oc in 0..o {
-                dst[oc * ho * wo + pix] = y[pix * o + oc];
-            }
-        }
+        out.extend(reprodiff_kernels::conv2d_image(
+            isa,
+            &xv[img * c * h * wd..(img + 1) * c * h * wd],
+            (c, h, wd),
+            &wv,
+            (o, kh, kw),
+            bias.as_deref(),
+            s,
+            p,
+        ));
     }
     Ok(tensor(&out, &[n as i64, o as i64, ho as i64, wo as i64]))
 }
@@ -293,25 +165,7 @@ pub fn group_norm(
     let (mut v, s) = values(x)?;
     let (g, _) = values(gamma)?;
     let (b, _) = values(beta)?;
-    let (n, c) = (s[0] as usize, s[1] as usize);
-    let per_channel = v.len() / (n * c).max(1);
-    let per_group = per_channel * c / groups;
-    v.par_chunks_mut(per_group)
-        .enumerate()
-        .for_each(|(i, chunk)| {
-            let first_channel = (i % groups) * (c / groups);
-            let mean = chunk.iter().map(|&x| f64::from(x)).sum::<f64>() / per_group as f64;
-            let var = chunk
-                .iter()
-                .map(|&x| (f64::from(x) - mean).powi(2))
-                .sum::<f64>()
-                / per_group as f64;
-            let rstd = 1.0 / (var + eps).sqrt();
-            for (j, x) in chunk.iter_mut().enumerate() {
-                let ch = first_channel + j / per_channel;
-                *x = ((f64::from(*x) - mean) * rstd) as f32 * g[ch] + b[ch];
-            }
-        });
+    norm::group_norm(&mut v, (s[0] as usize, s[1] as usize), groups, &g, &b, eps);
     Ok(tensor(&v, &s))
 }
 
@@ -329,43 +183,30 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
             b.len()
         )));
     }
-    v.par_chunks_mut(d.max(1)).for_each(|row| {
-        let mean = row.iter().map(|&x| f64::from(x)).sum::<f64>() / d as f64;
-        let var = row
-            .iter()
-            .map(|&x| (f64::from(x) - mean).powi(2))
-            .sum::<f64>()
-            / d as f64;
-        let rstd = 1.0 / (var + eps).sqrt();
-        for (j, x) in row.iter_mut().enumerate() {
-            *x = ((f64::from(*x) - mean) * rstd) as f32 * g[j] + b[j];
-        }
-    });
+    norm::layer_norm(&mut v, d, &g, &b, eps);
     Ok(tensor(&v, &s))
 }
 
 /// `f` on every element of a float32 CPU tensor (the libm crate's transcendentals, say).
 pub fn map(x: &Tensor, f: fn(f32) -> f32) -> Result<Tensor> {
     let (mut v, s) = values(x)?;
-    v.par_iter_mut().for_each(|x| *x = f(*x));
+    elementwise::map(&mut v, f);
     Ok(tensor(&v, &s))
 }
 
 /// `x * (1 / (1 + expf(-x)))`, elementwise.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    map(x, |x| x * (1.0 / (1.0 + libm::expf(-x))))
+    map(x, elementwise::silu)
 }
 
 /// GELU, erf form: `(x * 0.5) * (1 + erff(x * FRAC_1_SQRT_2))`, elementwise.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    map(x, |x| {
-        (x * 0.5) * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
-    })
+    map(x, elementwise::gelu)
 }
 
 /// transformers' QuickGELU: `x * (1 / (1 + expf(-(x * 1.702))))`, elementwise.
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    map(x, |x| x * (1.0 / (1.0 + libm::expf(-(x * 1.702)))))
+    map(x, elementwise::quick_gelu)
 }
 
 /// softmax over the last dimension: `expf(x - max)` in float32, the sum in float64 (increasing
@@ -373,51 +214,8 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     let (mut v, s) = values(x)?;
     let d = *s.last().expect("softmax over a last dimension") as usize;
-    v.par_chunks_mut(d.max(1)).for_each(|row| {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for x in row.iter_mut() {
-            *x = libm::expf(*x - max);
-        }
-        let sum: f64 = row.iter().map(|&x| f64::from(x)).sum();
-        for x in row.iter_mut() {
-            *x = (f64::from(*x) / sum) as f32;
-        }
-    });
+    norm::softmax(&mut v, d);
     Ok(tensor(&v, &s))
-}
-
-/// `torch.linspace(start, end, steps, dtype=float32)` by the formula of ATen's scalar lambda, in
-/// float32 without fused operations: `step = (end - start) / (steps - 1)`; element `i` is
-/// `start + step * i` below `steps / 2`, else `end - step * (steps - i - 1)`. (ATen's vectorised
-/// lambda builds runs of 8 or 16 from one base, so its values depend on the vector width:
-/// measured, linspace(1e-4, 0.02, 1000) differs between ATEN_CPU_CAPABILITY=default and avx2.)
-pub fn linspace(start: f64, end: f64, steps: usize) -> Vec<f32> {
-    let (start, end) = (start as f32, end as f32);
-    if steps == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (steps - 1) as f32;
-    let half = steps / 2;
-    (0..steps)
-        .map(|i| {
-            if i < half {
-                start + step * i as f32
-            } else {
-                end - step * (steps - i - 1) as f32
-            }
-        })
-        .collect()
-}
-
-/// `torch.cumprod(x, 0)` in float32, in index order.
-pub fn cumprod(x: &[f32]) -> Vec<f32> {
-    let mut acc = 1.0f32;
-    x.iter()
-        .map(|v| {
-            acc *= v;
-            acc
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -444,7 +242,8 @@ mod tests {
     }
 
     /// Every op of the order rule on shapes the UNets use: conv2d 3x3 (stride 1 and 2), 1x1,
-    /// linear, bmm, group_norm, silu, softmax.
+    /// linear, bmm (odd sizes, so every tile shape and its edges run), group_norm, silu,
+    /// softmax, layer_norm, gelu, quick_gelu.
     fn all_ops(isa: Isa) -> Vec<Vec<u32>> {
         let x = noise(1, &[2, 35, 9, 7]);
         let w3 = noise(2, &[19, 35, 3, 3]);
@@ -463,6 +262,9 @@ mod tests {
             bits(&group_norm(&x, 5, &noise(10, &[35]), &noise(11, &[35]), 1e-6).unwrap()),
             bits(&silu(&x).unwrap()),
             bits(&softmax(&(&lx * 8.0)).unwrap()),
+            bits(&layer_norm(&lx, &noise(12, &[77]), &noise(13, &[77]), 1e-5).unwrap()),
+            bits(&gelu(&(&x * 4.0)).unwrap()),
+            bits(&quick_gelu(&(&x * 4.0)).unwrap()),
         ]
     }
 
@@ -487,7 +289,7 @@ mod tests {
     /// Each sample of a batch is computed alone: a batch of 3 gives each image's own bits.
     #[test]
     fn the_bits_do_not_depend_on_the_batch() {
-        let isa = Isa::chosen().unwrap();
+        let isa = chosen_isa().unwrap();
         let x = noise(1, &[3, 12, 8, 8]);
         let w = noise(2, &[7, 12, 3, 3]);
         let batch = bits(&conv2d(isa, &x, &w, None, 1, 1).unwrap());
@@ -514,7 +316,7 @@ mod tests {
     /// rounding), and group_norm and softmax within a few float32 ulps.
     #[test]
     fn the_order_rule_is_as_accurate_as_its_bound() {
-        let isa = Isa::chosen().unwrap();
+        let isa = chosen_isa().unwrap();
         let x = noise(1, &[2, 64, 8, 8]);
         let w = noise(2, &[16, 64, 3, 3]);
         let got = values(&conv2d(isa, &x, &w, None, 1, 1).unwrap()).unwrap().0;
@@ -556,14 +358,12 @@ mod tests {
 
     #[test]
     fn a_forced_isa_the_cpu_lacks_or_a_typo_is_named() {
-        let e = Isa::parse("neon", &[Isa::Baseline])
-            .unwrap_err()
-            .to_string();
+        let e = parse_isa("neon", &[Isa::Baseline]).unwrap_err().to_string();
         assert!(e.contains(ISA_ENV) && e.contains("neon"), "{e}");
-        let e = Isa::parse("avx512", &[Isa::Baseline, Isa::Avx2]).unwrap_err();
+        let e = parse_isa("avx512", &[Isa::Baseline, Isa::Avx2]).unwrap_err();
         assert!(matches!(e, Error::Unavailable(_)), "{e}");
         assert_eq!(
-            Isa::parse("avx2", &[Isa::Baseline, Isa::Avx2]).unwrap(),
+            parse_isa("avx2", &[Isa::Baseline, Isa::Avx2]).unwrap(),
             Isa::Avx2
         );
     }

@@ -165,6 +165,14 @@ impl Knobs {
         .map_err(Error::Torch)?;
         CHANNELS_LAST.store(self.has(Knob::ChannelsLast), Ordering::SeqCst);
         crate::portable::set_enabled(self.has(Knob::Portable));
+        if self.has(Knob::Portable) {
+            // The portable path calls libtorch only for exact elementwise operations, whose bits
+            // no thread count moves, while its own kernels split work over rayon's pool. An
+            // OpenMP pool left spinning after each libtorch op beside rayon's took 28% of the
+            // CPU time of a portable cifar10 run on 2 cores (perf): one libtorch thread.
+            // (Determinism::apply, which every run calls first, sets the count again.)
+            tch::set_num_threads(crate::portable::LIBTORCH_THREADS);
+        }
         *IN_FORCE.lock().expect("knobs lock") = self.clone();
         Ok(())
     }
