@@ -90,13 +90,10 @@ pub fn as_run(scenario: &Scenario, knobs: &Knobs) -> Result<(Scenario, crate::to
     Ok((s, det))
 }
 
-/// Puts `knobs` in force for `scenario` (as run, [`as_run`]): a portable scenario is the knob
-/// `portable` in force, so one switch decides the kernels and the fingerprint records them.
+/// Puts `knobs` in force for `scenario` (as run, [`as_run`]), its kernels included
+/// ([`Knobs::for_kernels`]).
 pub fn apply_knobs(scenario: &Scenario, knobs: &Knobs) -> Result<()> {
-    match scenario.kernels {
-        Kernels::Portable => knobs.clone().with(Knob::Portable).apply(),
-        Kernels::Native => knobs.apply(),
-    }
+    knobs.clone().for_kernels(scenario.kernels).apply()
 }
 
 /// How to run scenarios: in this process, or in a child when the scenario needs one.

@@ -88,13 +88,9 @@ pub fn bench_settings(threads: Option<usize>, kernels: crate::portable::Kernels)
         ..crate::torch::Determinism::torch_defaults()
     }
     .apply()?;
-    let knobs = crate::torch::knobs::Knobs::default();
-    match kernels {
-        crate::portable::Kernels::Portable => {
-            knobs.with(crate::torch::knobs::Knob::Portable).apply()
-        }
-        crate::portable::Kernels::Native => knobs.apply(),
-    }
+    crate::torch::knobs::Knobs::default()
+        .for_kernels(kernels)
+        .apply()
 }
 
 pub fn bench<P: Pipeline>(pipe: &mut P, args: &P::Call, runs: usize) -> Result<Bench> {

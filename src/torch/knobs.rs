@@ -116,6 +116,15 @@ impl Knobs {
         self
     }
 
+    /// These knobs for a run on `kernels`: portable kernels are the knob `portable` in force,
+    /// so one switch decides the kernels and the fingerprint records them.
+    pub fn for_kernels(self, kernels: crate::portable::Kernels) -> Knobs {
+        match kernels {
+            crate::portable::Kernels::Portable => self.with(Knob::Portable),
+            crate::portable::Kernels::Native => self,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
