@@ -96,20 +96,7 @@ impl Attention {
             Ok(t.f_view([b, -1, self.heads, head_dim])?.f_transpose(1, 2)?)
         };
         let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
-        let out = if crate::portable::enabled() {
-            portable_attention(&q, &k, &v, false)?
-        } else {
-            Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                None::<&Tensor>,
-                0.0,
-                false,
-                None,
-                false,
-            )?
-        };
+        let out = sdpa(&q, &k, &v, false, None)?;
         let out = out
             .f_transpose(1, 2)?
             .f_reshape([b, -1, self.heads * head_dim])?;
@@ -125,10 +112,35 @@ impl Attention {
     }
 }
 
+/// `F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)` for q, k, v of
+/// [b, heads, n, d]: libtorch's, or on the portable kernels [`portable_attention`] (whose scale is
+/// always the rule's `(1 / sqrt(d)) as f32`, the value both callers pass).
+pub fn sdpa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    scale: Option<f64>,
+) -> Result<Tensor> {
+    if crate::portable::enabled() {
+        return portable_attention(q, k, v, causal);
+    }
+    Ok(Tensor::f_scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        None::<&Tensor>,
+        0.0,
+        causal,
+        scale,
+        false,
+    )?)
+}
+
 /// SDPA's math for q, k, v of [b, heads, n, d] under the portable order rule:
 /// `softmax(q k^T * (1 / sqrt(d))) v`, the scale a float32 multiply after the dot products;
 /// `causal`: query i sees keys 0..=i only (CLIP's text encoder).
-pub fn portable_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
+fn portable_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
     use crate::portable::ops;
     let isa = crate::portable::isa()?;
     let s = q.size();

@@ -114,20 +114,7 @@ impl EncoderLayer {
         let v = split(self.v_proj.forward(&h)?)?;
         // sdpa_attention_forward: no mask, is_causal, scale = head_dim ** -0.5
         let scale = (head_dim as f64).powf(-0.5);
-        let a = if crate::portable::enabled() {
-            super::attention::portable_attention(&q, &k, &v, true)?
-        } else {
-            Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                None::<&Tensor>,
-                0.0,
-                true,
-                Some(scale),
-                false,
-            )?
-        };
+        let a = super::attention::sdpa(&q, &k, &v, true, Some(scale))?;
         let a = a.f_transpose(1, 2)?.f_contiguous()?;
         let a = a.f_reshape([b, n, -1])?.f_contiguous()?;
         let a = self.out_proj.forward(&a)?;
