@@ -3818,7 +3818,11 @@ fn a_portable_run_is_held_to_its_blessed_bits_and_to_the_float64_truth() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(exit::OK), "{t}");
     let r = read_record(tmp.path(), scenario);
-    assert_eq!(r["class"], "portable/order-rule=1", "{r}");
+    let class = format!(
+        "portable/order-rule={}",
+        reprodiff::portable::ops::ORDER_RULE
+    );
+    assert_eq!(r["class"], class.as_str(), "{r}");
     assert_eq!(r["environment"]["cpu"]["capability"], "default");
     assert_eq!(r["environment"]["portable"]["isa"], "baseline");
     assert_eq!(r["environment"]["portable"]["threads"], 1);

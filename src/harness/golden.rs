@@ -390,6 +390,21 @@ impl GoldenStore {
         sync_dir(parent)
     }
 
+    /// Removes an array that `file` no longer references (after `save`: a retired expectation's
+    /// output); one that an entry still names stays.
+    pub fn remove_unreferenced_array(&self, file: &GoldenFile, relative: &str) -> Result<()> {
+        let named = file.scenarios.values().any(|s| {
+            s.expectations
+                .iter()
+                .any(|e| e.array.as_deref() == Some(relative))
+        });
+        let path = self.dir.join(relative);
+        if named || !path.is_file() {
+            return Ok(());
+        }
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))
+    }
+
     /// Removes what an interrupted write left (`.tmp-*` beside the JSON files and in the suite's
     /// array folder), saying so on stderr.
     fn remove_stray_temps(&self, suite: &str) -> Result<()> {

@@ -3,7 +3,7 @@ use super::check::{self, ScenarioResult, Verdict};
 use super::golden::{Expectation, GoldenFile, GoldenScenario, GoldenStore, Provenance};
 use super::observe::{NotObserved, Observation, Runner};
 use super::suite::{Scenario, Suite};
-use crate::env::Fingerprint;
+use crate::env::{EnvClass, Fingerprint};
 use crate::error::{Error, Result};
 use regex::Regex;
 use std::path::{Path, PathBuf};
@@ -242,13 +242,16 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
     let suites = fixtures.select(sel)?;
     let mut refusals = Vec::new();
     let mut changes = Vec::new();
-    let mut plans: Vec<(GoldenFile, Vec<(String, tch::Tensor)>)> = Vec::new();
+    // Per suite: its file, the arrays to write, and the arrays of retired expectations.
+    type Plan = (GoldenFile, Vec<(String, tch::Tensor)>, Vec<String>);
+    let mut plans: Vec<Plan> = Vec::new();
 
     for suite in &suites {
         let mut file = store
             .load(&suite.name)?
             .unwrap_or_else(|| GoldenFile::new(&suite.name));
         let mut arrays = Vec::new();
+        let mut retired = Vec::new();
         for scenario in &suite.scenarios {
             let a = match twice_identical(runner, suite, scenario) {
                 Ok(Some(a)) => a,
@@ -318,11 +321,13 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
                     environment: Some(env_id.clone()),
                 },
             };
+            let mut notes = describe_change(old, &entry);
+            notes.extend(retired_order_rules(old_scenario, &class));
             changes.push(BlessChange {
                 suite: suite.name.clone(),
                 scenario: scenario.name.clone(),
                 class: class.to_string(),
-                changes: describe_change(old, &entry),
+                changes: notes,
                 written: true,
             });
             if let (Some(rel), Some(t)) = (array, a.stored) {
@@ -340,9 +345,19 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
                 });
             target.shape = a.shape.clone();
             target.dtype = a.dtype;
+            if let EnvClass::Portable { order_rule } = class {
+                target.expectations.retain(|e| {
+                    let old =
+                        matches!(e.class, EnvClass::Portable { order_rule: r } if r != order_rule);
+                    if old {
+                        retired.extend(e.array.clone());
+                    }
+                    !old
+                });
+            }
             target.put(entry);
         }
-        plans.push((file, arrays));
+        plans.push((file, arrays, retired));
     }
     if !refusals.is_empty() {
         return Err(Error::BlessRefused(format!(
@@ -350,7 +365,7 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
             refusals.join("\n  ")
         )));
     }
-    for (mut file, arrays) in plans {
+    for (mut file, arrays, retired) in plans {
         if !changes.iter().any(|c| c.suite == file.suite && c.written) {
             continue;
         }
@@ -359,6 +374,9 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
         }
         file.prune_environments();
         store.save(&file)?;
+        for rel in &retired {
+            store.remove_unreferenced_array(&file, rel)?;
+        }
     }
     Ok(changes)
 }
@@ -398,6 +416,20 @@ fn twice_identical(
         return Err("output holds NaN or Inf".into());
     }
     Ok(Some(a))
+}
+
+/// What blessing a portable expectation under `class`'s order rule retires: the scenario's
+/// expectations under other order rules, which no run makes any more (a new order rule is new
+/// goldens; the old ones stay in git's history).
+fn retired_order_rules(old: Option<&GoldenScenario>, class: &EnvClass) -> Vec<String> {
+    let EnvClass::Portable { order_rule } = class else {
+        return Vec::new();
+    };
+    old.into_iter()
+        .flat_map(|s| &s.expectations)
+        .filter(|e| matches!(e.class, EnvClass::Portable { order_rule: r } if r != *order_rule))
+        .map(|e| format!("retired: {} (sha256 {})", e.class, short(&e.sha256)))
+        .collect()
 }
 
 fn describe_change(old: Option<&Expectation>, new: &Expectation) -> Vec<String> {

@@ -181,6 +181,7 @@ impl Knobs {
             // CPU time of a portable cifar10 run on 2 cores (perf): one libtorch thread.
             // (Determinism::apply, which every run calls first, sets the count again.)
             tch::set_num_threads(crate::portable::LIBTORCH_THREADS);
+            crate::portable::join_the_pool();
         }
         *IN_FORCE.lock().expect("knobs lock") = self.clone();
         Ok(())
