@@ -73,10 +73,13 @@ fn sigmoidal(x: &[f32], out: &mut [f32], f: Sigmoidal) {
     let mut i = x.chunks_exact(16);
     for (o, x) in (&mut o).zip(&mut i) {
         let x: [f32; 16] = x.try_into().expect("16 values");
-        let arg = match f {
-            Sigmoidal::Silu => x.map(|v| -v),
-            Sigmoidal::QuickGelu => x.map(|v| -(v * 1.702)),
-        };
+        let mut arg = [0f32; 16];
+        for (a, v) in arg.iter_mut().zip(x) {
+            *a = match f {
+                Sigmoidal::Silu => -v,
+                Sigmoidal::QuickGelu => -(v * 1.702),
+            };
+        }
         let e = expf_lanes(arg);
         for ((o, x), e) in o.iter_mut().zip(x).zip(e) {
             *o = x * (1.0 / (1.0 + e));
@@ -118,7 +121,9 @@ pub fn expf_lanes(x: [f32; 16]) -> [f32; 16] {
     if !main {
         return x.map(libm::expf);
     }
-    x.map(|v| {
+    // Loops, not array::map: a call there would not inherit the caller's vector ISA.
+    let mut out = [0f32; 16];
+    for (o, v) in out.iter_mut().zip(x) {
         let hx = v.to_bits() & 0x7fff_ffff;
         let negative = v.to_bits() >> 31 == 1;
         let half = if negative { -0.5 } else { 0.5 };
@@ -138,6 +143,7 @@ pub fn expf_lanes(x: [f32; 16]) -> [f32; 16] {
         let xx = r * r;
         let c = r - xx * (P1 + xx * P2);
         let y = 1.0 + (r * c / (2.0 - c) - lo + hi);
-        y * f32::from_bits(((0x7f + k) as u32) << 23)
-    })
+        *o = y * f32::from_bits(((0x7f + k) as u32) << 23);
+    }
+    out
 }

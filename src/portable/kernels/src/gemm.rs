@@ -156,64 +156,73 @@ pub fn pack_panels(
     packed
 }
 
-/// `out[i][j] = sum_p a[i][p] b[p][j]`, accumulated in `out` block by block of `k`.
+/// `out[i][j] = sum_p a[i][p] b[p][j]`, block by block of `k`. One parallel loop over groups of
+/// output tiles, each tile running through all of k (its partial sums stay in cache): the
+/// operands are packed whole first, so that no loop waits on another between blocks.
 fn product(isa: Isa, s: Shape, (m, n, k): (usize, usize, usize), a: View, b: Rhs, out: Out) {
     let (row_tiles, panels) = (m.div_ceil(s.mr), n.div_ceil(s.nr));
-    let mut bpack = match b {
-        Rhs::View(_) => vec![0f32; panels * s.nr * KC.min(k)],
+    let packed_here;
+    let bp: &[f32] = match b {
+        Rhs::View(b) => {
+            let mut buf = vec![0f32; panels * s.nr * k];
+            buf.par_chunks_mut(s.nr * k)
+                .enumerate()
+                .for_each(|(jp, panel)| pack(panel, b.t(), jp * s.nr, n, 0, k, s.nr));
+            packed_here = buf;
+            &packed_here
+        }
         Rhs::Packed(p) => {
             assert_eq!(p.len(), panels * s.nr * k, "gemm: a packed b of [k, n]");
-            Vec::new()
+            p
         }
     };
-    let mut arows = vec![0f32; if a.cs == 1 { 0 } else { m * KC.min(k) }];
-    let mut p0 = 0;
-    while p0 < k {
-        let kc = KC.min(k - p0);
-        // Panel jp's rows p0..p0 + kc.
-        let (bp, stride, offset): (&[f32], usize, usize) = match b {
-            Rhs::View(b) => {
-                bpack[..panels * s.nr * kc]
-                    .par_chunks_mut(s.nr * kc)
-                    .enumerate()
-                    .for_each(|(jp, buf)| pack(buf, b.t(), jp * s.nr, n, p0, kc, s.nr));
-                (&bpack[..panels * s.nr * kc], s.nr * kc, 0)
-            }
-            Rhs::Packed(p) => (p, s.nr * k, s.nr * p0),
-        };
-        // a's rows p0..p0 + kc: in place when contiguous, else gathered row-major.
-        let (arows, lda): (&[f32], usize) = if a.cs == 1 {
-            (&a.data[p0..], a.rs)
-        } else {
-            arows[..m * kc]
-                .par_chunks_mut(kc)
-                .enumerate()
-                .for_each(|(i, row)| {
-                    for (p, v) in row.iter_mut().enumerate() {
-                        *v = a.data[i * a.rs + (p0 + p) * a.cs];
-                    }
-                });
-            (&arows[..m * kc], kc)
-        };
-        let row_tasks = row_tiles.div_ceil(ROW_TILES_PER_TASK);
-        let col_tasks = panels.div_ceil(COL_PANELS_PER_TASK);
-        (0..row_tasks * col_tasks).into_par_iter().for_each(|t| {
-            let (rt, ct) = (t / col_tasks, t % col_tasks);
-            let tiles = rt * ROW_TILES_PER_TASK..((rt + 1) * ROW_TILES_PER_TASK).min(row_tiles);
-            let cols = ct * COL_PANELS_PER_TASK..((ct + 1) * COL_PANELS_PER_TASK).min(panels);
-            for jp in cols {
-                let bp = &bp[jp * stride + offset..][..s.nr * kc];
-                for it in tiles.clone() {
-                    let (i0, j0) = (it * s.mr, jp * s.nr);
-                    let valid = ((m - i0).min(s.mr), (n - j0).min(s.nr));
-                    let ap = (&arows[i0 * lda..], lda);
-                    // SAFETY: this task alone owns the tile (i0, j0); `valid` keeps it in c.
-                    unsafe { tile(isa, kc, ap, bp, out, (i0, j0), valid, p0 > 0) };
-                }
+    // a's rows: in place when contiguous, else gathered row-major.
+    let gathered;
+    let (arows, lda): (&[f32], usize) = if a.cs == 1 {
+        (a.data, a.rs)
+    } else {
+        let mut buf = vec![0f32; m * k];
+        buf.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
+            for (p, v) in row.iter_mut().enumerate() {
+                *v = a.data[i * a.rs + p * a.cs];
             }
         });
-        p0 += kc;
-    }
+        gathered = buf;
+        (&gathered, k)
+    };
+    let row_tasks = row_tiles.div_ceil(ROW_TILES_PER_TASK);
+    let col_tasks = panels.div_ceil(COL_PANELS_PER_TASK);
+    (0..row_tasks * col_tasks).into_par_iter().for_each(|t| {
+        let (rt, ct) = (t / col_tasks, t % col_tasks);
+        let tiles = rt * ROW_TILES_PER_TASK..((rt + 1) * ROW_TILES_PER_TASK).min(row_tiles);
+        let cols = ct * COL_PANELS_PER_TASK..((ct + 1) * COL_PANELS_PER_TASK).min(panels);
+        for jp in cols {
+            let panel = &bp[jp * s.nr * k..(jp + 1) * s.nr * k];
+            for it in tiles.clone() {
+                let (i0, j0) = (it * s.mr, jp * s.nr);
+                let valid = ((m - i0).min(s.mr), (n - j0).min(s.nr));
+                let mut p0 = 0;
+                while p0 < k {
+                    let kc = KC.min(k - p0);
+                    let ap = (&arows[i0 * lda + p0..], lda);
+                    // SAFETY: this task alone owns the tile (i0, j0); `valid` keeps it in c.
+                    unsafe {
+                        tile(
+                            isa,
+                            kc,
+                            ap,
+                            &panel[p0 * s.nr..],
+                            out,
+                            (i0, j0),
+                            valid,
+                            p0 > 0,
+                        )
+                    };
+                    p0 += kc;
+                }
+            }
+        }
+    });
 }
 
 /// Packs rows `r0..r0 + w` (zeros past `rows`) of x's columns `p0..p0 + kc` as `buf[p][r]`
