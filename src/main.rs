@@ -236,6 +236,21 @@ enum BenchPipeline {
         #[arg(long, default_value = "native", value_parser = ["native", "portable"])]
         kernels: String,
     },
+    /// The portable kernels' GEMM against libtorch's sgemm (matmul) on one float32 product of
+    /// [m, k] by [k, n], timed in turn; prints JSON with each side's GFLOP/s and their medians.
+    Gemm {
+        #[arg(long, default_value_t = 1024)]
+        m: usize,
+        #[arg(long, default_value_t = 128)]
+        n: usize,
+        #[arg(long, default_value_t = 1152)]
+        k: usize,
+        #[arg(long, default_value_t = 9)]
+        runs: usize,
+        /// libtorch's threads (default: the portable kernels' count, rayon's).
+        #[arg(long)]
+        threads: Option<i32>,
+    },
     /// DDIMPipeline with a CPU generator seeded 0, re-seeded before each run.
     Ddim {
         #[arg(long)]
@@ -663,6 +678,20 @@ fn run(cli: Cli) -> Result<i32> {
                 kernels_flag(&kernels),
             )?;
             print_bench(&b, steps, &kernels);
+            Ok(exit::OK)
+        }
+        Command::Bench {
+            pipeline:
+                BenchPipeline::Gemm {
+                    m,
+                    n,
+                    k,
+                    runs,
+                    threads,
+                },
+        } => {
+            let b = reprodiff::portable::bench::gemm(m, n, k, runs, threads)?;
+            println!("{}", serde_json::to_string(&b).expect("serialisable"));
             Ok(exit::OK)
         }
         Command::DeriveWeights { arch, out } => {

@@ -10,6 +10,7 @@
 //! `ATEN_CPU_CAPABILITY=default` (the scalar Box-Muller of `normal_fill_16`), with the C
 //! library's `logf`, `sinf` and `cosf` replaced by ports of glibc's own ([`libm`]), so that its
 //! bits do not depend on the CPU capability, the ISA or the C library of the host.
+pub mod bench;
 pub mod libm;
 pub mod ops;
 pub mod randn;
