@@ -345,16 +345,13 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
                 });
             target.shape = a.shape.clone();
             target.dtype = a.dtype;
-            if let EnvClass::Portable { order_rule } = class {
-                target.expectations.retain(|e| {
-                    let old =
-                        matches!(e.class, EnvClass::Portable { order_rule: r } if r != order_rule);
-                    if old {
-                        retired.extend(e.array.clone());
-                    }
-                    !old
-                });
-            }
+            target.expectations.retain(|e| {
+                let old = under_an_older_rule(&e.class, &class);
+                if old {
+                    retired.extend(e.array.clone());
+                }
+                !old
+            });
             target.put(entry);
         }
         plans.push((file, arrays, retired));
@@ -422,14 +419,20 @@ fn twice_identical(
 /// expectations under other order rules, which no run makes any more (a new order rule is new
 /// goldens; the old ones stay in git's history).
 fn retired_order_rules(old: Option<&GoldenScenario>, class: &EnvClass) -> Vec<String> {
-    let EnvClass::Portable { order_rule } = class else {
-        return Vec::new();
-    };
     old.into_iter()
         .flat_map(|s| &s.expectations)
-        .filter(|e| matches!(e.class, EnvClass::Portable { order_rule: r } if r != *order_rule))
+        .filter(|e| under_an_older_rule(&e.class, class))
         .map(|e| format!("retired: {} (sha256 {})", e.class, short(&e.sha256)))
         .collect()
+}
+
+/// Whether `other` is a portable class under another order rule than `blessed`'s (only a
+/// portable bless retires anything).
+fn under_an_older_rule(other: &EnvClass, blessed: &EnvClass) -> bool {
+    matches!(
+        (other, blessed),
+        (EnvClass::Portable { order_rule: o }, EnvClass::Portable { order_rule: b }) if o != b
+    )
 }
 
 fn describe_change(old: Option<&Expectation>, new: &Expectation) -> Vec<String> {

@@ -164,11 +164,9 @@ fn product(isa: Isa, s: Shape, (m, n, k): (usize, usize, usize), a: View, b: Rhs
     let packed_here;
     let bp: &[f32] = match b {
         Rhs::View(b) => {
-            let mut buf = vec![0f32; panels * s.nr * k];
-            buf.par_chunks_mut(s.nr * k)
-                .enumerate()
-                .for_each(|(jp, panel)| pack(panel, b.t(), jp * s.nr, n, 0, k, s.nr));
-            packed_here = buf;
+            packed_here = pack_panels(isa, (k, n), |j0, live, panel| {
+                pack_panel(panel, b.t(), j0, live, s.nr)
+            });
             &packed_here
         }
         Rhs::Packed(p) => {
@@ -225,31 +223,28 @@ fn product(isa: Isa, s: Shape, (m, n, k): (usize, usize, usize), a: View, b: Rhs
     });
 }
 
-/// Packs rows `r0..r0 + w` (zeros past `rows`) of x's columns `p0..p0 + kc` as `buf[p][r]`
-/// (a of [m, k]: a tile's rows; b^T of [n, k]: a panel's columns).
-fn pack(buf: &mut [f32], x: View, r0: usize, rows: usize, p0: usize, kc: usize, w: usize) {
-    let live = (rows - r0).min(w);
-    if live < w {
-        buf.fill(0.0);
-    }
-    if x.rs == 1 {
-        // The w values of one p are contiguous.
-        for (p, dst) in buf.chunks_exact_mut(w).take(kc).enumerate() {
-            let src = &x.data[r0 + (p0 + p) * x.cs..][..live];
+/// Packs b's columns `j0..j0 + live` as a panel `buf[p][c]` of width `w` (`bt` is b^T, [n, k];
+/// `buf` comes zeroed, so the columns past n stay +0).
+fn pack_panel(buf: &mut [f32], bt: View, j0: usize, live: usize, w: usize) {
+    let k = buf.len() / w;
+    if bt.rs == 1 {
+        // The live values of one p are contiguous.
+        for (p, dst) in buf.chunks_exact_mut(w).enumerate() {
+            let src = &bt.data[j0 + p * bt.cs..][..live];
             for (d, v) in dst.iter_mut().zip(src) {
                 *d = *v;
             }
         }
     } else {
-        for r in 0..live {
-            let row = &x.data[(r0 + r) * x.rs + p0 * x.cs..];
-            if x.cs == 1 {
-                for (p, v) in row[..kc].iter().enumerate() {
-                    buf[p * w + r] = *v;
+        for c in 0..live {
+            let row = &bt.data[(j0 + c) * bt.rs..];
+            if bt.cs == 1 {
+                for (p, v) in row[..k].iter().enumerate() {
+                    buf[p * w + c] = *v;
                 }
             } else {
-                for p in 0..kc {
-                    buf[p * w + r] = row[p * x.cs];
+                for p in 0..k {
+                    buf[p * w + c] = row[p * bt.cs];
                 }
             }
         }
@@ -257,8 +252,9 @@ fn pack(buf: &mut [f32], x: View, r0: usize, rows: usize, p0: usize, kc: usize, 
 }
 
 /// One register tile of one reduction block: `kc` fused multiply-adds per output in increasing
-/// `p` from +0, added to the previous blocks' sum when `partial`; the `valid` part stored. a's rows are `ap.0[r * ap.1..][..kc]`; the
-/// rows past the valid ones repeat the last (their outputs are not stored). A whole tile of a
+/// `p` from +0, added to the previous blocks' sum when `partial`; the `valid` part stored. a's
+/// rows are `ap.0[r * ap.1..][..kc]`; the rows past the valid ones repeat the last (their
+/// outputs are not stored). A whole tile of a
 /// row-major output is read and written in place, an edge tile through a buffer.
 ///
 /// # Safety

@@ -2,9 +2,10 @@
 //! every floating-point operation's order is fixed by the shapes alone. reprodiff's
 //! `src/portable/ops.rs` states the rule in full and wraps these kernels for tensors.
 //!
-//! - **Dot products** ([`gemm`]): one float32 accumulator per output, from +0, a fused
-//!   multiply-add per reduction index in increasing order; a bias last. How outputs are tiled,
-//!   vectorised, blocked or threaded is a matter of speed per ISA, never of bits.
+//! - **Dot products** ([`gemm`]): per output, blocks of 64 reduction indices in increasing
+//!   order, each a float32 chain of fused multiply-adds from +0, the blocks' sums added in
+//!   order; a bias last. How outputs are tiled, vectorised or threaded is a matter of speed per
+//!   ISA, never of bits.
 //! - Threads split output elements only, so neither the ISA nor the thread count nor the batch
 //!   size changes a bit.
 use rayon::prelude::*;
@@ -17,8 +18,8 @@ pub use gemm::{gemm, pack_panels, panel_width, Rhs, View};
 
 /// The order rule's version: a change of any order is a new version (and new goldens).
 /// Version 1 (stop 20) summed each dot product in 16 interleaved lanes without fused
-/// multiply-adds; version 2 is one fused chain per output, which lets the vectors run across
-/// outputs (about twice v1's speed).
+/// multiply-adds; version 2 is blocks of fused chains per output ([`gemm`]), which lets the
+/// vectors run across outputs.
 pub const ORDER_RULE: u32 = 2;
 
 /// The instruction sets a kernel is compiled for; all give the same bits.
