@@ -262,7 +262,7 @@ impl Scheduler for DdimScheduler {
         let a_t = self.alphas_cumprod.f_get(t)?;
         let a_prev = self.alpha_at(prev_t)?;
         let b_t = a_t.f_rsub_scalar(1)?; // 1 - alpha_prod_t
-        let sqrt = |x: &Tensor| x.f_pow_tensor_scalar(0.5);
+        let sqrt = super::sqrt;
 
         let (mut x0, mut eps) = match c.prediction_type.as_str() {
             "epsilon" => {
@@ -400,9 +400,7 @@ pub fn betas_for_alpha_bar(train: usize, max_beta: f64) -> Vec<f64> {
 
 /// `rescale_zero_terminal_snr(betas)` (arXiv 2305.08891, Algorithm 1), float32 tensor ops.
 fn rescale_zero_terminal_snr(betas: &Tensor) -> Result<Tensor> {
-    let alphas = betas.f_rsub_scalar(1.0)?;
-    let cumprod = alphas.f_cumprod(0, Kind::Float)?;
-    let sqrt = cumprod.f_sqrt()?;
+    let sqrt = super::sqrt(&super::alphas_cumprod(betas)?)?;
     let s0 = sqrt.f_get(0)?;
     let st = sqrt.f_get(-1)?;
     let sqrt = sqrt.f_sub(&st)?;

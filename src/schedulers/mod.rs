@@ -63,6 +63,19 @@ pub(crate) fn train_betas(
     })
 }
 
+/// `x ** 0.5` on a float32 tensor: libtorch's (diffusers' own), or in a process on the portable
+/// kernels the correctly rounded square root. libtorch's CPU sqrt is MKL's vector math on x86
+/// (whatever `ATEN_CPU_CAPABILITY` says), and its bits depend on the CPU's vendor: on an AMD
+/// EPYC 14% of a million uniform float32 square roots are not the correctly rounded ones; on the
+/// Intel Xeon the portable goldens were blessed on, every square root the DDIM and SD scenarios
+/// take was, but one (`sqrt(0.33933258)`, 0.0003 ulp from a rounding boundary).
+pub(crate) fn sqrt(x: &Tensor) -> Result<Tensor> {
+    if crate::portable::enabled() {
+        return crate::portable::ops::map(x, f32::sqrt);
+    }
+    Ok(x.f_pow_tensor_scalar(0.5)?)
+}
+
 /// `torch.cumprod(1 - betas, dim=0)` in float32: libtorch's, or in a process on the portable
 /// kernels, [`crate::portable::ops::cumprod`].
 pub(crate) fn alphas_cumprod(betas: &Tensor) -> Result<Tensor> {
@@ -158,4 +171,32 @@ pub fn loaded_config(
         }
     }
     Ok((class, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::Tensor;
+
+    /// The portable square root is the correctly rounded one, on a sweep and on the hard case
+    /// ddim-portable's squaredcos_cap_v2 schedule takes at t = 600, where the Intel Xeon's
+    /// libtorch rounded the other way.
+    #[test]
+    fn the_portable_square_root_is_correctly_rounded() {
+        let x: Vec<f32> = (0..100_000)
+            .map(|i| i as f32 * 1.37e-5)
+            .chain([0.339_332_58_f32])
+            .collect();
+        crate::portable::set_enabled(true);
+        let got = Vec::<f32>::try_from(super::sqrt(&Tensor::from_slice(&x)).unwrap()).unwrap();
+        crate::portable::set_enabled(false);
+        assert_eq!(got.len(), x.len());
+        for (x, g) in x.iter().zip(&got) {
+            // f64's sqrt rounded to f32 is f32's correctly rounded sqrt (53 >= 2 * 24 + 2).
+            assert_eq!(
+                g.to_bits(),
+                (f64::from(*x).sqrt() as f32).to_bits(),
+                "sqrt({x})"
+            );
+        }
+    }
 }

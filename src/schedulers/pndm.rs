@@ -145,17 +145,17 @@ impl PndmScheduler {
         let b_t = a_t.f_rsub_scalar(1)?;
         let b_prev = a_prev.f_rsub_scalar(1)?;
         let out = if self.config.prediction_type == "v_prediction" {
-            a_t.f_pow_tensor_scalar(0.5)?
+            super::sqrt(&a_t)?
                 .f_mul(out)?
-                .f_add(&b_t.f_pow_tensor_scalar(0.5)?.f_mul(sample)?)?
+                .f_add(&super::sqrt(&b_t)?.f_mul(sample)?)?
         } else {
             out.shallow_clone()
         };
-        let sample_coeff = a_prev.f_div(&a_t)?.f_pow_tensor_scalar(0.5)?;
+        let sample_coeff = super::sqrt(&a_prev.f_div(&a_t)?)?;
         // alpha_prod_t * beta_prod_t_prev ** 0.5 + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev) ** 0.5
         let denom = a_t
-            .f_mul(&b_prev.f_pow_tensor_scalar(0.5)?)?
-            .f_add(&a_t.f_mul(&b_t)?.f_mul(&a_prev)?.f_pow_tensor_scalar(0.5)?)?;
+            .f_mul(&super::sqrt(&b_prev)?)?
+            .f_add(&super::sqrt(&a_t.f_mul(&b_t)?.f_mul(&a_prev)?)?)?;
         // sample_coeff * sample - (alpha_prod_t_prev - alpha_prod_t) * model_output / denom
         let update = a_prev.f_sub(&a_t)?.f_mul(&out)?.f_div(&denom)?;
         Ok(sample_coeff.f_mul(sample)?.f_sub(&update)?)
