@@ -1,7 +1,7 @@
 //! One error type for the library, grouped by who has to act, and the process exit codes.
 use std::path::PathBuf;
 
-/// `reprodiff` exit codes. Documented in README.md; CI and scripts rely on them.
+/// `reprodiff` exit codes. Documented in docs/commands.md; CI and scripts rely on them.
 pub mod exit {
     /// Every scenario identical or within tolerance (scenarios not run for a stated reason count).
     pub const OK: i32 = 0;

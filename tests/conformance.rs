@@ -9,10 +9,11 @@
 //! to a suite file adds a test here.
 use libtest_mimic::{Arguments, Failed, Trial};
 use reprodiff::env::Fingerprint;
-use reprodiff::harness::check::{in_ci, Verdict};
-use reprodiff::harness::observe::Runner;
-use reprodiff::harness::report;
-use reprodiff::harness::session::{check_one, plan, Fixtures, Selection};
+use reprodiff::harness::compare::{in_ci, Verdict};
+use reprodiff::harness::report::table;
+use reprodiff::harness::run::observe::Runner;
+use reprodiff::harness::session::{check_one, plan};
+use reprodiff::harness::suite::{Fixtures, Selection};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -57,7 +58,7 @@ fn main() {
                     check_one(&runner, &store, &suite, golden.as_ref(), scenario, &host);
                 let text = format!(
                     "{}{}",
-                    report::lines(std::slice::from_ref(&result), true),
+                    table::lines(std::slice::from_ref(&result), true),
                     result
                         .class
                         .as_deref()

@@ -1,6 +1,6 @@
 //! The environment fingerprint: what produced a number. Every record and golden carries one.
 //!
-//! Schema 2 (README.md, "Environment fingerprint"); the Python oracle starts from
+//! Schema 2 (docs/concepts.md, "Environment fingerprint"); the Python oracle starts from
 //! `reprodiff env --json` and fills in its own producer, versions and threads. Schema 1 (no
 //! `cpu.vendor`, no `cpu.kernel_env`) still reads.
 //!
@@ -179,7 +179,7 @@ impl Fingerprint {
             knobs: {
                 let mut k = torch::knobs::in_force().tokens();
                 // localize's noise-response run: never silent in a record.
-                if std::env::var_os(crate::pipelines::NUDGE_ENV).is_some() {
+                if std::env::var_os(crate::torch::NUDGE_ENV).is_some() {
                     k.push("nudged-initial-noise".into());
                 }
                 k
@@ -199,16 +199,12 @@ impl Fingerprint {
         let value = serde_json::to_value(self).expect("a fingerprint serialises");
         let canonical = serde_json::to_string(&value).expect("a JSON value serialises");
         let digest = Sha256::digest(canonical.as_bytes());
-        format!("env-{}", &hex(&digest)[..12])
+        format!("env-{}", &format!("{digest:x}")[..12])
     }
 }
 
 /// The tch version this build links (kept in step with Cargo.toml's `tch = "=..."`).
 pub const TCH_VERSION: &str = "0.26.0";
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn cuda_version(v: i64) -> String {
     // CUDART encodes 13.0 as 13000.

@@ -5,11 +5,11 @@
 //! execution order, as PyTorch's minifier walks modules, to the first module whose bits differ,
 //! named with its denoising step. Over many scenarios (`--filter`, or a whole suite) it does
 //! that for every scenario whose two outputs differ and writes `localize.jsonl`.
-use super::matrix::{parse_label, Combination};
-use super::metrics::rmse;
-use super::observe::{read_observation, Observation};
-use super::session::{Fixtures, Selection};
 use crate::error::{Error, Result};
+use crate::harness::run::matrix::{parse_label, Combination};
+use crate::harness::run::observe::{read_observation, Observation};
+use crate::harness::suite::{Fixtures, Selection};
+use crate::metrics::rmse;
 use crate::models::dump::INDEX;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -79,9 +79,9 @@ fn observe(
 ) -> Result<Observation> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.env_remove(crate::pipelines::NUDGE_ENV);
+    cmd.env_remove(crate::torch::NUDGE_ENV);
     if nudge {
-        cmd.env(crate::pipelines::NUDGE_ENV, "1");
+        cmd.env(crate::torch::NUDGE_ENV, "1");
     }
     cmd.arg("observe")
         .arg("--suite-file")
@@ -97,7 +97,7 @@ fn observe(
         cmd.env("REPRODIFF_DUMP_DIR", d);
     }
     let status = cmd.output().map_err(|e| Error::io(exe, e))?;
-    let not_run = out.join(super::observe::NOT_RUN_FILE);
+    let not_run = out.join(crate::harness::run::observe::NOT_RUN_FILE);
     if not_run.exists() {
         let why = std::fs::read_to_string(&not_run).unwrap_or_default();
         return Err(Error::Unavailable(why.trim().to_string()));
@@ -280,7 +280,11 @@ fn side(flag: &str, label: &str, isa: &[String]) -> Result<Combination> {
 
 /// Suite `suite` with the scenarios `filter` selects (the suite itself was checked to exist
 /// by `Fixtures::select`, so nothing found means the filter matched nothing).
-fn select(fixtures: &Fixtures, suite: &str, filter: Option<&str>) -> Result<super::suite::Suite> {
+fn select(
+    fixtures: &Fixtures,
+    suite: &str,
+    filter: Option<&str>,
+) -> Result<crate::harness::suite::Suite> {
     fixtures
         .select(&Selection {
             suites: vec![suite.to_string()],
@@ -300,7 +304,7 @@ fn select(fixtures: &Fixtures, suite: &str, filter: Option<&str>) -> Result<supe
 fn localize_one(
     exe: &Path,
     fixtures: &Fixtures,
-    s: &super::suite::Suite,
+    s: &crate::harness::suite::Suite,
     scenario: &str,
     (ca, cb): (&Combination, &Combination),
     out: &Path,
@@ -389,7 +393,7 @@ fn noise_step(
 /// activations outside the loop (text encoder, VAE).
 fn step_of(
     name: &str,
-    trace: Option<&Vec<crate::pipelines::ddim::StepTrace>>,
+    trace: Option<&Vec<crate::pipelines::StepTrace>>,
 ) -> (Option<(Option<usize>, i64)>, String) {
     if let Some((t, module)) = name.split_once('.') {
         if let Ok(t) = t.parse::<i64>() {

@@ -1,32 +1,31 @@
-//! The harness: suites → scenarios → runs (observations) → comparisons with goldens → report.
+//! The harness, in the order the data flows; each stage uses only the stages before it
+//! (tests/integration/architecture.rs keeps it so):
 //!
-//! - [`suite`]: the suite files and their scenarios.
-//! - [`workload`]: what a scenario runs.
-//! - [`observe`]: running one scenario (in a child process when it must) into an observation.
-//! - [`metrics`], [`check`]: comparing an observation with its golden.
-//! - [`golden`]: the golden store: expectations per environment class, the float64 truth,
-//!   provenance, atomic canonical writes; [`merge`]: bringing in the oracle's results and other
-//!   hosts' goldens.
-//! - [`session`]: `check` and `bless` over a selection; [`report`]: the table people read.
-//! - [`drift`]: drift reports over check records from several hosts or runs; [`matrix`]: a
-//!   suite under each CPU kernel class, thread count and knob one host can run; [`pictures`]:
-//!   outputs as image grids and difference maps.
-pub mod against;
-pub mod calibrate;
-pub mod check;
-pub mod drift;
-pub mod drift_html;
+//! 1. [`store`]: the golden store: expectations per environment class, the float64 truth,
+//!    provenance, atomic canonical writes (what a run is compared with).
+//! 2. [`suite`]: the suite files and their scenarios, the [`suite::workload`] each runs, and the
+//!    [`suite::Fixtures`] tree they are read from.
+//! 3. [`run`]: running one scenario, in a child process when it must, into an observation
+//!    ([`run::observe`]); the same suite under each CPU class, thread count and knob
+//!    ([`run::matrix`]).
+//! 4. [`compare`]: an observation against its golden: which expectation judges it, per-metric
+//!    checks, the scenario's verdict.
+//! 5. [`records`]: what a check leaves behind (records.jsonl), written and read back typed.
+//! 6. [`report`]: what people read: the check table, drift reports over records (text, JSON,
+//!    one HTML page with [`report::pictures`]), and records against the goldens of a git revision.
+//! 7. [`golden`]: keeping the goldens: `golden merge` (the oracle's results and other hosts'),
+//!    `golden compare` (outputs of another release judged as a check would), `calibrate` (a
+//!    suite's cross-class rule from the records).
+//! 8. The commands that put the stages together: [`session`] (`check` and `bless` over a
+//!    selection), [`oneoff`] (`run`: one pipeline call from flags) and [`localize`] (where two
+//!    runs part).
+pub mod compare;
 pub mod golden;
-pub mod ingest;
 pub mod localize;
-pub mod matrix;
-pub mod merge;
-pub mod metrics;
-pub mod observe;
 pub mod oneoff;
-pub mod pictures;
 pub mod records;
 pub mod report;
+pub mod run;
 pub mod session;
+pub mod store;
 pub mod suite;
-pub mod workload;

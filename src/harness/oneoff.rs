@@ -1,7 +1,7 @@
 //! `reprodiff run`: one pipeline call from command-line flags, as a one-scenario run, printed
 //! as a line or a JSON record, optionally saved as .npy and as a PNG image grid.
-use super::suite::Scenario;
 use crate::error::{Error, Result};
+use crate::harness::suite::Scenario;
 use std::path::Path;
 use tch::Tensor;
 
@@ -16,7 +16,7 @@ pub struct Outputs<'a> {
 /// The one-scenario run of `reprodiff run`: `run` on `device`, with diffusers'
 /// `enable_full_determinism()` when `deterministic`, on `threads` intra-op threads.
 pub fn scenario(
-    run: super::workload::Workload,
+    run: crate::harness::suite::workload::Workload,
     device: crate::torch::DeviceSpec,
     deterministic: bool,
     threads: Option<usize>,
@@ -37,7 +37,7 @@ pub fn scenario(
             threads,
             ..Default::default()
         },
-        metrics: vec![super::metrics::Metric::SumAbs],
+        metrics: vec![crate::metrics::Metric::SumAbs],
         tolerance: Default::default(),
         cross_class: None,
         own_class_only: None,
@@ -72,13 +72,13 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
             knobs.tokens().join("+")
         )));
     }
-    let (scenario, det) = super::observe::as_run(scenario, &knobs)?;
+    let (scenario, det) = crate::harness::run::observe::as_run(scenario, &knobs)?;
     let scenario = &scenario;
     det.apply()?;
-    super::observe::apply_knobs(scenario, &knobs)?;
+    crate::harness::run::observe::apply_knobs(scenario, &knobs)?;
     let start = std::time::Instant::now();
     let output = scenario.run.run(scenario.device, None, out.json)?;
-    let mut obs = super::observe::describe(
+    let mut obs = crate::harness::run::observe::describe(
         output.tensor,
         output.unseeded_seed,
         start.elapsed().as_secs_f64(),
@@ -96,13 +96,14 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
     if out.json {
         // The record `check` writes (schema 3, one line), so `run --json >> DIR/records.jsonl`
         // makes a record set `report` reads.
-        let result = super::check::ScenarioResult::uncompared(
+        let result = crate::harness::compare::ScenarioResult::uncompared(
             "run",
             &scenario.name,
             &obs,
             "a one-off `reprodiff run`: compared with no golden",
         );
-        let record = super::records::Record::new(&result, scenario, Some(&obs.environment));
+        let record =
+            crate::harness::records::Record::new(&result, scenario, Some(&obs.environment));
         print!("{}", record.line());
         return Ok(());
     }
@@ -125,10 +126,10 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
 }
 
 /// `make_image_grid(numpy_to_pil(images), rows, cols)` of diffusers, written as a PNG
-/// ([`super::pictures::image_grid`]).
+/// ([`crate::harness::report::pictures::image_grid`]).
 pub fn write_grid(images: &Tensor, path: &Path) -> Result<()> {
     let values = crate::torch::tensor_to_f64(images)?;
-    let grid = super::pictures::image_grid(&images.size(), &values)
+    let grid = crate::harness::report::pictures::image_grid(&images.size(), &values)
         .map_err(|e| Error::InvalidArgument(format!("--grid: {e}")))?;
     grid.save_with_format(path, image::ImageFormat::Png)
         .map_err(|e| Error::io(path, std::io::Error::other(e)))

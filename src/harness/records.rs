@@ -1,10 +1,10 @@
 //! Check records: the one type `check` writes to `records.jsonl` and `report` reads back, its
 //! schema version, the writer several processes can share and the reader that reads every
-//! line it can and names each one it cannot (README.md, "Records").
-use super::check::ScenarioResult;
-use super::suite::Scenario;
+//! line it can and names each one it cannot (docs/concepts.md, "Records").
 use crate::env::Fingerprint;
 use crate::error::{Error, Result};
+use crate::harness::compare::ScenarioResult;
+use crate::harness::suite::Scenario;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -218,7 +218,7 @@ impl RecordWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::check::Verdict;
+    use crate::harness::compare::Verdict;
     use crate::harness::suite::Suite;
 
     /// Writers in several threads, each with its own writer on one folder, lose no record and

@@ -1,129 +1,15 @@
 //! `check` and `bless` over a selection of suites and scenarios.
-use super::check::{self, ScenarioResult, Verdict};
-use super::golden::{Expectation, GoldenFile, GoldenScenario, GoldenStore, Provenance};
-use super::observe::{NotObserved, Observation, Runner};
-use super::suite::{Scenario, Suite};
 use crate::env::{EnvClass, Fingerprint};
 use crate::error::{Error, Result};
-use regex::Regex;
-use std::path::{Path, PathBuf};
-
-/// Which scenarios to run: suites by name (all when empty) and a regex on scenario names.
-#[derive(Debug, Clone, Default)]
-pub struct Selection {
-    pub suites: Vec<String>,
-    pub filter: Option<String>,
-}
-
-/// A fixtures tree: fixtures/suites/*.toml and fixtures/golden/.
-#[derive(Debug, Clone)]
-pub struct Fixtures {
-    pub root: PathBuf,
-    /// Where the goldens are: `<root>/golden` unless told otherwise.
-    pub golden: PathBuf,
-}
-
-impl Fixtures {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        let root = root.into();
-        Fixtures {
-            golden: root.join("golden"),
-            root,
-        }
-    }
-
-    pub fn suites_dir(&self) -> PathBuf {
-        self.root.join("suites")
-    }
-
-    pub fn store(&self) -> GoldenStore {
-        GoldenStore::new(&self.golden)
-    }
-
-    /// The selected suites, each with its selected scenarios (suites left empty are dropped).
-    pub fn select(&self, sel: &Selection) -> Result<Vec<Suite>> {
-        let all = Suite::load_dir(&self.suites_dir())?;
-        for wanted in &sel.suites {
-            if !all.iter().any(|s| &s.name == wanted) {
-                let known: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
-                return Err(Error::InvalidArgument(format!(
-                    "--suite {wanted}: no such suite in {} (known: {})",
-                    self.suites_dir().display(),
-                    known.join(", ")
-                )));
-            }
-        }
-        let filter = sel
-            .filter
-            .as_deref()
-            .map(Regex::new)
-            .transpose()
-            .map_err(|e| Error::InvalidArgument(format!("--filter: {e}")))?;
-        let models = self.root.join("models");
-        for suite in &all {
-            for scenario in &suite.scenarios {
-                check_model_reference(suite, scenario, &models)?;
-            }
-        }
-        Ok(all
-            .into_iter()
-            .filter(|s| sel.suites.is_empty() || sel.suites.contains(&s.name))
-            .map(|mut s| {
-                s.scenarios.retain(|sc| {
-                    filter.as_ref().is_none_or(|f| {
-                        f.is_match(&sc.name) || f.is_match(&format!("{}/{}", s.name, sc.name))
-                    })
-                });
-                s
-            })
-            .filter(|s| !s.scenarios.is_empty())
-            .collect())
-    }
-}
-
-/// A suite's model reference must name something that exists: a folder under fixtures/models/
-/// or a path, a known derived architecture, or a hub id (`hub:org/name`, looked up at run time:
-/// one not in the local cache is "not run", since the host may simply not have it). A typo is a
-/// suite error (exit 2), never "not run".
-fn check_model_reference(suite: &Suite, scenario: &Scenario, models: &Path) -> Result<()> {
-    let Some(model) = scenario.run.model() else {
-        return Ok(());
-    };
-    let bad = |m: String| {
-        Err(Error::invalid_file(
-            &suite.path,
-            format!("scenario '{}': run.model {m}", scenario.name),
-        ))
-    };
-    if let Some(arch) = model.strip_prefix("derived:") {
-        if !crate::models::derived::ARCHS.contains(&arch) {
-            return bad(format!(
-                "'{model}': unknown derived architecture (known: {})",
-                crate::models::derived::ARCHS.join(", ")
-            ));
-        }
-    } else if let Some(id) = model.strip_prefix("hub:") {
-        let part = |p: &str| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        };
-        if !id.split_once('/').is_some_and(|(o, n)| part(o) && part(n)) {
-            return bad(format!("'{model}': a hub id is hub:org/name"));
-        }
-    } else if !models.join(model).is_dir() && !Path::new(model).is_dir() {
-        return bad(format!(
-            "'{model}': no such folder in {} (hub models are written hub:org/name)",
-            models.display()
-        ));
-    }
-    Ok(())
-}
+use crate::harness::compare::{self, ScenarioResult, Verdict};
+use crate::harness::run::observe::{NotObserved, Observation, Runner};
+use crate::harness::store::{Expectation, GoldenFile, GoldenScenario, GoldenStore, Provenance};
+use crate::harness::suite::{Fixtures, Scenario, Selection, Suite};
 
 /// Why `scenario` will not be run on `host`, decided before it runs, so that a test runner can
 /// skip it at list time and `check` can group it by reason: what the host lacks (CUDA, a CPU
 /// capability, what a knob needs, a hub model not in the local cache), as `NotRun`; or that
-/// nothing recorded can judge the class the run would have (`harness::check::choose`), as
+/// nothing recorded can judge the class the run would have (`harness::compare::choose`), as
 /// `NotRun` for a scenario checked only on its own class and `NoExpectation` otherwise (a
 /// failure in CI). `None`: it runs and is compared. Whatever turns up missing only once a
 /// scenario runs is a failure.
@@ -140,7 +26,7 @@ pub fn plan(
     if let Some(why) = knobs.unavailable() {
         return not_run(format!("knobs {}: {why}", knobs.tokens().join("+")));
     }
-    let Ok((run, det)) = super::observe::as_run(scenario, &knobs) else {
+    let Ok((run, det)) = crate::harness::run::observe::as_run(scenario, &knobs) else {
         return None; // the run names the bad variable
     };
     let device = run.device;
@@ -173,12 +59,12 @@ pub fn plan(
         fp.portable = Some(crate::portable::PortableRun::would_run());
     }
     let class = fp.class(device);
-    match check::choose(golden, &class, scenario).authority {
+    match compare::choose(golden, &class, scenario).authority {
         Ok(_) => None,
-        Err(check::NoAuthority::OwnClassOnly(reason)) => not_run(format!(
+        Err(compare::NoAuthority::OwnClassOnly(reason)) => not_run(format!(
             "checked only on its own class ({reason}); this host's class {class} has none"
         )),
-        Err(check::NoAuthority::NoExpectation(reason)) => Some((Verdict::NoExpectation, reason)),
+        Err(compare::NoAuthority::NoExpectation(reason)) => Some((Verdict::NoExpectation, reason)),
     }
 }
 
@@ -201,13 +87,14 @@ pub fn check_one(
     }
     match runner.observe(&suite.path, scenario) {
         Ok(obs) => {
-            let result = check::compare(&suite.name, scenario, &obs, entry, store);
+            let result = compare::compare(&suite.name, scenario, &obs, entry, store);
             (result, Some(obs))
         }
         Err(why) => {
             let mut r = ScenarioResult::not_observed(&suite.name, &scenario.name, &why);
             if entry.is_none() && r.verdict == Verdict::Failed {
-                r.notes.push(check::bless_hint(&suite.name, &scenario.name));
+                r.notes
+                    .push(compare::bless_hint(&suite.name, &scenario.name));
             }
             (r, None)
         }
@@ -233,7 +120,7 @@ pub struct BlessChange {
 /// itself: one from the oracle or a publication is never replaced (it is reported as kept).
 /// Returns what changed; unchanged entries are left exactly as they were.
 pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Vec<BlessChange>> {
-    if check::in_ci() {
+    if compare::in_ci() {
         return Err(Error::BlessRefused(
             "CI is set: goldens are refreshed on purpose by a maintainer, never in CI".into(),
         ));
@@ -399,11 +286,11 @@ fn twice_identical(
         }
     };
     if a.sha256 != b.sha256 {
-        let at = super::metrics::first_difference(&a.values, &b.values)
+        let at = crate::metrics::first_difference(&a.values, &b.values)
             .map(|i| {
                 format!(
                     " (first difference at {:?})",
-                    super::metrics::unravel(i, &a.shape)
+                    crate::metrics::unravel(i, &a.shape)
                 )
             })
             .unwrap_or_default();

@@ -1,13 +1,10 @@
 //! Full-size architectures with weights derived deterministically (no download possible):
 //! `reprodiff derive-weights --arch ddpm-cifar10-32 --out DIR` writes a diffusers pipeline folder
 //! that the Python oracle loads too; `derived:ddpm-cifar10-32` materialises it in the cache.
-use super::params::{DerivedSource, ParamPath};
+use super::params::{derive, Folder};
 use super::unet_2d::{UNet2DConfig, UNet2DModel};
 use crate::error::{Error, Result};
-use crate::torch::DType;
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 /// Bump when the derivation changes, so caches of an older derivation are not reused.
 pub const DERIVATION_VERSION: u32 = 1;
@@ -156,22 +153,6 @@ impl Drop for NativeDraws {
     fn drop(&mut self) {
         crate::portable::set_enabled(self.0);
     }
-}
-
-/// A derived pipeline folder: text files (configs, tokenizer) and safetensors files, by path.
-pub(crate) struct Folder {
-    pub texts: Vec<(&'static str, String)>,
-    pub weights: Vec<(&'static str, Vec<(String, tch::Tensor)>)>,
-}
-
-/// The tensors `build` asks a [`DerivedSource`] for (seed 0), by their state-dict names.
-pub(crate) fn derive<T>(
-    build: impl FnOnce(&ParamPath) -> Result<T>,
-) -> Result<Vec<(String, tch::Tensor)>> {
-    let source = Rc::new(RefCell::new(DerivedSource::new(0, DType::F32)));
-    build(&ParamPath::root(source.clone()))?;
-    let made = std::mem::take(&mut source.borrow_mut().made);
-    Ok(made)
 }
 
 fn folder(arch: &str) -> Result<Folder> {

@@ -4,7 +4,7 @@
 //! derived deterministically (see [`super::params::DerivedSource`]). The text encoder's tensors
 //! carry the `text_model.` prefix, as the SD 1.5 repository's files do.
 use super::clip::{ClipTextConfig, ClipTextModel};
-use super::derived::{derive, Folder};
+use super::params::{derive, Folder};
 use super::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use super::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::error::Result;

@@ -19,3 +19,16 @@ pub mod vae;
 
 /// The file a diffusers model folder keeps its weights in (safetensors only).
 pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
+
+/// Reads a diffusers config.json into `T` and checks it with `validate` (which rejects what
+/// this implementation does not compute, naming the key): an error names the file.
+pub(crate) fn load_config<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    validate: impl FnOnce(&T) -> std::result::Result<(), String>,
+) -> crate::Result<T> {
+    use crate::error::Error;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let config: T = serde_json::from_str(&text).map_err(|e| Error::invalid_file(path, e))?;
+    validate(&config).map_err(|m| Error::invalid_file(path, m))?;
+    Ok(config)
+}

@@ -253,6 +253,22 @@ pub fn load_weights<T>(
     Ok(model)
 }
 
+/// A derived pipeline folder: text files (configs, tokenizer) and safetensors files, by path.
+pub(crate) struct Folder {
+    pub texts: Vec<(&'static str, String)>,
+    pub weights: Vec<(&'static str, Vec<(String, tch::Tensor)>)>,
+}
+
+/// The tensors `build` asks a [`DerivedSource`] for (seed 0), by their state-dict names.
+pub(crate) fn derive<T>(
+    build: impl FnOnce(&ParamPath) -> Result<T>,
+) -> Result<Vec<(String, tch::Tensor)>> {
+    let source = Rc::new(RefCell::new(DerivedSource::new(0, DType::F32)));
+    build(&ParamPath::root(source.clone()))?;
+    let made = std::mem::take(&mut source.borrow_mut().made);
+    Ok(made)
+}
+
 #[cfg(test)]
 mod tests {
     use super::rename_legacy;

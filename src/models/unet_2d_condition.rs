@@ -146,12 +146,7 @@ struct Expanded {
 
 impl UNet2DConditionConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| Error::invalid_file(path, e))?;
-        config
-            .validate()
-            .map_err(|m| Error::invalid_file(path, m))?;
-        Ok(config)
+        super::load_config(path, Self::validate)
     }
 
     fn expanded(&self) -> std::result::Result<Expanded, String> {

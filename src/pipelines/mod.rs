@@ -1,27 +1,14 @@
 //! Pipelines: diffusers' `__call__` loops over a model and a scheduler.
 pub mod ddim;
 pub mod stable_diffusion;
+pub mod trace;
 
-pub use ddim::StepTrace;
+pub use trace::StepTrace;
 
 use crate::error::Result;
 use crate::torch::{GeneratorSpec, Generators};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
-
-/// Set, every pipeline moves each element of its initial noise one ulp towards +inf, as the
-/// oracle does to measure a scenario's noise sensitivity: `localize` uses it to measure how far
-/// one ulp of noise moves each step (the noise response a drift is held against).
-pub const NUDGE_ENV: &str = "REPRODIFF_NUDGE_INITIAL_NOISE";
-
-/// The initial noise as drawn, or nudged one ulp up when [`NUDGE_ENV`] is set.
-pub fn initial_noise(t: Tensor) -> Result<Tensor> {
-    if std::env::var_os(NUDGE_ENV).is_none() {
-        return Ok(t);
-    }
-    let up = Tensor::f_full([], f64::INFINITY, (t.kind(), t.device()))?;
-    Ok(t.f_nextafter(&up)?)
-}
 
 /// What the harness and the benchmarks need of a pipeline: one `__call__`, and the per-step
 /// trace it records when asked.

@@ -10,7 +10,7 @@ use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::WEIGHTS;
 use crate::schedulers::{loaded_config, Scheduler, SchedulerClass};
 use crate::tokenizer::ClipTokenizer;
-use crate::torch::{randn_tensor, DType, DeviceSpec, Generators};
+use crate::torch::{initial_noise, randn_tensor, DType, DeviceSpec, Generators};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -284,7 +284,7 @@ impl SdPipeline {
             width / vsf,
         ];
         let mut latents =
-            super::initial_noise(randn_tensor(&shape, generators, self.device, self.dtype)?)?
+            initial_noise(randn_tensor(&shape, generators, self.device, self.dtype)?)?
                 .f_mul_scalar(self.scheduler.init_noise_sigma())?;
         for (i, &t) in self.scheduler.timesteps().to_vec().iter().enumerate() {
             let input = if args.guided() {

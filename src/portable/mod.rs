@@ -35,11 +35,6 @@ impl Kernels {
     }
 }
 
-/// The noise contract: portable noise is torch's CPU `randn` under this ATen capability, bit for
-/// bit ([`randn`]). The oracle computes a portable scenario under it (`reprodiff list --json`'s
-/// `oracle_determinism`), so its float64 truth starts from exactly the portable run's noise.
-pub const NOISE_CAPABILITY: crate::torch::CpuCapability = crate::torch::CpuCapability::Default;
-
 /// libtorch's intra-op threads in a portable run (`torch::knobs::Knobs::apply`): the kernels'
 /// threads are rayon's.
 pub const LIBTORCH_THREADS: i32 = 1;

@@ -6,11 +6,9 @@
 //! The uniforms come from the generator itself (`Generator::rand`, one 32-bit mt19937 draw per
 //! element, masked to 24 bits and scaled: integer work, machine-independent), consumed exactly as
 //! `normal_fill` consumes them: one per element, then, when the size is not a multiple of 16, 16
-//! more that replace the last 16 before their block is transformed again.
+//! more that replace the last 16 before their block is transformed again
+//! ([`crate::torch::Generator::portable_randn`] draws them and calls [`normal_fill`]).
 use super::libm::{cosf, logf, sinf};
-use crate::error::{Error, Result};
-use crate::torch::{DType, DeviceSpec, Generator};
-use tch::Tensor;
 
 /// `normal_fill_16` with mean 0 and std 1, in place: for j in 0..8,
 /// `radius = sqrt(-2 * logf(1 - u[j]))`, `theta = (float)(2.0 * pi_double * u[j + 8])`,
@@ -44,33 +42,11 @@ pub fn normal_fill(uniforms: &mut [f32], redrawn: Option<&[f32]>) {
     }
 }
 
-/// `torch.randn(shape, generator=g)` in float32 on the CPU, portably: the bits torch gives
-/// under `ATEN_CPU_CAPABILITY=default`, on any CPU. Sizes below 16 take another path in ATen
-/// (Box-Muller in double, one pair at a time) that is not ported: an error.
-pub fn randn(gen: &mut Generator, shape: &[i64]) -> Result<Tensor> {
-    let n: i64 = shape.iter().product();
-    if n < 16 {
-        return Err(Error::InvalidArgument(format!(
-            "portable randn draws 16 elements or more (ATen's normal_fill); {shape:?} has {n}"
-        )));
-    }
-    let cpu = DeviceSpec::Cpu;
-    let mut u: Vec<f32> = Vec::try_from(gen.rand(&[n], DType::F32, cpu)?.view(-1))?;
-    let redrawn: Option<Vec<f32>> = if n % 16 != 0 {
-        Some(Vec::try_from(gen.rand(&[16], DType::F32, cpu)?)?)
-    } else {
-        None
-    };
-    normal_fill(&mut u, redrawn.as_deref());
-    Ok(Tensor::from_slice(&u).reshape(shape))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::harness::session::{Fixtures, Selection};
-    use crate::harness::workload::{RandomOp, Workload};
-    use crate::torch::GeneratorSpec;
+    use crate::harness::suite::workload::{RandomOp, Workload};
+    use crate::harness::suite::{Fixtures, Selection};
+    use crate::torch::{DType, DeviceSpec, Generator, GeneratorSpec};
 
     /// Portable randn gives, bit for bit, every float32 draw of 16 elements or more that the
     /// oracle recorded with torch under ATEN_CPU_CAPABILITY=default (rng suite, single CPU
@@ -119,7 +95,7 @@ mod tests {
             };
             let (want, _) = store.read_array(e.array.as_ref().unwrap()).unwrap();
             let mut gen = Generator::cpu(*seed).unwrap();
-            let got: Vec<f32> = Vec::try_from(randn(&mut gen, shape).unwrap().view(-1)).unwrap();
+            let got: Vec<f32> = Vec::try_from(gen.portable_randn(shape).unwrap().view(-1)).unwrap();
             let differ = got
                 .iter()
                 .zip(&want)
@@ -135,7 +111,7 @@ mod tests {
     #[test]
     fn fewer_than_16_elements_are_refused() {
         let mut gen = Generator::cpu(0).unwrap();
-        let e = randn(&mut gen, &[4]).unwrap_err().to_string();
+        let e = gen.portable_randn(&[4]).unwrap_err().to_string();
         assert!(e.contains("16 elements or more"), "{e}");
     }
 }

@@ -68,18 +68,7 @@ impl DdimConfig {
         text: &str,
         overrides: &serde_json::Map<String, serde_json::Value>,
     ) -> std::result::Result<Self, String> {
-        let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let obj = value
-            .as_object_mut()
-            .ok_or("a scheduler config must be a JSON object")?;
-        for (k, v) in overrides {
-            obj.insert(k.clone(), v.clone());
-        }
-        // diffusers writes null for unset optional keys; serde's defaults apply to absent ones.
-        obj.retain(|_, v| !v.is_null());
-        let config: DdimConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
-        config.validate()?;
-        Ok(config)
+        super::config_with_overrides(text, overrides, Self::validate)
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {

@@ -63,6 +63,27 @@ pub(crate) fn train_betas(
     })
 }
 
+/// `SchedulerClass.from_config(config, **overrides)`: the config's JSON with `overrides` on
+/// top, null values dropped (diffusers writes null for unset optional keys; serde's defaults
+/// apply to absent ones), parsed into `T` and checked by `validate`.
+pub(crate) fn config_with_overrides<T: serde::de::DeserializeOwned>(
+    text: &str,
+    overrides: &serde_json::Map<String, serde_json::Value>,
+    validate: impl FnOnce(&T) -> std::result::Result<(), String>,
+) -> std::result::Result<T, String> {
+    let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let obj = value
+        .as_object_mut()
+        .ok_or("a scheduler config must be a JSON object")?;
+    for (k, v) in overrides {
+        obj.insert(k.clone(), v.clone());
+    }
+    obj.retain(|_, v| !v.is_null());
+    let config: T = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    validate(&config)?;
+    Ok(config)
+}
+
 /// `x ** 0.5` on a float32 tensor: libtorch's (diffusers' own), or in a process on the portable
 /// kernels the correctly rounded square root. libtorch's CPU sqrt is MKL's vector math on x86
 /// (whatever `ATEN_CPU_CAPABILITY` says), and its bits depend on the CPU's vendor: on an AMD

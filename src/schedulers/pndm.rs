@@ -47,17 +47,7 @@ impl PndmConfig {
         text: &str,
         overrides: &serde_json::Map<String, serde_json::Value>,
     ) -> std::result::Result<Self, String> {
-        let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let obj = value
-            .as_object_mut()
-            .ok_or("a scheduler config must be a JSON object")?;
-        for (k, v) in overrides {
-            obj.insert(k.clone(), v.clone());
-        }
-        obj.retain(|_, v| !v.is_null());
-        let config: PndmConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
-        config.validate()?;
-        Ok(config)
+        super::config_with_overrides(text, overrides, Self::validate)
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {

@@ -5,6 +5,7 @@
 //! continues across the run. [`GeneratorSpec`] names every seeding the document shows;
 //! [`GeneratorSpec::build`] turns it into live [`Generators`]; [`randn_tensor`] is diffusers'
 //! `utils.torch_utils.randn_tensor`, line for line.
+use super::determinism::CpuCapability;
 use super::ffi;
 use super::types::{DType, DeviceSpec};
 use crate::error::{Error, Result};
@@ -107,7 +108,7 @@ impl Generator {
     }
 
     /// `torch.randn(shape, generator=self, dtype=dtype, device=device)`; in a process on the
-    /// portable kernels, [`crate::portable::randn::randn`] (float32 CPU draws only).
+    /// portable kernels, [`Generator::portable_randn`] (float32 CPU draws only).
     pub fn randn(&mut self, shape: &[i64], dtype: DType, device: DeviceSpec) -> Result<Tensor> {
         if crate::portable::enabled() {
             if dtype != DType::F32 || device != DeviceSpec::Cpu {
@@ -115,9 +116,30 @@ impl Generator {
                     "portable noise is float32 from a CPU generator, not {dtype} on {device}"
                 )));
             }
-            return crate::portable::randn::randn(self, shape);
+            return self.portable_randn(shape);
         }
         self.sample(ffi::rd_randn, shape, dtype, device)
+    }
+
+    /// `torch.randn(shape, generator=g)` in float32 on the CPU, portably: the bits torch gives
+    /// under `ATEN_CPU_CAPABILITY=default`, on any CPU. Sizes below 16 take another path in ATen
+    /// (Box-Muller in double, one pair at a time) that is not ported: an error.
+    pub fn portable_randn(&mut self, shape: &[i64]) -> Result<Tensor> {
+        let n: i64 = shape.iter().product();
+        if n < 16 {
+            return Err(Error::InvalidArgument(format!(
+                "portable randn draws 16 elements or more (ATen's normal_fill); {shape:?} has {n}"
+            )));
+        }
+        let cpu = DeviceSpec::Cpu;
+        let mut u: Vec<f32> = Vec::try_from(self.rand(&[n], DType::F32, cpu)?.view(-1))?;
+        let redrawn: Option<Vec<f32>> = if n % 16 != 0 {
+            Some(Vec::try_from(self.rand(&[16], DType::F32, cpu)?)?)
+        } else {
+            None
+        };
+        crate::portable::randn::normal_fill(&mut u, redrawn.as_deref());
+        Ok(Tensor::from_slice(&u).reshape(shape))
     }
 
     /// `torch.rand(shape, generator=self, dtype=dtype, device=device)`.
@@ -437,4 +459,23 @@ fn rand_device(generator: DeviceSpec, target: DeviceSpec) -> Result<DeviceSpec> 
             Ok(target)
         }
     }
+}
+
+/// The noise contract: portable noise is torch's CPU `randn` under this ATen capability, bit for
+/// bit ([`Generator::portable_randn`]). The oracle computes a portable scenario under it (`reprodiff list --json`'s
+/// `oracle_determinism`), so its float64 truth starts from exactly the portable run's noise.
+pub const PORTABLE_NOISE_CAPABILITY: CpuCapability = CpuCapability::Default;
+
+/// Set, every pipeline moves each element of its initial noise one ulp towards +inf, as the
+/// oracle does to measure a scenario's noise sensitivity: `localize` uses it to measure how far
+/// one ulp of noise moves each step (the noise response a drift is held against).
+pub const NUDGE_ENV: &str = "REPRODIFF_NUDGE_INITIAL_NOISE";
+
+/// The initial noise as drawn, or nudged one ulp up when [`NUDGE_ENV`] is set.
+pub fn initial_noise(t: Tensor) -> Result<Tensor> {
+    if std::env::var_os(NUDGE_ENV).is_none() {
+        return Ok(t);
+    }
+    let up = Tensor::f_full([], f64::INFINITY, (t.kind(), t.device()))?;
+    Ok(t.f_nextafter(&up)?)
 }

@@ -13,7 +13,10 @@ pub mod knobs;
 mod types;
 
 pub use determinism::{CpuCapability, Determinism, DeterminismSpec, Preset};
-pub use generator::{randn_tensor, Generator, GeneratorSpec, Generators};
+pub use generator::{
+    initial_noise, randn_tensor, Generator, GeneratorSpec, Generators, NUDGE_ENV,
+    PORTABLE_NOISE_CAPABILITY,
+};
 pub use types::{tensor_bytes, tensor_sha256, tensor_to_f64, DType, DeviceSpec};
 
 use crate::error::{Error, Result};

@@ -177,7 +177,7 @@ pub fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
 /// SHA-256 (hex) of [`tensor_bytes`]: the identity the `bits` metric compares.
 pub fn tensor_sha256(t: &Tensor) -> Result<String> {
     use sha2::{Digest, Sha256};
-    Ok(crate::env::hex(&Sha256::digest(tensor_bytes(t)?)))
+    Ok(format!("{:x}", Sha256::digest(tensor_bytes(t)?)))
 }
 
 /// The values of a tensor as f64 (exact for every floating dtype reprodiff uses).

@@ -15,11 +15,11 @@
 //!
 //! An expectation `reprodiff bless` wrote for the run's class is an extra exact check beside
 //! the authority, never a replacement for it.
-use super::golden::{Expectation, GoldenScenario, GoldenStore};
-use super::metrics::{self, Metric};
-use super::observe::{NotObserved, Observation};
-use super::suite::{CrossClass, Scenario, Tolerance};
 use crate::env::EnvClass;
+use crate::harness::run::observe::{NotObserved, Observation};
+use crate::harness::store::{Expectation, GoldenScenario, GoldenStore};
+use crate::harness::suite::{CrossClass, Scenario, Tolerance};
+use crate::metrics::{self, Metric};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -187,7 +187,7 @@ pub struct OutputSummary {
     pub elapsed_s: f64,
     /// The per-step trace of a pipeline scenario: where two runs part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace: Option<Vec<crate::pipelines::ddim::StepTrace>>,
+    pub trace: Option<Vec<crate::pipelines::StepTrace>>,
 }
 
 impl OutputSummary {
@@ -202,7 +202,7 @@ impl OutputSummary {
             // Records keep each step's sum_abs and sample, not the truth's elements.
             trace: obs.trace.as_ref().map(|t| {
                 t.iter()
-                    .map(|s| crate::pipelines::ddim::StepTrace {
+                    .map(|s| crate::pipelines::StepTrace {
                         subset: Vec::new(),
                         ..s.clone()
                     })
@@ -788,7 +788,7 @@ pub fn comparable_steps(
 
 /// Reads the golden's per-step truth and holds the run's trace against it.
 fn step_reading(
-    st: &super::golden::StepTruth,
+    st: &crate::harness::store::StepTruth,
     obs: &Observation,
     store: &GoldenStore,
 ) -> std::result::Result<StepReading, String> {
@@ -1026,7 +1026,7 @@ fn describe_tolerance(metric: Metric, tol: Tolerance) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::golden::Provenance;
+    use crate::harness::store::Provenance;
     use crate::harness::suite::Suite;
     use std::path::Path;
 
@@ -1170,7 +1170,7 @@ mod tests {
     /// small latent, else 256 evenly spaced ones, the first element first.
     #[test]
     fn the_step_truth_elements_are_fixed_by_the_size_alone() {
-        use crate::pipelines::ddim::{step_subset, STEP_TRUTH_ELEMENTS};
+        use crate::pipelines::trace::{step_subset, STEP_TRUTH_ELEMENTS};
         let small: Vec<f64> = (0..192).map(f64::from).collect();
         assert_eq!(step_subset(&small), small);
         let big: Vec<f64> = (0..4096).map(f64::from).collect();

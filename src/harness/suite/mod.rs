@@ -4,16 +4,23 @@
 //! with a `matrix` expands into one scenario per combination: the string "$key" anywhere in it
 //! becomes the matrix value, "{key}" in its name the value's label. This is the only
 //! implementation of the expansion: the oracle reads the expanded scenarios from
-//! `reprodiff list --json`. README.md ("Suites") documents the format.
-use super::metrics::Metric;
-use super::workload::Workload;
+//! `reprodiff list --json`. docs/concepts.md ("Suites") documents the format.
+//!
+//! [`workload`]: what a scenario runs; [`fixtures`]: the tree suites and goldens live in, and
+//! the selection a command makes of them.
+pub mod fixtures;
+pub mod workload;
+
 use crate::error::{Error, Result};
+use crate::metrics::Metric;
 use crate::portable::Kernels;
 use crate::torch::{DeterminismSpec, DeviceSpec};
+pub use fixtures::{Fixtures, Selection};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use toml::Value;
+use workload::Workload;
 
 pub const SCHEMA: i64 = 1;
 
@@ -56,7 +63,7 @@ pub enum CrossClass {
     ///
     /// `step_ulps` is the same idea step by step, where the golden holds the per-step truth:
     /// at every step whose noise response is still small next to the latent
-    /// ([`super::check::POWERLESS_SENSITIVITY`]), `rmse(truth_t, got_t) <= step_ulps *
+    /// ([`crate::harness::compare::POWERLESS_SENSITIVITY`]), `rmse(truth_t, got_t) <= step_ulps *
     /// noise_response_t`, per dtype of the run (rounding of f16 or bf16 carries differently).
     /// The run's own trace is held to the truth alone, so the step rule judges scenarios whose
     /// output is too chaotic to compare, as far as their trajectory stays comparable.
@@ -158,12 +165,12 @@ impl Scenario {
 
     /// The determinism the oracle computes this scenario under: the scenario's own, and for
     /// portable kernels the noise contract's ATen capability
-    /// ([`crate::portable::NOISE_CAPABILITY`]), so that diffusers' run and its float64 truth
+    /// ([`crate::torch::PORTABLE_NOISE_CAPABILITY`]), so that diffusers' run and its float64 truth
     /// start from the portable run's noise. (`reprodiff list --json`'s `oracle_determinism`.)
     pub fn oracle_determinism(&self) -> DeterminismSpec {
         let mut d = self.determinism.clone();
         if self.kernels == Kernels::Portable {
-            d.cpu_capability = Some(crate::portable::NOISE_CAPABILITY);
+            d.cpu_capability = Some(crate::torch::PORTABLE_NOISE_CAPABILITY);
         }
         d
     }

@@ -5,9 +5,9 @@
 //! determinism needs CUBLAS_WORKSPACE_CONFIG / CUDA_LAUNCH_BLOCKING that this process was not
 //! started with (they only act before CUDA starts), runs in a child process: the hidden
 //! `reprodiff observe` command, which writes the observation and the output array.
-use super::metrics;
-use super::suite::Scenario;
 use crate::error::{Error, Result};
+use crate::harness::suite::Scenario;
+use crate::metrics;
 use crate::portable::Kernels;
 use crate::torch::knobs::{Knob, Knobs};
 use crate::torch::{tensor_sha256, tensor_to_f64, CpuCapability, DType};
@@ -34,7 +34,7 @@ pub struct Observation {
     pub elapsed_s: f64,
     /// A pipeline's latent after each denoising step (sum_abs and a fixed sample).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace: Option<Vec<crate::pipelines::ddim::StepTrace>>,
+    pub trace: Option<Vec<crate::pipelines::StepTrace>>,
     /// The environment the run happened in (a child's own, when it ran in one).
     pub environment: crate::env::Fingerprint,
     #[serde(skip)]
@@ -84,7 +84,7 @@ pub fn as_run(scenario: &Scenario, knobs: &Knobs) -> Result<(Scenario, crate::to
             ..crate::torch::Determinism::preset(preset)
         };
     }
-    if let Some(n) = super::matrix::threads_override()? {
+    if let Some(n) = crate::harness::run::matrix::threads_override()? {
         det.threads = Some(n);
     }
     Ok((s, det))
@@ -164,8 +164,8 @@ impl Runner {
         let elapsed = start.elapsed().as_secs_f64();
         let tensor = match &scenario.slice {
             Some(s) => {
-                let axes = super::suite::parse_slice(s).map_err(Error::InvalidArgument)?;
-                super::suite::apply_slice(&out.tensor, &axes)?
+                let axes = crate::harness::suite::parse_slice(s).map_err(Error::InvalidArgument)?;
+                crate::harness::suite::apply_slice(&out.tensor, &axes)?
             }
             None => out.tensor,
         };

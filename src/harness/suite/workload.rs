@@ -134,7 +134,7 @@ pub enum RandomOp {
 pub struct Output {
     pub tensor: Tensor,
     /// The per-step trace of a pipeline's (first) run, when asked for.
-    pub trace: Option<Vec<crate::pipelines::ddim::StepTrace>>,
+    pub trace: Option<Vec<crate::pipelines::StepTrace>>,
     /// The seed drawn from the OS for an unseeded run, so that the run can be repeated.
     pub unseeded_seed: Option<u64>,
 }

@@ -1,6 +1,6 @@
 //! Calibrating a suite's cross-class truth rule from measurements: `reprodiff calibrate`.
 //!
-//! The rule ([`super::suite::CrossClass::Truth`]) passes a run of an unrecorded class when
+//! The rule ([`crate::harness::suite::CrossClass::Truth`]) passes a run of an unrecorded class when
 //! `rmse(truth, got) <= k * rmse(truth, nearest expectation) + noise_ulps * S`. For a fixed k
 //! (PyTorch dynamo's 2), the floor a suite needs is the smallest `noise_ulps` for which every
 //! recorded class `a` would pass against every other recorded class `b`, on every scenario the
@@ -24,11 +24,11 @@
 //! `truth_step_ulps`, the largest distance of its trace from the truth over the comparable
 //! steps, in units of each step's noise response; the need of a dtype is the largest of those
 //! over the records' classes, and `step_ulps` must lie between it and [`MAX_MARGIN`] times it.
-use super::check::BLESSED;
-use super::golden::GoldenStore;
-use super::metrics;
-use super::suite::{CrossClass, Suite};
 use crate::error::Result;
+use crate::harness::compare::BLESSED;
+use crate::harness::store::GoldenStore;
+use crate::harness::suite::{CrossClass, Suite};
+use crate::metrics;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -161,7 +161,7 @@ impl Need {
 
 /// The committed calibration records: `<fixtures>/records/<host>/calibration/<setting>/`
 /// folders holding records.jsonl, sorted.
-pub fn committed_records(fixtures: &super::session::Fixtures) -> Vec<std::path::PathBuf> {
+pub fn committed_records(fixtures: &crate::harness::suite::Fixtures) -> Vec<std::path::PathBuf> {
     let mut dirs = Vec::new();
     let hosts = std::fs::read_dir(fixtures.root.join("records"))
         .into_iter()
@@ -228,7 +228,7 @@ pub fn need(suite: &Suite, store: &GoldenStore, records: &[&Path]) -> Result<Opt
     let mut steps: BTreeMap<String, StepNeed> = BTreeMap::new();
     let mut record_classes = Vec::new();
     for dir in records {
-        let set = super::drift::load(dir)?;
+        let set = crate::harness::report::drift::load(dir)?;
         let prefix = format!("{}/", suite.name);
         for e in &set.entries {
             let (Some(scenario), Some(ulps), Some(dtype)) = (

@@ -2,9 +2,9 @@
 //! were at git revision REV, so a maintainer sees what an upgrade (of libtorch, diffusers,
 //! reprodiff) moved. The goldens of REV become a baseline record set: for each scenario a set
 //! ran, the expectation REV held for that run's class.
-use super::drift::{Entry, RecordSet};
-use super::golden::GoldenStore;
 use crate::error::{Error, Result};
+use crate::harness::report::drift::{Entry, RecordSet};
+use crate::harness::store::GoldenStore;
 use std::path::Path;
 
 fn git(repo: &Path, args: &[&str]) -> Result<Vec<u8>> {
@@ -83,7 +83,7 @@ pub fn baseline_at(fixtures: &Path, rev: &str, sets: &[RecordSet]) -> Result<Rec
         };
         entries.push(Entry {
             name: e.name.clone(),
-            verdict: super::check::Verdict::Identical,
+            verdict: crate::harness::compare::Verdict::Identical,
             class: e.class.clone(),
             l_inf: None,
             rmse_truth: None,

@@ -6,9 +6,9 @@
 //! comment.
 //!
 //! Records are read through [`records`], old schemas too.
-use super::check::Verdict;
-use super::records::{self, Record};
 use crate::error::{Error, Result};
+use crate::harness::compare::Verdict;
+use crate::harness::records::{self, Record};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;

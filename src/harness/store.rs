@@ -68,7 +68,7 @@ pub struct Truth {
 }
 
 /// The float64 truth of a pipeline's latent after every denoising step, on the elements
-/// [`crate::pipelines::ddim::step_subset`] picks, and each step's noise response: what the
+/// [`crate::pipelines::trace::step_subset`] picks, and each step's noise response: what the
 /// cross-class step rule holds a run's own trace against.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

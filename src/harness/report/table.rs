@@ -1,8 +1,8 @@
-//! What `check` prints: one line per scenario that ran (verdict, what it was compared with, the
+//! The check table: what `check` prints: one line per scenario that ran (verdict, what it was compared with, the
 //! metric that decided), metric rows and notes only where something is to be read (or
 //! `--verbose`); the scenarios skipped before running grouped by reason; then counts by verdict
 //! and by suite.
-use super::check::{Match, ScenarioResult, Verdict};
+use crate::harness::compare::{Match, ScenarioResult, Verdict};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 

@@ -5,8 +5,9 @@
 //! --save-outputs`, which `matrix` always passes): the baseline's and the set's images side by
 //! side with their difference map, and the deterministic batch's image grids. The tables are
 //! those of the Markdown form.
-use super::drift::{Entry, RecordSet, Report};
-use super::pictures;
+use crate::harness::compare::Verdict;
+use crate::harness::report::drift::{Entry, RecordSet, Report};
+use crate::harness::report::pictures;
 use base64::Engine;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -46,20 +47,23 @@ pub fn html(report: &Report, sets: &[RecordSet], baseline: Option<&RecordSet>) -
     }
     out.push_str(&batch_grids(baseline.into_iter().chain(sets)));
     out.push_str("<h2>Tables</h2>\n<pre>");
-    out.push_str(&escape(&super::drift::markdown(report)));
+    out.push_str(&escape(&crate::harness::report::drift::markdown(report)));
     out.push_str("</pre>\n</body></html>\n");
     out
 }
 
+/// A verdict's colour on the page, by its record name (`Verdict::key`); anything else (a
+/// scenario a set lacks) is drawn in its own colour by the caller.
 fn colour(verdict: &str) -> &'static str {
-    match verdict {
-        "identical" => "#2e7d32",
-        "within-tolerance" => "#9ccc65",
-        "not-comparable" => "#ffb300",
-        "not-run" => "#bdbdbd",
-        "no-expectation" => "#8d6e63",
-        "drifted" => "#e53935",
-        _ => "#6a1b9a",
+    let parsed = serde_json::from_value(serde_json::Value::String(verdict.into())).ok();
+    match parsed {
+        Some(Verdict::Identical) => "#2e7d32",
+        Some(Verdict::WithinTolerance) => "#9ccc65",
+        Some(Verdict::NotComparable) => "#ffb300",
+        Some(Verdict::NotRun) => "#bdbdbd",
+        Some(Verdict::NoExpectation) => "#8d6e63",
+        Some(Verdict::Drifted) => "#e53935",
+        Some(Verdict::NoGolden | Verdict::Failed) | None => "#6a1b9a",
     }
 }
 

@@ -2,12 +2,12 @@
 //! another torch release, on another host) judged as `check` judges a run of this host, and
 //! written as check records (`DIR/records.jsonl`), so `reprodiff report` shows diffusers'
 //! drift across torch releases next to reprodiff's across CPUs. Nothing in the goldens changes.
-use super::check;
-use super::golden::GoldenFile;
-use super::merge::{read_results, read_verified};
-use super::records::RecordWriter;
-use super::session::Fixtures;
 use crate::error::{Error, Result};
+use crate::harness::compare;
+use crate::harness::golden::merge::{read_results, read_verified};
+use crate::harness::records::RecordWriter;
+use crate::harness::store::GoldenFile;
+use crate::harness::suite::Fixtures;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -58,9 +58,9 @@ pub fn compare_results(fixtures: &Fixtures, from: &Path, out: &Path) -> Result<C
             .and_then(|g| g.scenarios.get(&r.scenario));
         let (tensor, _) = read_verified(&from.join(&r.array), r.dtype, &r.sha256, &where_)?;
         let tensor = tensor.f_to_kind(r.dtype.kind())?;
-        let mut obs = super::observe::describe(tensor, None, 0.0)?;
+        let mut obs = crate::harness::run::observe::describe(tensor, None, 0.0)?;
         obs.environment = r.environment.clone();
-        let result = check::compare(&r.suite, scenario, &obs, golden, &store);
+        let result = compare::compare(&r.suite, scenario, &obs, golden, &store);
         *verdicts.entry(result.verdict.to_string()).or_insert(0) += 1;
         writer.append(
             scenario,

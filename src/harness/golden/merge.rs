@@ -12,15 +12,15 @@
 //! from the arrays, so every golden value has one definition. Arrays are verified against
 //! their SHA-256 before anything is written, and the golden JSON is written by
 //! [`GoldenStore::save`] (atomic, canonical).
-use super::check::BLESSED;
-use super::golden::{
-    Expectation, GoldenFile, GoldenScenario, GoldenStore, Provenance, StepTruth, Truth,
-};
-use super::metrics;
-use super::session::Fixtures;
 use crate::env::Fingerprint;
 use crate::error::{Error, Result};
-use crate::pipelines::ddim::step_subset;
+use crate::harness::compare::BLESSED;
+use crate::harness::store::{
+    Expectation, GoldenFile, GoldenScenario, GoldenStore, Provenance, StepTruth, Truth,
+};
+use crate::harness::suite::Fixtures;
+use crate::metrics;
+use crate::pipelines::trace::step_subset;
 use crate::torch::{tensor_sha256, tensor_to_f64, DType};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -134,7 +134,7 @@ fn step_truth(
     let sha256 = tensor_sha256(&tensor)?;
     let array = format!(
         "{suite}/{}.steps.{}.npy",
-        super::golden::slug(scenario),
+        crate::harness::store::slug(scenario),
         &sha256[..12]
     );
     store.write_array(&array, &tensor)?;
@@ -513,7 +513,7 @@ fn described(e: &Expectation) -> String {
 pub fn truth_array_name(suite: &str, scenario: &str, sha256: &str) -> String {
     format!(
         "{suite}/{}.truth.{}.npy",
-        super::golden::slug(scenario),
+        crate::harness::store::slug(scenario),
         &sha256[..12]
     )
 }

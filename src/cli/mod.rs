@@ -1,0 +1,319 @@
+//! The `reprodiff` command line: the flags (clap) and, per command, the function that runs it
+//! over the library. src/main.rs only calls [`main`]. Exit codes: [`crate::error::exit`].
+//!
+//! - [`select`]: the flags that choose suites, scenarios and the fixtures tree.
+//! - [`check`]: `check`, `bless`, `list`, `matrix`, `calibrate`.
+//! - [`report`]: `report`, `localize`, `golden compare`, `golden merge`.
+//! - [`run`]: `run ddim`, `run sd`, and the hidden `observe` a child process runs.
+//! - [`bench`]: `bench ddim`, `bench sd`, `bench gemm`.
+//! - [`model`]: `derive-weights`, and the hidden `resolve-model` the oracle asks.
+//! - [`env`]: the `env` command.
+mod bench;
+mod check;
+mod env;
+mod model;
+mod report;
+mod run;
+mod select;
+
+use bench::BenchPipeline;
+use check::MatrixAxes;
+use clap::{Parser, Subcommand};
+use run::RunPipeline;
+use select::SelectArgs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "reprodiff",
+    version,
+    about = "Reproducibility harness and conformance suite for diffusion pipelines on libtorch"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run scenarios and compare them with their goldens (exit 0 pass, 1 drift/failure, 2 bad input).
+    Check {
+        #[command(flatten)]
+        sel: SelectArgs,
+        /// Print the results as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print every scenario's metric rows and notes, not only those that are not identical.
+        #[arg(long, short)]
+        verbose: bool,
+        /// Directory for the records: <DIR>/records.jsonl, one JSON line per scenario run,
+        /// started afresh, or appended to while another check is writing there.
+        #[arg(long, default_value = "reprodiff-out/records")]
+        out: PathBuf,
+        /// Also write each output array to <DIR>/outputs/<suite>/<scenario>.<sha12>.npy (what the
+        /// HTML report draws images and difference maps from).
+        #[arg(long)]
+        save_outputs: bool,
+    },
+    /// Deliberately refresh goldens: each scenario runs twice and must repeat bit for bit.
+    Bless {
+        #[command(flatten)]
+        sel: SelectArgs,
+    },
+    /// Compute the noise_ulps each selected suite's cross-class truth rule needs, from the
+    /// recorded classes' expectations in its goldens and the committed calibration records
+    /// (<fixtures>/records/*/calibration/*; --records adds folders),
+    /// and whether the suite's value keeps the policy (at least the need, at most 2x it).
+    /// Exit 1 when a suite breaks it.
+    Calibrate {
+        #[command(flatten)]
+        sel: SelectArgs,
+        /// A check-record folder (records.jsonl) whose classes count as more classes to pass
+        /// (repeatable).
+        #[arg(long = "records", value_name = "DIR")]
+        records: Vec<PathBuf>,
+    },
+    /// List the selected scenarios.
+    List {
+        #[command(flatten)]
+        sel: SelectArgs,
+        /// JSON Lines, one expanded scenario each: {"suite", "suite_file", "scenario",
+        /// "oracle_determinism", "slug"} (what the oracle reads, so that suites are expanded in
+        /// one place): every determinism switch the oracle computes it under, its preset
+        /// resolved, and the file-name form of its name.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the selected scenarios under each combination of CPU kernel class, thread count,
+    /// determinism, dtype, device and knob this host can run, each in its own `check` child
+    /// writing <out>/<combination>/records.jsonl.
+    Matrix {
+        #[command(flatten)]
+        sel: SelectArgs,
+        #[command(flatten)]
+        axes: MatrixAxes,
+        #[arg(long, default_value = "reprodiff-out/matrix")]
+        out: PathBuf,
+    },
+    /// Where two runs of one scenario part: each side (CLASS[-threadsN][+KNOB...], as matrix
+    /// labels its combinations) runs it plain and with activation capture in child processes; the captured
+    /// activations are walked in execution order to the first module whose bits differ.
+    Localize {
+        #[arg(long)]
+        suite: String,
+        /// One scenario (its dumps are kept under --out); without it, every scenario of the
+        /// suite matching --filter, written to <out>/localize.jsonl.
+        #[arg(long, conflicts_with = "filter")]
+        scenario: Option<String>,
+        /// A regular expression over scenario names, as for check.
+        #[arg(long)]
+        filter: Option<String>,
+        /// One side, e.g. native, avx2-threads1 or native+channels-last.
+        #[arg(long)]
+        a: String,
+        /// The other side.
+        #[arg(long)]
+        b: String,
+        #[arg(long, default_value = "reprodiff-out/localize")]
+        out: PathBuf,
+        /// The fixtures directory (suites/ and golden/).
+        #[arg(long, env = "REPRODIFF_FIXTURES", value_name = "DIR")]
+        fixtures: Option<PathBuf>,
+    },
+    /// A Markdown drift report over check record folders (`check --out DIR`), one set per
+    /// folder: per environment class, counts by verdict and the worst l_inf; with --baseline,
+    /// each set against it (newly drifted, newly fixed, new, missing).
+    Report {
+        /// Record folders, one per host or run.
+        #[arg(required = true)]
+        records: Vec<PathBuf>,
+        /// A record folder to compare every set with.
+        #[arg(long, conflicts_with = "against")]
+        baseline: Option<PathBuf>,
+        /// Compare every set with the goldens as they were at this git revision (what an
+        /// upgrade moved): for each scenario, the expectation that revision held for its class.
+        #[arg(long, value_name = "REV")]
+        against: Option<String>,
+        /// The fixtures directory whose goldens --against reads (default: ./fixtures).
+        #[arg(long, env = "REPRODIFF_FIXTURES", value_name = "DIR")]
+        fixtures: Option<PathBuf>,
+        /// md (for a pull-request comment), json (the same content) or html (one
+        /// self-contained page with a verdict heatmap and per-step drift curves).
+        #[arg(long, default_value = "md", value_parser = ["md", "json", "html"])]
+        format: String,
+        /// localize.jsonl files (`reprodiff localize --filter ... --a BASE --b SET`): each
+        /// first divergence they cover also names the step and module where the runs part.
+        #[arg(long, value_name = "FILE")]
+        localized: Vec<PathBuf>,
+    },
+    /// Maintain golden files.
+    Golden {
+        #[command(subcommand)]
+        action: GoldenAction,
+    },
+    /// Run one pipeline and save or print its output.
+    Run {
+        #[command(subcommand)]
+        pipeline: RunPipeline,
+    },
+    /// Time a pipeline: load once, one warm-up run, then timed runs; prints JSON with the
+    /// seconds of each run and the peak resident memory (ci/bench.py compares with diffusers).
+    Bench {
+        #[command(subcommand)]
+        pipeline: BenchPipeline,
+    },
+    /// Write a diffusers pipeline folder with deterministically derived weights.
+    DeriveWeights {
+        /// Architecture (ddpm-cifar10-32).
+        #[arg(long)]
+        arch: String,
+        /// Output folder (replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the environment fingerprint.
+    Env {
+        /// Print JSON (the schema every record and golden carries).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where a model is, as one JSON line {"spec", "folder"} or {"spec", "unavailable"}: the
+    /// oracle loads what this names, so both sides resolve models by one rule (derived weights
+    /// are made in the cache first).
+    #[command(hide = true)]
+    ResolveModel {
+        spec: String,
+        /// The folder bare names are looked up in (a fixtures tree's models/).
+        #[arg(long, value_name = "DIR")]
+        models: Option<PathBuf>,
+    },
+    /// Run one scenario and write its observation (used for child processes).
+    #[command(hide = true)]
+    Observe {
+        #[arg(long)]
+        suite_file: PathBuf,
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum GoldenAction {
+    /// Judge the oracle's outputs from elsewhere (another torch release, another host: a
+    /// results directory) against the goldens as `check` judges a run, writing check records
+    /// to <out>/records.jsonl for `reprodiff report`. The goldens are not changed.
+    Compare {
+        /// The oracle's results directory (results.jsonl + arrays).
+        #[arg(long)]
+        from: PathBuf,
+        /// Where records.jsonl goes.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        sel: SelectArgs,
+    },
+    /// Merge the oracle's results directory (results.jsonl) or another golden directory
+    /// (<suite>.json, schema 1 or 2) into the goldens: each output becomes the expectation of
+    /// its environment class.
+    Merge {
+        /// The results or golden directory to merge from.
+        #[arg(long)]
+        from: PathBuf,
+        /// The golden directory to merge into (default: <fixtures>/golden).
+        #[arg(long)]
+        golden_dir: Option<PathBuf>,
+        #[command(flatten)]
+        sel: SelectArgs,
+    },
+}
+
+/// Parses the flags, runs the command, prints an error as `error: ...` and returns its exit code.
+pub fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`reprodiff list --json | head`), as Unix tools do, instead
+    // of panicking on the failed print: Rust ignores SIGPIPE unless told otherwise.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let code = match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn dispatch(cli: Cli) -> crate::Result<i32> {
+    match cli.command {
+        Command::Check {
+            sel,
+            json,
+            verbose,
+            out,
+            save_outputs,
+        } => check::check(&sel, json, verbose, &out, save_outputs),
+        Command::Bless { sel } => check::bless(&sel),
+        Command::Calibrate { sel, records } => check::calibrate(&sel, &records),
+        Command::List { sel, json } => check::list(&sel, json),
+        Command::Matrix { sel, axes, out } => check::matrix(&sel, &axes, &out),
+        Command::Localize {
+            suite,
+            scenario,
+            filter,
+            a,
+            b,
+            out,
+            fixtures,
+        } => report::localize(
+            &suite,
+            scenario.as_deref(),
+            filter.as_deref(),
+            &a,
+            &b,
+            &out,
+            fixtures,
+        ),
+        Command::Report {
+            records,
+            baseline,
+            against,
+            fixtures,
+            format,
+            localized,
+        } => report::report(
+            &records,
+            baseline.as_deref(),
+            against.as_deref(),
+            fixtures,
+            &format,
+            &localized,
+        ),
+        Command::Golden {
+            action: GoldenAction::Compare { from, out, sel },
+        } => report::golden_compare(&from, &out, &sel),
+        Command::Golden {
+            action:
+                GoldenAction::Merge {
+                    from,
+                    golden_dir,
+                    sel,
+                },
+        } => report::golden_merge(&from, golden_dir, &sel),
+        Command::Run { pipeline } => run::run(&pipeline),
+        Command::Bench { pipeline } => bench::bench(&pipeline),
+        Command::DeriveWeights { arch, out } => model::derive_weights(&arch, &out),
+        Command::ResolveModel { spec, models } => model::resolve_model(&spec, models.as_deref()),
+        Command::Env { json } => env::env(json),
+        Command::Observe {
+            suite_file,
+            scenario,
+            out,
+        } => run::observe_child(&suite_file, &scenario, &out),
+    }
+}

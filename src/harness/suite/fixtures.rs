@@ -1,0 +1,119 @@
+//! The fixtures tree a run reads (fixtures/suites/*.toml, fixtures/golden/, fixtures/models/)
+//! and the selection of suites and scenarios a command names.
+use super::{Scenario, Suite};
+use crate::error::{Error, Result};
+use crate::harness::store::GoldenStore;
+use regex::Regex;
+use std::path::{Path, PathBuf};
+
+/// Which scenarios to run: suites by name (all when empty) and a regex on scenario names.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub suites: Vec<String>,
+    pub filter: Option<String>,
+}
+
+/// A fixtures tree: fixtures/suites/*.toml and fixtures/golden/.
+#[derive(Debug, Clone)]
+pub struct Fixtures {
+    pub root: PathBuf,
+    /// Where the goldens are: `<root>/golden` unless told otherwise.
+    pub golden: PathBuf,
+}
+
+impl Fixtures {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        Fixtures {
+            golden: root.join("golden"),
+            root,
+        }
+    }
+
+    pub fn suites_dir(&self) -> PathBuf {
+        self.root.join("suites")
+    }
+
+    pub fn store(&self) -> GoldenStore {
+        GoldenStore::new(&self.golden)
+    }
+
+    /// The selected suites, each with its selected scenarios (suites left empty are dropped).
+    pub fn select(&self, sel: &Selection) -> Result<Vec<Suite>> {
+        let all = Suite::load_dir(&self.suites_dir())?;
+        for wanted in &sel.suites {
+            if !all.iter().any(|s| &s.name == wanted) {
+                let known: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+                return Err(Error::InvalidArgument(format!(
+                    "--suite {wanted}: no such suite in {} (known: {})",
+                    self.suites_dir().display(),
+                    known.join(", ")
+                )));
+            }
+        }
+        let filter = sel
+            .filter
+            .as_deref()
+            .map(Regex::new)
+            .transpose()
+            .map_err(|e| Error::InvalidArgument(format!("--filter: {e}")))?;
+        let models = self.root.join("models");
+        for suite in &all {
+            for scenario in &suite.scenarios {
+                check_model_reference(suite, scenario, &models)?;
+            }
+        }
+        Ok(all
+            .into_iter()
+            .filter(|s| sel.suites.is_empty() || sel.suites.contains(&s.name))
+            .map(|mut s| {
+                s.scenarios.retain(|sc| {
+                    filter.as_ref().is_none_or(|f| {
+                        f.is_match(&sc.name) || f.is_match(&format!("{}/{}", s.name, sc.name))
+                    })
+                });
+                s
+            })
+            .filter(|s| !s.scenarios.is_empty())
+            .collect())
+    }
+}
+
+/// A suite's model reference must name something that exists: a folder under fixtures/models/
+/// or a path, a known derived architecture, or a hub id (`hub:org/name`, looked up at run time:
+/// one not in the local cache is "not run", since the host may simply not have it). A typo is a
+/// suite error (exit 2), never "not run".
+fn check_model_reference(suite: &Suite, scenario: &Scenario, models: &Path) -> Result<()> {
+    let Some(model) = scenario.run.model() else {
+        return Ok(());
+    };
+    let bad = |m: String| {
+        Err(Error::invalid_file(
+            &suite.path,
+            format!("scenario '{}': run.model {m}", scenario.name),
+        ))
+    };
+    if let Some(arch) = model.strip_prefix("derived:") {
+        if !crate::models::derived::ARCHS.contains(&arch) {
+            return bad(format!(
+                "'{model}': unknown derived architecture (known: {})",
+                crate::models::derived::ARCHS.join(", ")
+            ));
+        }
+    } else if let Some(id) = model.strip_prefix("hub:") {
+        let part = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        };
+        if !id.split_once('/').is_some_and(|(o, n)| part(o) && part(n)) {
+            return bad(format!("'{model}': a hub id is hub:org/name"));
+        }
+    } else if !models.join(model).is_dir() && !Path::new(model).is_dir() {
+        return bad(format!(
+            "'{model}': no such folder in {} (hub models are written hub:org/name)",
+            models.display()
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! The integration tests, one binary: properties of the torch seam, the command line's contract
+//! (exit codes, errors that name the file and field at fault, bless never losing a golden),
+//! verdicts across CPU classes, reports, and snapshots of what people read. Each module below is
+//! one area; the setup they share (running `reprodiff`, fixture copies, JSON edits) is `common`.
+mod common;
+
+mod architecture;
+mod bless;
+mod classes;
+mod cli;
+mod ddim;
+mod determinism;
+mod drift;
+mod generators;
+mod goldens;
+mod localize;
+mod portable;
+mod sd;
+mod seam;
+mod snapshots;
