@@ -1,10 +1,10 @@
 """PyTorch's determinism switches: putting a scenario's in force, and reading them back.
 
-A scenario's `determinism` (as `reprodiff list --json` prints it: a preset and per-switch
-overrides, null where the suite leaves a switch to the preset) decides the bits of a run as
-much as its seed does, so the oracle applies it as reprodiff's Determinism::apply does and
-records what was in force in every fingerprint. The presets are reprodiff's
-(src/torch/determinism.rs): torch's defaults, and diffusers' enable_full_determinism().
+A scenario's determinism decides the bits of a run as much as its seed does, so the oracle
+applies it as reprodiff's Determinism::apply does and records what was in force in every
+fingerprint. Which switches a scenario means is reprodiff's to say: `reprodiff list --json`
+gives every switch with its preset already resolved (`oracle_determinism`), so the presets
+(torch's defaults, diffusers' enable_full_determinism()) live only in src/torch/determinism.rs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,39 +25,18 @@ ENV_SWITCHES = ("CUBLAS_WORKSPACE_CONFIG", "CUDA_LAUNCH_BLOCKING")
 
 @dataclass(frozen=True)
 class Determinism:
-    """Every switch; the defaults are torch's own. threads None: torch's default count."""
+    """Every switch, as `reprodiff list --json` resolves it. threads None: torch's default count."""
 
-    deterministic_algorithms: bool = False
-    warn_only: bool = False
-    cudnn_deterministic: bool = False
-    cudnn_benchmark: bool = False
-    allow_tf32_cublas: bool = False
-    allow_tf32_cudnn: bool = True
-    cublas_workspace_config: str | None = None
-    cuda_launch_blocking: bool = False
-    threads: int | None = None
-    cpu_capability: str | None = None
-
-
-PRESETS = {
-    "default": Determinism(),
-    # diffusers' enable_full_determinism() (utils/torch_utils.py).
-    "full": Determinism(
-        deterministic_algorithms=True,
-        cudnn_deterministic=True,
-        cudnn_benchmark=False,
-        allow_tf32_cublas=False,
-        cublas_workspace_config=":16:8",
-        cuda_launch_blocking=True,
-    ),
-}
-
-
-def from_spec(spec: dict[str, Any]) -> Determinism:
-    """The preset with the spec's non-null switches on top (DeterminismSpec::resolve)."""
-    switches = {f.name for f in fields(Determinism)}
-    overrides = {k: v for k, v in spec.items() if k in switches and v is not None}
-    return replace(PRESETS[spec["preset"]], **overrides)
+    deterministic_algorithms: bool
+    warn_only: bool
+    cudnn_deterministic: bool
+    cudnn_benchmark: bool
+    allow_tf32_cublas: bool
+    allow_tf32_cudnn: bool
+    cublas_workspace_config: str | None
+    cuda_launch_blocking: bool
+    threads: int | None
+    cpu_capability: str | None
 
 
 def cpu_capability() -> str:

@@ -23,18 +23,15 @@ Without --suite, every suite; --filter is reprodiff's (a regular expression on `
 printed. Scenarios the host cannot run (no CUDA, a hub model not in the cache, unseeded) are
 skipped with a warning; the goldens keep what they had for them.
 
-Environment: REPRODIFF_BIN (the reprodiff binary: scenarios, fingerprint, merge and derived
-models; default target/debug/reprodiff), REPRODIFF_CACHE (where derived models are kept, as
-run.sh), REPRODIFF_DERIVED_DIR (take derived:ARCH from DIR/ARCH as it is, without running
-reprodiff: for testing; results made so name it in their provenance), HF_HUB_CACHE / HF_HOME
-(hub models).
+Environment: REPRODIFF_BIN (the reprodiff binary: scenarios, fingerprint, model folders, merge;
+default target/debug/reprodiff), REPRODIFF_CACHE (where reprodiff keeps derived models, as
+run.sh), HF_HUB_CACHE / HF_HOME (hub models).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import sys
 import tempfile
 import time
@@ -42,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import scenarios
 from common import MODELS_DIR, RUN_SH, OracleError, Skip, SuiteError, shown
@@ -49,7 +47,7 @@ from compute import child_main, compute, run_in_child
 from models import SD_WEIGHTS, UNET_WEIGHTS
 from results import merge, record, records, write_results
 from scenarios import DdimRun, Scenario, SdRun, VaeEncodeRun
-from truth import self_check_float32_draws, self_check_sd_draws
+from truth import rmse, self_check_float32_draws, self_check_sd_draws
 from workloads import model_of, self_check_latent_loop
 
 Line = dict[str, Any]  # a results.jsonl line
@@ -186,10 +184,9 @@ def report(line: Line, out_dir: Path, note: str) -> None:
     text = f"  {line['suite']}/{line['scenario']:<56} {line['sha256'][:12]}"
     truth = line["truth"]
     if truth is not None:
-        output = np.load(out_dir / line["array"]).astype(np.float64)
-        exact = np.load(out_dir / truth["array"])
-        rmse = math.sqrt(float(np.mean((exact - output) ** 2)))
-        text += f"  rmse(truth)={rmse:.3e} sensitivity={truth['sensitivity']:.3e}"
+        output = torch.from_numpy(np.load(out_dir / line["array"]))
+        exact = torch.from_numpy(np.load(out_dir / truth["array"]))
+        text += f"  rmse(truth)={rmse(exact, output):.3e} sensitivity={truth['sensitivity']:.3e}"
         for name, value in truth.get("components", {}).items():
             text += f" {name}={value:.3e}"
     print(f"{text}  {note}", flush=True)

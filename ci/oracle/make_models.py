@@ -81,17 +81,17 @@ fixtures/tokenizers/tiny-clip-1000, so make that first (ci/oracle/run.sh --make-
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fixture_builder import build_all
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS_DIR = REPO / "fixtures" / "models"
@@ -341,15 +341,6 @@ MODELS: dict[str, Callable] = {
 FINISH: dict[str, Callable[[Path], None]] = {"tiny-sd-b": sd_layout_tokenizer}
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def files_of(folder: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file in `folder`."""
-    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def build(name: str, out: Path) -> None:
     """Writes model `name` to the new folder `out` with diffusers' save_pretrained."""
     pipe = MODELS[name]()
@@ -481,39 +472,8 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    failed = False
-    for name in args.names or list(MODELS):
-        final = MODELS_DIR / name
-        MODELS_DIR.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=MODELS_DIR, prefix=f".{name}.") as tmp:
-            fresh = Path(tmp) / name
-            build(name, fresh)
-            if args.check:
-                if not final.is_dir():
-                    print(f"  {name}: not committed ({final.relative_to(REPO)} is missing)")
-                    failed = True
-                    continue
-                want, got = files_of(final), files_of(fresh)
-                if want == got:
-                    print(f"  {name}: rebuilt byte for byte ({len(got)} files)")
-                else:
-                    changed = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-                    print(f"  {name}: DIFFERS from the committed folder: {changed}")
-                    failed = True
-                continue
-            if final.exists() and not args.force:
-                print(f"  {name}: {final.relative_to(REPO)} exists; left as it is (--force)")
-                continue
-            problems = sanity(name, fresh)
-            if problems:
-                print(f"make_models: error: {name}: " + "; ".join(problems), file=sys.stderr)
-                return 1
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(fresh, final)
-            print(f"  {name}: wrote {final.relative_to(REPO)}: " + json.dumps(
-                {k: v[:12] for k, v in files_of(final).items()}))
-    return 1 if failed else 0
+    return build_all(args.names or list(MODELS), MODELS_DIR, build, sanity, force=args.force,
+                     check=args.check, prog="make_models")
 
 
 if __name__ == "__main__":

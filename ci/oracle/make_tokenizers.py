@@ -53,12 +53,13 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from fixture_builder import build_all, sha256
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENIZERS_DIR = REPO / "fixtures" / "tokenizers"
@@ -79,15 +80,6 @@ TOKENIZERS: dict[str, int] = {"clip-vit-large-patch14": FULL_MERGES, "tiny-clip-
 
 # transformers' CLIPTokenizer on the full vocabulary (the SD 1.5 / CLIP model card example).
 CAT = ("a photo of a cat", [49406, 320, 1125, 539, 320, 2368, 49407])
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def files_of(folder: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file in `folder`."""
-    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def cache_dir() -> Path:
@@ -251,39 +243,9 @@ def main(argv: list[str]) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     bpe = bpe_file(args.bpe)
-    failed = False
-    for name in args.names or list(TOKENIZERS):
-        final = TOKENIZERS_DIR / name
-        TOKENIZERS_DIR.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=TOKENIZERS_DIR, prefix=f".{name}.") as tmp:
-            fresh = Path(tmp) / name
-            build(name, fresh, bpe)
-            if args.check:
-                if not final.is_dir():
-                    print(f"  {name}: not committed ({final.relative_to(REPO)} is missing)")
-                    failed = True
-                    continue
-                want, got = files_of(final), files_of(fresh)
-                if want == got:
-                    print(f"  {name}: rebuilt byte for byte ({len(got)} files)")
-                else:
-                    changed = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-                    print(f"  {name}: DIFFERS from the committed folder: {changed}")
-                    failed = True
-                continue
-            if final.exists() and not args.force:
-                print(f"  {name}: {final.relative_to(REPO)} exists; left as it is (--force)")
-                continue
-            problems = sanity(name, fresh)
-            if problems:
-                print(f"make_tokenizers: error: {name}: " + "; ".join(problems), file=sys.stderr)
-                return 1
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(fresh, final)
-            print(f"  {name}: wrote {final.relative_to(REPO)}: " + json.dumps(
-                {k: v[:12] for k, v in files_of(final).items()}))
-    return 1 if failed else 0
+    return build_all(args.names or list(TOKENIZERS), TOKENIZERS_DIR,
+                     lambda name, out: build(name, out, bpe), sanity, force=args.force,
+                     check=args.check, prog="make_tokenizers")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def record(outcome: Outcome, out_dir: Path) -> Table:
         "shape": list(output.shape),
         "dtype": DTYPE_NAMES[output.dtype],
         "sha256": sha,
-        "array": save_array(out_dir, f"{slug(s.name)}.{sha[:12]}.npy", stored),
+        "array": save_array(out_dir, f"{s.source['slug']}.{sha[:12]}.npy", stored),
         "environment": outcome.fingerprint,
         "provenance": {
             "producer": "oracle",
@@ -81,7 +81,7 @@ def record(outcome: Outcome, out_dir: Path) -> Table:
         assert truth.dtype == torch.float64 and truth.shape == output.shape
         truth_sha = raw_sha256(truth)
         line["truth"] = {
-            "array": save_array(out_dir, f"{slug(s.name)}.truth.{truth_sha[:12]}.npy", truth),
+            "array": save_array(out_dir, f"{s.source['slug']}.truth.{truth_sha[:12]}.npy", truth),
             "sha256": truth_sha,
             "sensitivity": outcome.sensitivity,
             "tool": f"{tool_of(s)}; {truth_note(s)}",
@@ -94,7 +94,7 @@ def record(outcome: Outcome, out_dir: Path) -> Table:
                 t = latents.to(torch.float64).contiguous()
                 line["truth"]["steps"][kind] = {
                     "array": save_array(out_dir,
-                                        f"{slug(s.name)}.steps-{kind}.{truth_sha[:12]}.npy", t),
+                                        f"{s.source['slug']}.steps-{kind}.{truth_sha[:12]}.npy", t),
                     "sha256": raw_sha256(t)}
     return line
 
@@ -110,11 +110,6 @@ def save_array(out_dir: Path, name: str, t: torch.Tensor) -> str:
     (out_dir / "arrays").mkdir(parents=True, exist_ok=True)
     np.save(out_dir / rel, t.numpy())
     return rel
-
-
-def slug(name: str) -> str:
-    """A file-name-safe form of a scenario name ("a/b c" -> "a__b-c")."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", name.replace("/", "__"))
 
 
 def tool_of(scenario: Scenario) -> str:

@@ -34,9 +34,9 @@
 #                     (default: ${XDG_CACHE_HOME:-$HOME/.cache}/reprodiff); derived models
 #                     (run.model = "derived:ARCH") are kept under its derived/
 #   REPRODIFF_BIN     the reprodiff binary (default target/debug/reprodiff): it expands the
-#                     suites (list --json), gives the fingerprint (env --json), merges the
-#                     results (golden merge) and derives weights
-#   REPRODIFF_DERIVED_DIR  take derived:ARCH from DIR/ARCH as it is (testing only)
+#                     suites (list --json), gives the fingerprint (env --json), resolves the
+#                     model folders (resolve-model, deriving weights) and merges the results
+#                     (golden merge)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

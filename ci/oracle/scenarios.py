@@ -138,7 +138,7 @@ def parse(line: Table) -> Scenario:
         device=s["device"],
         # reprodiff's rule, not this file's: the scenario's determinism, and for portable
         # kernels the noise contract's ATen capability (Scenario::oracle_determinism).
-        determinism=determinism.from_spec(line["oracle_determinism"]),
+        determinism=determinism.Determinism(**line["oracle_determinism"]),
         slice=parse_slice(s["slice"]) if "slice" in s else None,
         source=line,
     )
