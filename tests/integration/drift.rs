@@ -162,10 +162,9 @@ fn drift_report_of_the_avx2_host_records() {
     snapshot_settings().bind(|| {
         insta::assert_snapshot!(
             "drift_report_avx2_host",
-            reprodiff::harness::report::drift::markdown(&reprodiff::harness::report::drift::summarize(
-                &[set],
-                None
-            ))
+            reprodiff::harness::report::drift::markdown(
+                &reprodiff::harness::report::drift::summarize(&[set], None)
+            )
         );
     });
 }
@@ -282,7 +281,7 @@ fn report_against_a_revision_reads_that_revisions_goldens() {
     // The baseline is the expectation HEAD holds for the run's own class: on a host of a class
     // nobody recorded (an Intel Xeon without AMX, say) there is none, and the run is new.
     let record = read_record(&records, "tiny-ddim-a/steps2");
-    if record["compared_with"]["how"] == "same-class" {
+    if record["compared_with"]["match"] == "same-class" {
         assert!(t.contains("| identical | 1 | 1 | +0 |"), "{t}");
     } else {
         assert!(t.contains("| identical | 0 | 1 | +1 |"), "{t}");
@@ -386,7 +385,9 @@ fn drift_report_across_torch_releases() {
     snapshot_settings().bind(|| {
         insta::assert_snapshot!(
             "drift_report_torch_releases",
-            reprodiff::harness::report::drift::markdown(&reprodiff::harness::report::drift::summarize(&sets, None))
+            reprodiff::harness::report::drift::markdown(
+                &reprodiff::harness::report::drift::summarize(&sets, None)
+            )
         );
     });
 }
@@ -791,6 +792,21 @@ fn drift_report_html_renders_in_a_headless_browser() {
         2,
         "{dom_text}"
     );
+    // What a reviewer reads: a summary sentence per set first, the heatmap's key, curves that
+    // name their scenario and number their steps, image columns that say what they are, and
+    // one colour scale per difference map.
+    let summary = dom_text.find("<h2>Summary</h2>").expect("a summary");
+    assert!(summary < dom_text.find("id=\"heatmap\"").unwrap());
+    assert_eq!(
+        dom_text.matches("class=\"summary-set\"").count(),
+        2,
+        "{dom_text}"
+    );
+    assert!(dom_text.contains("class=\"legend\""));
+    assert_eq!(dom_text.matches("class=\"curve-label\"").count(), 2);
+    assert!(dom_text.matches("class=\"step-tick\"").count() >= 2);
+    assert_eq!(dom_text.matches("<th>difference</th>").count(), 2);
+    assert_eq!(dom_text.matches("class=\"scale\"").count(), 2);
     let pngs = inline_pngs(&dom_text);
     assert_eq!(pngs.len(), 6);
     for img in pngs {

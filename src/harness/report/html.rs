@@ -1,10 +1,12 @@
-//! The drift report as one self-contained HTML page: no script, no network at view time. The
-//! pictures are inline SVG: a heatmap of sets × scenarios coloured by verdict, and per-step
-//! drift curves (|Δ sum_abs| of the latent against the baseline, log scale) for scenarios whose
-//! output changed; and inline PNGs where the records carry their output arrays (`check
-//! --save-outputs`, which `matrix` always passes): the baseline's and the set's images side by
-//! side with their difference map, and the deterministic batch's image grids. The tables are
-//! those of the Markdown form.
+//! The drift report as one self-contained HTML page: no script, no network at view time. First
+//! a summary (one sentence per set and per comparison with the baseline); then inline SVG: a
+//! heatmap of sets × scenarios coloured by verdict (with its key; hover a cell for its set,
+//! scenario and verdict), and per-step drift curves (|Δ sum_abs| of the latent against the
+//! baseline, log scale, steps numbered, each curve labelled with its scenario) for scenarios
+//! whose output changed; and inline PNGs where the records carry their output arrays (`check
+//! --save-outputs`, which `matrix` always passes): the baseline's and the set's images under
+//! their column labels beside their difference map and its colour scale in the output's units,
+//! and the deterministic batch's image grids. The tables are those of the Markdown form.
 use crate::harness::compare::Verdict;
 use crate::harness::report::drift::{Entry, RecordSet, Report};
 use crate::harness::report::pictures;
@@ -26,11 +28,17 @@ pub fn html(report: &Report, sets: &[RecordSet], baseline: Option<&RecordSet>) -
          svg{border:1px solid #ddd;margin:0.5em 0}\
          figure{display:inline-block;margin:0.5em 1em 0.5em 0;vertical-align:top}\
          figure img{image-rendering:pixelated;border:1px solid #ddd;margin-right:4px}\
-         figcaption{font-size:12px;max-width:60em}</style></head><body>\n\
+         figcaption{font-size:12px;max-width:60em}\
+         .triple th{font-weight:normal;font-size:12px;border:none;text-align:left}\
+         .triple td{border:none;padding:0 6px 0 0;vertical-align:top}\
+         ul.summary li{margin:0.3em 0}</style></head><body>\n\
          <h1>reprodiff drift report</h1>\n",
     );
+    out.push_str(&summary(report));
     out.push_str("<h2>Verdicts: sets × scenarios</h2>\n");
     out.push_str(&heatmap(sets.iter().chain(baseline)));
+    out.push_str(&legend());
+    out.push_str("<p>Hover a cell for its set, scenario and verdict.</p>\n");
     if let Some(base) = baseline {
         out.push_str("<h2>Per-step drift against the baseline</h2>\n");
         for set in sets {
@@ -38,8 +46,8 @@ pub fn html(report: &Report, sets: &[RecordSet], baseline: Option<&RecordSet>) -
         }
         out.push_str(
             "<h2>Images: baseline, this set, and where they differ</h2>\n<p>Each row: the \
-             baseline's output, the set's, and the difference map (each pixel's largest |Δ| \
-             over its channels, the largest of all brightest).</p>\n",
+             baseline's output, the set's, and the difference map: each pixel's largest |Δ| \
+             over its channels, on the scale below it (absolute units of the output).</p>\n",
         );
         for set in sets {
             out.push_str(&side_by_side(base, set));
@@ -49,6 +57,95 @@ pub fn html(report: &Report, sets: &[RecordSet], baseline: Option<&RecordSet>) -
     out.push_str("<h2>Tables</h2>\n<pre>");
     out.push_str(&escape(&crate::harness::report::drift::markdown(report)));
     out.push_str("</pre>\n</body></html>\n");
+    out
+}
+
+/// One sentence per set (its scenarios and their verdicts, the worst distance), and one per
+/// comparison with the baseline: what a reviewer reads first.
+fn summary(report: &Report) -> String {
+    let mut out = String::from("<h2>Summary</h2>\n<ul class=\"summary\">\n");
+    for set in &report.sets {
+        let total: usize = set.classes.iter().map(|c| c.scenarios).sum();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for class in &set.classes {
+            for (verdict, n) in &class.verdicts {
+                *counts.entry(verdict.as_str()).or_default() += n;
+            }
+        }
+        let parts: Vec<String> = Verdict::ALL
+            .iter()
+            .filter_map(|v| {
+                let n = counts.get(v.key().as_str()).copied().unwrap_or(0);
+                (n > 0).then(|| format!("{n} {}", v.label()))
+            })
+            .collect();
+        let failing: usize = Verdict::ALL
+            .iter()
+            .filter(|v| v.fails(false))
+            .filter_map(|v| counts.get(v.key().as_str()))
+            .sum();
+        let worst = set
+            .classes
+            .iter()
+            .filter_map(|c| c.worst_l_inf.as_ref())
+            .filter(|w| w.value > 0.0)
+            .max_by(|a, b| a.value.total_cmp(&b.value))
+            .map_or(String::new(), |w| {
+                format!(
+                    "; the largest L_inf is {:.3e} ({})",
+                    w.value,
+                    escape(&w.scenario)
+                )
+            });
+        let _ = writeln!(
+            out,
+            "<li class=\"summary-set\"><b>{}</b>: {total} scenario(s) on {} class(es): {}; {}{worst}.</li>",
+            escape(&set.label),
+            set.classes.len(),
+            parts.join(", "),
+            if failing == 0 {
+                "none failed".to_string()
+            } else {
+                format!("{failing} failed")
+            }
+        );
+    }
+    for c in &report.comparisons {
+        let groups: Vec<String> = c
+            .groups
+            .iter()
+            .filter(|(_, names)| !names.is_empty())
+            .map(|(group, names)| format!("{}: {}", escape(group), names.len()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "<li class=\"summary-comparison\"><b>{}</b> against <b>{}</b>: {}.</li>",
+            escape(&c.new),
+            escape(&c.base),
+            if groups.is_empty() {
+                "no scenario changed its verdict".to_string()
+            } else {
+                groups.join(", ")
+            }
+        );
+    }
+    out.push_str("</ul>\n");
+    out
+}
+
+/// The heatmap's key: each verdict's colour and name.
+fn legend() -> String {
+    let mut out = String::from("<p class=\"legend\">");
+    for v in Verdict::ALL {
+        let _ = write!(
+            out,
+            "<span style=\"display:inline-block;width:10px;height:10px;background:{};\
+             border:1px solid #999;margin:0 3px 0 12px\"></span>{}",
+            colour(&v.key()),
+            v.label()
+        );
+    }
+    out.push_str("</p>\n");
     out
 }
 
@@ -81,7 +178,9 @@ fn heatmap<'a>(sets: impl Iterator<Item = &'a RecordSet> + Clone) -> String {
         .map(|s| s.label.chars().count())
         .max()
         .unwrap_or(0);
-    let (cell, label_w) = (6usize, (longest * 7 + 10).max(180));
+    // Cells as large as a page's width allows: 10px, or 6px for a few hundred scenarios.
+    let cell = if names.len() > 120 { 6usize } else { 10 };
+    let label_w = (longest * 7 + 10).max(180);
     let (w, h) = (
         label_w + cell * names.len().max(1),
         cell * 3 * rows.len().max(1) + 10,
@@ -106,10 +205,11 @@ fn heatmap<'a>(sets: impl Iterator<Item = &'a RecordSet> + Clone) -> String {
             let verdict = by.get(name).map_or("missing", String::as_str);
             let _ = writeln!(
                 svg,
-                "<rect class=\"cell\" x=\"{}\" y=\"{y}\" width=\"{cell}\" height=\"{}\" fill=\"{}\"><title>{}: {}</title></rect>",
+                "<rect class=\"cell\" x=\"{}\" y=\"{y}\" width=\"{cell}\" height=\"{}\" fill=\"{}\"><title>{} · {}: {}</title></rect>",
                 label_w + c * cell,
                 cell * 2,
                 if verdict == "missing" { "#ffffff" } else { colour(verdict) },
+                escape(&set.label),
                 escape(name),
                 verdict
             );
@@ -120,7 +220,8 @@ fn heatmap<'a>(sets: impl Iterator<Item = &'a RecordSet> + Clone) -> String {
 }
 
 /// |Δ sum_abs| per step between the baseline's and this set's run of each scenario whose
-/// output changed, on a log scale from 1e-12 to 1e2.
+/// output changed, on a log scale from 1e-12 to 1e2; the x axis numbers the denoising steps,
+/// and each curve is labelled with its scenario at its end (and in the list below the plot).
 fn curves(base: &RecordSet, set: &RecordSet) -> String {
     let base_by: BTreeMap<&str, _> = base.entries.iter().map(|e| (e.name.as_str(), e)).collect();
     let mut lines: Vec<(f64, &str, Vec<f64>)> = set
@@ -142,27 +243,44 @@ fn curves(base: &RecordSet, set: &RecordSet) -> String {
         .collect();
     lines.sort_by(|a, b| b.0.total_cmp(&a.0));
     lines.truncate(CURVES);
-    let (w, h, pad) = (640.0, 260.0, 40.0);
+    // The right margin holds the curves' labels.
+    let (w, h, pad, right) = (820.0, 280.0, 44.0, 220.0);
     let mut svg = format!(
         "<h3>{} against {}</h3>\n<svg class=\"curves\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\">\n",
         escape(&set.label),
         escape(&base.label)
     );
     let y_of = |d: f64| pad + (h - 2.0 * pad) * (2.0 - d.log10()) / 14.0;
+    let plot_w = w - pad - right;
     for exp in [-12, -8, -4, 0] {
         let y = y_of(10f64.powi(exp));
         let _ = writeln!(
             svg,
             "<line x1=\"{pad}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"2\" y=\"{:.1}\" font-size=\"10\">1e{exp}</text>",
-            w - pad,
+            pad + plot_w,
             y + 3.0
         );
     }
+    // Step numbers: every step up to 12 of them, else about ten evenly spaced.
+    let steps = lines.iter().map(|l| l.2.len()).max().unwrap_or(0);
+    if steps > 0 {
+        let every = steps.div_ceil(10).max(1);
+        let n = (steps.max(2) - 1) as f64;
+        for k in (0..steps).filter(|k| k % every == 0 || *k == steps - 1) {
+            let x = pad + plot_w * k as f64 / n;
+            let _ = writeln!(
+                svg,
+                "<text class=\"step-tick\" x=\"{x:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
+                h - pad + 14.0,
+                k + 1
+            );
+        }
+    }
     let _ = writeln!(
         svg,
-        "<text x=\"{pad}\" y=\"{}\" font-size=\"11\">denoising step, first to last →</text>\
-         <text x=\"{pad}\" y=\"14\" font-size=\"11\">|Δ sum_abs| of the latent (log)</text>",
-        h - 8.0
+        "<text x=\"{pad}\" y=\"{}\" font-size=\"11\">denoising step</text>\
+         <text x=\"{pad}\" y=\"14\" font-size=\"11\">|Δ sum_abs| of the latent against the baseline (log)</text>",
+        h - 6.0
     );
     if lines.is_empty() {
         let _ = writeln!(
@@ -171,28 +289,52 @@ fn curves(base: &RecordSet, set: &RecordSet) -> String {
             h / 2.0
         );
     }
+    let mut list = String::from("<ol class=\"curve-list\">");
     for (i, (_, name, d)) in lines.iter().enumerate() {
         let n = (d.len().max(2) - 1) as f64;
+        let at = |k: usize, v: f64| (pad + plot_w * k as f64 / n, y_of(v));
         let points: Vec<String> = d
             .iter()
             .enumerate()
             .map(|(k, v)| {
-                format!(
-                    "{:.1},{:.1}",
-                    pad + (w - 2.0 * pad) * k as f64 / n,
-                    y_of(*v)
-                )
+                let (x, y) = at(k, *v);
+                format!("{x:.1},{y:.1}")
             })
             .collect();
         let hue = (i * 360 / CURVES) % 360;
+        let (x_end, y_end) = at(d.len() - 1, d[d.len() - 1]);
+        // The label: the scenario's name, shortened from the left to fit the margin.
+        let chars: Vec<char> = name.chars().collect();
+        let short: String = if chars.len() > 34 {
+            std::iter::once('…')
+                .chain(chars[chars.len() - 33..].iter().copied())
+                .collect()
+        } else {
+            name.to_string()
+        };
         let _ = writeln!(
             svg,
-            "<polyline class=\"curve\" fill=\"none\" stroke=\"hsl({hue},70%,45%)\" points=\"{}\"><title>{}</title></polyline>",
+            "<polyline class=\"curve\" fill=\"none\" stroke=\"hsl({hue},70%,45%)\" points=\"{}\"><title>{}</title></polyline>\
+             <text class=\"curve-label\" x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"hsl({hue},70%,35%)\">{} {}</text>",
             points.join(" "),
-            escape(name)
+            escape(name),
+            x_end + 6.0,
+            y_end + 3.0,
+            i + 1,
+            escape(&short)
+        );
+        let _ = write!(
+            list,
+            "<li style=\"color:hsl({hue},70%,35%)\"><code>{}</code>: |Δ| {:.3e} at the last step</li>",
+            escape(name),
+            d[d.len() - 1]
         );
     }
     svg.push_str("</svg>\n");
+    list.push_str("</ol>\n");
+    if !lines.is_empty() {
+        svg.push_str(&list);
+    }
     svg
 }
 
@@ -249,10 +391,15 @@ fn side_by_side(base: &RecordSet, set: &RecordSet) -> String {
             continue;
         };
         let html = format!(
-            "<figure class=\"compare\">{}{}{}<figcaption>{}: max |Δ| {max:.3e}</figcaption></figure>\n",
+            "<figure class=\"compare\"><table class=\"triple\"><tr><th>baseline ({})</th>\
+             <th>this set ({})</th><th>difference</th></tr><tr><td>{}</td><td>{}</td><td>{}<br>{}</td>\
+             </tr></table><figcaption>{}: max |Δ| {max:.3e}</figcaption></figure>\n",
+            escape(&base.label),
+            escape(&set.label),
             img(&ga, &format!("{} ({})", e.name, base.label)),
             img(&gb, &format!("{} ({})", e.name, set.label)),
             img(&map, &format!("{}: difference map", e.name)),
+            scale(max),
             escape(&e.name)
         );
         found.push((max, html));
@@ -270,6 +417,36 @@ fn side_by_side(base: &RecordSet, set: &RecordSet) -> String {
         out.push_str(&html);
     }
     out
+}
+
+/// The difference map's colour scale in the output's own units: black at 0, red at a third of
+/// `max`, yellow at two thirds, white at `max` (pictures::difference_map's colours).
+fn scale(max: f64) -> String {
+    let (w, bar) = (200.0, 10.0);
+    let mut svg = format!(
+        "<svg class=\"scale\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"30\">\
+         <defs><linearGradient id=\"heat-{id}\"><stop offset=\"0\" stop-color=\"#000\"/>\
+         <stop offset=\"0.333\" stop-color=\"#f00\"/><stop offset=\"0.667\" stop-color=\"#ff0\"/>\
+         <stop offset=\"1\" stop-color=\"#fff\"/></linearGradient></defs>\
+         <rect x=\"10\" y=\"2\" width=\"{w}\" height=\"{bar}\" fill=\"url(#heat-{id})\" stroke=\"#999\"/>",
+        w + 40.0,
+        id = format!("{:x}", max.to_bits())
+    );
+    for (i, f) in [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0].iter().enumerate() {
+        let anchor = ["start", "middle", "middle", "end"][i];
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"26\" font-size=\"9\" text-anchor=\"{anchor}\">{}</text>",
+            10.0 + w * f,
+            if *f == 0.0 {
+                "0".to_string()
+            } else {
+                format!("{:.1e}", max * f)
+            }
+        );
+    }
+    svg.push_str("</svg>");
+    svg
 }
 
 /// The seed document's deterministic batch: the image grids of every `batch` scenario of the
