@@ -13,7 +13,7 @@
 //! 2. [`portable`]: reprodiff's own kernels, whose summation order the shapes alone fix.
 //! 3. [`torch`]: generators, `randn_tensor`, determinism switches and knobs (the C++ extension
 //!    lives here): which kernels, which noise, which settings.
-//! 4. [`env`] (the environment fingerprint and class every record and golden carries),
+//! 4. [`env`](mod@env) (the environment fingerprint and class every record and golden carries),
 //!    [`models`], [`schedulers`] and [`tokenizer`]: diffusers' building blocks.
 //! 5. [`loading`]: model folders, the Hugging Face cache, derived architectures.
 //! 6. [`pipelines`]: diffusers' `__call__` loops.

@@ -1,13 +1,13 @@
 //! The `reprodiff` command line: the flags (clap) and, per command, the function that runs it
 //! over the library. src/main.rs only calls [`main`]. Exit codes: [`crate::error::exit`].
 //!
-//! - [`select`]: the flags that choose suites, scenarios and the fixtures tree.
-//! - [`check`]: `check`, `bless`, `list`, `matrix`, `calibrate`.
-//! - [`report`]: `report`, `localize`, `golden compare`, `golden merge`.
-//! - [`run`]: `run ddim`, `run sd`, and the hidden `observe` a child process runs.
-//! - [`bench`]: `bench ddim`, `bench sd`, `bench gemm`.
-//! - [`model`]: `derive-weights`, and the hidden `resolve-model` the oracle asks.
-//! - [`env`]: the `env` command.
+//! - `select`: the flags that choose suites, scenarios and the fixtures tree.
+//! - `check`: `check`, `bless`, `list`, `matrix`, `calibrate`.
+//! - `report`: `report`, `localize`, `golden compare`, `golden merge`.
+//! - `run`: `run ddim`, `run sd`, and the hidden `observe` a child process runs.
+//! - `bench`: `bench ddim`, `bench sd`, `bench gemm`.
+//! - `model`: `derive-weights`, and the hidden `resolve-model` the oracle asks.
+//! - `env`: the `env` command.
 mod bench;
 mod check;
 mod env;

@@ -78,7 +78,7 @@ pub enum EnvClass {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HostClass {
-    /// "cpu" or "cuda:<gpu name>".
+    /// `"cpu"` or `"cuda:<gpu name>"`.
     pub device: String,
     pub arch: String,
     pub vendor: String,

@@ -1,5 +1,5 @@
-//! Golden fixtures: fixtures/golden/<suite>.json plus output arrays under
-//! fixtures/golden/<suite>/. Written only through [`GoldenStore::save`]: by `reprodiff golden
+//! Golden fixtures: `fixtures/golden/<suite>.json` plus output arrays under
+//! `fixtures/golden/<suite>/`. Written only through [`GoldenStore::save`]: by `reprodiff golden
 //! merge` (the oracle's results, goldens from other hosts) or `reprodiff bless`, always
 //! atomically; read by everything else.
 //!

@@ -113,7 +113,7 @@ impl Attention {
 }
 
 /// `F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)` for q, k, v of
-/// [b, heads, n, d]: libtorch's, or on the portable kernels [`portable_attention`] (whose scale is
+/// [b, heads, n, d]: libtorch's, or on the portable kernels `portable_attention` (whose scale is
 /// always the rule's `(1 / sqrt(d)) as f32`, the value both callers pass).
 pub fn sdpa(
     q: &Tensor,

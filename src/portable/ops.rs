@@ -223,7 +223,7 @@ pub fn group_norm(
     Ok(out)
 }
 
-/// layer_norm of x [.., d] over its last dimension with gamma and beta of [d]: per row, as
+/// layer_norm of x [.., d] over its last dimension with gamma and beta of `[d]`: per row, as
 /// [`group_norm`] per group (float64 mean and variance in increasing index, one rounding).
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let (x, g, b) = (dense(x)?, dense(gamma)?, dense(beta)?);

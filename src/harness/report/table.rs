@@ -35,7 +35,7 @@ fn is_skip(r: &ScenarioResult) -> bool {
     matches!(r.verdict, Verdict::NotRun | Verdict::NoExpectation) && r.output.is_none()
 }
 
-/// "24 not run: <reason>" and the scenarios' names (the first few; all with `verbose`).
+/// `"24 not run: <reason>"` and the scenarios' names (the first few; all with `verbose`).
 pub fn skipped_by_reason(skipped: &[ScenarioResult], verbose: bool) -> String {
     let mut groups: BTreeMap<(Verdict, &str), Vec<String>> = BTreeMap::new();
     for r in skipped {
@@ -86,7 +86,7 @@ pub fn lines(results: &[ScenarioResult], verbose: bool) -> String {
     out
 }
 
-/// "same class", "published", "nearest <class>", or "-".
+/// "same class", "published", `"nearest <class>"`, or "-".
 pub fn compared_with(r: &ScenarioResult) -> String {
     match &r.compared_with {
         None => "-".into(),

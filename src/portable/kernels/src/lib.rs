@@ -2,7 +2,7 @@
 //! every floating-point operation's order is fixed by the shapes alone. reprodiff's
 //! `src/portable/ops.rs` states the rule in full and wraps these kernels for tensors.
 //!
-//! - **Dot products** ([`gemm`]): per output, blocks of 64 reduction indices in increasing
+//! - **Dot products** ([`mod@gemm`]): per output, blocks of 64 reduction indices in increasing
 //!   order, each a float32 chain of fused multiply-adds from +0, the blocks' sums added in
 //!   order; a bias last. How outputs are tiled, vectorised or threaded is a matter of speed per
 //!   ISA, never of bits.
@@ -18,7 +18,7 @@ pub use gemm::{gemm, pack_panels, panel_width, Rhs, View};
 
 /// The order rule's version: a change of any order is a new version (and new goldens).
 /// Version 1 (stop 20) summed each dot product in 16 interleaved lanes without fused
-/// multiply-adds; version 2 is blocks of fused chains per output ([`gemm`]), which lets the
+/// multiply-adds; version 2 is blocks of fused chains per output ([`mod@gemm`]), which lets the
 /// vectors run across outputs.
 pub const ORDER_RULE: u32 = 2;
 
@@ -60,7 +60,7 @@ impl Isa {
 }
 
 /// `out[i][j] = sum_k a[i][k] * b[j][k] (+ bias[j])` for a of [m, k] and b of [n, k], row-major,
-/// under the order rule ([`gemm`]); the bias is added last.
+/// under the order rule ([`mod@gemm`]); the bias is added last.
 pub fn gemm_nt(
     isa: Isa,
     a: &[f32],
@@ -142,7 +142,7 @@ impl Conv {
 
 /// conv2d of one image x [c, h, w] with w [o, c, kh, kw] (groups 1, dilation 1) into out
 /// [o, ho, wo]: the filters [o, c * kh * kw] times the patches [c * kh * kw, ho * wo] (the
-/// reduction index in the weight's own layout, a padded input element +0), as [`gemm`]; the
+/// reduction index in the weight's own layout, a padded input element +0), as [`mod@gemm`]; the
 /// bias is added last.
 pub fn conv2d_image(
     isa: Isa,

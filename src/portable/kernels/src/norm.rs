@@ -48,7 +48,7 @@ pub fn group_norm(
         });
 }
 
-/// layer_norm over rows of length `d` into out, with gamma and beta of [d].
+/// layer_norm over rows of length `d` into out, with gamma and beta of `[d]`.
 pub fn layer_norm(x: &[f32], out: &mut [f32], d: usize, gamma: &[f32], beta: &[f32], eps: f64) {
     assert_eq!(x.len(), out.len());
     out.par_chunks_mut(d.max(1))
