@@ -12,9 +12,11 @@ document's prompt and guidance 7.5 on `--model` (a folder; default the derived S
 architecture, `reprodiff derive-weights --arch stable-diffusion-v1-5`) at `--size` pixels.
 Each round starts one fresh process per implementation, alternating which goes first; a process
 loads the pipeline, warms up once and times `--runs` calls. Reported: the median seconds per
-pipeline call of each implementation over all timed calls, the ratio diffusers / reprodiff
+pipeline call of each implementation over all timed calls with their min and max, the ratio
+diffusers / reprodiff
 (> 1: reprodiff is faster), the median peak resident memory per process, and whether both
-produced the same bits. Quote ratios from one run of this script: these machines are noisy.
+produced the same bits; first the build timed and the host's class. Quote ratios from one run of
+this script: these machines are noisy. ci/profile_ops.py compares one call op by op.
 
 `--portable` adds reprodiff on its portable kernels (`bench --kernels portable`, issue #14) as a
 third process per round, interleaved with the other two: its median, its min and max, and its
@@ -28,6 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,10 +70,16 @@ def main() -> None:
     if not a.model and not (model / "DERIVED").exists():
         subprocess.run([str(exe), "derive-weights", "--arch", arch, "--out", str(model)], check=True)
     extra = ["--size", str(a.size)] if a.size else []
-    print(f"reprodiff: {exe}; {a.pipeline} on {model}; threads {a.threads}; "
+    env = json.loads(subprocess.run([str(exe), "env", "--json"], check=True, capture_output=True,
+                                    text=True, cwd=REPO).stdout)
+    build = ("release profile" if exe.parent.name == "release" else
+             "dev profile: reprodiff at opt-level 1, its kernels and every dependency at 3")
+    print(f"reprodiff: {exe} ({build}); {a.pipeline} on {model}; threads {a.threads}; "
           f"{a.rounds} rounds x {a.runs} timed runs, interleaved")
-    print(f"{'steps':>5}  {'reprodiff s':>12}  {'diffusers s':>12}  {'ratio':>6}  "
-          f"{'reprodiff MiB':>13}  {'diffusers MiB':>13}  same bits"
+    print(f"host: {env['cpu']['model']}, class {env['class']}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"{'steps':>5}  {'reprodiff s (min-max)':>24}  {'diffusers s (min-max)':>24}  "
+          f"{'ratio':>6}  {'reprodiff MiB':>13}  {'diffusers MiB':>13}  same bits"
           + (f"  {'portable s (min-max)':>22}  {'portable/native':>15}" if a.portable else ""))
     for steps in [int(s) for s in a.steps.split(",")]:
         ours = [str(exe), "bench", a.pipeline, "--model", str(model), "--steps", str(steps),
@@ -91,13 +100,12 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in times.items()}
         mem = {k: statistics.median(res["peak_rss_kb"] for res in v) / 1024 for k, v in results.items()}
         same = {res["sha256"] for k in ("reprodiff", "diffusers") for res in results[k]}
-        line = (f"{steps:>5}  {med['reprodiff']:>12.3f}  {med['diffusers']:>12.3f}  "
+        spread = {k: f"{med[k]:.3f} ({min(v):.3f}-{max(v):.3f})" for k, v in times.items()}
+        line = (f"{steps:>5}  {spread['reprodiff']:>24}  {spread['diffusers']:>24}  "
                 f"{med['diffusers'] / med['reprodiff']:>6.2f}  {mem['reprodiff']:>13.0f}  "
                 f"{mem['diffusers']:>13.0f}  {'yes' if len(same) == 1 else 'NO':>9}")
         if a.portable:
-            p = times["portable"]
-            spread = f"{med['portable']:.3f} ({min(p):.3f}-{max(p):.3f})"
-            line += f"  {spread:>22}  {med['portable'] / med['reprodiff']:>15.2f}"
+            line += f"  {spread['portable']:>22}  {med['portable'] / med['reprodiff']:>15.2f}"
         print(line)
 
 

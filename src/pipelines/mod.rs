@@ -66,7 +66,6 @@ pub struct Bench {
     pub sha256: String,
 }
 
-/// A warm-up call, then `runs` timed calls, each with a CPU generator seeded 0.
 /// A benchmark's settings: torch's defaults on `threads` intra-op threads, and the kernels (the
 /// knob `portable` in force for portable ones, as a portable scenario runs).
 pub fn bench_settings(threads: Option<usize>, kernels: crate::portable::Kernels) -> Result<()> {
@@ -80,6 +79,12 @@ pub fn bench_settings(threads: Option<usize>, kernels: crate::portable::Kernels)
         .apply()
 }
 
+/// Set to a path, `bench` makes one more call after the timed ones under libtorch's profiler
+/// and writes its ops there ([`crate::torch::Profile`]); the timed calls are not profiled.
+pub const PROFILE_ENV: &str = "REPRODIFF_PROFILE";
+
+/// A warm-up call, then `runs` timed calls, each with a CPU generator seeded 0 (and, with
+/// [`PROFILE_ENV`] set, one profiled call).
 pub fn bench<P: Pipeline>(pipe: &mut P, args: &P::Call, runs: usize) -> Result<Bench> {
     let spec = GeneratorSpec::Single {
         seed: 0,
@@ -95,6 +100,11 @@ pub fn bench<P: Pipeline>(pipe: &mut P, args: &P::Call, runs: usize) -> Result<B
             seconds.push(start.elapsed().as_secs_f64());
         }
         sha256 = crate::torch::tensor_sha256(&image)?;
+    }
+    if let Some(path) = std::env::var_os(PROFILE_ENV) {
+        let (mut gens, _) = spec.build()?;
+        let _profile = crate::torch::Profile::start(std::path::Path::new(&path))?;
+        let _image = pipe.call(args, &mut gens)?;
     }
     Ok(Bench {
         threads: tch::get_num_threads(),

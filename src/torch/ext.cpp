@@ -12,11 +12,13 @@
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/headeronly/version.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -248,6 +250,21 @@ char* rd_cuda_info(int* has_cuda, int* gpus, int64_t* cudart, int64_t* cudnn) {
     *cudart = *has_cuda ? hooks.versionCUDART() : 0;
     *cudnn = (*has_cuda && hooks.hasCuDNN()) ? hooks.versionCuDNN() : 0;
   });
+}
+
+// libtorch's own profiler (torch.autograd.profiler's legacy one) on the calling thread:
+// rd_profile_stop writes every ATen op it saw, with its CPU time, to the path given to
+// rd_profile_start as a Chrome trace. Used by `bench` to compare ops with torch.profiler's.
+static std::unique_ptr<torch::autograd::profiler::RecordProfile> g_profile;
+
+char* rd_profile_start(const char* path) {
+  return guarded([&] {
+    g_profile = std::make_unique<torch::autograd::profiler::RecordProfile>(std::string(path));
+  });
+}
+
+char* rd_profile_stop() {
+  return guarded([&] { g_profile.reset(); });
 }
 
 }  // extern "C"

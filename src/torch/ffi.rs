@@ -62,6 +62,8 @@ extern "C" {
     pub fn rd_torch_version(out: *mut *mut c_char) -> *mut c_char;
     pub fn rd_cpu_capability(out: *mut *mut c_char) -> *mut c_char;
     pub fn rd_parallel_info(out: *mut *mut c_char) -> *mut c_char;
+    pub fn rd_profile_start(path: *const c_char) -> *mut c_char;
+    pub fn rd_profile_stop() -> *mut c_char;
     pub fn rd_cuda_info(
         has_cuda: *mut c_int,
         gpus: *mut c_int,

@@ -37,6 +37,29 @@ pub fn parallel_info() -> Result<String> {
     read_string(ffi::rd_parallel_info)
 }
 
+/// While it lives, libtorch's profiler records every ATen op this thread runs; dropped, it
+/// writes them with their CPU times to its path as a Chrome trace (the events torch's legacy
+/// autograd profiler writes), for comparison op by op with torch.profiler on diffusers' side.
+pub struct Profile(());
+
+impl Profile {
+    pub fn start(path: &std::path::Path) -> Result<Profile> {
+        let c = std::ffi::CString::new(path.to_string_lossy().as_bytes()).map_err(|_| {
+            Error::InvalidArgument(format!("{}: a NUL in the path", path.display()))
+        })?;
+        ffi::check(unsafe { ffi::rd_profile_start(c.as_ptr()) }).map_err(Error::Torch)?;
+        Ok(Profile(()))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Err(e) = ffi::check(unsafe { ffi::rd_profile_stop() }) {
+            eprintln!("warning: libtorch's profiler: {e}");
+        }
+    }
+}
+
 /// What CUDA libtorch sees: available, device count, CUDA runtime and cuDNN versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CudaInfo {
