@@ -3,7 +3,7 @@
 
     ci/oracle/run.sh is not needed; run with the oracle's venv:
     ~/.cache/reprodiff/torch-2.13.0/bin/python ci/bench.py [--pipeline ddim|sd] [--model M]
-        [--size S] [--steps 2,50] [--rounds 5] [--runs 3] [--threads 2]
+        [--size S] [--steps 2,50] [--rounds 5] [--runs 3] [--threads 2] [--repeat 3] [--markdown]
 
 Both sides run the same weights, f32 on the CPU, the same thread count, a CPU generator seeded 0:
 `--pipeline ddim` (default) the full-size google/ddpm-cifar10-32 architecture with derived
@@ -17,6 +17,10 @@ diffusers / reprodiff
 (> 1: reprodiff is faster), the median peak resident memory per process, and whether both
 produced the same bits; first the build timed and the host's class. Quote ratios from one run of
 this script: these machines are noisy. ci/profile_ops.py compares one call op by op.
+
+`--repeat N` measures everything N times over (N runs of the script in one) and adds, per step
+count, the median of the N ratios: the figure #16's goal is stated in. `--markdown` prints the
+table for docs/performance.md on stdout (the lines above go to stderr), with the host, build and date it was measured on.
 
 `--portable` adds reprodiff on its portable kernels (`bench --kernels portable`, issue #14) as a
 third process per round, interleaved with the other two: its median, its min and max, and its
@@ -63,6 +67,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, help="sd: height and width in pixels")
     ap.add_argument("--portable", action="store_true",
                     help="also time reprodiff's portable kernels (bench --kernels portable)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure N times over and report the median of the N ratios")
+    ap.add_argument("--markdown", action="store_true",
+                    help="print a Markdown table for docs/performance.md")
     a = ap.parse_args()
     exe = reprodiff_bin()
     arch = "ddpm-cifar10-32" if a.pipeline == "ddim" else "stable-diffusion-v1-5"
@@ -74,40 +82,85 @@ def main() -> None:
                                     text=True, cwd=REPO).stdout)
     build = ("release profile" if exe.parent.name == "release" else
              "dev profile: reprodiff at opt-level 1, its kernels and every dependency at 3")
-    print(f"reprodiff: {exe} ({build}); {a.pipeline} on {model}; threads {a.threads}; "
-          f"{a.rounds} rounds x {a.runs} timed runs, interleaved")
-    print(f"host: {env['cpu']['model']}, class {env['class']}; "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"{'steps':>5}  {'reprodiff s (min-max)':>24}  {'diffusers s (min-max)':>24}  "
-          f"{'ratio':>6}  {'reprodiff MiB':>13}  {'diffusers MiB':>13}  same bits"
-          + (f"  {'portable s (min-max)':>22}  {'portable/native':>15}" if a.portable else ""))
-    for steps in [int(s) for s in a.steps.split(",")]:
-        ours = [str(exe), "bench", a.pipeline, "--model", str(model), "--steps", str(steps),
-                "--runs", str(a.runs), "--threads", str(a.threads), *extra]
-        theirs = [sys.executable, str(REPO / "ci" / "bench_diffusers.py"), "--model", str(model),
-                  "--pipeline", a.pipeline, "--steps", str(steps), "--runs", str(a.runs),
-                  "--threads", str(a.threads), *extra]
-        order = [("reprodiff", ours), ("diffusers", theirs)]
-        if a.portable:
-            order.append(("portable", [*ours, "--kernels", "portable"]))
-        results: dict[str, list[dict]] = {name: [] for name, _ in order}
-        for r in range(a.rounds):
-            # Rotate who goes first, so that no implementation always runs on a cold machine.
-            shift = r % len(order)
-            for name, cmd in order[shift:] + order[:shift]:
-                results[name].append(run(cmd))
-        times = {k: [t for res in v for t in res["seconds"]] for k, v in results.items()}
-        med = {k: statistics.median(v) for k, v in times.items()}
-        mem = {k: statistics.median(res["peak_rss_kb"] for res in v) / 1024 for k, v in results.items()}
-        same = {res["sha256"] for k in ("reprodiff", "diffusers") for res in results[k]}
-        spread = {k: f"{med[k]:.3f} ({min(v):.3f}-{max(v):.3f})" for k, v in times.items()}
-        line = (f"{steps:>5}  {spread['reprodiff']:>24}  {spread['diffusers']:>24}  "
-                f"{med['diffusers'] / med['reprodiff']:>6.2f}  {mem['reprodiff']:>13.0f}  "
-                f"{mem['diffusers']:>13.0f}  {'yes' if len(same) == 1 else 'NO':>9}")
-        if a.portable:
-            line += f"  {spread['portable']:>22}  {med['portable'] / med['reprodiff']:>15.2f}"
-        print(line)
+    when = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+    # With --markdown the table is stdout and the progress lines go to stderr.
+    def say(line: str) -> None:
+        print(line, file=sys.stderr if a.markdown else sys.stdout, flush=True)
+    say(f"reprodiff: {exe} ({build}); {a.pipeline} on {model}; threads {a.threads}; "
+        f"{a.rounds} rounds x {a.runs} timed runs, interleaved, {a.repeat} time(s) over")
+    say(f"host: {env['cpu']['model']}, class {env['class']}; {when}")
+    say(f"{'run':>3}  {'steps':>5}  {'reprodiff s (min-max)':>24}  {'diffusers s (min-max)':>24}  "
+        f"{'ratio':>6}  {'reprodiff MiB':>13}  {'diffusers MiB':>13}  same bits"
+        + (f"  {'portable s (min-max)':>22}  {'portable/native':>15}" if a.portable else ""))
+    step_counts = [int(s) for s in a.steps.split(",")]
+    rows: dict[int, list[dict]] = {steps: [] for steps in step_counts}
+    for rep in range(1, a.repeat + 1):
+        for steps in step_counts:
+            row = measure(a, exe, model, extra, steps)
+            rows[steps].append(row)
+            line = (f"{rep:>3}  {steps:>5}  {row['spread']['reprodiff']:>24}  "
+                    f"{row['spread']['diffusers']:>24}  {row['ratio']:>6.2f}  "
+                    f"{row['mem']['reprodiff']:>13.0f}  {row['mem']['diffusers']:>13.0f}  "
+                    f"{'yes' if row['same'] else 'NO':>9}")
+            if a.portable:
+                line += f"  {row['spread']['portable']:>22}  {row['portable_ratio']:>15.2f}"
+            say(line)
+    if a.repeat > 1:
+        for steps in step_counts:
+            ratios = [r["ratio"] for r in rows[steps]]
+            say(f"steps {steps}: diffusers / reprodiff median of {a.repeat} runs "
+                f"{statistics.median(ratios):.2f} (runs: {', '.join(f'{x:.2f}' for x in ratios)})")
+    if a.markdown:
+        print_markdown(a, env, build, when, rows)
 
+
+def measure(a, exe: Path, model: Path, extra: list[str], steps: int) -> dict:
+    """One interleaved measurement at one step count: `--rounds` rounds of fresh processes."""
+    ours = [str(exe), "bench", a.pipeline, "--model", str(model), "--steps", str(steps),
+            "--runs", str(a.runs), "--threads", str(a.threads), *extra]
+    theirs = [sys.executable, str(REPO / "ci" / "bench_diffusers.py"), "--model", str(model),
+              "--pipeline", a.pipeline, "--steps", str(steps), "--runs", str(a.runs),
+              "--threads", str(a.threads), *extra]
+    order = [("reprodiff", ours), ("diffusers", theirs)]
+    if a.portable:
+        order.append(("portable", [*ours, "--kernels", "portable"]))
+    results: dict[str, list[dict]] = {name: [] for name, _ in order}
+    for r in range(a.rounds):
+        # Rotate who goes first, so that no implementation always runs on a cold machine.
+        shift = r % len(order)
+        for name, cmd in order[shift:] + order[:shift]:
+            results[name].append(run(cmd))
+    times = {k: [t for res in v for t in res["seconds"]] for k, v in results.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row = {
+        "median": med,
+        "spread": {k: f"{med[k]:.3f} ({min(v):.3f}-{max(v):.3f})" for k, v in times.items()},
+        "ratio": med["diffusers"] / med["reprodiff"],
+        "mem": {k: statistics.median(res["peak_rss_kb"] for res in v) / 1024
+                for k, v in results.items()},
+        "same": len({res["sha256"] for k in ("reprodiff", "diffusers") for res in results[k]}) == 1,
+    }
+    if a.portable:
+        row["portable_ratio"] = med["portable"] / med["reprodiff"]
+    return row
+
+
+def print_markdown(a, env: dict, build: str, when: str, rows: dict[int, list[dict]]) -> None:
+    print(f"{a.pipeline}, {a.threads} threads, {a.rounds} rounds x {a.runs} timed calls, "
+          f"{a.repeat} run(s) of the script; {env['cpu']['model']} (class `{env['class']}`), "
+          f"{build}, {when}; regenerate: `ci/bench.py {' '.join(sys.argv[1:])}`")
+    print()
+    print("| steps | run | reprodiff s (min-max) | diffusers s (min-max) | diffusers / reprodiff "
+          "| peak RSS reprodiff | peak RSS diffusers | same bits |")
+    print("|---|---|---|---|---|---|---|---|")
+    for steps, runs in rows.items():
+        for i, r in enumerate(runs, 1):
+            print(f"| {steps} | {i} | {r['spread']['reprodiff']} | {r['spread']['diffusers']} | "
+                  f"{r['ratio']:.2f} | {r['mem']['reprodiff']:.0f} MiB | "
+                  f"{r['mem']['diffusers']:.0f} MiB | {'yes' if r['same'] else 'NO'} |")
+        if len(runs) > 1:
+            med = statistics.median(r["ratio"] for r in runs)
+            print(f"| {steps} | median of {len(runs)} | | | **{med:.2f}** | | | |")
 
 if __name__ == "__main__":
     main()
