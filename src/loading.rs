@@ -13,20 +13,66 @@ pub struct ModelFolder {
     pub scheduler_config: Option<PathBuf>,
 }
 
-/// How a model is named: `hub:org/name` or `org/name` (local hub cache), `derived:ARCH`, or a
-/// path. `models_dir` resolves bare names used by suites (fixtures/models/).
+/// How a scenario or `--model` names a model: the one grammar, which suites check when they
+/// load and which [`resolve_dir`] follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelRef<'a> {
+    /// `derived:ARCH`: full-size weights reprodiff derives itself (`models::derived::ARCHS`).
+    Derived(&'a str),
+    /// `hub:org/name`: a snapshot in the local Hugging Face cache.
+    Hub(&'a str),
+    /// A path, or a name under the models folder (fixtures/models/ for suites); on the command
+    /// line a bare `org/name` that is no folder is a hub id too.
+    Folder(&'a str),
+}
+
+impl<'a> ModelRef<'a> {
+    /// Parses `spec`; the message names what is wrong with it.
+    pub fn parse(spec: &'a str) -> std::result::Result<Self, String> {
+        if let Some(arch) = spec.strip_prefix("derived:") {
+            let known = crate::models::derived::ARCHS;
+            if !known.contains(&arch) {
+                return Err(format!(
+                    "'{spec}': unknown derived architecture (known: {})",
+                    known.join(", ")
+                ));
+            }
+            return Ok(ModelRef::Derived(arch));
+        }
+        if let Some(id) = spec.strip_prefix("hub:") {
+            if !is_hub_id(id) {
+                return Err(format!("'{spec}': a hub id is hub:org/name"));
+            }
+            return Ok(ModelRef::Hub(id));
+        }
+        Ok(ModelRef::Folder(spec))
+    }
+}
+
+/// `org/name`, each part of letters, digits and `._-`.
+fn is_hub_id(id: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    };
+    id.split_once('/').is_some_and(|(o, n)| part(o) && part(n))
+}
+
+/// The model folder `spec` names ([`ModelRef`]) for the DDIM pipeline. `models_dir` resolves
+/// bare names used by suites (fixtures/models/).
 pub fn resolve(spec: &str, models_dir: Option<&Path>) -> Result<ModelFolder> {
     from_dir(&resolve_dir(spec, models_dir)?)
 }
 
-/// The folder `spec` names (see [`resolve`]), whatever pipeline it holds.
+/// The folder `spec` names (see [`ModelRef`]), whatever pipeline it holds.
 pub fn resolve_dir(spec: &str, models_dir: Option<&Path>) -> Result<PathBuf> {
-    if let Some(arch) = spec.strip_prefix("derived:") {
-        return crate::models::derived::materialize(arch);
-    }
-    if let Some(id) = spec.strip_prefix("hub:") {
-        return hub_snapshot(id);
-    }
+    let spec =
+        match ModelRef::parse(spec).map_err(|m| Error::InvalidArgument(format!("--model {m}")))? {
+            ModelRef::Derived(arch) => return crate::models::derived::materialize(arch),
+            ModelRef::Hub(id) => return hub_snapshot(id),
+            ModelRef::Folder(spec) => spec,
+        };
     let direct = PathBuf::from(spec);
     if direct.is_dir() {
         return Ok(direct);
@@ -34,7 +80,7 @@ pub fn resolve_dir(spec: &str, models_dir: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = models_dir.map(|d| d.join(spec)).filter(|p| p.is_dir()) {
         return Ok(dir);
     }
-    if spec.matches('/').count() == 1 && !spec.starts_with('.') && !spec.starts_with('/') {
+    if is_hub_id(spec) {
         return hub_snapshot(spec);
     }
     Err(Error::InvalidArgument(format!(

@@ -93,27 +93,16 @@ fn check_model_reference(suite: &Suite, scenario: &Scenario, models: &Path) -> R
             format!("scenario '{}': run.model {m}", scenario.name),
         ))
     };
-    if let Some(arch) = model.strip_prefix("derived:") {
-        if !crate::models::derived::ARCHS.contains(&arch) {
-            return bad(format!(
-                "'{model}': unknown derived architecture (known: {})",
-                crate::models::derived::ARCHS.join(", ")
-            ));
+    match crate::loading::ModelRef::parse(model) {
+        Err(m) => bad(m),
+        Ok(crate::loading::ModelRef::Folder(name))
+            if !models.join(name).is_dir() && !Path::new(name).is_dir() =>
+        {
+            bad(format!(
+                "'{model}': no such folder in {} (hub models are written hub:org/name)",
+                models.display()
+            ))
         }
-    } else if let Some(id) = model.strip_prefix("hub:") {
-        let part = |p: &str| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        };
-        if !id.split_once('/').is_some_and(|(o, n)| part(o) && part(n)) {
-            return bad(format!("'{model}': a hub id is hub:org/name"));
-        }
-    } else if !models.join(model).is_dir() && !Path::new(model).is_dir() {
-        return bad(format!(
-            "'{model}': no such folder in {} (hub models are written hub:org/name)",
-            models.display()
-        ));
+        Ok(_) => Ok(()),
     }
-    Ok(())
 }
