@@ -16,7 +16,7 @@
 //! 4. [`env`](mod@env) (the environment fingerprint and class every record and golden carries),
 //!    [`models`], [`schedulers`] and [`tokenizer`]: diffusers' building blocks.
 //! 5. [`loading`]: model folders, the Hugging Face cache, derived architectures.
-//! 6. [`pipelines`]: diffusers' `__call__` loops.
+//! 6. [`pipelines`]: diffusers' `__call__` loops, one folder per pipeline behind one seam.
 //! 7. [`harness`]: suites, runs, comparisons, records, reports and the commands over them.
 //!
 //! 8. [`cli`]: the command line (the flags and one function per command); src/main.rs only

@@ -1,29 +1,18 @@
 //! `bench ddim`, `bench sd`, `bench gemm`: timings as JSON (ci/bench.py compares them with
 //! diffusers).
-use super::select::kernels_flag;
 use crate::error::{exit, Result};
+use crate::pipelines::ddim::flags::DdimBenchFlags;
+use crate::pipelines::stable_diffusion::flags::SdBenchFlags;
+use crate::pipelines::BenchFlags;
 use clap::Subcommand;
 
+/// `bench PIPELINE`: one line per pipeline, its flags the pipeline's own
+/// (`pipelines::*::flags`), and the portable kernels' GEMM.
 #[derive(Subcommand)]
 pub(crate) enum BenchPipeline {
     /// StableDiffusionPipeline, the seed document's prompt, guidance 7.5, a CPU generator
     /// seeded 0, re-seeded before each run.
-    Sd {
-        #[arg(long)]
-        model: String,
-        #[arg(long)]
-        steps: usize,
-        /// Height and width (default: the model's).
-        #[arg(long)]
-        size: Option<i64>,
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        #[arg(long)]
-        threads: Option<usize>,
-        /// native (libtorch's kernels) or portable (reprodiff's).
-        #[arg(long, default_value = "native", value_parser = ["native", "portable"])]
-        kernels: String,
-    },
+    Sd(SdBenchFlags),
     /// The portable kernels' GEMM against libtorch's sgemm (matmul) on one float32 product of
     /// [m, k] by [k, n], timed in turn; prints JSON with each side's GFLOP/s and their medians.
     Gemm {
@@ -40,58 +29,14 @@ pub(crate) enum BenchPipeline {
         threads: Option<i32>,
     },
     /// DDIMPipeline with a CPU generator seeded 0, re-seeded before each run.
-    Ddim {
-        #[arg(long)]
-        model: String,
-        #[arg(long)]
-        steps: usize,
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        #[arg(long)]
-        threads: Option<usize>,
-        /// native (libtorch's kernels) or portable (reprodiff's).
-        #[arg(long, default_value = "native", value_parser = ["native", "portable"])]
-        kernels: String,
-    },
+    Ddim(DdimBenchFlags),
 }
 
 /// `bench PIPELINE`: load once, one warm-up run, then timed runs.
 pub(crate) fn bench(pipeline: &BenchPipeline) -> Result<i32> {
     match pipeline {
-        BenchPipeline::Ddim {
-            model,
-            steps,
-            runs,
-            threads,
-            kernels,
-        } => {
-            let b = crate::pipelines::ddim::bench(
-                model,
-                *steps,
-                *runs,
-                *threads,
-                kernels_flag(kernels),
-            )?;
-            print_bench(&b, *steps, kernels);
-        }
-        BenchPipeline::Sd {
-            model,
-            steps,
-            size,
-            runs,
-            threads,
-            kernels,
-        } => {
-            let b = crate::pipelines::stable_diffusion::bench(
-                model,
-                *steps,
-                *size,
-                *runs,
-                *threads,
-                kernels_flag(kernels),
-            )?;
-            print_bench(&b, *steps, kernels);
-        }
+        BenchPipeline::Ddim(flags) => print_bench(flags)?,
+        BenchPipeline::Sd(flags) => print_bench(flags)?,
         BenchPipeline::Gemm {
             m,
             n,
@@ -106,11 +51,14 @@ pub(crate) fn bench(pipeline: &BenchPipeline) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn print_bench(b: &crate::pipelines::Bench, steps: usize, kernels: &str) {
+fn print_bench(flags: &dyn BenchFlags) -> Result<()> {
+    let b = flags.bench()?;
     println!(
         "{}",
-        serde_json::json!({"impl": "reprodiff", "kernels": kernels, "steps": steps,
-                           "threads": b.threads, "kernel_threads": rayon::current_num_threads(),
+        serde_json::json!({"impl": "reprodiff", "kernels": flags.shared().kernels,
+                           "steps": flags.steps(), "threads": b.threads,
+                           "kernel_threads": rayon::current_num_threads(),
                            "seconds": b.seconds, "peak_rss_kb": b.peak_rss_kb, "sha256": b.sha256})
     );
+    Ok(())
 }

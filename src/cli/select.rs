@@ -1,5 +1,5 @@
 //! The flags that choose what runs: suites, a scenario filter and the fixtures tree; and what
-//! the commands share (the runner, paths that must exist, `--kernels`).
+//! the commands share (the runner, paths that must exist).
 use crate::error::{Error, Result};
 use crate::harness::run::observe::Runner;
 use crate::harness::suite::{Fixtures, Selection};
@@ -59,13 +59,5 @@ pub(crate) fn exists(flag: &str, path: &Path) -> Result<()> {
             "{flag} {}: no such file or folder",
             path.display()
         )))
-    }
-}
-
-/// A `--kernels` value clap has checked.
-pub(crate) fn kernels_flag(value: &str) -> crate::portable::Kernels {
-    match value {
-        "portable" => crate::portable::Kernels::Portable,
-        _ => crate::portable::Kernels::Native,
     }
 }

@@ -1,13 +1,30 @@
-//! Pipelines: diffusers' `__call__` loops over a model and a scheduler.
+//! Pipelines: diffusers' `__call__` loops over a model and a scheduler, and the seam through
+//! which the harness and the command line reach them.
+//!
+//! A pipeline is one folder here that owns everything about it:
+//!
+//! - `mod.rs`: the pipeline itself (loading a diffusers folder, `__call__`), implementing
+//!   [`Pipeline`];
+//! - `workload.rs`: its scenario workload (the `run = { kind = "..." }` table of a suite, its
+//!   fields, validation and run), implementing [`WorkloadKind`];
+//! - `flags.rs`: its `reprodiff run` and `reprodiff bench` flags, implementing [`RunFlags`]
+//!   and [`BenchFlags`].
+//!
+//! The harness lists the workloads in one enum (`harness::suite::workload::Workload`) and the
+//! command line lists the flags in two (`run`, `bench`); each holds one line per pipeline.
+//! docs/development.md has the recipe for adding one.
+pub mod call;
 pub mod ddim;
 pub mod stable_diffusion;
 pub mod trace;
 
+pub use call::{bench, bench_settings, peak_rss_kb, run, Bench, PROFILE_ENV};
 pub use trace::StepTrace;
 
 use crate::error::Result;
-use crate::torch::{GeneratorSpec, Generators};
+use crate::torch::{DType, DeviceSpec, GeneratorSpec, Generators};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use tch::Tensor;
 
 /// What the harness and the benchmarks need of a pipeline: one `__call__`, and the per-step
@@ -18,100 +35,83 @@ pub trait Pipeline {
     fn trace_mut(&mut self) -> &mut Option<Vec<StepTrace>>;
 }
 
-/// How a seeded global generator reaches a pipeline: `generator=torch.manual_seed(s)`, the CPU
-/// default generator object. An unseeded run passes `generator=None`.
-fn as_pipeline_argument(gens: Generators, unseeded: bool) -> Generators {
-    match gens {
-        Generators::Global if !unseeded => Generators::CpuDefault,
-        other => other,
-    }
+/// What a scenario workload produced.
+#[derive(Debug)]
+pub struct Output {
+    pub tensor: Tensor,
+    /// The per-step trace of a pipeline's (first) run, when asked for.
+    pub trace: Option<Vec<StepTrace>>,
+    /// The seed drawn from the OS for an unseeded run, so that the run can be repeated.
+    pub unseeded_seed: Option<u64>,
 }
 
-/// One call with the generators of `spec` (its trace recorded when `trace`), and with `twice`
-/// a second call with generators seeded afresh (`g.manual_seed(s)` again), returning run 1
-/// minus run 2: the seed document's "L_inf dist = 0". Returns the output, the first run's
-/// trace and the OS seed of an unseeded spec.
-pub fn run<P: Pipeline>(
-    pipe: &mut P,
-    args: &P::Call,
-    spec: &GeneratorSpec,
-    twice: bool,
-    trace: bool,
-) -> Result<(Tensor, Option<Vec<StepTrace>>, Option<u64>)> {
-    let (gens, unseeded_seed) = spec.build()?;
-    let mut gens = as_pipeline_argument(gens, unseeded_seed.is_some());
-    *pipe.trace_mut() = trace.then(Vec::new);
-    let mut tensor = pipe.call(args, &mut gens)?;
-    let first_trace = pipe.trace_mut().take();
-    if twice {
-        let (again, _) = match unseeded_seed {
-            Some(seed) => GeneratorSpec::Global { seed }.build()?,
-            None => spec.build()?,
-        };
-        let mut again = as_pipeline_argument(again, unseeded_seed.is_some());
-        tensor = tensor.f_sub(&pipe.call(args, &mut again)?)?;
+/// One kind of scenario workload (a suite's `run` table): its fields are the struct's, and the
+/// harness asks it only this.
+pub trait WorkloadKind {
+    /// Checks the fields together (a suite names the key at fault: `run.steps must be >= 1`).
+    fn validate(&self) -> std::result::Result<(), String>;
+    /// The model folder the workload loads, as the scenario names it.
+    fn model(&self) -> Option<&str>;
+    /// The dtype the workload computes in.
+    fn dtype(&self) -> DType;
+    /// The dtype, which a dtype knob can change.
+    fn dtype_mut(&mut self) -> &mut DType;
+    /// Run 1 minus run 2 of a re-seeded pipeline: the seed document claims it is exactly zero,
+    /// on every host, so it is compared exactly on every class.
+    fn is_rerun_difference(&self) -> bool {
+        false
     }
-    Ok((tensor, first_trace, unseeded_seed))
+    /// Runs the workload on `device`; bare model names resolve under `models_dir`. With
+    /// `trace`, a pipeline records its per-step trace (of the first run, for `twice`).
+    fn run(&self, device: DeviceSpec, models_dir: Option<&Path>, trace: bool) -> Result<Output>;
 }
 
-/// What `reprodiff bench` measures.
+/// The values of the flags every `reprodiff run PIPELINE` shares that go into its workload.
 #[derive(Debug, Clone)]
-pub struct Bench {
-    pub threads: i32,
-    /// Seconds of each timed call (a warm-up call comes first and is not counted).
-    pub seconds: Vec<f64>,
-    /// VmHWM of this process, in kB.
-    pub peak_rss_kb: Option<u64>,
-    /// SHA-256 of the last image, to check both sides computed the same thing.
-    pub sha256: String,
+pub struct SharedRunFlags {
+    pub generator: GeneratorSpec,
+    pub output_type: OutputType,
+    pub dtype: DType,
 }
 
-/// A benchmark's settings: torch's defaults on `threads` intra-op threads, and the kernels (the
-/// knob `portable` in force for portable ones, as a portable scenario runs).
-pub fn bench_settings(threads: Option<usize>, kernels: crate::portable::Kernels) -> Result<()> {
-    crate::torch::Determinism {
-        threads,
-        ..crate::torch::Determinism::torch_defaults()
+/// A pipeline's own `reprodiff run` flags: they describe one workload.
+pub trait RunFlags {
+    type Workload: WorkloadKind;
+    /// The number of images the flags ask for (a generator list has this length), once the
+    /// flags that decide it are checked.
+    fn images(&self) -> Result<usize>;
+    /// The workload these flags and the shared ones describe.
+    fn workload(&self, shared: SharedRunFlags) -> Result<Self::Workload>;
+    /// Where to write the images as one PNG grid, for a pipeline that offers `--grid`.
+    fn grid(&self) -> Option<&Path> {
+        None
     }
-    .apply()?;
-    crate::torch::knobs::Knobs::default()
-        .for_kernels(kernels)
-        .apply()
 }
 
-/// Set to a path, `bench` makes one more call after the timed ones under libtorch's profiler
-/// and writes its ops there ([`crate::torch::Profile`]); the timed calls are not profiled.
-pub const PROFILE_ENV: &str = "REPRODIFF_PROFILE";
+/// The flags every `reprodiff bench PIPELINE` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// native (libtorch's kernels) or portable (reprodiff's).
+    #[arg(long, default_value = "native", value_parser = ["native", "portable"])]
+    pub kernels: String,
+}
 
-/// A warm-up call, then `runs` timed calls, each with a CPU generator seeded 0 (and, with
-/// [`PROFILE_ENV`] set, one profiled call).
-pub fn bench<P: Pipeline>(pipe: &mut P, args: &P::Call, runs: usize) -> Result<Bench> {
-    let spec = GeneratorSpec::Single {
-        seed: 0,
-        device: crate::torch::DeviceSpec::Cpu,
-    };
-    let mut seconds = Vec::new();
-    let mut sha256 = String::new();
-    for i in 0..=runs {
-        let (mut gens, _) = spec.build()?;
-        let start = std::time::Instant::now();
-        let image = pipe.call(args, &mut gens)?;
-        if i > 0 {
-            seconds.push(start.elapsed().as_secs_f64());
-        }
-        sha256 = crate::torch::tensor_sha256(&image)?;
+impl BenchArgs {
+    pub fn kernels(&self) -> crate::portable::Kernels {
+        crate::portable::Kernels::from_flag(&self.kernels)
     }
-    if let Some(path) = std::env::var_os(PROFILE_ENV) {
-        let (mut gens, _) = spec.build()?;
-        let _profile = crate::torch::Profile::start(std::path::Path::new(&path))?;
-        let _image = pipe.call(args, &mut gens)?;
-    }
-    Ok(Bench {
-        threads: tch::get_num_threads(),
-        seconds,
-        peak_rss_kb: peak_rss_kb(),
-        sha256,
-    })
+}
+
+/// A pipeline's own `reprodiff bench` flags: load once, a warm-up call, timed calls.
+pub trait BenchFlags {
+    /// The denoising steps of each call.
+    fn steps(&self) -> usize;
+    fn shared(&self) -> &BenchArgs;
+    fn bench(&self) -> Result<Bench>;
 }
 
 /// diffusers' `output_type` values reprodiff produces.
@@ -136,17 +136,4 @@ impl std::str::FromStr for OutputType {
             ))),
         }
     }
-}
-
-/// VmHWM of this process in kB (Linux), for the benchmarks.
-pub fn peak_rss_kb() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:")
-                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
-            })
-        })
-        .and_then(|v| v.parse().ok())
 }

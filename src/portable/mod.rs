@@ -33,6 +33,14 @@ impl Kernels {
     pub fn is_native(&self) -> bool {
         *self == Kernels::Native
     }
+
+    /// A `--kernels` value clap has checked against `native` and `portable`.
+    pub fn from_flag(value: &str) -> Kernels {
+        match value {
+            "portable" => Kernels::Portable,
+            _ => Kernels::Native,
+        }
+    }
 }
 
 /// libtorch's intra-op threads in a portable run (`torch::knobs::Knobs::apply`): the kernels'

@@ -44,7 +44,7 @@ pub fn normal_fill(uniforms: &mut [f32], redrawn: Option<&[f32]>) {
 
 #[cfg(test)]
 mod tests {
-    use crate::harness::suite::workload::{RandomOp, Workload};
+    use crate::harness::suite::workload::{RandomOp, RandomWorkload, Workload};
     use crate::harness::suite::{Fixtures, Selection};
     use crate::torch::{DType, DeviceSpec, Generator, GeneratorSpec};
 
@@ -66,7 +66,7 @@ mod tests {
         let golden = store.load("rng").unwrap().unwrap();
         let mut compared = Vec::new();
         for s in &suite.scenarios {
-            let Workload::Random {
+            let Workload::Random(RandomWorkload {
                 op,
                 shape,
                 dtype,
@@ -78,7 +78,7 @@ mod tests {
                 skip: None,
                 state_roundtrip: false,
                 ..
-            } = &s.run
+            }) = &s.run
             else {
                 continue;
             };

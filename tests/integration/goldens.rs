@@ -104,16 +104,18 @@ fn every_rerun_difference_has_its_first_run_pinned() {
     let mut twice = 0;
     for suite in &suites {
         for s in &suite.scenarios {
-            if !matches!(
-                &s.run,
-                Workload::Ddim { twice: true, .. } | Workload::Sd { twice: true, .. }
-            ) {
+            if !s.run.is_rerun_difference() {
                 continue;
             }
             twice += 1;
             let mut once = s.run.clone();
-            if let Workload::Ddim { twice, .. } | Workload::Sd { twice, .. } = &mut once {
-                *twice = false;
+            match &mut once {
+                Workload::Ddim(w) => w.twice = false,
+                Workload::Sd(w) => w.twice = false,
+                other => panic!(
+                    "{}: a rerun difference of an unknown kind: {other:?}",
+                    s.name
+                ),
             }
             assert!(
                 suite

@@ -1,4 +1,8 @@
-//! `DDIMPipeline` (pipelines/ddim/pipeline_ddim.py, diffusers 0.42.1).
+//! `DDIMPipeline` (pipelines/ddim/pipeline_ddim.py, diffusers 0.42.1), its scenario workload
+//! ([`workload`]) and its flags ([`flags`]).
+pub mod flags;
+pub mod workload;
+
 use super::{OutputType, StepTrace};
 use crate::error::{Error, Result};
 use crate::loading::{ModelFolder, WEIGHTS};
@@ -140,23 +144,6 @@ impl DdimPipeline {
                 .f_contiguous()?),
         }
     }
-}
-
-pub fn bench(
-    model: &str,
-    steps: usize,
-    runs: usize,
-    threads: Option<usize>,
-    kernels: crate::portable::Kernels,
-) -> Result<super::Bench> {
-    super::bench_settings(threads, kernels)?;
-    let folder = crate::loading::resolve(model, None)?;
-    let mut pipe = DdimPipeline::load(&folder, DType::F32, DeviceSpec::Cpu, &Default::default())?;
-    let call = DdimCall {
-        num_inference_steps: steps,
-        ..Default::default()
-    };
-    super::bench(&mut pipe, &call, runs)
 }
 
 impl super::Pipeline for DdimPipeline {

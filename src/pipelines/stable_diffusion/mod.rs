@@ -1,6 +1,10 @@
 //! `StableDiffusionPipeline` (pipelines/stable_diffusion/pipeline_stable_diffusion.py,
 //! diffusers 0.42.1) without the safety checker: CLIP prompt encoding, classifier-free
-//! guidance, a DDIM or PNDM loop over UNet2DConditionModel, AutoencoderKL decoding.
+//! guidance, a DDIM or PNDM loop over UNet2DConditionModel, AutoencoderKL decoding; its
+//! scenario workloads ([`workload`]: `sd` and `vae-encode`) and its flags ([`flags`]).
+pub mod flags;
+pub mod workload;
+
 use super::{OutputType, StepTrace};
 use crate::error::{Error, Result};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
@@ -322,35 +326,6 @@ impl SdPipeline {
             }
         }
     }
-}
-
-/// Loads `model` once, then calls the pipeline `runs + 1` times (the first a warm-up, not
-/// counted) with a CPU generator re-seeded 0, f32 on the CPU, the seed document's prompt and
-/// guidance 7.5: the same loop as ci/bench_diffusers.py --pipeline sd.
-pub fn bench(
-    model: &str,
-    steps: usize,
-    size: Option<i64>,
-    runs: usize,
-    threads: Option<usize>,
-    kernels: crate::portable::Kernels,
-) -> Result<super::Bench> {
-    super::bench_settings(threads, kernels)?;
-    let dir = crate::loading::resolve_dir(model, None)?;
-    let mut pipe = SdPipeline::load(&dir, DType::F32, DeviceSpec::Cpu, None, &Default::default())?;
-    let call = SdCall {
-        prompt: Prompts::One("A bear is playing a guitar on Times Square".into()),
-        negative_prompt: None,
-        guidance_scale: 7.5,
-        num_images_per_prompt: 1,
-        height: size,
-        width: size,
-        num_inference_steps: steps,
-        eta: 0.0,
-        clip_skip: None,
-        output_type: OutputType::Np,
-    };
-    super::bench(&mut pipe, &call, runs)
 }
 
 impl super::Pipeline for SdPipeline {
