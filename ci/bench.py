@@ -22,6 +22,10 @@ this script: these machines are noisy. ci/profile_ops.py compares one call op by
 count, the median of the N ratios: the figure #16's goal is stated in. `--markdown` prints the
 table for docs/performance.md on stdout (the lines above go to stderr), with the host, build and date it was measured on.
 
+`--diffusers-malloc keep-freed` gives diffusers the malloc setting reprodiff makes for itself
+(src/torch/memory.rs, as GLIBC_TUNABLES): most of reprodiff's lead on the full architectures is
+that setting, and this shows what remains. `REPRODIFF_MALLOC=default` takes it from reprodiff.
+
 `--portable` adds reprodiff on its portable kernels (`bench --kernels portable`, issue #14) as a
 third process per round, interleaved with the other two: its median, its min and max, and its
 time over native reprodiff's (< 1.5 is the goal). Its bits are its own class's, not diffusers'.
@@ -50,9 +54,13 @@ def reprodiff_bin() -> Path:
     sys.exit("bench: no reprodiff binary; build it with `ci/cargo build --release` or set REPRODIFF_BIN")
 
 
-def run(cmd: list[str]) -> dict:
+# What reprodiff's src/torch/memory.rs sets with mallopt, as glibc tunables for diffusers.
+KEEP_FREED = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+
+
+def run(cmd: list[str], extra_env: dict[str, str] | None = None) -> dict:
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", **(extra_env or {})})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -71,6 +79,8 @@ def main() -> None:
                     help="measure N times over and report the median of the N ratios")
     ap.add_argument("--markdown", action="store_true",
                     help="print a Markdown table for docs/performance.md")
+    ap.add_argument("--diffusers-malloc", choices=["default", "keep-freed"], default="default",
+                    help="keep-freed: give diffusers reprodiff's malloc setting (GLIBC_TUNABLES)")
     a = ap.parse_args()
     exe = reprodiff_bin()
     arch = "ddpm-cifar10-32" if a.pipeline == "ddim" else "stable-diffusion-v1-5"
@@ -110,8 +120,10 @@ def main() -> None:
             ratios = [r["ratio"] for r in rows[steps]]
             say(f"steps {steps}: diffusers / reprodiff median of {a.repeat} runs "
                 f"{statistics.median(ratios):.2f} (runs: {', '.join(f'{x:.2f}' for x in ratios)})")
+    malloc = rows[step_counts[0]][0]["malloc"]
+    say(f"malloc: reprodiff {malloc} (REPRODIFF_MALLOC), diffusers {a.diffusers_malloc}")
     if a.markdown:
-        print_markdown(a, env, build, when, rows)
+        print_markdown(a, env, build, when, rows, malloc)
 
 
 def measure(a, exe: Path, model: Path, extra: list[str], steps: int) -> dict:
@@ -124,12 +136,13 @@ def measure(a, exe: Path, model: Path, extra: list[str], steps: int) -> dict:
     order = [("reprodiff", ours), ("diffusers", theirs)]
     if a.portable:
         order.append(("portable", [*ours, "--kernels", "portable"]))
+    envs = {"diffusers": {"GLIBC_TUNABLES": KEEP_FREED}} if a.diffusers_malloc == "keep-freed" else {}
     results: dict[str, list[dict]] = {name: [] for name, _ in order}
     for r in range(a.rounds):
         # Rotate who goes first, so that no implementation always runs on a cold machine.
         shift = r % len(order)
         for name, cmd in order[shift:] + order[:shift]:
-            results[name].append(run(cmd))
+            results[name].append(run(cmd, envs.get(name)))
     times = {k: [t for res in v for t in res["seconds"]] for k, v in results.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     row = {
@@ -138,6 +151,7 @@ def measure(a, exe: Path, model: Path, extra: list[str], steps: int) -> dict:
         "ratio": med["diffusers"] / med["reprodiff"],
         "mem": {k: statistics.median(res["peak_rss_kb"] for res in v) / 1024
                 for k, v in results.items()},
+        "malloc": results["reprodiff"][0].get("malloc", "default"),
         "same": len({res["sha256"] for k in ("reprodiff", "diffusers") for res in results[k]}) == 1,
     }
     if a.portable:
@@ -145,10 +159,12 @@ def measure(a, exe: Path, model: Path, extra: list[str], steps: int) -> dict:
     return row
 
 
-def print_markdown(a, env: dict, build: str, when: str, rows: dict[int, list[dict]]) -> None:
+def print_markdown(a, env: dict, build: str, when: str, rows: dict[int, list[dict]],
+                   malloc: str) -> None:
     print(f"{a.pipeline}, {a.threads} threads, {a.rounds} rounds x {a.runs} timed calls, "
           f"{a.repeat} run(s) of the script; {env['cpu']['model']} (class `{env['class']}`), "
-          f"{build}, {when}; regenerate: `ci/bench.py {' '.join(sys.argv[1:])}`")
+          f"{build}, {when}; malloc: reprodiff {malloc}, "
+          f"diffusers {a.diffusers_malloc}; regenerate: `ci/bench.py {' '.join(sys.argv[1:])}`")
     print()
     print("| steps | run | reprodiff s (min-max) | diffusers s (min-max) | diffusers / reprodiff "
           "| peak RSS reprodiff | peak RSS diffusers | same bits |")

@@ -58,7 +58,8 @@ fn print_bench(flags: &dyn BenchFlags) -> Result<()> {
         serde_json::json!({"impl": "reprodiff", "kernels": flags.shared().kernels,
                            "steps": flags.steps(), "threads": b.threads,
                            "kernel_threads": rayon::current_num_threads(),
-                           "seconds": b.seconds, "peak_rss_kb": b.peak_rss_kb, "sha256": b.sha256})
+                           "seconds": b.seconds, "peak_rss_kb": b.peak_rss_kb, "sha256": b.sha256,
+                           "malloc": crate::torch::memory::malloc_policy()})
     );
     Ok(())
 }

@@ -238,6 +238,7 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    crate::torch::memory::keep_freed_memory();
     let cli = Cli::parse();
     let code = match dispatch(cli) {
         Ok(code) => code,

@@ -6,10 +6,12 @@
 //!   threads and the CPU capability, with diffusers' `enable_full_determinism` as a preset.
 //! - [`DType`] and [`DeviceSpec`]: the spellings suites and flags use.
 //! - [`knobs`]: channels_last, oneDNN off, math attention and the other speed settings.
+//! - [`memory`]: glibc's malloc kept from unmapping what libtorch frees (speed, no bit changes).
 mod determinism;
 mod ffi;
 mod generator;
 pub mod knobs;
+pub mod memory;
 mod types;
 
 pub use determinism::{CpuCapability, Determinism, DeterminismSpec, Preset};

@@ -110,6 +110,8 @@ impl Runner {
         suite_path: &Path,
         scenario: &Scenario,
     ) -> Result<Observation, NotObserved> {
+        // As the binary does from its start (src/cli), for runs made through the library.
+        crate::torch::memory::keep_freed_memory();
         let knobs = Knobs::from_env()?;
         if let Some(why) = knobs.unavailable() {
             return Err(NotObserved::NotRun(format!(
