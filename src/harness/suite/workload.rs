@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::Tensor;
 
-pub use crate::pipelines::Output;
+use crate::pipelines::Output;
 
 /// A scenario's workload. Adding a pipeline adds one line here (docs/development.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
