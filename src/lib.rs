@@ -10,16 +10,17 @@
 //!
 //! 1. [`error`] (errors and exit codes) and [`metrics`] (the numbers compared, in exactly
 //!    rounded f64).
-//! 2. [`portable`]: reprodiff's own kernels, whose summation order the shapes alone fix.
-//! 3. [`torch`]: generators, `randn_tensor`, determinism switches and knobs (the C++ extension
+//! 2. [`paths`]: which values from data (names, array paths) may become part of a path.
+//! 3. [`portable`]: reprodiff's own kernels, whose summation order the shapes alone fix.
+//! 4. [`torch`]: generators, `randn_tensor`, determinism switches and knobs (the C++ extension
 //!    lives here): which kernels, which noise, which settings.
-//! 4. [`env`](mod@env) (the environment fingerprint and class every record and golden carries),
+//! 5. [`env`](mod@env) (the environment fingerprint and class every record and golden carries),
 //!    [`models`], [`schedulers`] and [`tokenizer`]: diffusers' building blocks.
-//! 5. [`loading`]: model folders, the Hugging Face cache, derived architectures.
-//! 6. [`pipelines`]: diffusers' `__call__` loops, one folder per pipeline behind one seam.
-//! 7. [`harness`]: suites, runs, comparisons, records, reports and the commands over them.
+//! 6. [`loading`]: model folders, the Hugging Face cache, derived architectures.
+//! 7. [`pipelines`]: diffusers' `__call__` loops, one folder per pipeline behind one seam.
+//! 8. [`harness`]: suites, runs, comparisons, records, reports and the commands over them.
 //!
-//! 8. [`cli`]: the command line (the flags and one function per command); src/main.rs only
+//! 9. [`cli`]: the command line (the flags and one function per command); src/main.rs only
 //!    calls [`cli::main`].
 pub mod cli;
 pub mod env;
@@ -28,6 +29,7 @@ pub mod harness;
 pub mod loading;
 pub mod metrics;
 pub mod models;
+pub mod paths;
 pub mod pipelines;
 pub mod portable;
 pub mod schedulers;

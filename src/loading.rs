@@ -73,22 +73,26 @@ pub fn resolve_dir(spec: &str, models_dir: Option<&Path>) -> Result<PathBuf> {
             ModelRef::Hub(id) => return hub_snapshot(id),
             ModelRef::Folder(spec) => spec,
         };
+    // A suite's model folder is a name under its models folder, never a path out of it.
+    if let Some(models) = models_dir {
+        let dir = crate::paths::join(models, spec, "run.model")?;
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        return Err(Error::InvalidArgument(format!(
+            "run.model {spec}: no such folder in {}",
+            models.display()
+        )));
+    }
     let direct = PathBuf::from(spec);
     if direct.is_dir() {
         return Ok(direct);
-    }
-    if let Some(dir) = models_dir.map(|d| d.join(spec)).filter(|p| p.is_dir()) {
-        return Ok(dir);
     }
     if is_hub_id(spec) {
         return hub_snapshot(spec);
     }
     Err(Error::InvalidArgument(format!(
-        "--model {spec}: no such folder{}",
-        models_dir.map_or(String::new(), |d| format!(
-            " (nor {})",
-            d.join(spec).display()
-        ))
+        "--model {spec}: no such folder"
     )))
 }
 
@@ -186,4 +190,97 @@ pub fn hub_snapshot(id: &str) -> Result<PathBuf> {
             repo.display()
         ))
     })
+}
+
+/// The identity of the model `spec` names ([`resolve_dir`]): the SHA-256 over every file of its
+/// folder (weights, configs, tokenizer), each as its path relative to the folder, its length and
+/// its own SHA-256, in path order. Computed once per folder and process (the full SD 1.5 weights
+/// are 4 GB). A golden keeps it, so that a run on other weights says so.
+pub fn model_sha256(spec: &str, models_dir: Option<&Path>) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static DONE: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+    let dir = resolve_dir(spec, models_dir)?;
+    if let Some(h) = DONE
+        .lock()
+        .expect("not poisoned")
+        .as_ref()
+        .and_then(|m| m.get(&dir))
+    {
+        return Ok(h.clone());
+    }
+    let mut files = Vec::new();
+    list_files(&dir, &dir, &mut files)?;
+    files.sort();
+    let mut all = Sha256::new();
+    for rel in &files {
+        let path = dir.join(rel);
+        let (len, one) = file_sha256(&path)?;
+        all.update(format!("{}\0{len}\0{one}\n", rel.display()));
+    }
+    let hash = format!("{:x}", all.finalize());
+    DONE.lock()
+        .expect("not poisoned")
+        .get_or_insert_with(HashMap::new)
+        .insert(dir, hash.clone());
+    Ok(hash)
+}
+
+/// A file's length and SHA-256. Large files (weights) are hashed once per machine: the digest
+/// is kept in the reprodiff cache under the file's path, length and modification time, and
+/// used while all three stay the same.
+fn file_sha256(path: &Path) -> Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let canonical = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+    let key = format!("{}\0{}\0{modified}", canonical.display(), meta.len());
+    let memo = (meta.len() >= 1 << 20).then(|| {
+        crate::models::derived::cache_dir()
+            .join("hashes")
+            .join(format!("{:x}", Sha256::digest(key.as_bytes())))
+    });
+    if let Some(hash) = memo.as_ref().and_then(|m| std::fs::read_to_string(m).ok()) {
+        if hash.len() == 64 {
+            return Ok((meta.len(), hash));
+        }
+    }
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut one = Sha256::new();
+    let len = std::io::copy(&mut f, &mut one).map_err(|e| Error::io(path, e))?;
+    let hash = format!("{:x}", one.finalize());
+    if let Some(m) = memo {
+        // A cache that cannot be written only costs the next run the hashing (and one cut
+        // short by a kill is not 64 characters long, so it is not read).
+        if let Some(parent) = m.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = std::fs::write(&m, &hash);
+    }
+    Ok((len, hash))
+}
+
+/// Every regular file under `dir` (symlinks followed: the hub cache links its blobs), relative
+/// to `root`; hidden files (`.stamp`, `.cache`) left out.
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
+        if path.is_dir() {
+            list_files(root, &path, out)?;
+        } else if path.is_file() {
+            out.push(path.strip_prefix(root).expect("under root").to_path_buf());
+        }
+    }
+    Ok(())
 }

@@ -38,12 +38,10 @@ fn main() {
         for index in 0..suite.scenarios.len() {
             let scenario = &suite.scenarios[index];
             let name = format!("{}/{}", suite.name, scenario.name);
-            let entry = goldens
-                .as_ref()
-                .and_then(|g| g.scenarios.get(&scenario.name));
             // Ignored only where the plan's verdict is not itself a failure (no expectation
             // is one in CI: that trial runs and fails with the reason).
-            let skip = plan(scenario, entry, &host).filter(|(v, _)| !v.fails(in_ci()));
+            let skip =
+                plan(&suite, scenario, goldens.as_ref(), &host).filter(|(v, _)| !v.fails(in_ci()));
             if let (Some((verdict, why)), true) = (&skip, args.list) {
                 eprintln!("{name}: ignored, {verdict}: {why}");
             }
@@ -51,7 +49,7 @@ fn main() {
             let host = host.clone();
             let trial = Trial::test(name, move || {
                 let golden = store
-                    .load(&suite.name)
+                    .load_verified(&suite.name, [suite.scenarios[index].name.as_str()])
                     .map_err(|e| Failed::from(e.to_string()))?;
                 let scenario = &suite.scenarios[index];
                 let (result, _) =

@@ -25,15 +25,20 @@ pub(crate) fn check(
         ));
     }
     let store = fixtures.store();
+    // Every golden is read and its arrays verified before the records are opened: bad input
+    // destroys nothing.
+    let goldens: Vec<Option<GoldenFile>> = suites
+        .iter()
+        .map(|s| store.load_verified(&s.name, s.scenarios.iter().map(|x| x.name.as_str())))
+        .collect::<Result<_>>()?;
     let runner = runner();
     let host = Fingerprint::current()?;
     let total: usize = suites.iter().map(|s| s.scenarios.len()).sum();
     let progress = progress_bar(total);
     let mut results: Vec<ScenarioResult> = Vec::new();
-    let mut records = crate::harness::records::RecordWriter::create(out)?;
+    let mut records = crate::harness::records::RecordWriter::create(out, total)?;
     records.save_outputs = save_outputs;
-    for suite in &suites {
-        let golden: Option<GoldenFile> = store.load(&suite.name)?;
+    for (suite, golden) in suites.iter().zip(&goldens) {
         for scenario in &suite.scenarios {
             progress.set_message(format!("{}/{}", suite.name, scenario.name));
             let (result, obs) =
@@ -48,6 +53,8 @@ pub(crate) fn check(
             progress.inc(1);
         }
     }
+    let records_path = records.path().to_path_buf();
+    records.finish()?;
     progress.finish_and_clear();
     if json {
         println!(
@@ -56,13 +63,20 @@ pub(crate) fn check(
         );
     } else {
         print!("{}", table::render(&results, verbose, in_ci()));
-        println!("records: {}", records.path().display());
+        println!("records: {}", records_path.display());
     }
-    Ok(if results.iter().all(|r| !r.verdict.fails(in_ci())) {
-        exit::OK
-    } else {
-        exit::FAILED
-    })
+    if results.iter().any(|r| r.verdict.fails(in_ci())) {
+        return Ok(exit::FAILED);
+    }
+    // A skip is never a pass: a check that compared nothing did not check anything.
+    if !results.iter().any(|r| r.verdict.passed()) {
+        eprintln!(
+            "nothing was compared: every selected scenario was skipped (reasons above), so \
+             this check proves nothing"
+        );
+        return Ok(exit::FAILED);
+    }
+    Ok(exit::OK)
 }
 
 /// `list`: the selected scenarios, as names or as the JSON lines the oracle reads.

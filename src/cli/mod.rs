@@ -225,6 +225,10 @@ pub(crate) enum GoldenAction {
         /// The golden directory to merge into (default: <fixtures>/golden).
         #[arg(long)]
         golden_dir: Option<PathBuf>,
+        /// Where a scenario's output changed shape or dtype, drop its old diffusers
+        /// expectations and truth (named on stderr) instead of refusing the merge.
+        #[arg(long)]
+        replace_changed: bool,
         #[command(flatten)]
         sel: SelectArgs,
     },
@@ -250,7 +254,17 @@ pub fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
+/// The variables that choose kernels, threads and knobs, checked before any command starts, so
+/// that a bad value is one error naming it (exit 2), not a failure of every scenario.
+fn check_environment() -> crate::Result<()> {
+    crate::env::check_kernel_env()?;
+    crate::torch::knobs::Knobs::from_env()?;
+    crate::harness::run::matrix::threads_override()?;
+    Ok(())
+}
+
 fn dispatch(cli: Cli) -> crate::Result<i32> {
+    check_environment()?;
     match cli.command {
         Command::Check {
             sel,
@@ -303,9 +317,10 @@ fn dispatch(cli: Cli) -> crate::Result<i32> {
                 GoldenAction::Merge {
                     from,
                     golden_dir,
+                    replace_changed,
                     sel,
                 },
-        } => report::golden_merge(&from, golden_dir, &sel),
+        } => report::golden_merge(&from, golden_dir, replace_changed, &sel),
         Command::Run { pipeline } => run::run(&pipeline),
         Command::Bench { pipeline } => bench::bench(&pipeline),
         Command::DeriveWeights { arch, out } => model::derive_weights(&arch, &out),

@@ -124,6 +124,7 @@ pub(crate) fn golden_compare(from: &Path, out: &Path, sel: &SelectArgs) -> Resul
 pub(crate) fn golden_merge(
     from: &Path,
     golden_dir: Option<PathBuf>,
+    replace_changed: bool,
     sel: &SelectArgs,
 ) -> Result<i32> {
     exists("--from", from)?;
@@ -131,7 +132,7 @@ pub(crate) fn golden_merge(
     if let Some(dir) = golden_dir {
         fixtures.golden = dir;
     }
-    for m in merge::merge(&fixtures, from)? {
+    for m in merge::merge(&fixtures, from, replace_changed)? {
         println!(
             "{}: {} expectation(s) added, {} replaced, {} unchanged, {} kept over a \
              blessed one; {} truth(s) written",

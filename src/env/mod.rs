@@ -9,7 +9,7 @@ pub mod class;
 
 pub use class::{EnvClass, BITS_DEPEND_ON};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::torch::{self, Determinism};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -50,6 +50,89 @@ pub const KERNEL_ENV: &[&str] = &[
     "MKL_ENABLE_INSTRUCTIONS",
     "MKL_DEBUG_CPU_TYPE",
 ];
+/// The values each kernel variable may take, as the library that reads it accepts them
+/// (case-insensitive; MKL_CBWR may add `,STRICT`). They are copied into the environment class,
+/// so anything else is refused before a run starts ([`check_kernel_env`]). `None`: a name made
+/// of letters, digits and `_` (oneDNN's ISA names grow with each release).
+const KERNEL_ENV_VALUES: &[(&str, Option<&[&str]>)] = &[
+    (
+        "ATEN_CPU_CAPABILITY",
+        Some(&["default", "avx2", "avx512", "sve256", "zvector", "vsx"]),
+    ),
+    ("ONEDNN_MAX_CPU_ISA", None),
+    ("DNNL_MAX_CPU_ISA", None),
+    (
+        "MKL_CBWR",
+        Some(&[
+            "auto",
+            "compatible",
+            "sse2",
+            "sse3",
+            "ssse3",
+            "sse4_1",
+            "sse4_2",
+            "avx",
+            "avx2",
+            "avx512",
+            "avx512_e1",
+            "avx512_mic",
+            "avx512_mic_e1",
+            "avx512_e2",
+            "avx512_e3",
+            "avx512_e4",
+            "avx2_e1",
+        ]),
+    ),
+    (
+        "MKL_ENABLE_INSTRUCTIONS",
+        Some(&[
+            "sse4_2",
+            "avx",
+            "avx2",
+            "avx2_e1",
+            "avx512",
+            "avx512_e1",
+            "avx512_e2",
+            "avx512_e3",
+            "avx512_e4",
+            "avx512_e5",
+            "avx10",
+        ]),
+    ),
+    ("MKL_DEBUG_CPU_TYPE", None),
+];
+
+/// Refuses (exit 2, naming the variable) a kernel variable whose value the library reading it
+/// would not take, or that would not fit in the environment class (a newline, a `/`).
+pub fn check_kernel_env() -> Result<()> {
+    for (name, allowed) in KERNEL_ENV_VALUES {
+        let Ok(value) = std::env::var(name) else {
+            if std::env::var_os(name).is_some() {
+                return Err(Error::InvalidArgument(format!("{name}: not UTF-8")));
+            }
+            continue;
+        };
+        let v = value.to_ascii_lowercase();
+        let v = if *name == "MKL_CBWR" {
+            v.strip_suffix(",strict").unwrap_or(&v).to_string()
+        } else {
+            v
+        };
+        let ok = match allowed {
+            Some(list) => list.contains(&v.as_str()),
+            None => !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        };
+        if !ok {
+            return Err(Error::InvalidArgument(format!(
+                "{name}={}: not a value it takes ({})",
+                value.escape_debug(),
+                allowed.map_or("letters, digits and _".into(), |l| l.join(", "))
+            )));
+        }
+    }
+    Ok(())
+}
+
 const ARM_ISA: &[&str] = &["asimd", "sve", "sve2", "bf16", "i8mm"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

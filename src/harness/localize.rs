@@ -121,7 +121,7 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn read_dump(dir: &Path, name: &str) -> Result<Vec<f64>> {
-    let path = dir.join(format!("{name}.npy"));
+    let path = crate::paths::join(dir, &format!("{name}.npy"), "dump index entry")?;
     let t = tch::Tensor::read_npy(&path).map_err(|e| Error::invalid_file(&path, e))?;
     crate::torch::tensor_to_f64(&t)
 }
@@ -309,7 +309,7 @@ fn localize_one(
     (ca, cb): (&Combination, &Combination),
     out: &Path,
 ) -> Result<Localized> {
-    let base = out.join(scenario);
+    let base = crate::paths::join(out, scenario, "scenario name")?;
     let mut a_side = plain(exe, &s.path, scenario, ca, &base.join(&ca.label))?;
     let mut b_side = plain(exe, &s.path, scenario, cb, &base.join(&cb.label))?;
     let (mut identical, mut first, mut last) = (Vec::new(), None, None);

@@ -27,7 +27,29 @@ pub struct Record {
     /// The output array as .npy, relative to the records folder (`check --save-outputs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub array: Option<String>,
+    /// The run (one writer) that wrote the record: its start and end lines carry the same id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
+
+/// A run's start or end line in `records.jsonl`, between the records of several writers: a run
+/// whose start has no end was cut short (killed, out of disk), whatever its records say.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunMark {
+    pub schema: u32,
+    /// `run-start` or `run-end`.
+    pub event: String,
+    /// The writer's id: process id and start time.
+    pub run: String,
+    /// On the start line, how many scenarios the run will record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned: Option<usize>,
+}
+
+/// The start and end events of [`RunMark`].
+pub const RUN_START: &str = "run-start";
+pub const RUN_END: &str = "run-end";
 
 impl Record {
     pub fn new(result: &ScenarioResult, spec: &Scenario, env: Option<&Fingerprint>) -> Self {
@@ -37,6 +59,7 @@ impl Record {
             spec: spec.clone(),
             environment: env.cloned(),
             array: None,
+            run: None,
         }
     }
 
@@ -82,6 +105,8 @@ pub struct Read {
     pub records: Vec<(PathBuf, Record)>,
     /// "file line N: why" for each line or file that is not a record.
     pub unreadable: Vec<String>,
+    /// "file: run ID ..." for each run that started and never ended.
+    pub incomplete: Vec<String>,
 }
 
 /// Reads every record under `dir`: the lines of `*.jsonl` files (what `check` writes) and
@@ -101,19 +126,7 @@ pub fn read(dir: &Path) -> Result<Read> {
             }
         };
         if f.extension().is_some_and(|x| x == "jsonl") {
-            for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-                let where_ = || format!("{} line {}", f.display(), i + 1);
-                match std::str::from_utf8(line) {
-                    Ok(l) if l.trim().is_empty() => {}
-                    Ok(l) => match parse(l) {
-                        Ok(r) => out.records.push((f.clone(), r)),
-                        Err(why) => out.unreadable.push(format!("{}: {why}", where_())),
-                    },
-                    Err(e) => out
-                        .unreadable
-                        .push(format!("{}: not UTF-8 ({e})", where_())),
-                }
-            }
+            read_lines(&f, &bytes, &mut out);
             continue;
         }
         match std::str::from_utf8(&bytes)
@@ -125,6 +138,51 @@ pub fn read(dir: &Path) -> Result<Read> {
         }
     }
     Ok(out)
+}
+
+/// The records and run marks of one `records.jsonl`; runs that started and never ended go to
+/// `out.incomplete`.
+fn read_lines(f: &Path, bytes: &[u8], out: &mut Read) {
+    // run id -> (planned, records seen, ended)
+    let mut runs: Vec<(String, Option<usize>, usize, bool)> = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let where_ = || format!("{} line {}", f.display(), i + 1);
+        let l = match std::str::from_utf8(line) {
+            Ok(l) if l.trim().is_empty() => continue,
+            Ok(l) => l,
+            Err(e) => {
+                out.unreadable
+                    .push(format!("{}: not UTF-8 ({e})", where_()));
+                continue;
+            }
+        };
+        if let Ok(mark) = serde_json::from_str::<RunMark>(l) {
+            match runs.iter_mut().find(|r| r.0 == mark.run) {
+                Some(r) => r.3 |= mark.event == RUN_END,
+                None => runs.push((mark.run, mark.planned, 0, mark.event == RUN_END)),
+            }
+            continue;
+        }
+        match parse(l) {
+            Ok(r) => {
+                if let Some(run) = runs.iter_mut().find(|x| Some(&x.0) == r.run.as_ref()) {
+                    run.2 += 1;
+                }
+                out.records.push((f.to_path_buf(), r));
+            }
+            Err(why) => out.unreadable.push(format!("{}: {why}", where_())),
+        }
+    }
+    for (id, planned, seen, ended) in runs {
+        if !ended {
+            out.incomplete.push(format!(
+                "{}: run {id} wrote {seen} of {} record(s) and never ended (killed, or the \
+                 disk filled): its scenarios are not all here",
+                f.display(),
+                planned.map_or("its".into(), |n| n.to_string())
+            ));
+        }
+    }
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -144,45 +202,98 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// other writer starts the file afresh (a new run replaces the records of a finished one) while
 /// one that finds another appends beside it. Each record is one `write` of the whole line to a
 /// file opened for appending, so lines of concurrent writers never interleave (Linux serialises
-/// writes to one regular file); an interrupted run leaves every finished record readable.
+/// writes to one regular file); an interrupted run leaves every finished record readable, and
+/// its start line without an end line says it was cut short. The file is never opened through
+/// a symlink.
 pub struct RecordWriter {
     path: PathBuf,
     file: std::fs::File,
+    run: String,
     /// Also write each output array to `outputs/<suite>/<scenario>.<sha12>.npy` beside the
     /// records (named by content, so concurrent writers never overwrite each other's).
     pub save_outputs: bool,
 }
 
 impl RecordWriter {
-    /// Opens `<out>/records.jsonl`: afresh, or for appending beside another running writer.
-    pub fn create(out: &Path) -> Result<Self> {
-        use std::os::unix::io::AsRawFd;
+    /// Opens `<out>/records.jsonl` (afresh, or for appending beside another running writer)
+    /// and writes this run's start line, which says it will record `planned` scenarios.
+    pub fn create(out: &Path, planned: usize) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if out.exists() && !out.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "--out {}: is a file, not a folder",
+                out.display()
+            )));
+        }
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let path = out.join("records.jsonl");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        let fd = file.as_raw_fd();
-        // SAFETY: flock on a descriptor this function owns.
-        let alone = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if alone {
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::InvalidArgument(format!(
+                    "{}: is a symbolic link; records are never written through one",
+                    path.display()
+                )),
+                _ => Error::io(&path, e),
+            })?;
+        if try_lock(&file, libc::LOCK_EX | libc::LOCK_NB) {
             file.set_len(0).map_err(|e| Error::io(&path, e))?;
         }
-        // SAFETY: as above; a shared lock while this writer lives (released on close).
-        if unsafe { libc::flock(fd, libc::LOCK_SH) } != 0 {
+        if !try_lock(&file, libc::LOCK_SH) {
             return Err(Error::io(&path, std::io::Error::last_os_error()));
         }
-        Ok(RecordWriter {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut w = RecordWriter {
             path,
             file,
+            run: format!("{}-{started}", std::process::id()),
             save_outputs: false,
-        })
+        };
+        w.mark(RUN_START, Some(planned))?;
+        Ok(w)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Writes the run's end line: everything it planned was recorded.
+    pub fn finish(mut self) -> Result<()> {
+        self.mark(RUN_END, None)
+    }
+
+    fn mark(&mut self, event: &str, planned: Option<usize>) -> Result<()> {
+        let mark = RunMark {
+            schema: RECORD_SCHEMA,
+            event: event.into(),
+            run: self.run.clone(),
+            planned,
+        };
+        let mut line = serde_json::to_string(&mark).expect("a mark serialises");
+        line.push('\n');
+        self.write_line(&line)
+    }
+
+    /// One whole line in one `write`. When it fails part-way (the disk is full) and no other
+    /// writer shares the file, the cut-off line is this writer's own and is cut back off.
+    fn write_line(&mut self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let Err(e) = self.file.write_all(line.as_bytes()) else {
+            return Ok(());
+        };
+        if try_lock(&self.file, libc::LOCK_EX | libc::LOCK_NB) {
+            if let Ok(bytes) = std::fs::read(&self.path) {
+                let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                let _ = self.file.set_len(whole as u64);
+            }
+            try_lock(&self.file, libc::LOCK_SH);
+        }
+        Err(Error::io(&self.path, e))
     }
 
     pub fn append(
@@ -192,27 +303,46 @@ impl RecordWriter {
         env: Option<&Fingerprint>,
         output: Option<&tch::Tensor>,
     ) -> Result<()> {
-        use std::io::Write;
         let array = match output {
-            Some(t) if self.save_outputs => {
-                let sha = result.output.as_ref().map_or("", |o| &o.sha256[..12]);
-                let rel = format!("outputs/{}/{}.{sha}.npy", result.suite, result.scenario);
-                let path = self.path.with_file_name(&rel);
-                let dir = path.parent().expect("an outputs file has a folder");
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-                t.write_npy(&path).map_err(|e| Error::writing(&path, e))?;
-                Some(rel)
-            }
+            Some(t) if self.save_outputs => Some(self.save_output(result, t)?),
             _ => None,
         };
         let record = Record {
             array,
+            run: Some(self.run.clone()),
             ..Record::new(result, scenario, env)
         };
-        self.file
-            .write_all(record.line().as_bytes())
-            .map_err(|e| Error::io(&self.path, e))
+        self.write_line(&record.line())
     }
+
+    /// Writes `outputs/<suite>/<scenario>.<sha12>.npy` (the scenario name checked to stay
+    /// inside the folder); a file the write left cut off is removed.
+    fn save_output(&self, result: &ScenarioResult, t: &tch::Tensor) -> Result<String> {
+        let sha = result.output.as_ref().map_or("", |o| &o.sha256[..12]);
+        let rel = format!("outputs/{}/{}.{sha}.npy", result.suite, result.scenario);
+        let dir = self.path.parent().expect("records.jsonl has a folder");
+        let path = crate::paths::join(dir, &rel, "scenario name")?;
+        let parent = path.parent().expect("an outputs file has a folder");
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        if path.is_symlink() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: is a symbolic link; outputs are never written through one",
+                path.display()
+            )));
+        }
+        if let Err(e) = t.write_npy(&path) {
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::writing(&path, e));
+        }
+        Ok(rel)
+    }
+}
+
+/// flock on `file`; true when it was granted.
+fn try_lock(file: &std::fs::File, op: libc::c_int) -> bool {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a descriptor `file` owns; released when it closes.
+    unsafe { libc::flock(file.as_raw_fd(), op) == 0 }
 }
 
 #[cfg(test)]
@@ -233,29 +363,27 @@ mod tests {
             .unwrap()
             .scenarios
             .remove(0);
-        let first = RecordWriter::create(dir.path()).unwrap();
+        let first = RecordWriter::create(dir.path(), 0).unwrap();
         std::thread::scope(|scope| {
             for t in 0..4 {
                 let (scenario, out) = (&scenario, dir.path());
                 scope.spawn(move || {
-                    let mut w = RecordWriter::create(out).unwrap();
+                    let mut w = RecordWriter::create(out, 200).unwrap();
                     for i in 0..200 {
                         // A long note, so that a record is far larger than one page.
                         let why = format!("thread {t} record {i} {}", "x".repeat(9000));
                         let r = ScenarioResult::skipped("t", "s", Verdict::NotRun, &why);
                         w.append(scenario, &r, None, None).unwrap();
                     }
+                    w.finish().unwrap();
                 });
             }
         });
-        drop(first);
-        let text = std::fs::read_to_string(dir.path().join("records.jsonl")).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 800);
-        for l in lines {
-            let r = parse(l).expect("a whole record");
-            assert_eq!(r.schema, RECORD_SCHEMA);
-        }
+        first.finish().unwrap();
+        let read = read(dir.path()).unwrap();
+        assert!(read.unreadable.is_empty(), "{:?}", read.unreadable);
+        assert!(read.incomplete.is_empty(), "{:?}", read.incomplete);
+        assert_eq!(read.records.len(), 800);
     }
 
     /// Every check record committed under fixtures/records (schemas 1 to 3, from four hosts
@@ -278,6 +406,7 @@ mod tests {
             schemas.contains(&1) && schemas.contains(&RECORD_SCHEMA),
             "{schemas:?}"
         );
+        let mut classes = 0;
         for (file, r) in &read.records {
             let text = std::fs::read_to_string(file).unwrap();
             let written = text
@@ -291,7 +420,25 @@ mod tests {
             if r.result.verdict != Verdict::NotRun {
                 assert!(r.result.class.is_some(), "{}: no class", file.display());
             }
+            // The class a record was judged in is the one today's class rule gives its
+            // fingerprint: old records still mean what they said.
+            if let (Some(class), Some(fp), Some(_)) =
+                (&r.result.class, &r.environment, &written["class"].as_str())
+            {
+                assert_eq!(
+                    &fp.class(r.spec.device).to_string(),
+                    class,
+                    "{} {}",
+                    file.display(),
+                    r.result.scenario
+                );
+                classes += 1;
+            }
         }
+        assert!(
+            classes > 100,
+            "only {classes} records had a class to compare"
+        );
     }
 
     #[test]

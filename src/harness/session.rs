@@ -14,10 +14,12 @@ use crate::harness::suite::{Fixtures, Scenario, Selection, Suite};
 /// failure in CI). `None`: it runs and is compared. Whatever turns up missing only once a
 /// scenario runs is a failure.
 pub fn plan(
+    suite: &Suite,
     scenario: &Scenario,
-    golden: Option<&GoldenScenario>,
+    golden_file: Option<&GoldenFile>,
     host: &Fingerprint,
 ) -> Option<(Verdict, String)> {
+    let golden = golden_file.and_then(|g| g.scenarios.get(&scenario.name));
     let not_run = |why: String| Some((Verdict::NotRun, why));
     let knobs = match crate::torch::knobs::Knobs::from_env() {
         Ok(k) => k,
@@ -46,6 +48,18 @@ pub fn plan(
         if let Err(e) = crate::loading::hub_snapshot(id) {
             return not_run(e.to_string());
         }
+    }
+    let recorded =
+        golden_file.is_some_and(|g| g.scenarios.values().any(|s| !s.expectations.is_empty()));
+    if !recorded && !scenario.run.is_rerun_difference() {
+        return Some((
+            Verdict::NoExpectation,
+            format!(
+                "no expectation recorded for this suite; record it with ci/oracle/run.sh \
+                 --suite {} on a host that has what it needs",
+                suite.name
+            ),
+        ));
     }
     let golden = golden.filter(|g| !g.expectations.is_empty())?;
     let mut fp = host.clone();
@@ -79,7 +93,7 @@ pub fn check_one(
     host: &Fingerprint,
 ) -> (ScenarioResult, Option<Observation>) {
     let entry = golden.and_then(|g| g.scenarios.get(&scenario.name));
-    if let Some((verdict, why)) = plan(scenario, entry, host) {
+    if let Some((verdict, why)) = plan(suite, scenario, golden, host) {
         return (
             ScenarioResult::skipped(&suite.name, &scenario.name, verdict, &why),
             None,
@@ -87,7 +101,15 @@ pub fn check_one(
     }
     match runner.observe(&suite.path, scenario) {
         Ok(obs) => {
-            let result = compare::compare(&suite.name, scenario, &obs, entry, store);
+            let mut result = compare::compare(&suite.name, scenario, &obs, entry, store);
+            // The plan found an expectation, the run's own class has none: it ran and nothing
+            // judged it, which is no skip.
+            if result.verdict == Verdict::NoExpectation {
+                result.verdict = Verdict::Failed;
+                result
+                    .notes
+                    .push("no expectation was found only after the run (its class differs from the one planned)".into());
+            }
             (result, Some(obs))
         }
         Err(why) => {
@@ -129,16 +151,16 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
     let suites = fixtures.select(sel)?;
     let mut refusals = Vec::new();
     let mut changes = Vec::new();
-    // Per suite: its file, the arrays to write, and the arrays of retired expectations.
-    type Plan = (GoldenFile, Vec<(String, tch::Tensor)>, Vec<String>);
+    // Per suite: the expectations to write and their arrays.
+    type Plan = (String, Vec<Blessed>, Vec<(String, tch::Tensor)>);
     let mut plans: Vec<Plan> = Vec::new();
 
     for suite in &suites {
-        let mut file = store
+        let file = store
             .load(&suite.name)?
             .unwrap_or_else(|| GoldenFile::new(&suite.name));
         let mut arrays = Vec::new();
-        let mut retired = Vec::new();
+        let mut blessed = Vec::new();
         for scenario in &suite.scenarios {
             let a = match twice_identical(runner, suite, scenario) {
                 Ok(Some(a)) => a,
@@ -154,7 +176,8 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
                 let others = old.expectations.iter().any(|e| e.class != class);
                 if (old.shape != a.shape || old.dtype != a.dtype) && others {
                     refusals.push(format!(
-                        "{}/{}: the output is {} {:?} but the other classes' expectations are                          {} {:?}: change the suite's goldens with the oracle",
+                        "{}/{}: the output is {} {:?} but the other classes' expectations are \
+                         {} {:?}: change the suite's goldens with the oracle",
                         suite.name, scenario.name, a.dtype, a.shape, old.dtype, old.shape
                     ));
                     continue;
@@ -168,7 +191,8 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
                         scenario: scenario.name.clone(),
                         class: class.to_string(),
                         changes: vec![format!(
-                            "kept: the {} expectation for this class is not bless's to replace                              (it differs: sha256 {} here); {}",
+                            "kept: the {} expectation for this class is not bless's to replace \
+                         (it differs: sha256 {} here); {}",
                             o.provenance.producer,
                             &a.sha256[..12],
                             o.provenance.command
@@ -193,6 +217,7 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
                 sha256: Some(a.sha256.clone()),
                 metrics: a.metrics.clone(),
                 array: array.clone(),
+                array_sha256: None,
                 provenance: Provenance {
                     producer: "reprodiff".into(),
                     tool: format!(
@@ -220,28 +245,16 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
             if let (Some(rel), Some(t)) = (array, a.stored) {
                 arrays.push((rel, t));
             }
-            file.environments.insert(env_id, a.environment);
-            let target = file
-                .scenarios
-                .entry(scenario.name.clone())
-                .or_insert_with(|| GoldenScenario {
-                    shape: a.shape.clone(),
-                    dtype: a.dtype,
-                    truth: None,
-                    expectations: Vec::new(),
-                });
-            target.shape = a.shape.clone();
-            target.dtype = a.dtype;
-            target.expectations.retain(|e| {
-                let old = under_an_older_rule(&e.class, &class);
-                if old {
-                    retired.extend(e.array.clone());
-                }
-                !old
+            blessed.push(Blessed {
+                scenario: scenario.name.clone(),
+                shape: a.shape.clone(),
+                dtype: a.dtype,
+                env: (env_id, a.environment),
+                entry,
+                model_sha256: a.model_sha256,
             });
-            target.put(entry);
         }
-        plans.push((file, arrays, retired));
+        plans.push((suite.name.clone(), blessed, arrays));
     }
     if !refusals.is_empty() {
         return Err(Error::BlessRefused(format!(
@@ -249,13 +262,23 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
             refusals.join("\n  ")
         )));
     }
-    for (mut file, arrays, retired) in plans {
-        if !changes.iter().any(|c| c.suite == file.suite && c.written) {
+    for (suite, blessed, arrays) in plans {
+        if blessed.is_empty() {
             continue;
         }
+        // Under the golden's lock, the file is read again and this bless's expectations put
+        // into it: a bless or merge that wrote meanwhile keeps its work.
+        let _lock = store.lock(&suite)?;
+        let mut file = store
+            .load(&suite)?
+            .unwrap_or_else(|| GoldenFile::new(&suite));
         for (rel, t) in &arrays {
             store.write_array(rel, t)?;
         }
+        let retired: Vec<String> = blessed
+            .into_iter()
+            .flat_map(|b| b.put_into(&mut file))
+            .collect();
         file.prune_environments();
         store.save(&file)?;
         for rel in &retired {
@@ -263,6 +286,48 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
         }
     }
     Ok(changes)
+}
+
+/// One expectation a bless writes, with what its scenario's entry needs.
+struct Blessed {
+    scenario: String,
+    shape: Vec<i64>,
+    dtype: crate::torch::DType,
+    env: (String, Fingerprint),
+    entry: Expectation,
+    model_sha256: Option<String>,
+}
+
+impl Blessed {
+    /// Puts the expectation into `file` (retiring the scenario's portable expectations of other
+    /// order rules); returns the arrays of those it retired.
+    fn put_into(self, file: &mut GoldenFile) -> Vec<String> {
+        file.environments.insert(self.env.0, self.env.1);
+        let target = file
+            .scenarios
+            .entry(self.scenario)
+            .or_insert_with(|| GoldenScenario {
+                shape: self.shape.clone(),
+                dtype: self.dtype,
+                truth: None,
+                expectations: Vec::new(),
+                model_sha256: None,
+            });
+        target.shape = self.shape;
+        target.model_sha256 = self.model_sha256.or(target.model_sha256.take());
+        target.dtype = self.dtype;
+        let mut retired = Vec::new();
+        let class = self.entry.class.clone();
+        target.expectations.retain(|e| {
+            let old = under_an_older_rule(&e.class, &class);
+            if old {
+                retired.extend(e.array.clone());
+            }
+            !old
+        });
+        target.put(self.entry);
+        retired
+    }
 }
 
 /// Two runs of a scenario that agree bit for bit and are finite; `Ok(None)` when it cannot run

@@ -44,6 +44,10 @@ pub struct GoldenScenario {
     pub truth: Option<Truth>,
     /// At most one per class, sorted by class.
     pub expectations: Vec<Expectation>,
+    /// The identity of the model the expectations were made with
+    /// ([`crate::loading::model_sha256`]); a run on other weights says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +96,11 @@ pub struct Expectation {
     pub metrics: BTreeMap<String, f64>,
     /// The output array (.npy, relative to fixtures/golden/); bf16 is stored upcast to f32.
     pub array: Option<String>,
+    /// For a published array (which has no `sha256`, since it comes without bits): the SHA-256
+    /// of its values in the scenario's dtype as `golden merge` took them in, so a changed byte
+    /// is found like any other golden array's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_sha256: Option<String>,
     pub provenance: Provenance,
 }
 
@@ -223,17 +232,32 @@ impl GoldenScenario {
             }
             check_provenance(&e.provenance, environments)
                 .map_err(|m| format!("class {class}: {m}"))?;
-            if e.sha256.as_deref().is_some_and(bad_sha) {
+            if e.sha256.as_deref().is_some_and(bad_sha)
+                || e.array_sha256.as_deref().is_some_and(bad_sha)
+            {
                 return Err(format!("class {class}: sha256 is not 64 hex digits"));
             }
+            if let Some(why) = e.array.as_deref().and_then(crate::paths::why_not_relative) {
+                return Err(format!("class {class}: array {why}"));
+            }
+
             if (e.provenance.producer == "published") != (e.class == EnvClass::Any) {
                 return Err(format!(
                     "class {class}: published values, and only they, have class `any`"
                 ));
             }
         }
+        if self.model_sha256.as_deref().is_some_and(bad_sha) {
+            return Err("model_sha256 is not 64 hex digits".into());
+        }
         if let Some(t) = &self.truth {
             check_provenance(&t.provenance, environments).map_err(|m| format!("truth: {m}"))?;
+            let steps = t.steps.as_ref().map(|st| st.array.as_str());
+            for a in std::iter::once(t.array.as_str()).chain(steps) {
+                if let Some(why) = crate::paths::why_not_relative(a) {
+                    return Err(format!("truth: array '{}' {why}", a.escape_debug()));
+                }
+            }
             if bad_sha(&t.sha256) || !t.sensitivity.is_finite() || t.sensitivity < 0.0 {
                 return Err("truth: sha256 must be 64 hex digits and sensitivity >= 0".into());
             }
@@ -318,8 +342,10 @@ impl EntryV1 {
                 sha256: self.sha256,
                 metrics: self.metrics,
                 array: self.array,
+                array_sha256: None,
                 provenance: self.provenance,
             }],
+            model_sha256: None,
         })
     }
 }
@@ -351,13 +377,89 @@ impl GoldenStore {
 
     /// Reads a golden array as (values in f64, shape).
     pub fn read_array(&self, relative: &str) -> Result<(Vec<f64>, Vec<i64>)> {
-        let path = self.dir.join(relative);
+        let path = self.path_of(relative)?;
         if !path.exists() {
             return Err(Error::invalid_file(&path, "golden array is missing"));
         }
         let t = tch::Tensor::read_npy(&path)
             .map_err(|e| Error::invalid_file(&path, format!("not a readable .npy: {e}")))?;
         Ok((crate::torch::tensor_to_f64(&t)?, t.size()))
+    }
+
+    /// Where an array named in a golden lies: inside the store, whatever the JSON says.
+    pub fn path_of(&self, relative: &str) -> Result<PathBuf> {
+        crate::paths::join(&self.dir, relative, "golden array")
+    }
+
+    /// Checks every array that `names` (scenarios of `file`) reference, expectations, truths
+    /// and step truths, against its recorded SHA-256, before anything is compared with them: a
+    /// changed byte is an error naming the file (exit 2), never a verdict.
+    pub fn verify<'a>(
+        &self,
+        file: &GoldenFile,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<()> {
+        for name in names {
+            let Some(s) = file.scenarios.get(name) else {
+                continue;
+            };
+            let at = format!("{}/{name}", file.suite);
+            for e in &s.expectations {
+                let Some(rel) = &e.array else { continue };
+                let Some(sha) = e.sha256.as_ref().or(e.array_sha256.as_ref()) else {
+                    return Err(Error::invalid_file(
+                        self.json_path(&file.suite),
+                        format!(
+                            "{at} [{}]: the array {rel} has no sha256 to verify it by; \
+                             regenerate it with `{}`",
+                            e.class, e.provenance.command
+                        ),
+                    ));
+                };
+                let _ = verified_tensor(&self.path_of(rel)?, s.dtype, sha, &at)?;
+            }
+            if let Some(t) = &s.truth {
+                let _ = verified_tensor(&self.path_of(&t.array)?, DType::F64, &t.sha256, &at)?;
+                if let Some(st) = &t.steps {
+                    let _ =
+                        verified_tensor(&self.path_of(&st.array)?, DType::F64, &st.sha256, &at)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The golden of `suite` with the arrays of the scenarios `names` verified ([`Self::verify`]).
+    pub fn load_verified<'a>(
+        &self,
+        suite: &str,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Option<GoldenFile>> {
+        let file = self.load(suite)?;
+        if let Some(f) = &file {
+            self.verify(f, names)?;
+        }
+        Ok(file)
+    }
+
+    /// An exclusive advisory lock on `suite`'s golden (`<suite>.json.lock` beside it), held
+    /// until the value is dropped: `bless` and `golden merge` read, change and write the JSON
+    /// and its arrays under it, so two at once keep both's work.
+    pub fn lock(&self, suite: &str) -> Result<GoldenLock> {
+        use std::os::unix::io::AsRawFd;
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let path = self.dir.join(format!("{suite}.json.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        // SAFETY: flock on a descriptor this function owns; released when `file` closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io(&path, std::io::Error::last_os_error()));
+        }
+        Ok(GoldenLock { _file: file })
     }
 
     /// The array file name for a scenario output with this SHA-256.
@@ -368,7 +470,7 @@ impl GoldenStore {
     /// Writes an array (already in its storage dtype) atomically under its content name. A file
     /// already there is left as it is: its name carries its content's hash.
     pub fn write_array(&self, relative: &str, tensor: &tch::Tensor) -> Result<()> {
-        let path = self.dir.join(relative);
+        let path = self.path_of(relative)?;
         if path.is_file() {
             return Ok(());
         }
@@ -398,7 +500,7 @@ impl GoldenStore {
                 .iter()
                 .any(|e| e.array.as_deref() == Some(relative))
         });
-        let path = self.dir.join(relative);
+        let path = self.path_of(relative)?;
         if named || !path.is_file() {
             return Ok(());
         }
@@ -458,6 +560,47 @@ impl GoldenStore {
         }
         Ok(())
     }
+}
+
+/// A held lock on one suite's golden ([`GoldenStore::lock`]).
+pub struct GoldenLock {
+    _file: std::fs::File,
+}
+
+/// Reads an .npy and checks that its values in `dtype` hash to `sha256` (bf16 outputs are
+/// stored upcast to f32, so they are cast back first); the error names the file.
+pub fn read_verified(
+    path: &Path,
+    dtype: DType,
+    sha256: &str,
+    scenario: &str,
+) -> Result<(tch::Tensor, Vec<f64>)> {
+    let t = verified_tensor(path, dtype, sha256, scenario)?;
+    let values = crate::torch::tensor_to_f64(&t)?;
+    Ok((t, values))
+}
+
+fn verified_tensor(path: &Path, dtype: DType, sha256: &str, scenario: &str) -> Result<tch::Tensor> {
+    if !path.is_file() {
+        return Err(Error::invalid_file(
+            path,
+            format!("{scenario}: golden array is missing"),
+        ));
+    }
+    let t = tch::Tensor::read_npy(path)
+        .map_err(|e| Error::invalid_file(path, format!("{scenario}: not a readable .npy: {e}")))?;
+    let got = crate::torch::tensor_sha256(&t.f_to_kind(dtype.kind())?)?;
+    if got != sha256 {
+        return Err(Error::invalid_file(
+            path,
+            format!(
+                "{scenario}: the array's sha256 is {got}, the golden says {sha256}: the file \
+                 changed since it was written (restore it with `git checkout`, or regenerate it \
+                 with the command in its provenance)"
+            ),
+        ));
+    }
+    Ok(t)
 }
 
 /// File-name form of a scenario name: "/" → "__", anything outside [A-Za-z0-9._-] → "-".

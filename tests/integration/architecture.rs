@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// (and itself); modules of one layer do not use each other.
 const LAYERS: &[&[&str]] = &[
     &["error", "metrics"],
+    &["paths"],
     &["portable"],
     &["torch"],
     &["env", "models", "schedulers", "tokenizer"],

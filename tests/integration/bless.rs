@@ -43,8 +43,23 @@ fn bless_writes_a_missing_golden_with_provenance_and_check_then_passes() {
         oracle.iter().any(|e| e["sha256"] == entry["sha256"]),
         "{oracle:?}"
     );
+    // reprodiff agreeing with its own blessing compares nothing with diffusers: counted apart,
+    // and a check of nothing else compared nothing.
     let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
-    assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
+    assert!(check_line(&t, ONE_NAME).starts_with("blessed only"), "{t}");
+    assert!(
+        t.contains("matches its own blessing; no diffusers expectation"),
+        "{t}"
+    );
+    assert!(t.contains("nothing was compared"), "{t}");
+    let out = reprodiff_with_env(
+        &["check", "--filter", ONE],
+        Some(&fixtures),
+        &[("CI", "true")],
+    );
+    assert!(text(&out).contains("0 passed, 1 failed"), "{}", text(&out));
 }
 
 /// A golden write killed between its temporary file and the rename (a test hook aborts the
@@ -266,7 +281,11 @@ fn a_blessed_expectation_is_an_extra_check_never_the_authority() {
             .iter_mut()
             .find(|e| e["provenance"]["producer"] == "oracle")
             .unwrap();
-        e["sha256"] = serde_json::json!("0".repeat(64));
+        let other = reprodiff::torch::Generator::cpu(9)
+            .unwrap()
+            .randn(&[17], reprodiff::torch::DType::F32, CPU)
+            .unwrap();
+        plant_expectation(&fixtures.join("golden"), e, &other);
     });
     let out = reprodiff(&["check", "--filter", ONE], Some(&fixtures));
     let t = text(&out);

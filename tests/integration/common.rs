@@ -143,3 +143,23 @@ pub fn check_line<'a>(t: &'a str, scenario: &str) -> &'a str {
         .find(|l| l.contains(scenario))
         .unwrap_or_else(|| panic!("no line for {scenario} in: {t}"))
 }
+
+/// Makes the golden expectation `e` (a JSON object of a golden under `golden_dir`) hold `t` as
+/// its output, consistently: a new array file, its SHA-256 and its metrics. A golden edited so is
+/// one the store accepts, and differs from what the run gives (a golden whose hash disagrees
+/// with its array is refused before anything runs).
+pub fn plant_expectation(golden_dir: &Path, e: &mut serde_json::Value, t: &Tensor) {
+    let sha = reprodiff::torch::tensor_sha256(t).unwrap();
+    let old = e["array"].as_str().unwrap().to_string();
+    let folder = Path::new(&old).parent().unwrap();
+    let rel = folder.join(format!("planted.{}.npy", &sha[..12]));
+    t.write_npy(golden_dir.join(&rel)).unwrap();
+    let values = reprodiff::torch::tensor_to_f64(t).unwrap();
+    e["array"] = serde_json::json!(rel.to_str().unwrap());
+    e["sha256"] = serde_json::json!(sha);
+    e["metrics"] = serde_json::json!({
+        "sum_abs": reprodiff::metrics::sum_abs(&values),
+        "max_abs": reprodiff::metrics::max_abs(&values),
+        "mean_abs": reprodiff::metrics::mean_abs(&values),
+    });
+}

@@ -13,6 +13,7 @@ mod determinism;
 mod drift;
 mod generators;
 mod goldens;
+mod hostile;
 mod localize;
 mod portable;
 mod sd;

@@ -68,6 +68,14 @@ pub(super) fn check_metric(
             return row("-".into(), "-".into(), None, Verdict::Failed);
         };
         let delta = (got - want).abs();
+        if !delta.is_finite() {
+            return row(
+                want.to_string(),
+                got.to_string(),
+                Some(delta),
+                Verdict::Failed,
+            );
+        }
         // Compared value to value even when the bits match: a stored value that disagrees with
         // its own output (hand-edited, or computed by another definition) must not pass.
         let verdict = if got.to_bits() == want.to_bits() {
@@ -106,6 +114,8 @@ pub(super) fn check_metric(
     };
     let verdict = if got == ideal {
         Verdict::Identical
+    } else if got.is_nan() || (metric != Metric::Psnr && !got.is_finite()) {
+        Verdict::Failed
     } else {
         let ok = match tol {
             Tolerance::Max { max } => got <= max,

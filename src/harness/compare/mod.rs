@@ -184,6 +184,10 @@ pub fn compare(
         output: Some(OutputSummary::of(obs)),
     };
     let Some(golden) = golden.filter(|g| !g.expectations.is_empty()) else {
+        if scenario.run.is_rerun_difference() {
+            rerun_is_zero(&mut result, obs);
+            return result;
+        }
         result.verdict = Verdict::NoGolden;
         result.notes.push(bless_hint(suite, &scenario.name));
         return result;
@@ -232,6 +236,16 @@ pub fn compare(
     });
     if !obs.finite {
         result.notes.push("output holds NaN or Inf".into());
+    }
+    if let (Some(want), Some(got)) = (&golden.model_sha256, &obs.model_sha256) {
+        if want != got {
+            result.notes.push(format!(
+                "the model differs from the golden's (sha256 {} here, {} in the golden): the \
+                 weights or configs changed since the expectations were made",
+                &got[..12.min(got.len())],
+                &want[..12.min(want.len())]
+            ));
+        }
     }
     if let (Match::NearestClass, EnvClass::Host(here), EnvClass::Host(there)) =
         (how, &class, &expectation.class)
@@ -344,6 +358,15 @@ pub fn compare(
     if let Some(own) = choice.blessed {
         blessed_check(&mut result, own, obs);
     }
+    // reprodiff agreeing with its own blessing is no comparison with diffusers.
+    if expectation.provenance.producer == BLESSED && result.verdict.passed() {
+        result.verdict = Verdict::BlessedOnly;
+        result.notes.push(format!(
+            "matches its own blessing; no diffusers expectation: record one with the oracle \
+             (ci/oracle/run.sh --suite {suite} --filter '^{}$')",
+            regex::escape(&scenario.name)
+        ));
+    }
     if !obs.finite {
         result.verdict = Verdict::Failed;
     }
@@ -356,6 +379,29 @@ pub fn compare(
         }
     }
     result
+}
+
+/// A rerun difference (run 1 minus run 2) needs no golden: it is exactly zero, or the claim
+/// that two runs repeat fails.
+fn rerun_is_zero(result: &mut ScenarioResult, obs: &Observation) {
+    let largest = metrics::max_abs(&obs.values);
+    let verdict = if largest == 0.0 && obs.finite {
+        Verdict::Identical
+    } else {
+        Verdict::Drifted
+    };
+    result.checks.push(MetricCheck {
+        metric: "max_abs".into(),
+        golden: "0".into(),
+        got: largest.to_string(),
+        delta: Some(largest),
+        tolerance: "exact".into(),
+        verdict,
+    });
+    result.notes.push(
+        "a rerun difference needs no golden: run 1 minus run 2 was compared with exact zero".into(),
+    );
+    result.verdict = verdict;
 }
 
 /// The expectation's array as f64, when it has one of the output's size.
@@ -479,7 +525,13 @@ fn cross_class_truth(
     let r_got = metrics::rmse(truth_values, &obs.values);
     let floor = noise_ulps * truth.sensitivity;
     let bound = k * r_expected + floor;
-    let verdict = if r_got <= bound {
+    // A bound or a distance that is not finite compares nothing: a failure, never a pass.
+    let verdict = if !(r_got.is_finite() && bound.is_finite()) {
+        result.notes.push(format!(
+            "rmse_truth {r_got:e} or its bound {bound:e} is not finite: nothing could be compared"
+        ));
+        Verdict::Failed
+    } else if r_got <= bound {
         Verdict::WithinTolerance
     } else {
         Verdict::Drifted

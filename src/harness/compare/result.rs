@@ -23,6 +23,10 @@ pub enum Verdict {
     /// This host's class has no expectation the scenario's cross-class rule can use. A failure
     /// in CI; elsewhere a skip, decided before running.
     NoExpectation,
+    /// The output matches what `reprodiff bless` wrote for this class, and no diffusers (oracle
+    /// or published) expectation exists: reprodiff agrees with itself, which judges nothing
+    /// against diffusers. Counted apart; a failure in CI.
+    BlessedOnly,
     /// Outside the tolerance.
     Drifted,
     /// No golden to compare with: bless or run the oracle.
@@ -37,7 +41,7 @@ impl Verdict {
     pub fn fails(self, ci: bool) -> bool {
         match self {
             Verdict::Identical | Verdict::WithinTolerance | Verdict::NotRun => false,
-            Verdict::NoExpectation => ci,
+            Verdict::NoExpectation | Verdict::BlessedOnly => ci,
             Verdict::NotComparable | Verdict::Drifted | Verdict::NoGolden | Verdict::Failed => true,
         }
     }
@@ -48,12 +52,13 @@ impl Verdict {
     }
 
     /// Every verdict, best first.
-    pub const ALL: [Verdict; 8] = [
+    pub const ALL: [Verdict; 9] = [
         Verdict::Identical,
         Verdict::WithinTolerance,
         Verdict::NotComparable,
         Verdict::NotRun,
         Verdict::NoExpectation,
+        Verdict::BlessedOnly,
         Verdict::Drifted,
         Verdict::NoGolden,
         Verdict::Failed,
@@ -74,6 +79,7 @@ impl Verdict {
             Verdict::NotRun => "not run",
             Verdict::NotComparable => "not comparable",
             Verdict::NoExpectation => "no expectation",
+            Verdict::BlessedOnly => "blessed only",
             Verdict::Drifted => "drifted",
             Verdict::NoGolden => "no golden",
             Verdict::Failed => "failed",
@@ -230,9 +236,9 @@ impl ScenarioResult {
 /// The command that creates a missing golden.
 pub fn bless_hint(suite: &str, scenario: &str) -> String {
     format!(
-        "no golden for this scenario: run the oracle (ci/oracle/run.sh --suite {suite} --filter \
-         '^{}$') or `reprodiff bless --suite {suite} --filter '^{}$'`",
-        regex::escape(scenario),
+        "no golden for this scenario: record diffusers' with the oracle (ci/oracle/run.sh \
+         --suite {suite} --filter '^{}$'); `reprodiff bless` only adds reprodiff's own bits, \
+         which no check counts as a pass against diffusers",
         regex::escape(scenario)
     )
 }

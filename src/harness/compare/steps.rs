@@ -22,7 +22,14 @@ pub struct StepReading {
 impl StepReading {
     /// The largest ratio over the comparable steps.
     pub fn worst(&self) -> Option<f64> {
-        self.ratios.iter().copied().reduce(f64::max)
+        // A NaN ratio is the worst of all (f64::max would drop it).
+        self.ratios.iter().copied().reduce(|a, b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.max(b)
+            }
+        })
     }
 }
 
@@ -127,7 +134,7 @@ pub(super) fn step_rule(result: &mut ScenarioResult, reading: &StepReading, boun
         ));
         return;
     }
-    let beyond = reading.ratios.iter().position(|r| *r > bound);
+    let beyond = reading.ratios.iter().position(|r| r.is_nan() || *r > bound);
     let verdict = match beyond {
         Some(_) => Verdict::Drifted,
         None => Verdict::WithinTolerance,

@@ -30,6 +30,7 @@ fn expectation(class: &str, producer: &str) -> Expectation {
         sha256: Some(format!("{producer}-{class}")),
         metrics: Default::default(),
         array: None,
+        array_sha256: None,
         provenance: Provenance {
             producer: producer.into(),
             tool: "t".into(),
@@ -48,6 +49,7 @@ fn golden(expectations: &[(&str, &str)]) -> GoldenScenario {
             .iter()
             .map(|(c, p)| expectation(c, p))
             .collect(),
+        model_sha256: None,
     }
 }
 

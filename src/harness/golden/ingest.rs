@@ -30,7 +30,7 @@ pub fn compare_results(fixtures: &Fixtures, from: &Path, out: &Path) -> Result<C
             "no results in this file",
         ));
     }
-    let mut writer = RecordWriter::create(out)?;
+    let mut writer = RecordWriter::create(out, results.len())?;
     // The oracle's arrays travel with its records, for the HTML report's images.
     writer.save_outputs = true;
     let mut goldens: BTreeMap<String, Option<GoldenFile>> = BTreeMap::new();
@@ -56,7 +56,12 @@ pub fn compare_results(fixtures: &Fixtures, from: &Path, out: &Path) -> Result<C
         let golden = goldens[&r.suite]
             .as_ref()
             .and_then(|g| g.scenarios.get(&r.scenario));
-        let (tensor, _) = read_verified(&from.join(&r.array), r.dtype, &r.sha256, &where_)?;
+        let (tensor, _) = read_verified(
+            &crate::paths::join(from, &r.array, "results array")?,
+            r.dtype,
+            &r.sha256,
+            &where_,
+        )?;
         let tensor = tensor.f_to_kind(r.dtype.kind())?;
         let mut obs = crate::harness::run::observe::describe(tensor, None, 0.0)?;
         obs.environment = r.environment.clone();
@@ -69,8 +74,10 @@ pub fn compare_results(fixtures: &Fixtures, from: &Path, out: &Path) -> Result<C
             obs.stored.as_ref(),
         )?;
     }
+    let records = writer.path().to_path_buf();
+    writer.finish()?;
     Ok(Compared {
-        records: writer.path().to_path_buf(),
+        records,
         scenarios: results.len(),
         verdicts,
     })

@@ -106,13 +106,18 @@ fn step_truth(
 ) -> Result<StepTruth> {
     let where_ = format!("{suite}/{scenario}");
     let read = |a: &OracleArray| -> Result<(Vec<i64>, Vec<f64>)> {
-        let (t, values) = read_verified(&from.join(&a.array), DType::F64, &a.sha256, &where_)?;
+        let (t, values) = read_verified(
+            &crate::paths::join(from, &a.array, "results array")?,
+            DType::F64,
+            &a.sha256,
+            &where_,
+        )?;
         Ok((t.size(), values))
     };
     let (run, truth, nudged) = (read(&steps.run)?, read(&steps.truth)?, read(&steps.nudged)?);
     if run.0 != truth.0 || run.0 != nudged.0 || run.0.len() < 2 {
         return Err(Error::invalid_file(
-            from.join(&steps.truth.array),
+            crate::paths::join(from, &steps.truth.array, "results array")?,
             format!(
                 "{where_}: per-step latents of shapes {:?}, {:?}, {:?}: not one [steps, *latent]",
                 run.0, truth.0, nudged.0
@@ -155,18 +160,20 @@ pub struct MergeSummary {
     /// Oracle or published expectations kept where the source had a blessed one.
     pub kept: usize,
     pub truths: usize,
+    /// Whether the merge may drop the diffusers expectations and truth of a scenario whose
+    /// output changed shape or dtype (`golden merge --replace-changed`); without it, it refuses.
+    pub replace_changed: bool,
 }
 
 /// Merges `from` (a results directory or a golden directory) into `fixtures`' golden store.
-pub fn merge(fixtures: &Fixtures, from: &Path) -> Result<Vec<MergeSummary>> {
+pub fn merge(fixtures: &Fixtures, from: &Path, replace_changed: bool) -> Result<Vec<MergeSummary>> {
     let store = fixtures.store();
     let suites = fixtures.select(&Default::default())?;
-    let device_of = |suite: &str, scenario: &str| -> Result<crate::torch::DeviceSpec> {
+    let scenario_of = |suite: &str, scenario: &str| -> Result<&crate::harness::suite::Scenario> {
         suites
             .iter()
             .find(|s| s.name == suite)
             .and_then(|s| s.scenarios.iter().find(|x| x.name == scenario))
-            .map(|s| s.device)
             .ok_or_else(|| {
                 Error::invalid_file(
                     from,
@@ -178,13 +185,18 @@ pub fn merge(fixtures: &Fixtures, from: &Path) -> Result<Vec<MergeSummary>> {
             })
     };
     let results = from.join("results.jsonl");
+    // Each suite's golden is read under its lock, held until it is written: a bless or another
+    // merge at the same time waits, then reads what this one wrote.
+    let mut locks: Vec<crate::harness::store::GoldenLock> = Vec::new();
     let mut files: BTreeMap<String, (GoldenFile, MergeSummary)> = BTreeMap::new();
-    let open =
+    let mut open =
         |files: &mut BTreeMap<String, (GoldenFile, MergeSummary)>, suite: &str| -> Result<()> {
             if !files.contains_key(suite) {
+                locks.push(store.lock(suite)?);
                 let file = store.load(suite)?.unwrap_or_else(|| GoldenFile::new(suite));
                 let summary = MergeSummary {
                     suite: suite.into(),
+                    replace_changed,
                     ..Default::default()
                 };
                 files.insert(suite.into(), (file, summary));
@@ -192,11 +204,22 @@ pub fn merge(fixtures: &Fixtures, from: &Path) -> Result<Vec<MergeSummary>> {
             Ok(())
         };
     if results.is_file() {
+        let models = fixtures.root.join("models");
         for r in read_results(from)? {
-            let device = device_of(&r.suite, &r.scenario)?;
+            let scenario = scenario_of(&r.suite, &r.scenario)?;
+            // The oracle loaded the model reprodiff resolves for the scenario: its identity.
+            let model = scenario
+                .run
+                .model()
+                .map(|m| crate::loading::model_sha256(m, Some(&models)))
+                .transpose()?;
             open(&mut files, &r.suite)?;
             let (file, summary) = files.get_mut(&r.suite).expect("opened");
-            merge_result(&store, from, file, summary, r, device)?;
+            let name = r.scenario.clone();
+            merge_result(&store, from, file, summary, r, scenario.device)?;
+            if let Some(s) = file.scenarios.get_mut(&name) {
+                s.model_sha256 = model.or(s.model_sha256.take());
+            }
         }
     } else {
         let entries = std::fs::read_dir(from).map_err(|e| Error::io(from, e))?;
@@ -230,6 +253,7 @@ pub fn merge(fixtures: &Fixtures, from: &Path) -> Result<Vec<MergeSummary>> {
         store.save(&file)?;
         out.push(summary);
     }
+    drop(locks);
     Ok(out)
 }
 
@@ -242,7 +266,12 @@ fn merge_result(
     device: crate::torch::DeviceSpec,
 ) -> Result<()> {
     let where_ = format!("{}/{}", r.suite, r.scenario);
-    let (tensor, values) = read_verified(&from.join(&r.array), r.dtype, &r.sha256, &where_)?;
+    let (tensor, values) = read_verified(
+        &crate::paths::join(from, &r.array, "results array")?,
+        r.dtype,
+        &r.sha256,
+        &where_,
+    )?;
     let class = r.environment.class(device);
     let env_id = r.environment.id();
     let array = GoldenStore::array_name(&r.suite, &r.scenario, &r.sha256);
@@ -256,6 +285,7 @@ fn merge_result(
             ("mean_abs".to_string(), metrics::mean_abs(&values)),
         ]),
         array: Some(array),
+        array_sha256: None,
         provenance: Provenance {
             producer: r.provenance.producer,
             tool: r.provenance.tool,
@@ -273,14 +303,19 @@ fn merge_result(
                 &r.shape,
                 device,
                 &t.sha256,
-                &from.join(&t.array),
+                &crate::paths::join(from, &t.array, "results array")?,
                 t.steps.is_some(),
             )? =>
         {
             None
         }
         Some(t) => {
-            let (tensor, _) = read_verified(&from.join(&t.array), DType::F64, &t.sha256, &where_)?;
+            let (tensor, _) = read_verified(
+                &crate::paths::join(from, &t.array, "results array")?,
+                DType::F64,
+                &t.sha256,
+                &where_,
+            )?;
             let name = truth_array_name(&r.suite, &r.scenario, &t.sha256);
             store.write_array(&name, &tensor)?;
             let steps = t
@@ -313,8 +348,7 @@ fn merge_result(
         r.dtype,
         expectation,
         truth,
-    );
-    Ok(())
+    )
 }
 
 fn merge_golden(
@@ -326,8 +360,9 @@ fn merge_golden(
 ) -> Result<()> {
     for (name, scenario) in theirs.scenarios {
         let where_ = format!("{}/{name}", theirs.suite);
+        let model = scenario.model_sha256.clone();
         let copy = |rel: &str, dtype: DType, sha: &str| -> Result<()> {
-            let (tensor, _) = read_verified(&other.dir.join(rel), dtype, sha, &where_)?;
+            let (tensor, _) = read_verified(&other.path_of(rel)?, dtype, sha, &where_)?;
             store.write_array(rel, &tensor)
         };
         // Another host's whole golden: its truth comes in only where none is recorded.
@@ -344,14 +379,16 @@ fn merge_golden(
             }
             _ => None,
         };
-        for (i, e) in scenario.expectations.into_iter().enumerate() {
-            match (&e.array, &e.sha256) {
+        for (i, mut e) in scenario.expectations.into_iter().enumerate() {
+            match (&e.array, e.sha256.as_ref().or(e.array_sha256.as_ref())) {
                 (Some(rel), Some(sha)) => copy(rel, scenario.dtype, sha)?,
-                // A published array has no bits to verify: it is copied as it is.
+                // A published array has no bits: it is taken as it is, and from here on its
+                // values' hash finds a changed byte.
                 (Some(rel), None) => {
-                    let t = tch::Tensor::read_npy(other.dir.join(rel)).map_err(|e| {
-                        Error::invalid_file(other.dir.join(rel), format!("{where_}: {e}"))
-                    })?;
+                    let path = other.path_of(rel)?;
+                    let t = tch::Tensor::read_npy(&path)
+                        .map_err(|e| Error::invalid_file(&path, format!("{where_}: {e}")))?;
+                    e.array_sha256 = Some(tensor_sha256(&t.f_to_kind(scenario.dtype.kind())?)?);
                     store.write_array(rel, &t)?;
                 }
                 _ => {}
@@ -369,7 +406,10 @@ fn merge_golden(
                 scenario.dtype,
                 e,
                 t,
-            );
+            )?;
+        }
+        if let (Some(m), Some(s)) = (model, file.scenarios.get_mut(&name)) {
+            s.model_sha256.get_or_insert(m);
         }
     }
     Ok(())
@@ -430,7 +470,8 @@ fn keeps_recorded_truth(
 
 /// Puts one expectation (and a truth) into `file`, counting what changed. An output of another
 /// shape or dtype than the scenario's recorded one makes the old expectations meaningless:
-/// they are dropped.
+/// blessed ones are dropped; diffusers' (oracle or published) and the truth only with
+/// `--replace-changed`, else the merge refuses, naming them, and writes nothing.
 fn put(
     file: &mut GoldenFile,
     summary: &mut MergeSummary,
@@ -439,7 +480,7 @@ fn put(
     dtype: DType,
     e: Expectation,
     truth: Option<Truth>,
-) {
+) -> Result<()> {
     let s = file
         .scenarios
         .entry(name.to_string())
@@ -448,8 +489,27 @@ fn put(
             dtype,
             truth: None,
             expectations: Vec::new(),
+            model_sha256: None,
         });
     if s.shape != shape || s.dtype != dtype {
+        let diffusers: Vec<String> = s
+            .expectations
+            .iter()
+            .filter(|x| x.provenance.producer != BLESSED)
+            .map(|x| format!("{} [{}]", x.provenance.producer, x.class))
+            .chain(s.truth.as_ref().map(|_| "the float64 truth".to_string()))
+            .collect();
+        if !diffusers.is_empty() && !summary.replace_changed {
+            return Err(Error::InvalidArgument(format!(
+                "{}/{name}: the output is now {dtype} {shape:?} (was {} {:?}); merging would drop \
+                 {}. Nothing was written. If the scenario changed on purpose, re-record its \
+                 classes with the oracle and merge with --replace-changed",
+                file.suite,
+                s.dtype,
+                s.shape,
+                diffusers.join(", ")
+            )));
+        }
         eprintln!(
             "{}/{name}: the output is now {dtype} {shape:?} (was {} {:?}): dropping {} old expectation(s)",
             file.suite,
@@ -462,10 +522,17 @@ fn put(
             dtype,
             truth: None,
             expectations: Vec::new(),
+            model_sha256: None,
         };
     }
     match s.expectation(&e.class) {
-        Some(old) if old.sha256 == e.sha256 && old.metrics == e.metrics => summary.unchanged += 1,
+        Some(old)
+            if old.sha256 == e.sha256
+                && old.metrics == e.metrics
+                && old.array_sha256 == e.array_sha256 =>
+        {
+            summary.unchanged += 1
+        }
         // What diffusers computed is never replaced by what reprodiff blessed.
         Some(old) if e.provenance.producer == BLESSED && old.provenance.producer != BLESSED => {
             summary.kept += 1;
@@ -498,6 +565,7 @@ fn put(
         summary.truths += 1;
         s.truth = Some(t);
     }
+    Ok(())
 }
 
 /// "oracle sha256 0123456789ab": who made an expectation and its bits.
@@ -518,23 +586,4 @@ pub fn truth_array_name(suite: &str, scenario: &str, sha256: &str) -> String {
     )
 }
 
-/// Reads an .npy and checks that its bytes in `dtype` hash to `sha256` (bf16 outputs are stored
-/// upcast to f32, so they are cast back first).
-pub(crate) fn read_verified(
-    path: &Path,
-    dtype: DType,
-    sha256: &str,
-    scenario: &str,
-) -> Result<(tch::Tensor, Vec<f64>)> {
-    let t = tch::Tensor::read_npy(path)
-        .map_err(|e| Error::invalid_file(path, format!("{scenario}: not a readable .npy: {e}")))?;
-    let got = tensor_sha256(&t.f_to_kind(dtype.kind())?)?;
-    if got != sha256 {
-        return Err(Error::invalid_file(
-            path,
-            format!("{scenario}: the array's sha256 is {got}, the record says {sha256}"),
-        ));
-    }
-    let values = tensor_to_f64(&t)?;
-    Ok((t, values))
-}
+pub(crate) use crate::harness::store::read_verified;

@@ -100,6 +100,7 @@ pub fn baseline_at(fixtures: &Path, rev: &str, sets: &[RecordSet]) -> Result<Rec
         label: format!("goldens@{}", &commit[..12.min(commit.len())]),
         entries,
         unreadable: Vec::new(),
+        incomplete: Vec::new(),
         duplicates: 0,
         conflicts: Vec::new(),
     })

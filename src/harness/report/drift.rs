@@ -47,6 +47,8 @@ pub struct RecordSet {
     pub entries: Vec<Entry>,
     /// Files and lines that could not be read, with why; the rest was read.
     pub unreadable: Vec<String>,
+    /// Runs that started and never ended ([`records::Read::incomplete`]).
+    pub incomplete: Vec<String>,
     /// Records dropped as copies of another (same scenario, class and output).
     pub duplicates: usize,
     /// "suite/scenario (class)" with records of different outputs in one class.
@@ -68,11 +70,18 @@ pub fn load(dir: &Path) -> Result<RecordSet> {
             .map(|(file, r)| Entry::of(r, file))
             .collect(),
         unreadable: read.unreadable,
+        incomplete: read.incomplete,
         duplicates: 0,
         conflicts: Vec::new(),
     };
     if set.entries.is_empty() {
-        let why = if set.unreadable.is_empty() {
+        let why = if set.unreadable.is_empty() && dir.join("records.jsonl").is_file() {
+            let mut why = "records.jsonl holds no record".to_string();
+            if let Some(i) = set.incomplete.first() {
+                why = format!("{why}: {i}");
+            }
+            why
+        } else if set.unreadable.is_empty() {
             "no records.jsonl here, nor *.json records of schema 1".to_string()
         } else {
             format!(
@@ -120,7 +129,12 @@ impl Entry {
                         .collect()
                 })
                 .unwrap_or_default(),
-            array: record.array.as_ref().map(|a| file.with_file_name(a)),
+            // An array path from a records file stays beside it.
+            array: record
+                .array
+                .as_deref()
+                .filter(|a| crate::paths::why_not_relative(a).is_none())
+                .map(|a| file.with_file_name(a)),
             unseeded: out.is_some_and(|o| o.unseeded_seed.is_some()),
         }
     }
@@ -167,6 +181,8 @@ pub struct SetSummary {
     pub label: String,
     pub classes: Vec<ClassSummary>,
     pub unreadable: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<String>,
     /// Records counted once because another had the same scenario, class and output.
     #[serde(skip_serializing_if = "is_zero")]
     pub duplicates: usize,
@@ -272,6 +288,7 @@ fn summarize_set(set: &RecordSet) -> SetSummary {
             })
             .collect(),
         unreadable: set.unreadable.clone(),
+        incomplete: set.incomplete.clone(),
         duplicates: set.duplicates,
         conflicts: set.conflicts.clone(),
     }
@@ -416,6 +433,9 @@ pub fn markdown(report: &Report) -> String {
         }
         for u in &set.unreadable {
             let _ = writeln!(out, "\nunreadable, skipped: {u}");
+        }
+        for i in &set.incomplete {
+            let _ = writeln!(out, "\nincomplete run: {i}");
         }
         if set.duplicates > 0 {
             let _ = writeln!(
@@ -608,6 +628,7 @@ mod tests {
                 unseeded: false,
             }],
             unreadable: Vec::new(),
+            incomplete: Vec::new(),
             duplicates: 0,
             conflicts: Vec::new(),
         }

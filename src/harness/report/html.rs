@@ -159,6 +159,7 @@ fn colour(verdict: &str) -> &'static str {
         Some(Verdict::NotComparable) => "#ffb300",
         Some(Verdict::NotRun) => "#bdbdbd",
         Some(Verdict::NoExpectation) => "#8d6e63",
+        Some(Verdict::BlessedOnly) => "#4fc3f7",
         Some(Verdict::Drifted) => "#e53935",
         Some(Verdict::NoGolden | Verdict::Failed) | None => "#6a1b9a",
     }

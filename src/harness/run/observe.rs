@@ -37,6 +37,9 @@ pub struct Observation {
     pub trace: Option<Vec<crate::pipelines::StepTrace>>,
     /// The environment the run happened in (a child's own, when it ran in one).
     pub environment: crate::env::Fingerprint,
+    /// The model's identity ([`crate::loading::model_sha256`]), for a pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
     #[serde(skip)]
     pub values: Vec<f64>,
     /// The output in its storage dtype (bf16 upcast to f32), for bless.
@@ -173,6 +176,11 @@ impl Runner {
         };
         let mut obs = describe(tensor, out.unseeded_seed, elapsed)?;
         obs.trace = out.trace;
+        obs.model_sha256 = scenario
+            .run
+            .model()
+            .map(|m| crate::loading::model_sha256(m, models.as_deref()))
+            .transpose()?;
         Ok(obs)
     }
 
@@ -248,6 +256,7 @@ pub fn describe(tensor: Tensor, unseeded_seed: Option<u64>, elapsed_s: f64) -> R
         elapsed_s,
         trace: None,
         environment: crate::env::Fingerprint::current()?,
+        model_sha256: None,
         values,
         stored: Some(stored),
     })

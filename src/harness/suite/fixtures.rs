@@ -58,22 +58,24 @@ impl Fixtures {
             .transpose()
             .map_err(|e| Error::InvalidArgument(format!("--filter: {e}")))?;
         let models = self.root.join("models");
-        for suite in &all {
-            for scenario in &suite.scenarios {
-                check_model_reference(suite, scenario, &models)?;
+        let mut suites = Vec::new();
+        for file in all {
+            if !(sel.suites.is_empty() || sel.suites.contains(&file.name)) {
+                continue;
             }
+            let mut suite = file.expand()?;
+            for scenario in &suite.scenarios {
+                check_model_reference(&suite, scenario, &models)?;
+            }
+            suite.scenarios.retain(|sc| {
+                filter.as_ref().is_none_or(|f| {
+                    f.is_match(&sc.name) || f.is_match(&format!("{}/{}", suite.name, sc.name))
+                })
+            });
+            suites.push(suite);
         }
-        Ok(all
+        Ok(suites
             .into_iter()
-            .filter(|s| sel.suites.is_empty() || sel.suites.contains(&s.name))
-            .map(|mut s| {
-                s.scenarios.retain(|sc| {
-                    filter.as_ref().is_none_or(|f| {
-                        f.is_match(&sc.name) || f.is_match(&format!("{}/{}", s.name, sc.name))
-                    })
-                });
-                s
-            })
             .filter(|s| !s.scenarios.is_empty())
             .collect())
     }
@@ -96,13 +98,19 @@ fn check_model_reference(suite: &Suite, scenario: &Scenario, models: &Path) -> R
     match crate::loading::ModelRef::parse(model) {
         Err(m) => bad(m),
         Ok(crate::loading::ModelRef::Folder(name))
-            if !models.join(name).is_dir() && !Path::new(name).is_dir() =>
+            if crate::paths::why_not_relative(name).is_some() =>
         {
             bad(format!(
-                "'{model}': no such folder in {} (hub models are written hub:org/name)",
+                "'{model}' {}: a suite names a folder under {} (hub models are written \
+                 hub:org/name, derived ones derived:ARCH)",
+                crate::paths::why_not_relative(name).unwrap_or_default(),
                 models.display()
             ))
         }
+        Ok(crate::loading::ModelRef::Folder(name)) if !models.join(name).is_dir() => bad(format!(
+            "'{model}': no such folder in {} (hub models are written hub:org/name)",
+            models.display()
+        )),
         Ok(_) => Ok(()),
     }
 }

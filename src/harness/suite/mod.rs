@@ -332,7 +332,22 @@ pub struct Suite {
     pub scenarios: Vec<Scenario>,
 }
 
-impl Suite {
+/// The most scenarios one suite may expand to: a matrix beyond it is refused before it is
+/// expanded, so a typo in one suite cannot exhaust the memory of every command.
+pub const MAX_SCENARIOS: u64 = 100_000;
+
+/// A suite file read and its header checked, its scenarios not yet expanded: what every command
+/// reads of every suite file, so that only the selected suites pay for their matrices.
+#[derive(Debug, Clone)]
+pub struct SuiteFile {
+    pub name: String,
+    pub description: String,
+    pub path: PathBuf,
+    defaults: toml::Table,
+    raw: Vec<Value>,
+}
+
+impl SuiteFile {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::parse(&text, path)
@@ -340,7 +355,7 @@ impl Suite {
 
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let bad = |msg: String| Error::invalid_file(path, msg);
-        let root: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let mut root: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
         for key in root.keys() {
             if !["schema", "name", "description", "defaults", "scenario"].contains(&key.as_str()) {
                 return Err(bad(format!(
@@ -362,49 +377,81 @@ impl Suite {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             _ => return Err(bad("`name` must be a non-empty string".into())),
         };
+        if let Some(why) = crate::paths::why_not_a_name(&name).or_else(|| {
+            name.contains('/')
+                .then(|| "holds a `/` (a suite name is one file name)".to_string())
+        }) {
+            return Err(bad(format!("`name` '{}' {why}", name.escape_debug())));
+        }
         let description = match root.get("description") {
             Some(Value::String(s)) => s.clone(),
             _ => String::new(),
         };
-        let defaults = match root.get("defaults") {
+        let defaults = match root.remove("defaults") {
             None => toml::Table::new(),
-            Some(Value::Table(t)) => t.clone(),
+            Some(Value::Table(t)) => t,
             Some(_) => return Err(bad("`defaults` must be a table".into())),
         };
-        let raw = match root.get("scenario") {
-            Some(Value::Array(a)) => a.clone(),
+        let raw = match root.remove("scenario") {
+            Some(Value::Array(a)) => a,
             _ => return Err(bad("no [[scenario]] entries".into())),
         };
+        let file = SuiteFile {
+            name,
+            description,
+            path: path.to_path_buf(),
+            defaults,
+            raw,
+        };
+        Ok(file)
+    }
 
+    /// How many scenarios the file expands to, counted without expanding; more than
+    /// [`MAX_SCENARIOS`] is an error naming the file.
+    pub fn count_scenarios(&self) -> Result<u64> {
+        let mut total: u64 = 0;
+        for entry in &self.raw {
+            let n = match entry.get("matrix").or_else(|| self.defaults.get("matrix")) {
+                Some(Value::Table(m)) => m.values().try_fold(1u64, |n, v| match v {
+                    Value::Array(a) => n.checked_mul(a.len() as u64),
+                    _ => Some(n),
+                }),
+                _ => Some(1),
+            };
+            total = n.and_then(|n| total.checked_add(n)).unwrap_or(u64::MAX);
+            if total > MAX_SCENARIOS {
+                return Err(Error::invalid_file(
+                    &self.path,
+                    format!(
+                        "expands to more than {MAX_SCENARIOS} scenarios (the limit per suite); \
+                         split the matrix or the suite"
+                    ),
+                ));
+            }
+        }
+        Ok(total)
+    }
+
+    /// The suite with its scenarios expanded and validated.
+    pub fn expand(self) -> Result<Suite> {
+        self.count_scenarios()?;
+        let path = self.path;
+        let bad = |msg: String| Error::invalid_file(&path, msg);
         let mut scenarios = Vec::new();
-        for (i, entry) in raw.into_iter().enumerate() {
+        for (i, entry) in self.raw.into_iter().enumerate() {
             let Value::Table(own) = entry else {
                 return Err(bad(format!("scenario #{}: must be a table", i + 1)));
             };
-            let mut merged = defaults.clone();
+            let mut merged = self.defaults.clone();
             merged.extend(own);
             let label = merged
                 .get("name")
                 .and_then(Value::as_str)
                 .map_or(format!("scenario #{}", i + 1), |n| {
-                    format!("scenario '{n}'")
+                    format!("scenario '{}'", n.escape_debug())
                 });
             for table in expand(merged).map_err(|m| bad(format!("{label}: {m}")))? {
-                let name = table
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_string();
-                let scenario: Scenario =
-                    Value::Table(table)
-                        .try_into()
-                        .map_err(|e: toml::de::Error| {
-                            bad(format!("scenario '{name}': {}", e.message()))
-                        })?;
-                scenario
-                    .validate()
-                    .map_err(|m| bad(format!("scenario '{name}': {m}")))?;
-                scenarios.push(scenario);
+                scenarios.push(scenario_of(table).map_err(bad)?);
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -414,22 +461,74 @@ impl Suite {
             }
         }
         Ok(Suite {
-            name,
-            description,
-            path: path.to_path_buf(),
+            name: self.name,
+            description: self.description,
+            path,
             scenarios,
         })
     }
+}
 
-    /// Every suite in `dir` (*.toml), sorted by name.
-    pub fn load_dir(dir: &Path) -> Result<Vec<Suite>> {
+/// One expanded scenario table as a validated scenario; the message names it.
+fn scenario_of(table: toml::Table) -> std::result::Result<Scenario, String> {
+    let name = table
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string();
+    let label = name.escape_debug().to_string();
+    if let Some(why) = crate::paths::why_not_a_name(&name) {
+        return Err(format!(
+            "scenario '{}': the name {why} (a name becomes a path under --out)",
+            label.chars().take(80).collect::<String>()
+        ));
+    }
+    let scenario: Scenario = Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("scenario '{label}': {}", e.message()))?;
+    scenario
+        .validate()
+        .map_err(|m| format!("scenario '{label}': {m}"))?;
+    Ok(scenario)
+}
+
+impl Suite {
+    pub fn load(path: &Path) -> Result<Self> {
+        SuiteFile::load(path)?.expand()
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        SuiteFile::parse(text, path)?.expand()
+    }
+
+    /// Every suite file in `dir` (*.toml), sorted by file name, headers read but not expanded. Two files of one suite name are refused: both would run and
+    /// count twice.
+    pub fn load_dir(dir: &Path) -> Result<Vec<SuiteFile>> {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
             .collect();
         paths.sort();
-        paths.iter().map(|p| Suite::load(p)).collect()
+        let files: Vec<SuiteFile> = paths
+            .iter()
+            .map(|p| SuiteFile::load(p))
+            .collect::<Result<_>>()?;
+        let mut seen: BTreeMap<&str, &Path> = BTreeMap::new();
+        for f in &files {
+            if let Some(first) = seen.insert(&f.name, &f.path) {
+                return Err(Error::invalid_file(
+                    &f.path,
+                    format!(
+                        "suite name '{}' is taken already by {}: every suite needs a name of \
+                         its own",
+                        f.name,
+                        first.display()
+                    ),
+                ));
+            }
+        }
+        Ok(files)
     }
 }
 
