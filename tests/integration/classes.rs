@@ -253,7 +253,11 @@ fn a_planted_defect_in_a_chaotic_scenario_fails_at_the_first_step_beyond_the_rul
     assert!(line.starts_with("within tolerance"), "{t}");
     assert!(line.contains("rmse_truth_steps"), "{t}");
     assert!(t.contains("chaotic after"), "{t}");
-    let named = regex::Regex::new(r"beyond the step rule at step (\d+) of 50").unwrap();
+    let named = regex::Regex::new(
+        r"beyond the step rule at step (\d+) of 50: .* comparable through step (\d+)",
+    )
+    .unwrap();
+    let mut first_steps = Vec::new();
     for factor in ["1.01", "1.0001"] {
         let mut env = FOREIGN.to_vec();
         env.push((reprodiff::models::params::PLANT_SCALE_ENV, factor));
@@ -264,13 +268,22 @@ fn a_planted_defect_in_a_chaotic_scenario_fails_at_the_first_step_beyond_the_rul
             check_line(&t, CIFAR_CHAOTIC).starts_with("drifted"),
             "x{factor}: {t}"
         );
-        let step = named
+        let found = named
             .captures(&t)
-            .unwrap_or_else(|| panic!("x{factor}: {t}"))[1]
-            .parse::<usize>()
-            .unwrap();
-        eprintln!("weights x{factor}: first step beyond the rule {step}");
+            .unwrap_or_else(|| panic!("x{factor}: {t}"));
+        let (step, comparable) = (
+            found[1].parse::<usize>().unwrap(),
+            found[2].parse::<usize>().unwrap(),
+        );
+        // The defect is caught inside the part of the trajectory the rule can see.
+        assert!(
+            (1..=comparable).contains(&step),
+            "x{factor}: step {step} of {comparable} comparable: {t}"
+        );
+        first_steps.push(step);
     }
+    // A hundred times the defect is seen no later than the small one.
+    assert!(first_steps[0] <= first_steps[1], "{first_steps:?}");
 }
 
 /// The proof in reduced precision: sd-tiny's f16 latent, on a class without an f16
@@ -325,7 +338,9 @@ fn an_own_class_only_scenario_is_skipped_before_running_on_another_class() {
     ];
     let out = reprodiff_with_env(&args, Some(&fixtures), &FOREIGN);
     let t = text(&out);
-    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+    // Skipped with its reason; a check of nothing else compared nothing, which is no pass.
+    assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
+    assert!(t.contains("nothing was compared"), "{t}");
     assert!(
         t.contains("1 not run: checked only on its own class (planted by a test: too sensitive)"),
         "{t}"
@@ -333,11 +348,13 @@ fn an_own_class_only_scenario_is_skipped_before_running_on_another_class() {
     assert!(t.contains("0 passed, 0 failed, 1 skipped"), "{t}");
     let out = reprodiff_native(&args, Some(&fixtures));
     let t = text(&out);
-    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
     if t.contains("1 not run: checked only on its own class") {
-        // A host of a class nobody recorded: its own class has no expectation either.
+        // A host of a class nobody recorded: its own class has no expectation either, so
+        // nothing was compared.
         assert!(t.contains("has none"), "{t}");
+        assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
     } else {
+        assert_eq!(out.status.code(), Some(exit::OK), "{t}");
         assert!(check_line(&t, SENSITIVE).starts_with("identical"), "{t}");
     }
 }
@@ -366,12 +383,14 @@ fn no_expectation_is_a_skip_outside_ci_and_a_failure_in_it() {
     env.push(("CI", ""));
     let out = reprodiff_with_env(&args, Some(&fixtures), &env);
     let t = text(&out);
-    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+    // A skip outside CI, but a check of nothing else compared nothing.
+    assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
     assert!(
         t.contains("1 no expectation: no expectation for this host's class"),
         "{t}"
     );
     assert!(t.contains("0 passed, 0 failed, 1 skipped"), "{t}");
+    assert!(t.contains("nothing was compared"), "{t}");
     env.pop();
     env.push(("CI", "true"));
     let out = reprodiff_with_env(&args, Some(&fixtures), &env);
@@ -418,6 +437,7 @@ fn the_nearest_class_identical_shortcut_needs_the_very_bits() {
         "--filter",
         "^tiny-ddim-a/steps2$",
         "--verbose",
+        "--save-outputs",
     ];
     let records = out_dir.path().to_str().unwrap();
     args.extend(["--out", records]);
@@ -425,14 +445,12 @@ fn the_nearest_class_identical_shortcut_needs_the_very_bits() {
     assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
     let r = read_record(out_dir.path(), scenario);
     assert_eq!(r["compared_with"]["match"], "nearest-class", "{r}");
-    let (sha, nearest) = (
-        r["output"]["sha256"].clone(),
-        r["compared_with"]["class"].clone(),
-    );
+    let nearest = r["compared_with"]["class"].clone();
+    let output = tch::Tensor::read_npy(out_dir.path().join(r["array"].as_str().unwrap())).unwrap();
     edit_ddim_tiny(&fixtures, scenario, |s| {
         for e in s["expectations"].as_array_mut().unwrap() {
             if e["class"] == nearest {
-                e["sha256"] = sha.clone();
+                plant_expectation(&fixtures.join("golden"), e, &output);
             }
         }
     });
@@ -472,16 +490,24 @@ fn a_rerun_difference_is_compared_exactly_on_every_class() {
     );
     edit_ddim_tiny(&fixtures, scenario, |s| {
         for e in s["expectations"].as_array_mut().unwrap() {
-            e["sha256"] = serde_json::json!("0".repeat(64));
-            e["metrics"]["sum_abs"] = 1e-9.into();
+            let golden = fixtures.join("golden");
+            let zero = tch::Tensor::read_npy(golden.join(e["array"].as_str().unwrap())).unwrap();
+            plant_expectation(&golden, e, &(zero + 1e-9));
         }
     });
     let out = reprodiff_with_env(&args, Some(&fixtures), &FOREIGN);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
     let line = check_line(&t, scenario);
+    // Compared exactly: sum_abs drifts, and the cosine distance of a zero difference to a
+    // non-zero one is NaN, which fails (a non-finite metric is never a pass).
     assert!(
-        line.starts_with("drifted") && !line.contains("rmse_truth"),
+        line.starts_with("failed") && !line.contains("rmse_truth"),
+        "{t}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.trim_start().starts_with("sum_abs") && l.ends_with("drifted")),
         "{t}"
     );
 }

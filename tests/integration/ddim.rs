@@ -277,7 +277,8 @@ fn a_hub_model_is_found_in_the_local_cache_and_docs_scenarios_then_run() {
     let t = text(&out);
     assert!(!t.contains("not run"), "{t}");
     assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
-    // Without the cache entry they report where they looked, and pass as "not run".
+    // Without the cache entry they report where they looked, as "not run": skips, and a check
+    // of nothing else compared nothing, which is no pass.
     let out = Command::new(env!("CARGO_BIN_EXE_reprodiff"))
         .args(["check", "--suite", "ddim-docs"])
         .env("HF_HUB_CACHE", tmp.path().join("empty"))
@@ -285,7 +286,8 @@ fn a_hub_model_is_found_in_the_local_cache_and_docs_scenarios_then_run() {
         .output()
         .unwrap();
     let t = text(&out);
-    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+    assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
+    assert!(t.contains("nothing was compared"), "{t}");
     assert!(
         t.contains("not run: model not found") && t.contains("empty"),
         "{t}"

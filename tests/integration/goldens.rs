@@ -414,3 +414,50 @@ fn every_committed_expectation_names_its_producer() {
     }
     assert!(seen > 400, "{seen} expectations");
 }
+
+/// Every array a committed golden names hashes to its recorded SHA-256 (expectations in their
+/// dtype, truths and step truths in float64, published arrays by `array_sha256`), and every
+/// expectation's stored sum_abs, max_abs and mean_abs is what its own array gives, to the bit:
+/// the nearest-class "identical" shortcut and the metric checks trust both.
+#[test]
+fn every_committed_golden_array_hashes_to_its_sha256_and_metrics() {
+    use reprodiff::harness::store::GoldenStore;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let store = GoldenStore::new(root.join("golden"));
+    let (mut arrays, mut metrics) = (0, 0);
+    for suite in reprodiff::harness::suite::Suite::load_dir(&root.join("suites")).unwrap() {
+        let Some(golden) = store.load(&suite.name).unwrap() else {
+            continue;
+        };
+        store
+            .verify(&golden, golden.scenarios.keys().map(String::as_str))
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (name, s) in &golden.scenarios {
+            for e in &s.expectations {
+                let Some(rel) = &e.array else { continue };
+                arrays += 1;
+                let (values, _) = store.read_array(rel).unwrap();
+                for (key, f) in [
+                    ("sum_abs", reprodiff::metrics::sum_abs as fn(&[f64]) -> f64),
+                    ("max_abs", reprodiff::metrics::max_abs),
+                    ("mean_abs", reprodiff::metrics::mean_abs),
+                ] {
+                    if let Some(want) = e.metrics.get(key) {
+                        metrics += 1;
+                        assert_eq!(
+                            f(&values).to_bits(),
+                            want.to_bits(),
+                            "{}/{name} [{}] {key}",
+                            suite.name,
+                            e.class
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        arrays > 300 && metrics > 900,
+        "{arrays} arrays, {metrics} metrics"
+    );
+}

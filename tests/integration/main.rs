@@ -5,6 +5,7 @@
 mod common;
 
 mod architecture;
+mod authority;
 mod bless;
 mod classes;
 mod cli;
