@@ -13,9 +13,17 @@ cache="${REPRODIFF_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reprodiff}"
 venv="$cache/torch-$TORCH_VERSION"
 stamp="$venv/.reprodiff-complete"
 
+# pip keeps no cache in the user's home (the wheel is 900 MB; the install is what is kept).
+export PIP_NO_CACHE_DIR=1
+
+# Two first runs at once (two clones, one cache) take turns: the second waits on the lock and
+# then finds the stamp; no run removes a venv another is installing.
+mkdir -p "$cache"
+exec 9>"$cache/torch-$TORCH_VERSION.lock"
+flock 9
+
 if [ ! -f "$stamp" ]; then
   echo "reprodiff: installing torch==$TORCH_VERSION into $venv (about 4.7 GB, once per machine)" >&2
-  mkdir -p "$cache"
   rm -rf "$venv"
   if ! python3 -m venv "$venv" >&2; then
     # Debian/Ubuntu's python3 ships venv separately.
