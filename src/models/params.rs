@@ -33,25 +33,72 @@ pub struct SafetensorsSource {
 /// must catch (tests `a_planted_defect_*`). Unset, nothing changes.
 pub const PLANT_SCALE_ENV: &str = "REPRODIFF_TEST_SCALE_WEIGHTS";
 
+/// A safetensors file as read: its path, length and modification time, and the planted scale.
+type FileKey = (PathBuf, u64, u128, Option<u64>);
+
+thread_local! {
+    /// The tensors of every safetensors file this thread has read, by [`FileKey`]: a `check`
+    /// that runs several scenarios on one model reads its weights once (the full SD 1.5 weights
+    /// took ~7 s a load). Models get tensors that share the cached storage and never write it:
+    /// the dtype and device conversions and channels_last make new tensors, and a parameter is
+    /// a detached alias (`ParamPath::get`), so a cached load gives the same bits as a fresh one,
+    /// alignment and all (test `a_cached_model_gives_a_fresh_loads_bits_under_every_knob`).
+    static READ: RefCell<BTreeMap<FileKey, Vec<(String, Tensor)>>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// `REPRODIFF_NO_MODEL_CACHE=1`: every load reads its file (for measuring what the cache saves).
+pub const NO_CACHE_ENV: &str = "REPRODIFF_NO_MODEL_CACHE";
+
+/// The tensors of `path` (renamed as diffusers renames them, scaled where a test plants a
+/// defect), from this thread's cache where the same file was read before.
+fn read_tensors(path: &Path, scale: Option<f64>) -> Result<Vec<(String, Tensor)>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let canonical = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+    let key = (canonical, meta.len(), modified, scale.map(f64::to_bits));
+    let cached = READ.with(|r| {
+        r.borrow().get(&key).map(|v| {
+            v.iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect()
+        })
+    });
+    if let Some(tensors) = cached {
+        return Ok(tensors);
+    }
+    let raw = Tensor::read_safetensors(path)
+        .map_err(|e| Error::invalid_file(path, format!("not a readable safetensors file: {e}")))?;
+    let mut tensors = Vec::with_capacity(raw.len());
+    for (name, t) in raw {
+        let t = match scale {
+            Some(f) if t.is_floating_point() => t.f_mul_scalar(f)?,
+            _ => t,
+        };
+        tensors.push((rename_legacy(&name), t));
+    }
+    if std::env::var_os(NO_CACHE_ENV).is_none() {
+        let copy = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        READ.with(|r| r.borrow_mut().insert(key, copy));
+    }
+    Ok(tensors)
+}
+
 impl SafetensorsSource {
     pub fn load(path: &Path, dtype: DType, device: Device) -> Result<Self> {
-        let raw = Tensor::read_safetensors(path).map_err(|e| {
-            Error::invalid_file(path, format!("not a readable safetensors file: {e}"))
-        })?;
         let scale = match std::env::var(PLANT_SCALE_ENV) {
             Ok(v) => Some(v.parse::<f64>().map_err(|_| {
                 Error::InvalidArgument(format!("{PLANT_SCALE_ENV}={v}: not a number"))
             })?),
             Err(_) => None,
         };
-        let mut tensors = BTreeMap::new();
-        for (name, t) in raw {
-            let t = match scale {
-                Some(f) if t.is_floating_point() => t.f_mul_scalar(f)?,
-                _ => t,
-            };
-            tensors.insert(rename_legacy(&name), t);
-        }
+        let tensors: BTreeMap<String, Tensor> = read_tensors(path, scale)?.into_iter().collect();
         Ok(SafetensorsSource {
             path: path.to_path_buf(),
             tensors,

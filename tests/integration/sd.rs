@@ -210,3 +210,48 @@ fn prompt_variants_on_seed_0_resemble_image_0() {
         );
     }
 }
+
+/// A model read once per process and served from the cache to later scenarios gives the bits
+/// of a fresh load, under every knob that changes how weights are held (channels_last, the
+/// portable kernels, a dtype): the same scenarios checked with the cache and with
+/// REPRODIFF_NO_MODEL_CACHE=1 give the same output sha256, scenario by scenario.
+#[test]
+fn a_cached_model_gives_a_fresh_loads_bits_under_every_knob() {
+    let filter = "^tiny-sd-a/(pndm-from-ddim-config/steps5|empty-prompt/steps2|rerun-difference/latent/steps2/first-run)$";
+    let outputs = |knobs: &str, no_cache: bool| -> Vec<(String, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = Vec::new();
+        if !knobs.is_empty() {
+            env.push((reprodiff::torch::knobs::ENV, knobs));
+        }
+        if no_cache {
+            env.push((reprodiff::models::params::NO_CACHE_ENV, "1"));
+        }
+        let args = ["check", "--suite", "sd-tiny", "--filter", filter, "--out"];
+        let mut args = args.to_vec();
+        args.push(dir.path().to_str().unwrap());
+        let out = reprodiff_with_env(&args, None, &env);
+        let records = std::fs::read_to_string(dir.path().join("records.jsonl")).unwrap();
+        let mut shas: Vec<(String, String)> = records
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["output"]["sha256"].is_string())
+            .map(|r| {
+                (
+                    r["scenario"].as_str().unwrap().to_string(),
+                    r["output"]["sha256"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        shas.sort();
+        assert_eq!(shas.len(), 3, "{knobs}: {}", text(&out));
+        shas
+    };
+    for knobs in ["", "channels-last", "portable", "bf16"] {
+        assert_eq!(
+            outputs(knobs, false),
+            outputs(knobs, true),
+            "knobs '{knobs}'"
+        );
+    }
+}
