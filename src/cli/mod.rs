@@ -37,6 +37,20 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub(crate) enum Command {
+    /// Two recorded runs (python/reprodiff-record) side by side: what differs in their
+    /// environments and calls, where their latents part, the known causes (exit 0 identical
+    /// bits, 1 they differ, 2 bad input).
+    Diff {
+        /// A recorded run's folder (run.json).
+        a: PathBuf,
+        /// The other recorded run's folder.
+        b: PathBuf,
+    },
+    /// Print the JSON Schema of a format reprodiff reads (its one definition).
+    Schema {
+        #[arg(value_enum)]
+        kind: SchemaKind,
+    },
     /// Run scenarios and compare them with their goldens (exit 0 pass, 1 drift/failure, 2 bad input).
     Check {
         #[command(flatten)]
@@ -234,6 +248,13 @@ pub(crate) enum GoldenAction {
     },
 }
 
+/// The formats `reprodiff schema` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum SchemaKind {
+    /// A run python/reprodiff-record writes (run.json).
+    RunRecord,
+}
+
 /// Parses the flags, runs the command, prints an error as `error: ...` and returns its exit code.
 pub fn main() -> ExitCode {
     // Die quietly on a closed pipe (`reprodiff list --json | head`), as Unix tools do, instead
@@ -326,6 +347,25 @@ fn dispatch(cli: Cli) -> crate::Result<i32> {
         Command::DeriveWeights { arch, out } => model::derive_weights(&arch, &out),
         Command::ResolveModel { spec, models } => model::resolve_model(&spec, models.as_deref()),
         Command::Env { json } => env::env(json),
+        Command::Diff { a, b } => {
+            let d = crate::harness::report::run_diff::diff(&a, &b)?;
+            print!("{}", d.text);
+            Ok(if d.identical {
+                crate::error::exit::OK
+            } else {
+                crate::error::exit::FAILED
+            })
+        }
+        Command::Schema {
+            kind: SchemaKind::RunRecord,
+        } => {
+            let schema = crate::harness::run_record::json_schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("serialises")
+            );
+            Ok(crate::error::exit::OK)
+        }
         Command::Observe {
             suite_file,
             scenario,

@@ -135,7 +135,7 @@ pub fn check_kernel_env() -> Result<()> {
 
 const ARM_ISA: &[&str] = &["asimd", "sve", "sve2", "bf16", "i8mm"];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Fingerprint {
     pub schema: u32,
     /// "reprodiff" or "oracle".
@@ -155,7 +155,7 @@ pub struct Fingerprint {
     pub portable: Option<crate::portable::PortableRun>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Versions {
     pub reprodiff: Option<String>,
     pub tch: Option<String>,
@@ -165,9 +165,12 @@ pub struct Versions {
     pub torch_build: Option<String>,
     pub python: Option<String>,
     pub diffusers: Option<String>,
+    /// transformers' version, where a recorded run (reprodiff-record) had it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transformers: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Os {
     pub name: String,
     pub arch: String,
@@ -193,7 +196,7 @@ fn libc_version() -> Option<String> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Cpu {
     pub model: String,
     /// "intel", "amd", ... from the CPU's vendor id; `None` in schema-1 fingerprints.
@@ -208,12 +211,15 @@ pub struct Cpu {
     pub kernel_env: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Cuda {
     pub available: bool,
     pub runtime: Option<String>,
     pub cudnn: Option<i64>,
     pub devices: Vec<String>,
+    /// Each device's compute capability ("9.0"), where a recorded run had it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compute_capability: Vec<String>,
 }
 
 impl Fingerprint {
@@ -231,6 +237,7 @@ impl Fingerprint {
                 torch_build: option_env!("REPRODIFF_TORCH_BUILD").map(String::from),
                 python: None,
                 diffusers: None,
+                transformers: None,
             },
             os: Os {
                 name: std::env::consts::OS.into(),
@@ -257,6 +264,7 @@ impl Fingerprint {
                 } else {
                     Vec::new()
                 },
+                compute_capability: Vec::new(),
             },
             determinism: Determinism::in_force()?,
             knobs: {

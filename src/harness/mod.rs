@@ -10,7 +10,8 @@
 //!    ([`run::matrix`]).
 //! 4. [`compare`]: an observation against its golden: which expectation judges it, per-metric
 //!    checks, the scenario's verdict.
-//! 5. [`records`]: what a check leaves behind (records.jsonl), written and read back typed.
+//! 5. [`records`]: what a check leaves behind (records.jsonl), written and read back typed;
+//!    [`run_record`]: a diffusers run recorded outside reprodiff (python/reprodiff-record).
 //! 6. [`report`]: what people read: the check table, drift reports over records (text, JSON,
 //!    one HTML page with [`report::pictures`]), and records against the goldens of a git revision.
 //! 7. [`golden`]: keeping the goldens: `golden merge` (the oracle's results and other hosts'),
@@ -26,6 +27,7 @@ pub mod oneoff;
 pub mod records;
 pub mod report;
 pub mod run;
+pub mod run_record;
 pub mod session;
 pub mod store;
 pub mod suite;

@@ -50,7 +50,7 @@ pub const LIBTORCH_THREADS: i32 = 1;
 /// What a portable run's fingerprint records: the order rule its bits follow (the class key's
 /// one component), and the ISA and thread count it ran on (which must not matter; recorded so
 /// that a test or a reader can see which path ran).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PortableRun {
     pub order_rule: u32,
     pub isa: String,

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 /// The ISA level ATen's CPU kernels dispatch to. Read once when libtorch starts, from
 /// ATEN_CPU_CAPABILITY, so running under another one needs a child process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CpuCapability {
     Default,
@@ -107,7 +107,7 @@ impl FromStr for Preset {
 }
 
 /// Every switch that decides whether two runs on one machine give the same bits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Determinism {
     /// `torch.use_deterministic_algorithms(b)`.
     pub deterministic_algorithms: bool,

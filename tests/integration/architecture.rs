@@ -26,7 +26,7 @@ const HARNESS_STAGES: &[&[&str]] = &[
     &["suite"],
     &["run"],
     &["compare"],
-    &["records"],
+    &["records", "run_record"],
     &["report"],
     &["golden"],
     &["session"],

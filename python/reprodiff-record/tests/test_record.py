@@ -1,0 +1,235 @@
+"""reprodiff-record on the repository's tiny fixture models (fixtures/models): recording changes
+no bit, what it writes is a valid run record by reprodiff's own schema, the same call recorded
+twice gives the same record, and any scheduler is recorded, not only the ones reprodiff ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMPipeline,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+)
+
+import reprodiff_record
+from reprodiff_record import record
+
+REPO = Path(__file__).resolve().parents[3]
+MODELS = REPO / "fixtures" / "models"
+
+
+def reprodiff(*args: str) -> str:
+    """`reprodiff ARGS`: REPRODIFF_BIN, else the debug build of this checkout (.ci/run builds
+    it before pytest runs); a missing binary fails the test, it is not skipped."""
+    binary = Path(os.environ.get("REPRODIFF_BIN", REPO / "target" / "debug" / "reprodiff"))
+    assert binary.is_file(), f"{binary}: build reprodiff first (ci/cargo build)"
+    return subprocess.run([str(binary), *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(autouse=True)
+def two_threads() -> None:
+    torch.set_num_threads(2)
+
+
+def ddim() -> DDIMPipeline:
+    pipe = DDIMPipeline.from_pretrained(MODELS / "tiny-ddim-a")
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sd(scheduler: type, **config) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline.from_pretrained(
+        MODELS / "tiny-sd-a",
+        use_safetensors=True,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    pipe.scheduler = scheduler.from_config(pipe.scheduler.config, **config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ddim_call() -> dict:
+    return dict(num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0))
+
+
+def sd_call(**extra) -> dict:
+    call = dict(
+        prompt="a cat",
+        num_inference_steps=3,
+        height=32,
+        width=32,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
+    call.update(extra)
+    return call
+
+
+def read(folder: Path) -> dict:
+    return json.loads((folder / "run.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "make, call",
+    [
+        (ddim, ddim_call),
+        (lambda: sd(DDIMScheduler), sd_call),
+        (lambda: sd(PNDMScheduler, skip_prk_steps=True), sd_call),
+        (lambda: sd(EulerDiscreteScheduler), sd_call),
+    ],
+    ids=["ddim", "sd-ddim", "sd-pndm", "sd-euler"],
+)
+def test_recording_changes_no_bit_and_records_every_step(make, call, tmp_path: Path) -> None:
+    pipe = make()
+    plain = pipe(**call()).images
+    recorded = record(pipe, tmp_path / "run", **call()).images
+    assert np.array_equal(plain, recorded) and plain.tobytes() == recorded.tobytes()
+    r = read(tmp_path / "run")
+    assert len(r["steps"]) == len(pipe.scheduler.timesteps)
+    assert [s["step"] for s in r["steps"]] == list(range(1, len(r["steps"]) + 1))
+    assert r["pipeline"]["scheduler"]["class"] == type(pipe.scheduler).__name__
+    output = np.load(tmp_path / "run" / r["output"]["file"])
+    assert output.tobytes() == plain.tobytes()
+    # The scheduler is the class's own again.
+    assert "step" not in vars(pipe.scheduler)
+
+
+def test_a_record_is_valid_by_reprodiffs_schema(tmp_path: Path) -> None:
+    schema = json.loads(reprodiff("schema", "run-record"))
+    record(sd(PNDMScheduler, skip_prk_steps=True), tmp_path / "run", name="mine", **sd_call())
+    jsonschema.validate(read(tmp_path / "run"), schema)
+    assert schema["properties"]["schema"]["type"] == "string"
+    broken = read(tmp_path / "run")
+    del broken["steps"][0]["sha256"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_the_same_call_recorded_twice_gives_the_same_arrays(tmp_path: Path) -> None:
+    pipe = ddim()
+    record(pipe, tmp_path / "a", **ddim_call())
+    record(pipe, tmp_path / "b", **ddim_call())
+    a, b = read(tmp_path / "a"), read(tmp_path / "b")
+    for key in ("initial_latents", "output"):
+        assert a[key]["sha256"] == b[key]["sha256"]
+    assert [s["sha256"] for s in a["steps"]] == [s["sha256"] for s in b["steps"]]
+    assert a["call"]["generator"]["seed"] == 0
+
+
+def test_a_changed_guidance_scale_is_in_the_call_and_moves_the_first_step(tmp_path: Path) -> None:
+    pipe = sd(DDIMScheduler)
+    record(pipe, tmp_path / "a", **sd_call(guidance_scale=7.5))
+    record(pipe, tmp_path / "b", **sd_call(guidance_scale=7.0))
+    a, b = read(tmp_path / "a"), read(tmp_path / "b")
+    assert (a["call"]["guidance_scale"], b["call"]["guidance_scale"]) == (7.5, 7.0)
+    assert a["initial_latents"]["sha256"] == b["initial_latents"]["sha256"]
+    assert a["steps"][0]["sha256"] != b["steps"][0]["sha256"]
+
+
+def test_the_environment_is_reprodiffs_fingerprint_of_this_host() -> None:
+    """Python's facts equal `reprodiff env --json` where both state them (the class reprodiff
+    computes from a record is the one it computes for itself)."""
+    mine = reprodiff_record.fingerprint()
+    theirs = json.loads(reprodiff("env", "--json"))
+    for key in ("model", "vendor", "isa", "capability", "threads", "kernel_env"):
+        assert mine["cpu"][key] == theirs["cpu"][key], key
+    assert mine["os"] == theirs["os"]
+    assert mine["cuda"]["available"] == theirs["cuda"]["available"]
+    assert mine["versions"]["libtorch"] == theirs["versions"]["libtorch"]
+    for key, value in theirs["determinism"].items():
+        assert mine["determinism"][key] == value, key
+
+
+def test_truth_is_refused_until_it_is_built(tmp_path: Path) -> None:
+    with pytest.raises(NotImplementedError, match="truth=True"):
+        record(ddim(), tmp_path / "run", truth=True, **ddim_call())
+    assert not (tmp_path / "run").exists()
+
+
+def record_in_child(folder: Path, env: dict[str, str] | None = None) -> None:
+    """The DDIM call recorded in a fresh process (ATen reads ATEN_CPU_CAPABILITY once, at
+    start)."""
+    script = (
+        "import sys, torch\n"
+        "from diffusers import DDIMPipeline, DDIMScheduler\n"
+        "from reprodiff_record import record\n"
+        "torch.set_num_threads(2)\n"
+        f"pipe = DDIMPipeline.from_pretrained({str(MODELS / 'tiny-ddim-a')!r})\n"
+        "pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)\n"
+        "pipe.set_progress_bar_config(disable=True)\n"
+        "record(pipe, sys.argv[1], num_inference_steps=3, output_type='np',\n"
+        "       generator=torch.Generator().manual_seed(0))\n"
+    )
+    run_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    subprocess.run([sys.executable, "-c", script, str(folder)], check=True, env=run_env)
+
+
+def diff(a: Path, b: Path) -> subprocess.CompletedProcess:
+    binary = Path(os.environ.get("REPRODIFF_BIN", REPO / "target" / "debug" / "reprodiff"))
+    return subprocess.run([str(binary), "diff", str(a), str(b)], capture_output=True, text=True)
+
+
+def test_diff_of_two_runs_in_one_environment_is_identical(tmp_path: Path) -> None:
+    record_in_child(tmp_path / "a")
+    record_in_child(tmp_path / "b")
+    done = diff(tmp_path / "a", tmp_path / "b")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "environment and call: the same" in done.stdout
+
+
+def test_diff_names_the_aten_capability_and_the_noise_at_step_0(tmp_path: Path) -> None:
+    record_in_child(tmp_path / "here")
+    record_in_child(tmp_path / "default", {"ATEN_CPU_CAPABILITY": "default"})
+    done = diff(tmp_path / "here", tmp_path / "default")
+    assert done.returncode == 1, done.stdout + done.stderr
+    here = reprodiff_record.fingerprint()["cpu"]["capability"]
+    assert f"ATen {here} -> default" in done.stdout
+    assert "initial latents: differ" in done.stdout
+    assert "the runs part at step 1" in done.stdout
+    assert "known cause: ATen's CPU capability differs" in done.stdout
+
+
+def test_diff_names_a_changed_argument_and_the_first_unet_step(tmp_path: Path) -> None:
+    pipe = sd(DDIMScheduler)
+    record(pipe, tmp_path / "a", **sd_call(guidance_scale=7.5))
+    record(pipe, tmp_path / "b", **sd_call(guidance_scale=7.0))
+    done = diff(tmp_path / "a", tmp_path / "b")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "guidance_scale 7.5 -> 7.0" in done.stdout
+    assert "initial latents: identical" in done.stdout
+    assert "the runs part at step 1" in done.stdout
+
+
+@pytest.mark.parametrize("damage", ["truncated-array", "unknown-schema", "missing-step"])
+def test_a_bad_record_is_exit_2_naming_the_file(damage: str, tmp_path: Path) -> None:
+    record(ddim(), tmp_path / "good", **ddim_call())
+    record(ddim(), tmp_path / "bad", **ddim_call())
+    run = read(tmp_path / "bad")
+    if damage == "truncated-array":
+        target = tmp_path / "bad" / run["steps"][1]["file"]
+        target.write_bytes(target.read_bytes()[:-7])
+        named = run["steps"][1]["file"]
+    elif damage == "unknown-schema":
+        run["version"] = 99
+        (tmp_path / "bad" / "run.json").write_text(json.dumps(run))
+        named = "run.json"
+    else:
+        del run["steps"][1]
+        (tmp_path / "bad" / "run.json").write_text(json.dumps(run))
+        named = "run.json"
+    done = diff(tmp_path / "good", tmp_path / "bad")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert named in done.stderr, done.stderr
