@@ -168,6 +168,19 @@ pub(crate) fn matrix(sel: &SelectArgs, axes: &MatrixAxes, out: &Path) -> Result<
         out.display(),
         out.display()
     );
+    // A combination whose check skipped every scenario compared nothing: no pass.
+    let empty: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.records.is_some() && o.summary.starts_with("0 passed, 0 failed"))
+        .map(|o| o.label.as_str())
+        .collect();
+    if !empty.is_empty() {
+        eprintln!(
+            "nothing was compared in {}: every scenario there was skipped",
+            empty.join(", ")
+        );
+        return Ok(exit::FAILED);
+    }
     Ok(exit::OK)
 }
 

@@ -62,6 +62,22 @@ fn a_check_that_compared_nothing_is_not_a_pass() {
         t.contains("model not found") && t.contains("nothing was compared"),
         "{t}"
     );
+    // The same under `matrix`: a combination that skipped everything compared nothing.
+    let matrix_out = tmp.path().join("matrix");
+    let out = reprodiff_with_env(
+        &[
+            "matrix",
+            "--suite",
+            "absent",
+            "--out",
+            matrix_out.to_str().unwrap(),
+        ],
+        Some(&fixtures),
+        &[("HF_HUB_CACHE", cache.to_str().unwrap())],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
+    assert!(t.contains("nothing was compared in native"), "{t}");
 }
 
 /// A scenario whose output changed shape: the merge refuses rather than drop diffusers'
