@@ -232,22 +232,16 @@ pub fn model_sha256(spec: &str, models_dir: Option<&Path>) -> Result<String> {
 /// used while all three stay the same.
 fn file_sha256(path: &Path) -> Result<(u64, String)> {
     use sha2::{Digest, Sha256};
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    let canonical = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
-    let key = format!("{}\0{}\0{modified}", canonical.display(), meta.len());
-    let memo = (meta.len() >= 1 << 20).then(|| {
+    let id = crate::paths::FileIdentity::of(path)?;
+    let key = format!("{}\0{}\0{}", id.path.display(), id.len, id.modified_ns);
+    let memo = (id.len >= 1 << 20).then(|| {
         crate::models::derived::cache_dir()
             .join("hashes")
             .join(format!("{:x}", Sha256::digest(key.as_bytes())))
     });
     if let Some(hash) = memo.as_ref().and_then(|m| std::fs::read_to_string(m).ok()) {
         if hash.len() == 64 {
-            return Ok((meta.len(), hash));
+            return Ok((id.len, hash));
         }
     }
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;

@@ -65,6 +65,31 @@ pub fn why_not_a_name(name: &str) -> Option<String> {
     why_not_relative(name)
 }
 
+/// A file as a cache knows it: its canonical path, length and modification time (ns). A
+/// cache entry under this key is good while the file stays the same.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileIdentity {
+    pub path: PathBuf,
+    pub len: u64,
+    pub modified_ns: u128,
+}
+
+impl FileIdentity {
+    pub fn of(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let modified_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Ok(FileIdentity {
+            path: std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?,
+            len: meta.len(),
+            modified_ns,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

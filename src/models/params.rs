@@ -33,8 +33,8 @@ pub struct SafetensorsSource {
 /// must catch (tests `a_planted_defect_*`). Unset, nothing changes.
 pub const PLANT_SCALE_ENV: &str = "REPRODIFF_TEST_SCALE_WEIGHTS";
 
-/// A safetensors file as read: its path, length and modification time, and the planted scale.
-type FileKey = (PathBuf, u64, u128, Option<u64>);
+/// A safetensors file as read: its identity, and the planted scale.
+type FileKey = (crate::paths::FileIdentity, Option<u64>);
 
 thread_local! {
     /// The tensors of every safetensors file this thread has read, by [`FileKey`]: a `check`
@@ -52,14 +52,10 @@ pub const NO_CACHE_ENV: &str = "REPRODIFF_NO_MODEL_CACHE";
 /// The tensors of `path` (renamed as diffusers renames them, scaled where a test plants a
 /// defect), from this thread's cache where the same file was read before.
 fn read_tensors(path: &Path, scale: Option<f64>) -> Result<Vec<(String, Tensor)>> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    let canonical = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
-    let key = (canonical, meta.len(), modified, scale.map(f64::to_bits));
+    let key = (
+        crate::paths::FileIdentity::of(path)?,
+        scale.map(f64::to_bits),
+    );
     let cached = READ.with(|r| {
         r.borrow().get(&key).map(|v| {
             v.iter()
