@@ -179,7 +179,7 @@ pub(crate) enum Command {
     },
     /// Write a diffusers pipeline folder with deterministically derived weights.
     DeriveWeights {
-        /// Architecture (ddpm-cifar10-32).
+        /// Architecture: ddpm-cifar10-32 or stable-diffusion-v1-5 (`models::derived::ARCHS`).
         #[arg(long)]
         arch: String,
         /// Output folder (replaced atomically).
