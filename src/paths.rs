@@ -59,10 +59,12 @@ pub fn why_not_a_name(name: &str) -> Option<String> {
             name.len()
         ));
     }
-    if name.chars().any(char::is_control) && !name.contains('\0') {
-        return Some("holds a control character".into());
-    }
-    why_not_relative(name)
+    // A NUL is why_not_relative's to name; any other control character is a name's own fault.
+    why_not_relative(name).or_else(|| {
+        name.chars()
+            .any(char::is_control)
+            .then(|| "holds a control character".into())
+    })
 }
 
 /// A file as a cache knows it: its canonical path, length and modification time (ns). A

@@ -584,7 +584,7 @@ fn verified_tensor(path: &Path, dtype: DType, sha256: &str, scenario: &str) -> R
     if !path.is_file() {
         return Err(Error::invalid_file(
             path,
-            format!("{scenario}: golden array is missing"),
+            format!("{scenario}: the array is missing"),
         ));
     }
     let t = tch::Tensor::read_npy(path)

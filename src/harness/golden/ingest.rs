@@ -56,12 +56,7 @@ pub fn compare_results(fixtures: &Fixtures, from: &Path, out: &Path) -> Result<C
         let golden = goldens[&r.suite]
             .as_ref()
             .and_then(|g| g.scenarios.get(&r.scenario));
-        let (tensor, _) = read_verified(
-            &crate::paths::join(from, &r.array, "results array")?,
-            r.dtype,
-            &r.sha256,
-            &where_,
-        )?;
+        let (tensor, _) = read_verified(&from.join(&r.array), r.dtype, &r.sha256, &where_)?;
         let tensor = tensor.f_to_kind(r.dtype.kind())?;
         let mut obs = crate::harness::run::observe::describe(tensor, None, 0.0)?;
         obs.environment = r.environment.clone();

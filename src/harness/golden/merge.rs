@@ -50,10 +50,34 @@ pub(crate) fn read_results(from: &Path) -> Result<Vec<OracleResult>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, line)| {
-            serde_json::from_str(line)
-                .map_err(|e| Error::invalid_file(&results, format!("line {}: {e}", i + 1)))
+            let bad = |m: String| Error::invalid_file(&results, format!("line {}: {m}", i + 1));
+            let r: OracleResult = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+            // Every array path stays inside the results folder (crate::paths), so the readers
+            // below join them as they are.
+            if let Some((a, why)) = r
+                .arrays()
+                .find_map(|a| crate::paths::why_not_relative(a).map(|why| (a, why)))
+            {
+                return Err(bad(format!("array '{}' {why}", a.escape_debug())));
+            }
+            Ok(r)
         })
         .collect()
+}
+
+impl OracleResult {
+    /// Every array path the result names: its output, its truth and the truth's step arrays.
+    fn arrays(&self) -> impl Iterator<Item = &str> {
+        let truth = self.truth.as_ref();
+        let steps = truth.and_then(|t| t.steps.as_ref());
+        std::iter::once(self.array.as_str())
+            .chain(truth.map(|t| t.array.as_str()))
+            .chain(steps.into_iter().flat_map(|s| {
+                [&s.run, &s.truth, &s.nudged]
+                    .into_iter()
+                    .map(|a| a.array.as_str())
+            }))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,18 +130,13 @@ fn step_truth(
 ) -> Result<StepTruth> {
     let where_ = format!("{suite}/{scenario}");
     let read = |a: &OracleArray| -> Result<(Vec<i64>, Vec<f64>)> {
-        let (t, values) = read_verified(
-            &crate::paths::join(from, &a.array, "results array")?,
-            DType::F64,
-            &a.sha256,
-            &where_,
-        )?;
+        let (t, values) = read_verified(&from.join(&a.array), DType::F64, &a.sha256, &where_)?;
         Ok((t.size(), values))
     };
     let (run, truth, nudged) = (read(&steps.run)?, read(&steps.truth)?, read(&steps.nudged)?);
     if run.0 != truth.0 || run.0 != nudged.0 || run.0.len() < 2 {
         return Err(Error::invalid_file(
-            crate::paths::join(from, &steps.truth.array, "results array")?,
+            from.join(&steps.truth.array),
             format!(
                 "{where_}: per-step latents of shapes {:?}, {:?}, {:?}: not one [steps, *latent]",
                 run.0, truth.0, nudged.0
@@ -266,12 +285,7 @@ fn merge_result(
     device: crate::torch::DeviceSpec,
 ) -> Result<()> {
     let where_ = format!("{}/{}", r.suite, r.scenario);
-    let (tensor, values) = read_verified(
-        &crate::paths::join(from, &r.array, "results array")?,
-        r.dtype,
-        &r.sha256,
-        &where_,
-    )?;
+    let (tensor, values) = read_verified(&from.join(&r.array), r.dtype, &r.sha256, &where_)?;
     let class = r.environment.class(device);
     let env_id = r.environment.id();
     let array = GoldenStore::array_name(&r.suite, &r.scenario, &r.sha256);
@@ -303,19 +317,14 @@ fn merge_result(
                 &r.shape,
                 device,
                 &t.sha256,
-                &crate::paths::join(from, &t.array, "results array")?,
+                &from.join(&t.array),
                 t.steps.is_some(),
             )? =>
         {
             None
         }
         Some(t) => {
-            let (tensor, _) = read_verified(
-                &crate::paths::join(from, &t.array, "results array")?,
-                DType::F64,
-                &t.sha256,
-                &where_,
-            )?;
+            let (tensor, _) = read_verified(&from.join(&t.array), DType::F64, &t.sha256, &where_)?;
             let name = truth_array_name(&r.suite, &r.scenario, &t.sha256);
             store.write_array(&name, &tensor)?;
             let steps = t

@@ -38,6 +38,8 @@ class Recording:
         self.name = name
         self.call_kwargs = call_kwargs
         self.initial: torch.Tensor | None = None
+        #: What the call returned; `recording` users set it before their block ends.
+        self.output: Any = None
         self.steps: list[tuple[int, Any, torch.Tensor]] = []
         self.environment = environment.fingerprint()
 
@@ -87,10 +89,9 @@ def recording(
     recorded; set `rec.output` to what the call returned before the block ends. The record is
     written when the block ends without an error."""
     rec = Recording(pipe, name, call_kwargs)
-    rec.output = None  # type: ignore[attr-defined]
     with _steps_recorded(pipe.scheduler, rec):
         yield rec
-    rec.write(Path(out), rec.output)  # type: ignore[attr-defined]
+    rec.write(Path(out), rec.output)
 
 
 def record(
@@ -109,7 +110,7 @@ def record(
         )
     with recording(pipe, out, name, **call_kwargs) as rec:
         result = pipe(**call_kwargs)
-        rec.output = result  # type: ignore[attr-defined]
+        rec.output = result
     return result
 
 
