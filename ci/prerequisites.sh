@@ -17,7 +17,10 @@ set -euo pipefail
 missing=()
 need() { missing+=("$1"); }
 
-if [ "$(uname -s)" != Linux ] || ! ldd --version 2>&1 | grep -qiE 'glibc|gnu libc'; then
+# ldd's output is read whole first: `ldd | grep -q` under pipefail fails whenever grep exits
+# before ldd has written everything (SIGPIPE), which a busy machine makes happen.
+libc_says="$(ldd --version 2>&1 || true)"
+if [ "$(uname -s)" != Linux ] || ! grep -qiE 'glibc|gnu libc' <<<"$libc_says"; then
   need "Linux with glibc: libtorch's PyPI wheel is built for it (found $(uname -s))"
 fi
 
