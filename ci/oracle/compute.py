@@ -32,6 +32,7 @@ import scenarios
 from common import OracleError, Skip, SuiteError
 from determinism import determinism_in_force
 from fingerprint import environment_fingerprint
+from local import local_pass
 from results import Outcome
 from scenarios import DdimRun, Scenario, SdRun, VaeEncodeRun
 from truth import (component_images, nudged_image, rmse, step_latents, steps_recorded,
@@ -65,12 +66,14 @@ def compute_ddim(scenario: Scenario, run: DdimRun, fingerprint: dict[str, Any]) 
         images = ddim_images(run, scenario.device)
     output = repeated_output(scenario, run, images, ddim_images(run, scenario.device))
     with steps_recorded() as truth_steps:
-        truth = cut(scenario, pipeline_output(run, truth_images(run, scenario.device)))
+        truth_run, draws = truth_images(run, scenario.device)
+        truth = cut(scenario, pipeline_output(run, truth_run))
     # A `twice` output is a difference of zeros: its sensitivity is that of its first image.
     with steps_recorded() as nudged_steps:
         nudged = cut(scenario, nudged_image(run, scenario.device))
     sensitivity = rmse(nudged, cut(scenario, images[0]))
     steps = per_step(run, (run_steps, runs), (truth_steps, runs), (nudged_steps, 1))
+    add_local(scenario, run, steps, draws)
     return Outcome(scenario, output, fingerprint, truth, sensitivity, steps=steps)
 
 
@@ -82,7 +85,8 @@ def compute_sd(scenario: Scenario, run: SdRun, fingerprint: dict[str, Any]) -> O
         images = sd_images(run, scenario.device)
     output = repeated_output(scenario, run, images, sd_images(run, scenario.device))
     with steps_recorded() as truth_steps:
-        truth = cut(scenario, pipeline_output(run, truth_images(run, scenario.device)))
+        truth_run, draws = truth_images(run, scenario.device)
+        truth = cut(scenario, pipeline_output(run, truth_run))
     # As for DDIM, a `twice` output's sensitivities are those of its first image.
     first = cut(scenario, images[0])
     with steps_recorded() as nudged_steps:
@@ -91,6 +95,7 @@ def compute_sd(scenario: Scenario, run: SdRun, fingerprint: dict[str, Any]) -> O
     components = {name: rmse(cut(scenario, image), first)
                   for name, image in component_images(run, scenario.device).items()}
     steps = per_step(run, (run_steps, runs), (truth_steps, runs), (nudged_steps, 1))
+    add_local(scenario, run, steps, draws)
     return Outcome(scenario, output, fingerprint, truth, sensitivity, components, steps)
 
 
@@ -104,6 +109,15 @@ def per_step(run: DdimRun | SdRun, *recorded: tuple[list[torch.Tensor], int]
     if len({t.shape for t in stacked}) != 1:
         raise OracleError(f"per-step latents of unequal shapes {[t.shape for t in stacked]}")
     return dict(zip(("run", "truth", "nudged"), stacked))
+
+
+def add_local(scenario: Scenario, run: DdimRun | SdRun, steps: dict[str, torch.Tensor] | None,
+              draws: list[torch.Tensor]) -> None:
+    """Adds to `steps` diffusers' teacher-forced pass from the truth's inputs and its nudged
+    twin (local.py), and those inputs (the truth's initial latent and eta noise)."""
+    if steps is not None:
+        steps.update(local_pass(run, scenario.device, steps["truth"], draws,
+                                lambda t: cut(scenario, pipeline_output(run, [t]))))
 
 
 def compute_vae_encode(scenario: Scenario, run: VaeEncodeRun,

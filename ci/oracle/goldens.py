@@ -35,6 +35,7 @@ import contextlib
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ from common import MODELS_DIR, RUN_SH, OracleError, Skip, SuiteError, shown
 from compute import child_main, compute, run_in_child
 from models import SD_WEIGHTS, UNET_WEIGHTS
 from results import merge, record, records, write_results
-from scenarios import RandomRun, Scenario
+from local import self_check_forcing
+from scenarios import DdimRun, GeneratorSpec, RandomRun, Scenario, SdRun
 from truth import rmse, self_check_float32_draws, self_check_sd_draws
 from workloads import model_of, self_check_latent_loop
 
@@ -105,9 +107,33 @@ def self_check_main() -> int:
         self_check_latent_loop(name, MODELS_DIR, "cpu")
         print(f"  {name}: latent loop == DDIMPipeline output, bit for bit", flush=True)
         print(f"  {self_check_float32_draws(name)}", flush=True)
+        for run in forcing_runs_ddim(name):
+            print(f"  {self_check_forcing(run)}", flush=True)
     for name in sd:
         print(f"  {self_check_sd_draws(name)}", flush=True)
+        for run in forcing_runs_sd(name):
+            print(f"  {self_check_forcing(run)}", flush=True)
     return 0
+
+
+def forcing_runs_ddim(model: str) -> list[DdimRun]:
+    """The DDIM runs the teacher-forcing self-check forces: eta 0 and 1, latent and np."""
+    spec = GeneratorSpec("per-sample", (0, 1), 2, "cpu")
+    return [DdimRun(model=model, steps=3, eta=eta, batch=2, generator=spec, output_type=out,
+                    dtype="f32", use_clipped_model_output=None)
+            for eta, out in ((0.0, "np"), (1.0, "latent"))]
+
+
+def forcing_runs_sd(model: str) -> list[SdRun]:
+    """The SD runs the teacher-forcing self-check forces: DDIM with eta 1, and PNDM (its
+    history), in float32 and (PNDM) float16."""
+    spec = GeneratorSpec("per-sample", (0,), 1, "cpu")
+    base = SdRun(model=model, prompt="A bear is playing a guitar on Times Square",
+                 negative_prompt=None, guidance_scale=7.5, steps=3, eta=1.0,
+                 num_images_per_prompt=1, height=None, width=None, clip_skip=None,
+                 generator=spec, output_type="np", dtype="f32", scheduler_class="ddim")
+    pndm = replace(base, eta=0.0, steps=5, scheduler_class="pndm")
+    return [base, pndm, replace(pndm, dtype="f16", output_type="latent")]
 
 
 def oracle_main(args: argparse.Namespace) -> int:

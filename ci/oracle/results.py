@@ -13,7 +13,10 @@ expectation of the class its fingerprint gives. A line:
      only: {"text_encoder", "unet", "vae"?: sensitivity to that component's rounding}),
      "tool", "steps": absent or {"run", "truth", "nudged": {"array", "sha256"}: float64
      .npy of the latent after every scheduler step, [steps, *latent], of the run (in its
-     dtype, cast), the truth and the nudged run}}}
+     dtype, cast), the truth and the nudged run; "local", "local_nudged": the same of the
+     teacher-forced run from the truth's inputs and of its nudged twin (local.py);
+     "local_output", "local_nudged_output": their outputs; "initial": the truth's initial
+     latent; "noise" (only with eta noise): its eta noise per step, [steps, *latent]}}}
 """
 
 from __future__ import annotations

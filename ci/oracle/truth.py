@@ -70,11 +70,13 @@ def draw_dtype(run: PipelineRun) -> torch.dtype:
 
 @dataclass(frozen=True)
 class DrawCall:
-    """One randn_tensor call a run made: its shape, generator argument and asked dtype."""
+    """One randn_tensor call a run made: its shape, generator argument and asked dtype, and
+    the value it returned (drawn in the run's dtype, cast to the asked one)."""
 
     shape: tuple[int, ...]
     generator: Any
     dtype: torch.dtype
+    value: torch.Tensor
 
 
 def images_of(run: PipelineRun, device: str) -> list[torch.Tensor]:
@@ -82,11 +84,13 @@ def images_of(run: PipelineRun, device: str) -> list[torch.Tensor]:
     return sd_images(run, device) if isinstance(run, SdRun) else ddim_images(run, device)
 
 
-def truth_images(run: PipelineRun, device: str) -> list[torch.Tensor]:
+def truth_images(run: PipelineRun, device: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The images of `run` with the models in float64 and every draw made as `run` makes it
-    (float32, or its reduced precision)."""
-    with float32_draws(run, draw_dtype(run)):
-        return images_of(replace(run, dtype="f64"), device)
+    (float32, or its reduced precision); and those draws, float64 on the CPU, in call order (the
+    initial latent, then any eta noise per step): the local pass's inputs (local.py)."""
+    with float32_draws(run, draw_dtype(run)) as asked:
+        images = images_of(replace(run, dtype="f64"), device)
+    return images, [call.value.detach().cpu().to(torch.float64) for call in asked]
 
 
 def nudged_image(run: PipelineRun, device: str) -> torch.Tensor:
@@ -195,8 +199,9 @@ def float32_draws(run: PipelineRun,
 
     def in_float32(original: Draw) -> Draw:
         def draw(shape: Any, *args: Any, dtype: torch.dtype, **kwargs: Any) -> torch.Tensor:
-            asked.append(DrawCall(tuple(shape), kwargs.get("generator"), dtype))
-            return original(shape, *args, dtype=made_in, **kwargs).to(dtype)
+            value = original(shape, *args, dtype=made_in, **kwargs).to(dtype)
+            asked.append(DrawCall(tuple(shape), kwargs.get("generator"), dtype, value))
+            return value
         return draw
 
     pipeline, scheduler = draw_modules(run)
