@@ -7,7 +7,7 @@ use crate::harness::report::table;
 use crate::harness::session;
 use crate::harness::store::GoldenFile;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// `check`: runs the selection, compares each scenario with its golden, writes the records.
 pub(crate) fn check(
@@ -185,25 +185,24 @@ pub(crate) fn matrix(sel: &SelectArgs, axes: &MatrixAxes, out: &Path) -> Result<
 }
 
 /// `calibrate`: each selected suite's cross-class need against its rule; exit 1 when one breaks it.
-pub(crate) fn calibrate(sel: &SelectArgs, records: &[PathBuf]) -> Result<i32> {
-    for dir in records {
-        if !dir.join("records.jsonl").is_file() {
-            return Err(Error::InvalidArgument(format!(
-                "--records {}: no records.jsonl in that folder",
-                dir.display()
-            )));
-        }
-    }
+pub(crate) fn calibrate(sel: &SelectArgs) -> Result<i32> {
     let fixtures = sel.fixtures()?;
     let store = fixtures.store();
-    let mut all = crate::harness::golden::calibrate::committed_records(&fixtures);
-    all.extend(records.iter().cloned());
-    let dirs: Vec<&Path> = all.iter().map(PathBuf::as_path).collect();
+    // Portable suites are judged against the native rules they borrow, so those are read too.
+    let all = fixtures.select(&Default::default())?;
+    let chosen: Vec<String> = fixtures
+        .select(&sel.selection())?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     let mut broken = 0;
-    for suite in fixtures.select(&sel.selection())? {
-        if let Some(need) = crate::harness::golden::calibrate::need(&suite, &store, &dirs)? {
-            println!("{}", need.sentence());
-            broken += usize::from(!need.holds());
+    for j in crate::harness::golden::calibrate::judge(&all, &store)? {
+        if chosen
+            .iter()
+            .any(|c| j.need.suite.split(' ').next() == Some(c))
+        {
+            println!("{}", j.sentence());
+            broken += usize::from(!j.ok);
         }
     }
     Ok(if broken == 0 { exit::OK } else { exit::FAILED })

@@ -75,18 +75,13 @@ pub(crate) enum Command {
         #[command(flatten)]
         sel: SelectArgs,
     },
-    /// Compute the noise_ulps each selected suite's cross-class truth rule needs, from the
-    /// recorded classes' expectations in its goldens and the committed calibration records
-    /// (<fixtures>/records/*/calibration/*; --records adds folders),
-    /// and whether the suite's value keeps the policy (at least the need, at most 2x it).
-    /// Exit 1 when a suite breaks it.
+    /// Compute what each selected suite's cross-class truth rule needs (noise_ulps, step_ulps
+    /// and local_ulps per dtype, for the suite's rule and each scenario override), from
+    /// diffusers' recorded classes in its goldens alone, and whether each value keeps the
+    /// policy (at least the need, at most 2x it). Exit 1 when one breaks it.
     Calibrate {
         #[command(flatten)]
         sel: SelectArgs,
-        /// A check-record folder (records.jsonl) whose classes count as more classes to pass
-        /// (repeatable).
-        #[arg(long = "records", value_name = "DIR")]
-        records: Vec<PathBuf>,
     },
     /// List the selected scenarios.
     List {
@@ -211,6 +206,9 @@ pub(crate) enum Command {
         scenario: String,
         #[arg(long)]
         out: PathBuf,
+        /// The local pass's inputs (a JSON file the parent wrote): run it after the scenario.
+        #[arg(long)]
+        local: Option<PathBuf>,
     },
 }
 
@@ -295,7 +293,7 @@ fn dispatch(cli: Cli) -> crate::Result<i32> {
             save_outputs,
         } => check::check(&sel, json, verbose, &out, save_outputs),
         Command::Bless { sel } => check::bless(&sel),
-        Command::Calibrate { sel, records } => check::calibrate(&sel, &records),
+        Command::Calibrate { sel } => check::calibrate(&sel),
         Command::List { sel, json } => check::list(&sel, json),
         Command::Matrix { sel, axes, out } => check::matrix(&sel, &axes, &out),
         Command::Localize {
@@ -370,6 +368,7 @@ fn dispatch(cli: Cli) -> crate::Result<i32> {
             suite_file,
             scenario,
             out,
-        } => run::observe_child(&suite_file, &scenario, &out),
+            local,
+        } => run::observe_child(&suite_file, &scenario, &out, local.as_deref()),
     }
 }

@@ -126,7 +126,19 @@ pub(crate) fn run(pipeline: &RunPipeline) -> Result<i32> {
 }
 
 /// The child side of [`Runner`]'s capability switch.
-pub(crate) fn observe_child(suite_file: &Path, name: &str, out: &Path) -> Result<i32> {
+pub(crate) fn observe_child(
+    suite_file: &Path,
+    name: &str,
+    out: &Path,
+    local: Option<&Path>,
+) -> Result<i32> {
+    let local: Option<crate::harness::run::local::LocalInputsAt> = match local {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            Some(serde_json::from_str(&text).map_err(|e| Error::invalid_file(p, e))?)
+        }
+        None => None,
+    };
     let suite = Suite::load(suite_file)?;
     let scenario = suite
         .scenarios
@@ -140,7 +152,7 @@ pub(crate) fn observe_child(suite_file: &Path, name: &str, out: &Path) -> Result
         })?;
     let runner = Runner { exe: None };
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    match runner.observe(suite_file, scenario) {
+    match runner.observe(suite_file, scenario, local.as_ref()) {
         Ok(obs) => {
             observe::write_observation(out, &obs)?;
             Ok(exit::OK)

@@ -2,6 +2,7 @@
 use crate::env::{EnvClass, Fingerprint};
 use crate::error::{Error, Result};
 use crate::harness::compare::{self, ScenarioResult, Verdict};
+use crate::harness::run::local::LocalInputsAt;
 use crate::harness::run::observe::{NotObserved, Observation, Runner};
 use crate::harness::store::{Expectation, GoldenFile, GoldenScenario, GoldenStore, Provenance};
 use crate::harness::suite::{Fixtures, Scenario, Selection, Suite};
@@ -62,6 +63,18 @@ pub fn plan(
         ));
     }
     let golden = golden.filter(|g| !g.expectations.is_empty())?;
+    let class = run_class(&run, &det, host);
+    match compare::choose(golden, &class, scenario).authority {
+        Ok(_) => None,
+        Err(compare::NoAuthority::OwnClassOnly(reason)) => not_run(format!(
+            "checked only on its own class ({reason}); this host's class {class} has none"
+        )),
+        Err(compare::NoAuthority::NoExpectation(reason)) => Some((Verdict::NoExpectation, reason)),
+    }
+}
+
+/// The class a run of `run` (a scenario as it runs, [`as_run`]) under `det` on `host` has.
+fn run_class(run: &Scenario, det: &crate::torch::Determinism, host: &Fingerprint) -> EnvClass {
     let mut fp = host.clone();
     if let Some(n) = det.threads {
         fp.cpu.threads = n;
@@ -72,14 +85,60 @@ pub fn plan(
     if run.kernels == crate::portable::Kernels::Portable {
         fp.portable = Some(crate::portable::PortableRun::would_run());
     }
-    let class = fp.class(device);
-    match compare::choose(golden, &class, scenario).authority {
-        Ok(_) => None,
-        Err(compare::NoAuthority::OwnClassOnly(reason)) => not_run(format!(
-            "checked only on its own class ({reason}); this host's class {class} has none"
-        )),
-        Err(compare::NoAuthority::NoExpectation(reason)) => Some((Verdict::NoExpectation, reason)),
+    fp.class(run.device)
+}
+
+/// The local pass's inputs where a run of `scenario` on `host` needs them (#26 A): the run is
+/// judged across classes (its class has no diffusers expectation of its own), the global rules
+/// cannot see all of it (`global_rules_blind`), the truth holds the local pass's inputs and a
+/// recorded class holds diffusers' local figures.
+pub fn local_inputs(
+    store: &GoldenStore,
+    golden: &GoldenScenario,
+    scenario: &Scenario,
+    host: &Fingerprint,
+) -> Result<Option<LocalInputsAt>> {
+    let Some(st) = golden.truth.as_ref().and_then(|t| t.steps.as_ref()) else {
+        return Ok(None);
+    };
+    let knobs = crate::torch::knobs::Knobs::from_env()?;
+    let (run, det) = crate::harness::run::observe::as_run(scenario, &knobs)?;
+    if !golden.expectations.iter().any(|e| e.local.is_some())
+        || !global_rules_blind(store, golden, run.run.dtype())?
+    {
+        return Ok(None);
     }
+    let class = run_class(&run, &det, host);
+    match compare::choose(golden, &class, scenario).authority {
+        Ok((_, compare::Match::NearestClass)) => LocalInputsAt::of(store, st),
+        _ => Ok(None),
+    }
+}
+
+/// Where the global rules cannot see the whole run of a scenario in `dtype` (a knob may change
+/// it): its output is too sensitive to compare across classes, its trajectory is comparable for
+/// fewer than all of its steps, or it runs in reduced precision.
+fn global_rules_blind(
+    store: &GoldenStore,
+    golden: &GoldenScenario,
+    dtype: crate::torch::DType,
+) -> Result<bool> {
+    use crate::torch::DType;
+    let Some(truth) = &golden.truth else {
+        return Ok(false);
+    };
+    if matches!(dtype, DType::F16 | DType::Bf16) {
+        return Ok(true);
+    }
+    let (values, _) = store.read_array(&truth.array)?;
+    if compare::relative_sensitivity(truth.sensitivity, &values) > compare::POWERLESS_SENSITIVITY {
+        return Ok(true);
+    }
+    let Some(st) = &truth.steps else {
+        return Ok(false);
+    };
+    let (latents, _) = store.read_array(&st.array)?;
+    Ok(compare::comparable_steps(&latents, &st.noise_response, dtype) < st.noise_response.len())
 }
 
 /// Plans, runs and checks one scenario against the store (`host`: this process's fingerprint,
@@ -99,7 +158,20 @@ pub fn check_one(
             None,
         );
     }
-    match runner.observe(&suite.path, scenario) {
+    let local = match entry
+        .map(|g| local_inputs(store, g, scenario, host))
+        .transpose()
+    {
+        Ok(l) => l.flatten(),
+        Err(e) => {
+            let why = NotObserved::Failed(e);
+            return (
+                ScenarioResult::not_observed(&suite.name, &scenario.name, &why),
+                None,
+            );
+        }
+    };
+    match runner.observe(&suite.path, scenario, local.as_ref()) {
         Ok(obs) => {
             let mut result = compare::compare(&suite.name, scenario, &obs, entry, store);
             // The plan found an expectation, the run's own class has none: it ran and nothing
@@ -218,6 +290,8 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
                 metrics: a.metrics.clone(),
                 array: array.clone(),
                 array_sha256: None,
+                local: None,
+                step_error: None,
                 provenance: Provenance {
                     producer: "reprodiff".into(),
                     tool: format!(
@@ -338,8 +412,8 @@ fn twice_identical(
     scenario: &Scenario,
 ) -> std::result::Result<Option<Observation>, String> {
     let (a, b) = match (
-        runner.observe(&suite.path, scenario),
-        runner.observe(&suite.path, scenario),
+        runner.observe(&suite.path, scenario, None),
+        runner.observe(&suite.path, scenario, None),
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(NotObserved::NotRun(why)), _) | (_, Err(NotObserved::NotRun(why))) => {

@@ -71,18 +71,111 @@ pub struct Truth {
     pub provenance: Provenance,
 }
 
-/// The float64 truth of a pipeline's latent after every denoising step, on the elements
-/// [`crate::pipelines::trace::step_subset`] picks, and each step's noise response: what the
-/// cross-class step rule holds a run's own trace against.
+impl GoldenScenario {
+    /// Every array the scenario names: its expectations', its truth's and the per-step truth's.
+    pub fn arrays(&self) -> impl Iterator<Item = &str> {
+        let truth = self
+            .truth
+            .iter()
+            .flat_map(|t| std::iter::once(t.array.as_str()).chain(t.step_arrays().map(|(a, _)| a)));
+        self.expectations
+            .iter()
+            .filter_map(|e| e.array.as_deref())
+            .chain(truth)
+    }
+}
+
+impl Truth {
+    /// The float64 arrays its per-step truth names (path, sha256): the latents and the local
+    /// pass's inputs.
+    pub fn step_arrays(&self) -> impl Iterator<Item = (&str, &str)> {
+        let st = self.steps.as_ref();
+        let local = st.and_then(|st| st.local.as_ref());
+        fn named(a: &TruthArray) -> (&str, &str) {
+            (a.array.as_str(), a.sha256.as_str())
+        }
+        st.map(|st| (st.array.as_str(), st.sha256.as_str()))
+            .into_iter()
+            .chain(local.map(|l| named(&l.initial)))
+            .chain(local.and_then(|l| l.noise.as_ref()).map(named))
+    }
+}
+
+/// The float64 truth of a pipeline's latent after every denoising step, and each step's noise
+/// response: what the cross-class step rule holds a run's own trace against, and (with its
+/// `local` inputs) where the local pass starts each step from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepTruth {
-    /// A float64 .npy of shape [steps, elements], relative to fixtures/golden/.
+    /// A float64 .npy of shape [steps, elements], relative to fixtures/golden/: every element
+    /// of each step's latent, or (truths recorded before #26) the
+    /// [`crate::pipelines::trace::STEP_TRUTH_ELEMENTS`] that
+    /// [`crate::pipelines::trace::step_subset`] picks.
     pub array: String,
     pub sha256: String,
     /// Per step, the rmse (on the same elements) by which the float32 run's latent moves when
     /// its initial noise is one ulp (of the run's dtype) higher everywhere.
     pub noise_response: Vec<f64>,
+    /// The truth's own inputs the local pass needs besides its latents; absent in truths
+    /// recorded before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalInputs>,
+}
+
+/// A float64 array a truth keeps, relative to fixtures/golden/, and its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TruthArray {
+    pub array: String,
+    pub sha256: String,
+}
+
+/// What the local pass takes from the truth besides its per-step latents (ci/oracle/local.py).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalInputs {
+    /// The truth's initial latent: its first draw, made in the run's dtype and cast.
+    pub initial: TruthArray,
+    /// The eta noise the truth drew at each step, [steps, *latent]; absent where the run
+    /// draws none (eta 0, PNDM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<TruthArray>,
+}
+
+/// One class's local error, measured in diffusers by the oracle (ci/oracle/local.py): each step
+/// computed from the truth's input to it, and the output (decode and post-processing) from the
+/// truth's final latent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalFigures {
+    /// Per step, rmse(truth's latent after the step, the step from the truth's input).
+    pub error: Vec<f64>,
+    /// Per step, the rmse by which that step moves when its input is one ulp (of the run's
+    /// dtype) higher everywhere: the local rule's unit.
+    pub response: Vec<f64>,
+    /// The same two for the output stage.
+    pub output_error: f64,
+    pub output_response: f64,
+}
+
+impl LocalFigures {
+    /// Every figure finite and >= 0, one per step of `steps`.
+    fn check(&self, steps: Option<usize>) -> std::result::Result<(), String> {
+        let figures = self.error.iter().chain(&self.response);
+        let all = figures.chain([&self.output_error, &self.output_response]);
+        if all.into_iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err("local: every figure must be finite and >= 0".into());
+        }
+        if self.error.len() != self.response.len() || steps.is_some_and(|n| n != self.error.len()) {
+            return Err(format!(
+                "local: {} errors and {} responses for {} steps",
+                self.error.len(),
+                self.response.len(),
+                steps.map_or("no".into(), |n| n.to_string())
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +194,15 @@ pub struct Expectation {
     /// is found like any other golden array's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub array_sha256: Option<String>,
+    /// This class's local error in diffusers (the oracle's local pass); absent where the oracle
+    /// that recorded the class had none, and for blessed and published expectations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalFigures>,
+    /// Per step, rmse(truth's latent, this class's latent) of diffusers' own run against the
+    /// truth the oracle made beside it: what the step rule is calibrated from (`reprodiff
+    /// calibrate`). Absent where the oracle recorded no per-step latents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_error: Option<Vec<f64>>,
     pub provenance: Provenance,
 }
 
@@ -252,8 +354,7 @@ impl GoldenScenario {
         }
         if let Some(t) = &self.truth {
             check_provenance(&t.provenance, environments).map_err(|m| format!("truth: {m}"))?;
-            let steps = t.steps.as_ref().map(|st| st.array.as_str());
-            for a in std::iter::once(t.array.as_str()).chain(steps) {
+            for a in std::iter::once(t.array.as_str()).chain(t.step_arrays().map(|a| a.0)) {
                 if let Some(why) = crate::paths::why_not_relative(a) {
                     return Err(format!("truth: array '{}' {why}", a.escape_debug()));
                 }
@@ -269,6 +370,27 @@ impl GoldenScenario {
                     return Err("truth.steps: sha256 must be 64 hex digits and every \
                                 noise_response finite and >= 0"
                         .into());
+                }
+            }
+        }
+        let steps = self
+            .truth
+            .as_ref()
+            .and_then(|t| t.steps.as_ref())
+            .map(|st| st.noise_response.len());
+        for e in &self.expectations {
+            if let Some(l) = &e.local {
+                l.check(steps)
+                    .map_err(|m| format!("class {}: {m}", e.class))?;
+            }
+            if let Some(v) = &e.step_error {
+                if v.iter().any(|x| !x.is_finite() || *x < 0.0)
+                    || steps.is_some_and(|n| n != v.len())
+                {
+                    return Err(format!(
+                        "class {}: step_error must hold one finite figure >= 0 per step",
+                        e.class
+                    ));
                 }
             }
         }
@@ -343,6 +465,8 @@ impl EntryV1 {
                 metrics: self.metrics,
                 array: self.array,
                 array_sha256: None,
+                local: None,
+                step_error: None,
                 provenance: self.provenance,
             }],
             model_sha256: None,
@@ -420,9 +544,8 @@ impl GoldenStore {
             }
             if let Some(t) = &s.truth {
                 let _ = verified_tensor(&self.path_of(&t.array)?, DType::F64, &t.sha256, &at)?;
-                if let Some(st) = &t.steps {
-                    let _ =
-                        verified_tensor(&self.path_of(&st.array)?, DType::F64, &st.sha256, &at)?;
+                for (rel, sha) in t.step_arrays() {
+                    let _ = verified_tensor(&self.path_of(rel)?, DType::F64, sha, &at)?;
                 }
             }
         }
@@ -495,11 +618,10 @@ impl GoldenStore {
     /// Removes an array that `file` no longer references (after `save`: a retired expectation's
     /// output); one that an entry still names stays.
     pub fn remove_unreferenced_array(&self, file: &GoldenFile, relative: &str) -> Result<()> {
-        let named = file.scenarios.values().any(|s| {
-            s.expectations
-                .iter()
-                .any(|e| e.array.as_deref() == Some(relative))
-        });
+        let named = file
+            .scenarios
+            .values()
+            .any(|s| s.arrays().any(|a| a == relative));
         let path = self.path_of(relative)?;
         if named || !path.is_file() {
             return Ok(());
@@ -535,18 +657,7 @@ impl GoldenStore {
         let referenced: std::collections::HashSet<PathBuf> = file
             .scenarios
             .values()
-            .flat_map(|s| {
-                s.expectations
-                    .iter()
-                    .filter_map(|e| e.array.as_ref())
-                    .chain(s.truth.as_ref().map(|t| &t.array))
-                    .chain(
-                        s.truth
-                            .as_ref()
-                            .and_then(|t| t.steps.as_ref())
-                            .map(|st| &st.array),
-                    )
-            })
+            .flat_map(GoldenScenario::arrays)
             .map(|a| self.dir.join(a))
             .collect();
         let arrays = self.dir.join(&file.suite);

@@ -1,9 +1,8 @@
 //! The loops every pipeline shares: one scenario call (with its trace, and the re-seeded
 //! second run of `twice`), and the benchmark loop of `reprodiff bench`.
-use super::{Pipeline, StepTrace};
-use crate::error::Result;
+use super::{Forcing, Output, Pipeline};
+use crate::error::{Error, Result};
 use crate::torch::{GeneratorSpec, Generators};
-use tch::Tensor;
 
 /// How a seeded global generator reaches a pipeline: `generator=torch.manual_seed(s)`, the CPU
 /// default generator object. An unseeded run passes `generator=None`.
@@ -14,22 +13,23 @@ fn as_pipeline_argument(gens: Generators, unseeded: bool) -> Generators {
     }
 }
 
-/// One call with the generators of `spec` (its trace recorded when `trace`), and with `twice`
-/// a second call with generators seeded afresh (`g.manual_seed(s)` again), returning run 1
-/// minus run 2: the seed document's "L_inf dist = 0". Returns the output, the first run's
-/// trace and the OS seed of an unseeded spec.
+/// One call with the generators of `spec` (its trace and initial latent recorded when
+/// `trace`), and with `twice` a second call with generators seeded afresh (`g.manual_seed(s)`
+/// again), returning run 1 minus run 2: the seed document's "L_inf dist = 0". The output holds
+/// the first run's trace and the OS seed of an unseeded spec.
 pub fn run<P: Pipeline>(
     pipe: &mut P,
     args: &P::Call,
     spec: &GeneratorSpec,
     twice: bool,
     trace: bool,
-) -> Result<(Tensor, Option<Vec<StepTrace>>, Option<u64>)> {
+) -> Result<Output> {
     let (gens, unseeded_seed) = spec.build()?;
     let mut gens = as_pipeline_argument(gens, unseeded_seed.is_some());
     *pipe.trace_mut() = trace.then(Vec::new);
     let mut tensor = pipe.call(args, &mut gens)?;
     let first_trace = pipe.trace_mut().take();
+    let initial = pipe.initial_mut().take();
     if twice {
         let (again, _) = match unseeded_seed {
             Some(seed) => GeneratorSpec::Global { seed }.build()?,
@@ -38,7 +38,43 @@ pub fn run<P: Pipeline>(
         let mut again = as_pipeline_argument(again, unseeded_seed.is_some());
         tensor = tensor.f_sub(&pipe.call(args, &mut again)?)?;
     }
-    Ok((tensor, first_trace, unseeded_seed))
+    Ok(Output {
+        tensor,
+        trace: first_trace,
+        initial,
+        unseeded_seed,
+    })
+}
+
+/// The local pass (#26 A): one call teacher-forced by `forcing`, drawing nothing but the
+/// truth's own draws. The output holds what the call made from the truth's final latent and,
+/// as its trace, each step's own latent; an error when the call consumed other draws or made
+/// other steps than the truth.
+pub fn run_forced<P: Pipeline>(pipe: &mut P, args: &P::Call, forcing: Forcing) -> Result<Output> {
+    let steps = forcing.steps();
+    let mut gens = Generators::Given(forcing.draws());
+    *pipe.trace_mut() = Some(Vec::new());
+    *pipe.forcing_mut() = Some(forcing);
+    let out = pipe.call(args, &mut gens);
+    let trace = pipe.trace_mut().take().unwrap_or_default();
+    *pipe.forcing_mut() = None;
+    let out = out?;
+    let left = match &gens {
+        Generators::Given(left) => left.len(),
+        _ => 0,
+    };
+    if left > 0 || trace.len() != steps {
+        return Err(Error::Internal(format!(
+            "the local pass made {} steps of the truth's {steps} and left {left} of its draws",
+            trace.len()
+        )));
+    }
+    Ok(Output {
+        tensor: out,
+        trace: Some(trace),
+        initial: None,
+        unseeded_seed: None,
+    })
 }
 
 /// What `reprodiff bench` measures.

@@ -18,8 +18,8 @@ pub mod ddim;
 pub mod stable_diffusion;
 pub mod trace;
 
-pub use call::{bench, bench_settings, peak_rss_kb, run, Bench, PROFILE_ENV};
-pub use trace::StepTrace;
+pub use call::{bench, bench_settings, peak_rss_kb, run, run_forced, Bench, PROFILE_ENV};
+pub use trace::{Forcing, StepTrace};
 
 use crate::error::Result;
 use crate::torch::{DType, DeviceSpec, GeneratorSpec, Generators};
@@ -33,6 +33,11 @@ pub trait Pipeline {
     type Call;
     fn call(&mut self, args: &Self::Call, generators: &mut Generators) -> Result<Tensor>;
     fn trace_mut(&mut self) -> &mut Option<Vec<StepTrace>>;
+    /// The truth's latents that replace each step's own in the local pass ([`Forcing::after`]);
+    /// `None` in every other run.
+    fn forcing_mut(&mut self) -> &mut Option<trace::Forcing>;
+    /// The latent the first step was given, which a traced call keeps here.
+    fn initial_mut(&mut self) -> &mut Option<Tensor>;
 }
 
 /// What a scenario workload produced.
@@ -41,6 +46,8 @@ pub struct Output {
     pub tensor: Tensor,
     /// The per-step trace of a pipeline's (first) run, when asked for.
     pub trace: Option<Vec<StepTrace>>,
+    /// The latent the first denoising step was given, in a traced run.
+    pub initial: Option<Tensor>,
     /// The seed drawn from the OS for an unseeded run, so that the run can be repeated.
     pub unseeded_seed: Option<u64>,
 }
@@ -64,6 +71,17 @@ pub trait WorkloadKind {
     /// Runs the workload on `device`; bare model names resolve under `models_dir`. With
     /// `trace`, a pipeline records its per-step trace (of the first run, for `twice`).
     fn run(&self, device: DeviceSpec, models_dir: Option<&Path>, trace: bool) -> Result<Output>;
+    /// The local pass (#26 A): the pipeline's call teacher-forced by the truth
+    /// ([`Forcing`]), its trace holding each step's own latent. `None` for a workload that is
+    /// no denoising loop.
+    fn run_forced(
+        &self,
+        _device: DeviceSpec,
+        _models_dir: Option<&Path>,
+        _forcing: Forcing,
+    ) -> Result<Option<Output>> {
+        Ok(None)
+    }
 }
 
 /// The values of the flags every `reprodiff run PIPELINE` shares that go into its workload.

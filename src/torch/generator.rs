@@ -261,6 +261,11 @@ pub enum Generators {
     CpuDefault,
     One(Generator),
     List(Vec<Generator>),
+    /// No generator: every draw is the next of these values (float64), in order, rounded to
+    /// the dtype asked for. The local pass (#26 A) replays the truth's own draws this way (the
+    /// initial latent, then each step's eta noise), never drawing: CPU randn differs by ATen
+    /// capability. A draw of another shape, or one past the last, is an error.
+    Given(std::collections::VecDeque<Tensor>),
 }
 
 impl GeneratorSpec {
@@ -418,6 +423,18 @@ pub fn randn_tensor(
                 .f_to_device(device.device())?)
         }
         Generators::One(g) => draw_one(g, shape, device, dtype),
+        Generators::Given(values) => {
+            let next = values.pop_front().ok_or_else(|| {
+                Error::Internal(format!("a draw of {shape:?} past the last given value"))
+            })?;
+            if next.size() != shape {
+                return Err(Error::Internal(format!(
+                    "a draw of {shape:?} where the given value is {:?}",
+                    next.size()
+                )));
+            }
+            Ok(next.f_to_kind(dtype.kind())?.f_to_device(device.device())?)
+        }
         Generators::List(gens) if gens.len() == 1 => draw_one(&mut gens[0], shape, device, dtype),
         Generators::List(gens) => {
             let batch = shape.first().copied().unwrap_or(0);

@@ -3,7 +3,7 @@
 //! that must fail, skips decided before running, and the rules' edge cases.
 use crate::common::*;
 use reprodiff::error::exit;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 /// Derived weights are the same whatever ATen capability the deriving process dispatches to:
@@ -284,6 +284,76 @@ fn a_planted_defect_in_a_chaotic_scenario_fails_at_the_first_step_beyond_the_rul
     }
     // A hundred times the defect is seen no later than the small one.
     assert!(first_steps[0] <= first_steps[1], "{first_steps:?}");
+}
+
+/// #26's last-step defect: `set_alpha_to_one = false` changes the last DDIM step only (its
+/// alpha_prev becomes alphas_cumprod[0] instead of 1) and moves the 50-step image by L_inf
+/// about 1e-2. On the foreign class the output is too chaotic to compare and the step rule sees
+/// steps 1 to 13 only; the local pass computes step 50 from the truth's own input to it, and
+/// the local rule fails it by name.
+#[test]
+fn a_last_step_defect_fails_a_chaotic_scenario_naming_step_50() {
+    let (_tmp, fixtures) = fixtures_copy();
+    let path = fixtures.join("suites/ddim-cifar10-arch.toml");
+    let suite = std::fs::read_to_string(&path).unwrap();
+    let run =
+        "run = { kind = \"ddim\", model = \"derived:ddpm-cifar10-32\", steps = 50, eta = 0.0, \
+               generator = { type = \"single\", seed = 0 } }";
+    assert!(suite.contains(run), "the scenario's run line changed");
+    let planted = run.replace(
+        "seed = 0 } }",
+        "seed = 0 }, scheduler = { set_alpha_to_one = false } }",
+    );
+    std::fs::write(&path, suite.replacen(run, &planted, 1)).unwrap();
+    let args = [
+        "check",
+        "--suite",
+        "ddim-cifar10-arch",
+        "--filter",
+        "^eta0\\.0/cpu-generator-seed0/steps50$",
+    ];
+    let out = reprodiff_with_env(&args, Some(&fixtures), &FOREIGN);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
+    assert!(check_line(&t, CIFAR_CHAOTIC).starts_with("drifted"), "{t}");
+    assert!(t.contains("beyond the local rule at step 50 of 50"), "{t}");
+}
+
+/// #26's last-column defect: ten times a step's noise response added to the latent's last
+/// column only, at that one step (`REPRODIFF_TEST_PLANT_STEP`), fails sd-tiny's f16 latent on a
+/// class without its expectation, naming the step; the plain run passes by the local rule.
+#[test]
+fn a_last_column_defect_fails_an_f16_scenario_naming_its_step() {
+    let scenario = "tiny-sd-a/f16/latent/steps2";
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden/sd-tiny.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let response = golden["scenarios"][scenario]["truth"]["steps"]["noise_response"][0]
+        .as_f64()
+        .expect("the scenario's per-step truth");
+    let args = [
+        "check",
+        "--suite",
+        "sd-tiny",
+        "--filter",
+        "^tiny-sd-a/f16/latent/steps2$",
+    ];
+    let out = reprodiff_with_env(&args, None, &FOREIGN);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+    assert!(t.contains("within the local rule at every step"), "{t}");
+    let plant = format!("1:{}", 10.0 * response);
+    let mut env = FOREIGN.to_vec();
+    env.push((reprodiff::pipelines::trace::PLANT_STEP_ENV, &plant));
+    let out = reprodiff_with_env(&args, None, &env);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::FAILED), "{t}");
+    assert!(check_line(&t, scenario).starts_with("drifted"), "{t}");
+    assert!(t.contains("beyond the local rule at step 1 of 2"), "{t}");
 }
 
 /// The proof in reduced precision: sd-tiny's f16 latent, on a class without an f16

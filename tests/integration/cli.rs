@@ -198,7 +198,6 @@ fn missing_paths_on_the_command_line_name_their_flag() {
             vec!["golden", "compare", "--from", nowhere, "--out", nowhere],
             "--from",
         ),
-        (vec!["calibrate", "--records", nowhere], "--records"),
     ] {
         let out = reprodiff(&args, None);
         let t = text(&out);

@@ -1,7 +1,7 @@
 //! The committed fixtures checked against each other, without running a pipeline: other hosts'
 //! records select and match their class's expectation, and the suites' rules, `own_class_only`
 //! marks, calibration and every expectation's producer agree with the goldens.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tch::Tensor;
 
 /// The genuine AVX2 host (fixtures/records/avx2-amd-epyc/README.md): replaying what reprodiff
@@ -133,10 +133,11 @@ fn every_rerun_difference_has_its_first_run_pinned() {
 
 /// `own_class_only` is data with a guard: it marks exactly the scenarios under the truth rule
 /// that nothing can judge across classes, those whose recorded sensitivity makes the output's
-/// comparison powerless and whose per-step truth keeps no step comparable (or which have none,
-/// or no step_ulps for their dtype). So it can neither hide a comparable scenario nor be
-/// missing from one that cannot be compared; and the chaotic scenarios the steps judge are
-/// named.
+/// comparison powerless, whose per-step truth keeps no step comparable (or which have none,
+/// or no step_ulps for their dtype) and which the local rule cannot judge (no local inputs in
+/// the truth, no class's local figures, no local_ulps for their dtype). So it can neither hide
+/// a comparable scenario nor be missing from one that cannot be compared; and the chaotic
+/// scenarios the steps judge are named.
 #[test]
 fn own_class_only_marks_exactly_the_scenarios_nothing_can_judge_across_classes() {
     use reprodiff::harness::compare::{
@@ -156,8 +157,15 @@ fn own_class_only_marks_exactly_the_scenarios_nothing_can_judge_across_classes()
             let name = format!("{}/{}", suite.name, s.name);
             let g = golden.scenarios.get(&s.name);
             let truth = g.and_then(|g| g.truth.as_ref());
-            let (Some(g), Some(truth), Some(CrossClass::Truth { step_ulps, .. })) =
-                (g, truth, s.cross_class)
+            let (
+                Some(g),
+                Some(truth),
+                Some(CrossClass::Truth {
+                    step_ulps,
+                    local_ulps,
+                    ..
+                }),
+            ) = (g, truth, s.cross_class)
             else {
                 assert!(
                     s.own_class_only.is_none(),
@@ -175,7 +183,12 @@ fn own_class_only_marks_exactly_the_scenarios_nothing_can_judge_across_classes()
                 }
                 _ => 0,
             };
-            let nothing_judges = powerless && steps == 0;
+            // The local rule judges every step and the output where the truth holds its inputs,
+            // a class its figures and the suite a value for the dtype.
+            let local = truth.steps.as_ref().is_some_and(|st| st.local.is_some())
+                && g.expectations.iter().any(|e| e.local.is_some())
+                && local_ulps.get(g.dtype).is_some();
+            let nothing_judges = powerless && steps == 0 && !local;
             assert_eq!(
                 nothing_judges,
                 s.own_class_only.is_some(),
@@ -190,8 +203,13 @@ fn own_class_only_marks_exactly_the_scenarios_nothing_can_judge_across_classes()
                 marked.push(name);
             } else if powerless {
                 by_steps.push(format!(
-                    "{name}: {steps} of {} steps",
-                    truth.steps.as_ref().map_or(0, |st| st.noise_response.len())
+                    "{name}: {steps} of {} steps, {}",
+                    truth.steps.as_ref().map_or(0, |st| st.noise_response.len()),
+                    if local {
+                        "every step locally"
+                    } else {
+                        "no local rule"
+                    }
                 ));
             }
         }
@@ -201,79 +219,47 @@ fn own_class_only_marks_exactly_the_scenarios_nothing_can_judge_across_classes()
     assert_eq!(
         by_steps,
         [
-            "ddim-cifar10-arch/eta0.0/cpu-generator-seed0/steps50: 13 of 50 steps",
-            "sd-tiny/tiny-sd-a/bf16/latent/steps2: 2 of 2 steps",
-            "sd-tiny/tiny-sd-a/f16/latent/steps2: 2 of 2 steps",
+            "ddim-cifar10-arch/eta0.0/cpu-generator-seed0/steps50: 13 of 50 steps, every step \
+             locally",
+            "sd-tiny/tiny-sd-a/bf16/latent/steps2: 2 of 2 steps, every step locally",
+            "sd-tiny/tiny-sd-a/f16/latent/steps2: 2 of 2 steps, every step locally",
         ],
-        "judged by their steps alone"
+        "judged by their steps"
     );
 }
 
-/// Every suite's truth rule keeps the calibration policy on the committed records: its
-/// noise_ulps is at least what every pair of recorded classes needs and at most twice that
-/// (`reprodiff calibrate` prints the same figures).
+/// Every truth rule keeps the calibration policy, from diffusers' recorded classes alone: each
+/// native suite's rule and each scenario override that differs from it has noise_ulps,
+/// step_ulps and local_ulps at least what every recorded class (or pair of classes) needs and at
+/// most twice that (`reprodiff calibrate` prints the same figures). A portable suite's rules are
+/// the native suites' whose scenarios they mirror (a portable run is held to what another CPU
+/// class is held to): each must be one that keeps the policy on its native suite, and must
+/// cover what the portable suite's own diffusers classes need.
 #[test]
 fn every_truth_rule_is_calibrated_from_the_recorded_classes() {
-    use reprodiff::harness::suite::CrossClass;
     let fixtures = reprodiff::harness::suite::Fixtures::new(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
     );
-    let store = fixtures.store();
-    let mut calibrated = Vec::new();
     let suites = fixtures.select(&Default::default()).unwrap();
-    let is_portable = |s: &reprodiff::harness::suite::Suite| {
-        s.scenarios
-            .iter()
-            .all(|x| x.kernels == reprodiff::portable::Kernels::Portable)
-    };
-    for suite in &suites {
-        // A portable suite has one class, so nothing to calibrate from: it borrows the rule of
-        // the native suite it mirrors, which must then be one calibrated here.
-        if is_portable(suite) {
-            for x in &suite.scenarios {
-                let borrowed = suites
-                    .iter()
-                    .filter(|s| !is_portable(s))
-                    .flat_map(|s| &s.scenarios)
-                    .filter(|y| match (x.cross_class, y.cross_class) {
-                        (
-                            Some(CrossClass::Truth {
-                                k,
-                                noise_ulps,
-                                step_ulps,
-                            }),
-                            Some(CrossClass::Truth {
-                                k: k2,
-                                noise_ulps: n2,
-                                step_ulps: s2,
-                            }),
-                        ) => k == k2 && noise_ulps == n2 && step_ulps.f32 == s2.f32,
-                        _ => false,
-                    })
-                    .count();
-                assert!(
-                    borrowed > 0,
-                    "{}/{}: a rule no calibrated suite has",
-                    suite.name,
-                    x.name
-                );
-            }
-            continue;
-        }
-        let records = reprodiff::harness::golden::calibrate::committed_records(&fixtures);
-        let dirs: Vec<&Path> = records.iter().map(PathBuf::as_path).collect();
-        if let Some(need) =
-            reprodiff::harness::golden::calibrate::need(suite, &store, &dirs).unwrap()
-        {
-            assert!(need.holds(), "{}", need.sentence());
-            assert!(need.classes.len() >= 3, "{}", need.sentence());
-            calibrated.push(suite.name.clone());
+    let judged = reprodiff::harness::golden::calibrate::judge(&suites, &fixtures.store()).unwrap();
+    let (mut native, mut portable) = (Vec::new(), Vec::new());
+    for j in &judged {
+        assert!(j.ok, "{}", j.sentence());
+        let suite = j.need.suite.split(' ').next().unwrap().to_string();
+        if j.portable {
+            portable.push(suite);
+        } else {
+            assert!(j.need.classes.len() >= 3, "{}", j.sentence());
+            native.push(suite);
         }
     }
+    native.dedup();
+    portable.dedup();
     assert_eq!(
-        calibrated,
+        native,
         ["ddim-cifar10-arch", "ddim-tiny", "sd-tiny", "sd15-arch"]
     );
+    assert_eq!(portable, ["ddim-portable", "sd-portable"]);
 }
 
 /// The verdicts of the committed records, recomputed from their arrays by today's rule (not

@@ -15,6 +15,7 @@ mod drift;
 mod generators;
 mod goldens;
 mod hostile;
+mod local;
 mod localize;
 mod portable;
 mod sd;

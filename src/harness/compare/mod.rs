@@ -24,13 +24,14 @@ use crate::harness::store::{Expectation, GoldenScenario, GoldenStore};
 use crate::harness::suite::{CrossClass, Scenario};
 use crate::metrics::{self, Metric};
 
+pub mod local;
 mod metric;
 mod result;
 mod steps;
 
 use metric::{check_metric, largest_difference, worst};
 pub use result::*;
-pub use steps::{comparable_steps, step_limit, StepReading, STEP_CHAOS_CAP};
+pub use steps::{comparable_steps, step_limit, StepReading};
 use steps::{step_reading, step_rule};
 
 /// A cross-class comparison is powerless when a one-ulp change of the initial noise moves the
@@ -324,6 +325,7 @@ pub fn compare(
                 k,
                 noise_ulps,
                 step_ulps,
+                local_ulps,
             }),
         ) => {
             let expected = load_array(expectation, obs, store, &mut result.notes);
@@ -352,6 +354,15 @@ pub fn compare(
                 }
                 _ => {}
             }
+            judge_locally(
+                &mut result,
+                golden,
+                &class,
+                obs,
+                store,
+                truth_values.as_ref(),
+                (k, local_ulps.get(obs.dtype)),
+            );
         }
         _ => exact(&mut result),
     }
@@ -379,6 +390,44 @@ pub fn compare(
         }
     }
     result
+}
+
+/// The local rule where the run made its local pass (`session::local_inputs` asks for it where
+/// the golden holds what it needs). A local pass that cannot be judged (no `local_ulps` for the
+/// dtype, unreadable arrays) fails: it was made because the global rules could not see.
+fn judge_locally(
+    result: &mut ScenarioResult,
+    golden: &GoldenScenario,
+    class: &EnvClass,
+    obs: &Observation,
+    store: &GoldenStore,
+    truth: Option<&std::result::Result<Vec<f64>, String>>,
+    (k, ulps): (f64, Option<f64>),
+) {
+    if obs.local.is_none() {
+        return;
+    }
+    let judged = (|| {
+        let reference = local::reference(golden, class).ok_or("no class has local figures")?;
+        let figures = reference.local.as_ref().expect("reference has figures");
+        let ulps = ulps.ok_or_else(|| format!("the suite sets no local_ulps for {}", obs.dtype))?;
+        let truth = match truth {
+            Some(Ok(t)) => t,
+            Some(Err(why)) => return Err(why.clone()),
+            None => return Err("the golden has no truth".into()),
+        };
+        let stages = local::local_stages(golden, figures, obs, store, truth, (k, ulps))?;
+        Ok::<_, String>((reference, stages, ulps))
+    })();
+    match judged {
+        Ok((reference, stages, ulps)) => local::local_rule(result, &stages, reference, (k, ulps)),
+        Err(why) => {
+            result.verdict = Verdict::Failed;
+            result
+                .notes
+                .push(format!("the local pass cannot be judged: {why}"));
+        }
+    }
 }
 
 /// A rerun difference (run 1 minus run 2) needs no golden: it is exactly zero, or the claim

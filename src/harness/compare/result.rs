@@ -169,11 +169,12 @@ impl OutputSummary {
             metrics: obs.metrics.clone(),
             unseeded_seed: obs.unseeded_seed,
             elapsed_s: obs.elapsed_s,
-            // Records keep each step's sum_abs and sample, not the truth's elements.
+            // Records keep each step's sum_abs and sample, not the latent itself.
             trace: obs.trace.as_ref().map(|t| {
                 t.iter()
                     .map(|s| crate::pipelines::StepTrace {
-                        subset: Vec::new(),
+                        latent: Vec::new(),
+                        shape: Vec::new(),
                         ..s.clone()
                     })
                     .collect()

@@ -31,6 +31,8 @@ fn expectation(class: &str, producer: &str) -> Expectation {
         metrics: Default::default(),
         array: None,
         array_sha256: None,
+        local: None,
+        step_error: None,
         provenance: Provenance {
             producer: producer.into(),
             tool: "t".into(),
@@ -221,9 +223,71 @@ fn comparable_steps_end_at_the_first_chaotic_step() {
         comparable_steps(&truth, &[limit * 2.0, 0.0, 0.0], DType::F32),
         0
     );
-    // f16's own rounding is 2^13 times float32's: the same amplification is allowed, up
-    // to the cap.
+    // f16's own rounding is 2^13 times float32's: the same amplification is allowed, with
+    // no cap (bf16: 2^16 times).
     assert_eq!(step_limit(DType::F32), limit);
-    assert_eq!(comparable_steps(&truth, &[0.05, 0.09, 0.2], DType::F16), 2);
-    assert_eq!(step_limit(DType::Bf16), STEP_CHAOS_CAP);
+    assert_eq!(step_limit(DType::F16), limit * 8192.0);
+    assert_eq!(step_limit(DType::Bf16), limit * 65536.0);
+    let f16 = step_limit(DType::F16);
+    assert_eq!(
+        comparable_steps(&truth, &[0.5 * f16, f16, 2.0 * f16], DType::F16),
+        2
+    );
+}
+
+fn stage(error: f64, bound: f64) -> local::LocalStage {
+    local::LocalStage {
+        stage: format!("stage {error}"),
+        error,
+        bound,
+    }
+}
+
+/// The local rule: within where every stage is within its bound; the first stage beyond is
+/// named; a NaN error fails; where the output was not comparable the local verdict replaces
+/// it, elsewhere the worse of the two stands.
+#[test]
+fn the_local_rule_fails_at_the_first_stage_beyond_its_bound() {
+    let reference = expectation(
+        "cpu/x86_64/intel/aten=avx2/onednn=avx2/mkl=auto/threads=2/libtorch=2.13.0",
+        "oracle",
+    );
+    let mut r = chaotic();
+    local::local_rule(
+        &mut r,
+        &[stage(1.0, 2.0), stage(0.0, 0.0)],
+        &reference,
+        (2.0, 3.0),
+    );
+    assert_eq!(r.verdict, Verdict::WithinTolerance);
+    assert!(
+        r.notes.iter().any(|n| n.contains("within the local rule")),
+        "{:?}",
+        r.notes
+    );
+    let mut r = chaotic();
+    local::local_rule(
+        &mut r,
+        &[stage(1.0, 2.0), stage(3.0, 2.0), stage(9.0, 2.0)],
+        &reference,
+        (2.0, 3.0),
+    );
+    assert_eq!(r.verdict, Verdict::Drifted);
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("beyond the local rule at stage 3")),
+        "{:?}",
+        r.notes
+    );
+    for stages in [vec![stage(f64::NAN, 1.0)], vec![stage(1e-9, 0.0)]] {
+        let mut r = chaotic();
+        local::local_rule(&mut r, &stages, &reference, (2.0, 3.0));
+        assert_eq!(r.verdict, Verdict::Drifted, "{stages:?}");
+    }
+    // A drifted output stays drifted whatever the stages say.
+    let mut r = chaotic();
+    r.verdict = Verdict::Drifted;
+    local::local_rule(&mut r, &[stage(0.0, 1.0)], &reference, (2.0, 3.0));
+    assert_eq!(r.verdict, Verdict::Drifted);
 }

@@ -10,29 +10,31 @@
 //! need = max over scenarios, a != b of (rmse(truth, a) - k * rmse(truth, b)) / S
 //! ```
 //!
-//! Recorded classes are the golden's oracle expectations (each class's array against the
-//! float64 truth); record folders add the classes they ran in (their `rmse_truth`), as the `a`
-//! side only: the committed ones, [`committed_records`] (kernel settings of a host that nobody
-//! recorded as a class, `fixtures/records/<host>/calibration/<setting>/`), and any others given. Scenarios the rule never
-//! judges are left out: own-class-only ones, rerun differences (compared exactly) and those
-//! without a truth. The policy the guard test holds every suite to: its `noise_ulps` is at
-//! least the need and at most [`MAX_MARGIN`] times it, so a tolerance is neither too tight for
-//! a recorded host nor silently wide.
+//! Recorded classes are the golden's oracle expectations: diffusers' runs on real hosts and
+//! under kernel settings the oracle ran (`ATEN_CPU_CAPABILITY`, `ONEDNN_MAX_CPU_ISA`, `MKL_CBWR`
+//! give classes of their own), each class's array against the float64 truth. Every value is
+//! sized from them alone, never from reprodiff's own runs, so a defect of reprodiff present at
+//! calibration time cannot be absorbed into a tolerance. Scenarios the rule never judges are
+//! left out: own-class-only ones, rerun differences (compared exactly) and those without a
+//! truth. The policy the guard test holds every suite to: each value is at least its need and
+//! at most [`MAX_MARGIN`] times it, so a tolerance is neither too tight for a recorded class
+//! nor silently wide.
 //!
-//! The step rule (`step_ulps`, per dtype) is calibrated the same way from the records alone:
-//! every check record of a scenario whose golden holds the per-step truth carries
-//! `truth_step_ulps`, the largest distance of its trace from the truth over the comparable
-//! steps, in units of each step's noise response; the need of a dtype is the largest of those
-//! over the records' classes, and `step_ulps` must lie between it and [`MAX_MARGIN`] times it.
+//! The step rule (`step_ulps`, per dtype) the same way: each recorded class's expectation keeps
+//! its `step_error` (diffusers' own run against the truth, step by step, measured by the oracle
+//! where it recorded per-step latents); the need of a dtype is the largest `step_error_t /
+//! noise_response_t` over the steps the rule compares (`step_need`).
+//!
+//! The local rule (`local_ulps`, per dtype) from the classes' local figures, pair by pair
+//! (`local_need`).
 use crate::error::Result;
 use crate::harness::compare::BLESSED;
 use crate::harness::store::GoldenStore;
-use crate::harness::suite::{CrossClass, Suite};
+use crate::harness::suite::{CrossClass, Scenario, Suite};
 use crate::metrics;
 use std::collections::BTreeMap;
-use std::path::Path;
 
-/// A suite's `noise_ulps` may be at most this many times what its records need.
+/// A suite's calibrated values may be at most this many times what its recorded classes need.
 pub const MAX_MARGIN: f64 = 2.0;
 
 /// What one suite's records need.
@@ -50,13 +52,16 @@ pub struct Need {
     /// Scenarios the rule judges, and how many of them have figures of two classes or more.
     pub scenarios: usize,
     pub paired: usize,
-    /// The recorded classes (oracle expectations) and the other classes from records.
+    /// The recorded classes (the oracle's expectations).
     pub classes: Vec<String>,
-    pub record_classes: Vec<String>,
     /// The need of each dtype's scenarios, where a suite has several.
     pub by_dtype: BTreeMap<String, f64>,
-    /// The step rule, per dtype with figures in the records.
+    /// The step rule, per dtype with diffusers' per-step figures (`runs` counts the
+    /// (scenario, class) figures).
     pub steps: BTreeMap<String, StepNeed>,
+    /// The local rule, per dtype with diffusers' local figures of two classes or more (`runs`
+    /// counts the pairs of classes measured).
+    pub local: BTreeMap<String, StepNeed>,
 }
 
 /// What one dtype's step rule needs: the largest `truth_step_ulps` of the records.
@@ -88,6 +93,16 @@ impl Need {
             && self.set >= self.noise_ulps
             && self.set <= MAX_MARGIN * self.noise_ulps
             && self.steps.values().all(StepNeed::holds)
+            && self.local.values().all(StepNeed::holds)
+    }
+
+    /// Whether every value set is at least what its recorded classes need (the policy's lower
+    /// half): what a rule borrowed from another suite must keep on the suite that borrows it.
+    pub fn covers(&self) -> bool {
+        let floor = |n: &StepNeed| n.set.is_none_or(|set| set >= n.need);
+        self.set >= self.noise_ulps
+            && self.steps.values().all(floor)
+            && self.local.values().all(floor)
     }
 
     /// One line for people: the need, what set it, and the verdict of the policy.
@@ -119,28 +134,31 @@ impl Need {
             .iter()
             .map(|(d, n)| format!("{d} {n:.3}"))
             .collect();
-        let steps: Vec<String> = self
-            .steps
-            .iter()
-            .map(|(d, n)| {
-                let verdict = match n.set {
-                    _ if n.runs == 0 => "NO RECORDS to calibrate it from".to_string(),
-                    None => "NOT SET".to_string(),
-                    Some(set) if set < n.need => format!("TOO TIGHT: {set}"),
-                    Some(set) if set > MAX_MARGIN * n.need => {
-                        format!("TOO WIDE: {set}, at most {:.3}", MAX_MARGIN * n.need)
-                    }
-                    Some(set) => format!("ok: {set} set"),
-                };
-                format!(
-                    "; step_ulps.{d} needed {:.3} (set by {}, {} runs): {verdict}",
-                    n.need, n.set_by, n.runs
-                )
-            })
-            .collect();
+        let rule = |name: &'static str, needs: &BTreeMap<String, StepNeed>| -> Vec<String> {
+            needs
+                .iter()
+                .map(|(d, n)| {
+                    let verdict = match n.set {
+                        _ if n.runs == 0 => "NOTHING to calibrate it from".to_string(),
+                        None => "NOT SET".to_string(),
+                        Some(set) if set < n.need => format!("TOO TIGHT: {set}"),
+                        Some(set) if set > MAX_MARGIN * n.need => {
+                            format!("TOO WIDE: {set}, at most {:.3}", MAX_MARGIN * n.need)
+                        }
+                        Some(set) => format!("ok: {set} set"),
+                    };
+                    format!(
+                        "; {name}.{d} needed {:.3} (set by {}, {} runs): {verdict}",
+                        n.need, n.set_by, n.runs
+                    )
+                })
+                .collect()
+        };
+        let mut steps = rule("step_ulps", &self.steps);
+        steps.extend(rule("local_ulps", &self.local));
         format!(
             "{}: k = {}, noise_ulps needed {:.3} (set by {}; by dtype: {}) over {} scenarios \
-             ({} paired), {} recorded classes{}; {verdict}{}",
+             ({} paired), {} recorded classes; {verdict}{}",
             self.suite,
             self.k,
             self.noise_ulps,
@@ -149,170 +167,352 @@ impl Need {
             self.scenarios,
             self.paired,
             self.classes.len(),
-            if self.record_classes.is_empty() {
-                String::new()
-            } else {
-                format!(" + {} from records", self.record_classes.len())
-            },
             steps.concat()
         )
     }
 }
 
-/// The committed calibration records: `<fixtures>/records/<host>/calibration/<setting>/`
-/// folders holding records.jsonl, sorted.
-pub fn committed_records(fixtures: &crate::harness::suite::Fixtures) -> Vec<std::path::PathBuf> {
-    let mut dirs = Vec::new();
-    let hosts = std::fs::read_dir(fixtures.root.join("records"))
-        .into_iter()
-        .flatten();
-    for host in hosts.flatten() {
-        let settings = std::fs::read_dir(host.path().join("calibration"))
-            .into_iter()
-            .flatten();
-        for setting in settings.flatten() {
-            if setting.path().join("records.jsonl").is_file() {
-                dirs.push(setting.path());
-            }
-        }
-    }
-    dirs.sort();
-    dirs
-}
-
-/// The need of `suite` from its goldens in `store` and the check records under `records`
-/// (folders holding records.jsonl); `None` for a suite without the truth rule.
-pub fn need(suite: &Suite, store: &GoldenStore, records: &[&Path]) -> Result<Option<Need>> {
+/// The needs of `suite` from its goldens in `store`, diffusers' figures alone: one per distinct
+/// truth rule among its judged scenarios (a suite's default, and each scenario override that
+/// differs from it, each calibrated from its own scenarios). Empty for a suite without the
+/// truth rule or without goldens.
+pub fn needs(suite: &Suite, store: &GoldenStore) -> Result<Vec<Need>> {
     let Some(golden) = store.load(&suite.name)? else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
-    let mut k_set = None;
-    // scenario -> (dtype, sensitivity, class -> rmse(truth, class))
-    let mut figures: BTreeMap<&str, (String, f64, BTreeMap<String, f64>)> = BTreeMap::new();
-    let mut recorded: BTreeMap<&str, BTreeMap<String, f64>> = BTreeMap::new();
-    for s in &suite.scenarios {
-        let Some(CrossClass::Truth {
-            k,
-            noise_ulps,
-            step_ulps,
-        }) = s.cross_class
-        else {
+    let mut groups: Vec<(CrossClass, Vec<&Scenario>)> = Vec::new();
+    for s in judged(suite) {
+        let Some(rule @ CrossClass::Truth { .. }) = s.cross_class else {
             continue;
         };
-        k_set = Some((k, noise_ulps, step_ulps));
-        if s.own_class_only.is_some() || s.run.is_rerun_difference() {
-            continue;
+        match groups.iter_mut().find(|(r, _)| *r == rule) {
+            Some((_, members)) => members.push(s),
+            None => groups.push((rule, vec![s])),
         }
+    }
+    let several = groups.len() > 1;
+    groups
+        .into_iter()
+        .map(|(rule, members)| {
+            let name = if several {
+                format!(
+                    "{} ({} scenarios, from {})",
+                    suite.name,
+                    members.len(),
+                    members[0].name
+                )
+            } else {
+                suite.name.clone()
+            };
+            need(&name, &members, rule, store, &golden)
+        })
+        .collect()
+}
+
+/// The need of one rule from the scenarios that have it.
+fn need(
+    name: &str,
+    scenarios: &[&Scenario],
+    rule: CrossClass,
+    store: &GoldenStore,
+    golden: &crate::harness::store::GoldenFile,
+) -> Result<Need> {
+    let CrossClass::Truth {
+        k,
+        noise_ulps: set,
+        step_ulps,
+        local_ulps,
+    } = rule
+    else {
+        unreachable!("needs() groups truth rules only");
+    };
+    let mut need = Need {
+        suite: name.to_string(),
+        k,
+        set,
+        noise_ulps: 0.0,
+        set_by: "-".into(),
+        scenarios: 0,
+        paired: 0,
+        classes: Vec::new(),
+        by_dtype: BTreeMap::new(),
+        steps: step_need(scenarios, store, golden, step_ulps)?,
+        local: local_need(scenarios, golden, k, local_ulps),
+    };
+    let mut classes = std::collections::BTreeSet::new();
+    for s in scenarios {
         let Some(g) = golden.scenarios.get(&s.name) else {
             continue;
         };
         let Some(truth) = &g.truth else { continue };
         let (t, _) = store.read_array(&truth.array)?;
         let mut by_class = BTreeMap::new();
-        for e in g
-            .expectations
-            .iter()
-            .filter(|e| e.provenance.producer != BLESSED)
-        {
+        for e in diffusers(g) {
             if let Some(rel) = &e.array {
                 let (v, _) = store.read_array(rel)?;
                 by_class.insert(e.class.to_string(), metrics::rmse(&t, &v));
             }
         }
-        recorded.insert(&s.name, by_class.clone());
-        figures.insert(&s.name, (g.dtype.to_string(), truth.sensitivity, by_class));
-    }
-    let Some((k, set, step_ulps)) = k_set else {
-        return Ok(None);
-    };
-    let mut steps: BTreeMap<String, StepNeed> = BTreeMap::new();
-    let mut record_classes = Vec::new();
-    for dir in records {
-        let set = crate::harness::report::drift::load(dir)?;
-        let prefix = format!("{}/", suite.name);
-        for e in &set.entries {
-            let (Some(scenario), Some(ulps), Some(dtype)) = (
-                e.name.strip_prefix(&prefix),
-                e.truth_step_ulps,
-                e.dtype.as_ref(),
-            ) else {
-                continue;
-            };
-            let set_ulps = dtype.parse().ok().and_then(|d| step_ulps.get(d));
-            let n = steps.entry(dtype.clone()).or_insert(StepNeed {
-                need: 0.0,
-                set: set_ulps,
-                set_by: "-".into(),
-                runs: 0,
-            });
-            n.runs += 1;
-            if ulps > n.need {
-                n.need = ulps;
-                n.set_by = format!("{scenario} ({})", e.class);
-            }
-        }
-        for e in &set.entries {
-            let (Some(scenario), Some(r)) = (e.name.strip_prefix(&prefix), e.rmse_truth) else {
-                continue;
-            };
-            let class = e.class.clone();
-            if let Some((_, _, by_class)) = figures.get_mut(scenario) {
-                if let std::collections::btree_map::Entry::Vacant(slot) = by_class.entry(class) {
-                    if !record_classes.contains(slot.key()) {
-                        record_classes.push(slot.key().clone());
-                    }
-                    slot.insert(r);
-                }
-            }
-        }
-    }
-    for (dtype, set) in step_ulps.iter() {
-        steps.entry(dtype.into()).or_insert(StepNeed {
-            need: 0.0,
-            set: Some(set),
-            set_by: "-".into(),
-            runs: 0,
-        });
-    }
-    let mut need = Need {
-        suite: suite.name.clone(),
-        k,
-        set,
-        noise_ulps: 0.0,
-        set_by: "-".into(),
-        scenarios: figures.len(),
-        paired: 0,
-        classes: Vec::new(),
-        record_classes,
-        by_dtype: BTreeMap::new(),
-        steps,
-    };
-    let mut classes: Vec<String> = recorded.values().flat_map(|m| m.keys().cloned()).collect();
-    classes.sort();
-    classes.dedup();
-    need.classes = classes;
-    for (name, (dtype, sensitivity, by_class)) in &figures {
-        let against = &recorded[name];
-        if by_class.len() >= 2 {
-            need.paired += 1;
-        }
-        let d = need.by_dtype.entry(dtype.clone()).or_insert(0.0);
-        if *sensitivity <= 0.0 {
+        classes.extend(by_class.keys().cloned());
+        need.scenarios += 1;
+        need.paired += usize::from(by_class.len() >= 2);
+        let d = need.by_dtype.entry(g.dtype.to_string()).or_insert(0.0);
+        if truth.sensitivity <= 0.0 {
             continue;
         }
-        for (a, ra) in by_class {
-            for (b, rb) in against {
-                let gap = (ra - k * rb) / sensitivity;
+        for (a, ra) in &by_class {
+            for (b, rb) in &by_class {
+                let gap = (ra - k * rb) / truth.sensitivity;
                 if a == b || gap <= 0.0 {
                     continue;
                 }
                 *d = d.max(gap);
                 if gap > need.noise_ulps {
                     need.noise_ulps = gap;
-                    need.set_by = format!("{name}: {a} vs {b}");
+                    need.set_by = format!("{}: {a} vs {b}", s.name);
                 }
             }
         }
     }
-    Ok(Some(need))
+    need.classes = classes.into_iter().collect();
+    Ok(need)
+}
+
+/// The scenarios a suite's cross-class rules judge: not own-class-only ones, not rerun
+/// differences (compared exactly).
+fn judged(suite: &Suite) -> impl Iterator<Item = &Scenario> {
+    suite
+        .scenarios
+        .iter()
+        .filter(|s| s.own_class_only.is_none() && !s.run.is_rerun_difference())
+}
+
+/// A golden scenario's diffusers expectations (the oracle's, not reprodiff's blessings).
+fn diffusers(
+    g: &crate::harness::store::GoldenScenario,
+) -> impl Iterator<Item = &crate::harness::store::Expectation> {
+    g.expectations
+        .iter()
+        .filter(|e| e.provenance.producer != BLESSED)
+}
+
+/// What the step rule needs per dtype, from diffusers' runs alone: for every scenario whose
+/// golden holds the per-step truth and every class whose expectation holds its `step_error`
+/// (diffusers' own run against the truth, step by step), the largest `step_error_t /
+/// noise_response_t` over the steps the rule compares (`comparable_steps`). `runs` counts the
+/// (scenario, class) figures.
+fn step_need(
+    scenarios: &[&Scenario],
+    store: &GoldenStore,
+    golden: &crate::harness::store::GoldenFile,
+    set: crate::harness::suite::PerDtype,
+) -> Result<BTreeMap<String, StepNeed>> {
+    let mut needs = unmeasured(set);
+    for s in scenarios {
+        let Some(g) = golden.scenarios.get(&s.name) else {
+            continue;
+        };
+        let Some(st) = g.truth.as_ref().and_then(|t| t.steps.as_ref()) else {
+            continue;
+        };
+        let (truth, _) = store.read_array(&st.array)?;
+        let comparable =
+            crate::harness::compare::comparable_steps(&truth, &st.noise_response, g.dtype);
+        for e in diffusers(g) {
+            let Some(errors) = &e.step_error else {
+                continue;
+            };
+            let n = needs.entry(g.dtype.to_string()).or_insert(StepNeed {
+                need: 0.0,
+                set: set.get(g.dtype),
+                set_by: "-".into(),
+                runs: 0,
+            });
+            n.runs += 1;
+            for (i, (err, response)) in errors
+                .iter()
+                .zip(&st.noise_response)
+                .enumerate()
+                .take(comparable)
+            {
+                let ratio = match (err, response) {
+                    (e, _) if *e == 0.0 => 0.0,
+                    (e, r) if *r > 0.0 => e / r,
+                    _ => f64::INFINITY,
+                };
+                if ratio > n.need {
+                    n.need = ratio;
+                    n.set_by = format!("{} step {} ({})", s.name, i + 1, e.class);
+                }
+            }
+        }
+    }
+    Ok(needs)
+}
+
+/// A need per dtype the suite sets a value for, nothing measured yet.
+fn unmeasured(set: crate::harness::suite::PerDtype) -> BTreeMap<String, StepNeed> {
+    set.iter()
+        .map(|(dtype, v)| {
+            (
+                dtype.to_string(),
+                StepNeed {
+                    need: 0.0,
+                    set: Some(v),
+                    set_by: "-".into(),
+                    runs: 0,
+                },
+            )
+        })
+        .collect()
+}
+
+/// What the local rule needs per dtype, from diffusers' local figures alone (the oracle's local
+/// pass on each recorded class): for every scenario the rule judges, every stage (each step and
+/// the output) and every two classes `a != b` that were measured,
+///
+/// ```text
+/// need = max (error_a - k * error_b) / response_b
+/// ```
+///
+/// the smallest `local_ulps` for which class `a` passes against class `b`'s figures. A dtype
+/// the suite sets a value for but no pair measured has `runs` 0 and fails the policy.
+fn local_need(
+    scenarios: &[&Scenario],
+    golden: &crate::harness::store::GoldenFile,
+    k: f64,
+    set: crate::harness::suite::PerDtype,
+) -> BTreeMap<String, StepNeed> {
+    let mut needs = unmeasured(set);
+    for s in scenarios {
+        let Some(g) = golden.scenarios.get(&s.name) else {
+            continue;
+        };
+        let measured: Vec<_> = diffusers(g)
+            .filter_map(|e| e.local.as_ref().map(|l| (&e.class, l)))
+            .collect();
+        let dtype = g.dtype.to_string();
+        for (a, fa) in &measured {
+            for (b, fb) in &measured {
+                if a == b {
+                    continue;
+                }
+                let n = needs.entry(dtype.clone()).or_insert(StepNeed {
+                    need: 0.0,
+                    set: set.get(g.dtype),
+                    set_by: "-".into(),
+                    runs: 0,
+                });
+                n.runs += 1;
+                let stages = fa
+                    .error
+                    .iter()
+                    .zip(&fb.error)
+                    .zip(&fb.response)
+                    .map(|((ea, eb), rb)| (*ea, *eb, *rb))
+                    .chain([(fa.output_error, fb.output_error, fb.output_response)]);
+                for (i, (ea, eb, rb)) in stages.enumerate() {
+                    let gap = match (ea - k * eb, rb) {
+                        (over, _) if over <= 0.0 => 0.0,
+                        (over, rb) if rb > 0.0 => over / rb,
+                        _ => f64::INFINITY,
+                    };
+                    if gap > n.need {
+                        n.need = gap;
+                        let stage = if i < fa.error.len() {
+                            format!("step {}", i + 1)
+                        } else {
+                            "output".into()
+                        };
+                        n.set_by = format!("{} {stage}: {a} vs {b}", s.name);
+                    }
+                }
+            }
+        }
+    }
+    needs
+}
+
+/// One rule's need and the policy's verdict on it.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    pub need: Need,
+    /// Whether the rule keeps the policy.
+    pub ok: bool,
+    /// Whether it is a portable suite's rule (judged by what it borrows).
+    pub portable: bool,
+    /// For a portable suite's rule: the native rule it borrows, where one matches.
+    pub borrows: Option<String>,
+}
+
+impl Judged {
+    /// The need's sentence, with how a portable rule was judged.
+    pub fn sentence(&self) -> String {
+        match &self.borrows {
+            _ if !self.portable => self.need.sentence(),
+            None => format!(
+                "{}; PORTABLE: its rule is no calibrated native suite's",
+                self.need.sentence()
+            ),
+            Some(native) => format!(
+                "{}: borrows {native}'s rule (a portable run is held to what another CPU class \
+                 is held to); {}",
+                self.need.suite,
+                if self.ok {
+                    "it covers what this suite's own diffusers classes need"
+                } else {
+                    "TOO TIGHT for this suite's own diffusers classes"
+                }
+            ),
+        }
+    }
+}
+
+/// The policy over all of `suites` (see the module docs): a native suite's rules must hold it
+/// from their own recorded classes; a portable suite's (every scenario on the portable
+/// kernels) must be a native rule that holds it, and must cover what the portable suite's own
+/// diffusers classes need.
+pub fn judge(suites: &[Suite], store: &GoldenStore) -> Result<Vec<Judged>> {
+    let is_portable = |s: &Suite| {
+        s.scenarios
+            .iter()
+            .all(|x| x.kernels == crate::portable::Kernels::Portable)
+    };
+    let values = |n: &Need| {
+        let f32 = |m: &BTreeMap<String, StepNeed>| m.get("f32").and_then(|s| s.set);
+        (n.k, n.set, f32(&n.steps), f32(&n.local))
+    };
+    let mut native = Vec::new();
+    let mut portable = Vec::new();
+    for suite in suites {
+        for need in needs(suite, store)? {
+            if is_portable(suite) {
+                portable.push(need);
+            } else {
+                native.push(need);
+            }
+        }
+    }
+    let mut judged: Vec<Judged> = native
+        .iter()
+        .map(|n| Judged {
+            ok: n.holds(),
+            need: n.clone(),
+            portable: false,
+            borrows: None,
+        })
+        .collect();
+    for need in portable {
+        let source = native
+            .iter()
+            .find(|n| n.holds() && values(n) == values(&need))
+            .map(|n| n.suite.clone());
+        judged.push(Judged {
+            ok: source.is_some() && need.covers(),
+            need,
+            portable: true,
+            borrows: source,
+        });
+    }
+    Ok(judged)
 }

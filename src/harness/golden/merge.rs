@@ -16,11 +16,11 @@ use crate::env::Fingerprint;
 use crate::error::{Error, Result};
 use crate::harness::compare::BLESSED;
 use crate::harness::store::{
-    Expectation, GoldenFile, GoldenScenario, GoldenStore, Provenance, StepTruth, Truth,
+    Expectation, GoldenFile, GoldenScenario, GoldenStore, LocalFigures, LocalInputs, Provenance,
+    StepTruth, Truth, TruthArray,
 };
 use crate::harness::suite::Fixtures;
 use crate::metrics;
-use crate::pipelines::trace::step_subset;
 use crate::torch::{tensor_sha256, tensor_to_f64, DType};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -72,11 +72,11 @@ impl OracleResult {
         let steps = truth.and_then(|t| t.steps.as_ref());
         std::iter::once(self.array.as_str())
             .chain(truth.map(|t| t.array.as_str()))
-            .chain(steps.into_iter().flat_map(|s| {
-                [&s.run, &s.truth, &s.nudged]
+            .chain(
+                steps
                     .into_iter()
-                    .map(|a| a.array.as_str())
-            }))
+                    .flat_map(|s| s.arrays().map(|a| a.array.as_str())),
+            )
     }
 }
 
@@ -102,13 +102,87 @@ struct OracleTruth {
 }
 
 /// The latent after every scheduler step, [steps, *latent] as float64, of the run, its truth
-/// and its nudged run (ci/oracle/truth.py, steps_recorded).
+/// and its nudged run (ci/oracle/truth.py, steps_recorded); and the local pass
+/// (ci/oracle/local.py), absent from results made before it: its steps and output, those of its
+/// nudged twin, and the truth's inputs it was forced with.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OracleSteps {
     run: OracleArray,
     truth: OracleArray,
     nudged: OracleArray,
+    #[serde(default)]
+    local: Option<OracleArray>,
+    #[serde(default)]
+    local_nudged: Option<OracleArray>,
+    #[serde(default)]
+    local_output: Option<OracleArray>,
+    #[serde(default)]
+    local_nudged_output: Option<OracleArray>,
+    #[serde(default)]
+    initial: Option<OracleArray>,
+    #[serde(default)]
+    noise: Option<OracleArray>,
+}
+
+/// The local pass of one result, all its arrays present.
+struct OracleLocal<'a> {
+    local: &'a OracleArray,
+    local_nudged: &'a OracleArray,
+    local_output: &'a OracleArray,
+    local_nudged_output: &'a OracleArray,
+    initial: &'a OracleArray,
+    noise: Option<&'a OracleArray>,
+}
+
+impl OracleSteps {
+    fn arrays(&self) -> impl Iterator<Item = &OracleArray> {
+        [&self.run, &self.truth, &self.nudged].into_iter().chain(
+            [
+                &self.local,
+                &self.local_nudged,
+                &self.local_output,
+                &self.local_nudged_output,
+                &self.initial,
+                &self.noise,
+            ]
+            .into_iter()
+            .flatten(),
+        )
+    }
+
+    /// The local pass, where the result has one: all of its arrays or none (`noise` only with
+    /// eta noise).
+    fn local(&self) -> std::result::Result<Option<OracleLocal<'_>>, String> {
+        match (
+            &self.local,
+            &self.local_nudged,
+            &self.local_output,
+            &self.local_nudged_output,
+            &self.initial,
+        ) {
+            (
+                Some(local),
+                Some(local_nudged),
+                Some(local_output),
+                Some(nudged_output),
+                Some(initial),
+            ) => Ok(Some(OracleLocal {
+                local,
+                local_nudged,
+                local_output,
+                local_nudged_output: nudged_output,
+                initial,
+                noise: self.noise.as_ref(),
+            })),
+            (None, None, None, None, None) if self.noise.is_none() => Ok(None),
+            _ => Err(
+                "truth.steps: the local pass needs local, local_nudged, local_output, \
+                      local_nudged_output and initial together"
+                    .into(),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,9 +192,10 @@ struct OracleArray {
     sha256: String,
 }
 
-/// The golden's per-step truth from the oracle's per-step latents: the truth's elements that
-/// [`step_subset`] picks, stored as [steps, elements], and each step's noise response, the
-/// rmse on those elements between the nudged run and the run.
+/// The golden's per-step truth from the oracle's per-step latents: every element of the
+/// truth's latent after each step, stored as [steps, elements], each step's noise response (the
+/// rmse between the nudged run and the run), and the local pass's inputs where the result has
+/// them.
 fn step_truth(
     store: &GoldenStore,
     from: &Path,
@@ -129,10 +204,7 @@ fn step_truth(
     scenario: &str,
 ) -> Result<StepTruth> {
     let where_ = format!("{suite}/{scenario}");
-    let read = |a: &OracleArray| -> Result<(Vec<i64>, Vec<f64>)> {
-        let (t, values) = read_verified(&from.join(&a.array), DType::F64, &a.sha256, &where_)?;
-        Ok((t.size(), values))
-    };
+    let read = |a: &OracleArray| read_f64(from, a, &where_);
     let (run, truth, nudged) = (read(&steps.run)?, read(&steps.truth)?, read(&steps.nudged)?);
     if run.0 != truth.0 || run.0 != nudged.0 || run.0.len() < 2 {
         return Err(Error::invalid_file(
@@ -145,28 +217,119 @@ fn step_truth(
     }
     let n_steps = run.0[0] as usize;
     let per = run.1.len() / n_steps.max(1);
-    let step = |v: &[f64], i: usize| step_subset(&v[i * per..(i + 1) * per]);
-    let mut subset = Vec::new();
-    let mut noise_response = Vec::new();
-    for i in 0..n_steps {
-        let t = step(&truth.1, i);
-        noise_response.push(metrics::rmse(&step(&nudged.1, i), &step(&run.1, i)));
-        subset.extend(t);
-    }
-    let elements = (subset.len() / n_steps.max(1)) as i64;
-    let tensor = tch::Tensor::from_slice(&subset).reshape([n_steps as i64, elements]);
-    let sha256 = tensor_sha256(&tensor)?;
-    let array = format!(
-        "{suite}/{}.steps.{}.npy",
-        crate::harness::store::slug(scenario),
-        &sha256[..12]
-    );
-    store.write_array(&array, &tensor)?;
+    let noise_response = (0..n_steps)
+        .map(|i| {
+            let at = |v: &[f64]| v[i * per..(i + 1) * per].to_vec();
+            metrics::rmse(&at(&nudged.1), &at(&run.1))
+        })
+        .collect();
+    let name = |kind: &str, sha256: &str| {
+        format!(
+            "{suite}/{}.{kind}.{}.npy",
+            crate::harness::store::slug(scenario),
+            &sha256[..12]
+        )
+    };
+    let store_f64 = |kind: &str, shape: &[i64], values: &[f64]| -> Result<TruthArray> {
+        let tensor = tch::Tensor::from_slice(values).reshape(shape);
+        let sha256 = tensor_sha256(&tensor)?;
+        let array = name(kind, &sha256);
+        store.write_array(&array, &tensor)?;
+        Ok(TruthArray { array, sha256 })
+    };
+    let latents = store_f64("steps", &[n_steps as i64, per as i64], &truth.1)?;
+    let local = match steps
+        .local()
+        .map_err(|m| Error::invalid_file(from.join("results.jsonl"), format!("{where_}: {m}")))?
+    {
+        None => None,
+        Some(l) => {
+            let (shape, initial) = read(l.initial)?;
+            let noise = match l.noise {
+                Some(a) => {
+                    let (shape, values) = read(a)?;
+                    Some(store_f64("noise", &shape, &values)?)
+                }
+                None => None,
+            };
+            Some(LocalInputs {
+                initial: store_f64("initial", &shape, &initial)?,
+                noise,
+            })
+        }
+    };
     Ok(StepTruth {
-        array,
-        sha256,
+        array: latents.array,
+        sha256: latents.sha256,
         noise_response,
+        local,
     })
+}
+
+/// A float64 array of the oracle's results, verified: its shape and values.
+fn read_f64(from: &Path, a: &OracleArray, where_: &str) -> Result<(Vec<i64>, Vec<f64>)> {
+    let (t, v) = read_verified(&from.join(&a.array), DType::F64, &a.sha256, where_)?;
+    Ok((t.size(), v))
+}
+
+/// One class's figures from its result, against the result's own truth (its per-step latents,
+/// read once, and its truth output at `truth_output`): per step, rmse(truth, its run) (what
+/// `calibrate` sizes the step rule from), and its local figures where it made the local pass.
+fn class_figures(
+    from: &Path,
+    steps: &OracleSteps,
+    truth_output: &[f64],
+    where_: &str,
+) -> Result<(Vec<f64>, Option<LocalFigures>)> {
+    let ((shape, truth), (run_shape, run)) = (
+        read_f64(from, &steps.truth, where_)?,
+        read_f64(from, &steps.run, where_)?,
+    );
+    if shape != run_shape || shape.is_empty() {
+        return Err(Error::invalid_file(
+            from.join(&steps.run.array),
+            format!(
+                "{where_}: the run's per-step latents are {run_shape:?}, the truth's {shape:?}"
+            ),
+        ));
+    }
+    let n_steps = shape[0] as usize;
+    let per = truth.len() / n_steps.max(1);
+    let at = |v: &[f64], i: usize| v[i * per..(i + 1) * per].to_vec();
+    let per_step = |a: &[f64], b: &[f64]| -> Vec<f64> {
+        (0..n_steps)
+            .map(|i| metrics::rmse(&at(a, i), &at(b, i)))
+            .collect()
+    };
+    let step_error = per_step(&truth, &run);
+    let Some(l) = steps
+        .local()
+        .map_err(|m| Error::invalid_file(from.join("results.jsonl"), format!("{where_}: {m}")))?
+    else {
+        return Ok((step_error, None));
+    };
+    let read = |a: &OracleArray| Ok::<_, Error>(read_f64(from, a, where_)?.1);
+    let (local, nudged) = (read(l.local)?, read(l.local_nudged)?);
+    let (output, nudged_output) = (read(l.local_output)?, read(l.local_nudged_output)?);
+    if local.len() != truth.len() || nudged.len() != truth.len() {
+        return Err(Error::invalid_file(
+            from.join(&l.local.array),
+            format!("{where_}: the local pass's steps are not the truth's shape"),
+        ));
+    }
+    if output.len() != truth_output.len() || nudged_output.len() != truth_output.len() {
+        return Err(Error::invalid_file(
+            from.join(&l.local_output.array),
+            format!("{where_}: the local pass's output is not the truth's shape"),
+        ));
+    }
+    let local_figures = LocalFigures {
+        error: per_step(&local, &truth),
+        response: per_step(&nudged, &local),
+        output_error: metrics::rmse(&output, truth_output),
+        output_response: metrics::rmse(&nudged_output, &output),
+    };
+    Ok((step_error, Some(local_figures)))
 }
 
 /// What a merge did to one suite.
@@ -290,6 +453,19 @@ fn merge_result(
     let env_id = r.environment.id();
     let array = GoldenStore::array_name(&r.suite, &r.scenario, &r.sha256);
     store.write_array(&array, &tensor)?;
+    let (step_error, local) = match r
+        .truth
+        .as_ref()
+        .and_then(|t| t.steps.as_ref().map(|st| (t, st)))
+    {
+        Some((t, st)) => {
+            let truth_output =
+                read_verified(&from.join(&t.array), DType::F64, &t.sha256, &where_)?.1;
+            let (e, l) = class_figures(from, st, &truth_output, &where_)?;
+            (Some(e), l)
+        }
+        None => (None, None),
+    };
     let expectation = Expectation {
         class,
         sha256: Some(r.sha256),
@@ -300,6 +476,8 @@ fn merge_result(
         ]),
         array: Some(array),
         array_sha256: None,
+        local,
+        step_error,
         provenance: Provenance {
             producer: r.provenance.producer,
             tool: r.provenance.tool,
@@ -318,7 +496,9 @@ fn merge_result(
                 device,
                 &t.sha256,
                 &from.join(&t.array),
-                t.steps.is_some(),
+                t.steps
+                    .as_ref()
+                    .map_or(StepDepth::None, StepDepth::of_results),
             )? =>
         {
             None
@@ -381,8 +561,8 @@ fn merge_golden(
         let truth = match scenario.truth {
             Some(t) if !recorded => {
                 copy(&t.array, DType::F64, &t.sha256)?;
-                if let Some(st) = &t.steps {
-                    copy(&st.array, DType::F64, &st.sha256)?;
+                for (rel, sha) in t.step_arrays() {
+                    copy(rel, DType::F64, sha)?;
                 }
                 Some(t)
             }
@@ -424,10 +604,37 @@ fn merge_golden(
     Ok(())
 }
 
+/// How much of the per-step truth a truth holds: none, the latents (with, before #26, a
+/// subset of their elements), or the latents and the local pass's inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum StepDepth {
+    None,
+    Latents,
+    Local,
+}
+
+impl StepDepth {
+    fn of_results(st: &OracleSteps) -> Self {
+        if st.initial.is_some() {
+            StepDepth::Local
+        } else {
+            StepDepth::Latents
+        }
+    }
+
+    fn of_golden(t: &Truth) -> Self {
+        match &t.steps {
+            None => StepDepth::None,
+            Some(st) if st.local.is_some() => StepDepth::Local,
+            Some(_) => StepDepth::Latents,
+        }
+    }
+}
+
 /// Whether the truth already recorded for `scenario` stays, rather than the merged one at
 /// `path`: it does unless it was made in the same class as the merged result (a re-recording)
-/// or the output's shape changed, or it is the same truth and only the merged one holds the
-/// per-step truth. The float64 truth itself depends a little on the host that
+/// or the output's shape changed, or only the merged one holds the per-step truth, or the
+/// local pass's inputs (a truth the local pass can start from replaces one it cannot). The float64 truth itself depends a little on the host that
 /// made it (measured: Intel Xeon against AMD EPYC truths differ by up to 5e-7 relative on SD
 /// scenarios, AMD AVX-512 against AMD AVX2 not at all), so one host's truth is kept for every
 /// class's expectation to be measured against, and the difference is said.
@@ -441,7 +648,7 @@ fn keeps_recorded_truth(
     device: crate::torch::DeviceSpec,
     sha256: &str,
     path: &Path,
-    brings_steps: bool,
+    brings: StepDepth,
 ) -> Result<bool> {
     let Some(s) = file.scenarios.get(scenario).filter(|s| s.shape == shape) else {
         return Ok(false);
@@ -449,9 +656,11 @@ fn keeps_recorded_truth(
     let Some(old) = &s.truth else {
         return Ok(false);
     };
+    if brings > StepDepth::of_golden(old) {
+        return Ok(false);
+    }
     if old.sha256 == sha256 {
-        // The same truth, re-recorded with its per-step truth where it had none.
-        return Ok(!(brings_steps && old.steps.is_none()));
+        return Ok(true);
     }
     let made_in = old
         .provenance
@@ -540,7 +749,14 @@ fn put(
                 && old.metrics == e.metrics
                 && old.array_sha256 == e.array_sha256 =>
         {
-            summary.unchanged += 1
+            summary.unchanged += 1;
+            // The same output, measured again with figures the old one lacks: they come in.
+            let mut e = e;
+            e.local = e.local.or_else(|| old.local.clone());
+            e.step_error = e.step_error.or_else(|| old.step_error.clone());
+            if e.local != old.local || e.step_error != old.step_error {
+                s.put(e);
+            }
         }
         // What diffusers computed is never replaced by what reprodiff blessed.
         Some(old) if e.provenance.producer == BLESSED && old.provenance.producer != BLESSED => {

@@ -5,6 +5,7 @@
 //! determinism needs CUBLAS_WORKSPACE_CONFIG / CUDA_LAUNCH_BLOCKING that this process was not
 //! started with (they only act before CUDA starts), runs in a child process: the hidden
 //! `reprodiff observe` command, which writes the observation and the output array.
+use super::local::{LocalInputsAt, LocalObservation};
 use crate::error::{Error, Result};
 use crate::harness::suite::Scenario;
 use crate::metrics;
@@ -20,6 +21,8 @@ use tch::{Kind, Tensor};
 pub const CHILD_ENV: &str = "REPRODIFF_CHILD";
 /// Written by a child `reprodiff observe` that could not run its scenario on this host.
 pub const NOT_RUN_FILE: &str = "not-run.txt";
+/// Where a parent writes the local pass's inputs for a child (`reprodiff observe --local`).
+pub const LOCAL_INPUTS_FILE: &str = "local-inputs.json";
 
 /// What one run of a scenario produced.
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,6 +43,9 @@ pub struct Observation {
     /// The model's identity ([`crate::loading::model_sha256`]), for a pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_sha256: Option<String>,
+    /// The local pass (#26 A), where it was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<super::local::LocalObservation>,
     #[serde(skip)]
     pub values: Vec<f64>,
     /// The output in its storage dtype (bf16 upcast to f32), for bless.
@@ -108,10 +114,12 @@ pub struct Runner {
 }
 
 impl Runner {
+    /// Runs `scenario`, and with `local` its local pass after it ([`super::local`]).
     pub fn observe(
         &self,
         suite_path: &Path,
         scenario: &Scenario,
+        local: Option<&LocalInputsAt>,
     ) -> Result<Observation, NotObserved> {
         // As the binary does from its start (src/cli), for runs made through the library.
         crate::torch::memory::keep_freed_memory();
@@ -138,6 +146,7 @@ impl Runner {
                 return self.observe_in_child(
                     suite_path,
                     scenario,
+                    local,
                     &format!("{}={want}", CpuCapability::ENV),
                     &det,
                 );
@@ -154,7 +163,13 @@ impl Runner {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             if !missing.is_empty() {
-                return self.observe_in_child(suite_path, scenario, &missing.join(" "), &det);
+                return self.observe_in_child(
+                    suite_path,
+                    scenario,
+                    local,
+                    &missing.join(" "),
+                    &det,
+                );
             }
         }
         det.apply()?;
@@ -167,15 +182,20 @@ impl Runner {
             .map(|f| f.join("models"));
         let out = scenario.run.run(scenario.device, models.as_deref(), true)?;
         let elapsed = start.elapsed().as_secs_f64();
-        let tensor = match &scenario.slice {
-            Some(s) => {
-                let axes = crate::harness::suite::parse_slice(s).map_err(Error::InvalidArgument)?;
-                crate::harness::suite::apply_slice(&out.tensor, &axes)?
-            }
-            None => out.tensor,
-        };
+        let tensor = sliced(scenario, out.tensor)?;
         let mut obs = describe(tensor, out.unseeded_seed, elapsed)?;
         obs.trace = out.trace;
+        if let Some(inputs) = local {
+            let forced = scenario.run.kind().run_forced(
+                scenario.device,
+                models.as_deref(),
+                inputs.load()?,
+            )?;
+            if let Some(f) = forced {
+                let output = sliced(scenario, f.tensor)?;
+                obs.local = Some(LocalObservation::of(&output, f.trace.unwrap_or_default())?);
+            }
+        }
         obs.model_sha256 = scenario
             .run
             .model()
@@ -188,6 +208,7 @@ impl Runner {
         &self,
         suite_path: &Path,
         scenario: &Scenario,
+        local: Option<&LocalInputsAt>,
         need: &str,
         det: &crate::torch::Determinism,
     ) -> Result<Observation, NotObserved> {
@@ -197,14 +218,22 @@ impl Runner {
             )));
         };
         let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-        let status = std::process::Command::new(exe)
+        let mut command = std::process::Command::new(exe);
+        command
             .arg("observe")
             .arg("--suite-file")
             .arg(suite_path)
             .arg("--scenario")
             .arg(&scenario.name)
             .arg("--out")
-            .arg(dir.path())
+            .arg(dir.path());
+        if let Some(inputs) = local {
+            let path = dir.path().join(LOCAL_INPUTS_FILE);
+            let json = serde_json::to_string(inputs).expect("paths serialise");
+            std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+            command.arg("--local").arg(&path);
+        }
+        let status = command
             .env(CHILD_ENV, "1")
             .envs(det.child_env())
             .status()
@@ -221,6 +250,17 @@ impl Runner {
                 scenario.name
             )))),
         }
+    }
+}
+
+/// The scenario's slice of an output (all of it without one).
+fn sliced(scenario: &Scenario, tensor: Tensor) -> Result<Tensor> {
+    match &scenario.slice {
+        Some(s) => {
+            let axes = crate::harness::suite::parse_slice(s).map_err(Error::InvalidArgument)?;
+            crate::harness::suite::apply_slice(&tensor, &axes)
+        }
+        None => Ok(tensor),
     }
 }
 
@@ -257,6 +297,7 @@ pub fn describe(tensor: Tensor, unseeded_seed: Option<u64>, elapsed_s: f64) -> R
         trace: None,
         environment: crate::env::Fingerprint::current()?,
         model_sha256: None,
+        local: None,
         values,
         stored: Some(stored),
     })

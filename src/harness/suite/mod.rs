@@ -67,11 +67,17 @@ pub enum CrossClass {
     /// noise_response_t`, per dtype of the run (rounding of f16 or bf16 carries differently).
     /// The run's own trace is held to the truth alone, so the step rule judges scenarios whose
     /// output is too chaotic to compare, as far as their trajectory stays comparable.
+    ///
+    /// `local_ulps` is the local rule's (#26 A, `harness::compare::local`), per dtype: each step
+    /// and the output computed from the truth's own input to them, `rmse(truth_t, local_t) <=
+    /// k * diffusers' local error_t + local_ulps * local response_t`.
     Truth {
         k: f64,
         noise_ulps: f64,
         #[serde(default)]
         step_ulps: PerDtype,
+        #[serde(default)]
+        local_ulps: PerDtype,
     },
 }
 
@@ -221,6 +227,7 @@ impl Scenario {
             k,
             noise_ulps,
             step_ulps,
+            local_ulps,
         }) = self.cross_class
         {
             if !(k >= 1.0 && noise_ulps >= 0.0 && k.is_finite() && noise_ulps.is_finite()) {
@@ -232,6 +239,15 @@ impl Scenario {
             if let Some((dtype, v)) = step_ulps.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
                 return Err(format!(
                     "cross_class: step_ulps.{dtype} = {v}: must be finite and > 0"
+                ));
+            }
+            // A floor: 0 where k alone passes every pair of recorded classes.
+            if let Some((dtype, v)) = local_ulps
+                .iter()
+                .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
+            {
+                return Err(format!(
+                    "cross_class: local_ulps.{dtype} = {v}: must be finite and >= 0"
                 ));
             }
             if !self.store_array {

@@ -202,6 +202,7 @@ impl WorkloadKind for RandomWorkload {
         Ok(Output {
             tensor,
             trace: None,
+            initial: None,
             unseeded_seed,
         })
     }
@@ -227,6 +228,9 @@ fn random_draw(
             Ok(Tensor::f_rand(shape, (dtype.kind(), tch::Device::Cpu))?
                 .f_to_device(device.device())?)
         }
+        (RandomOp::Rand | RandomOp::Normal, Generators::Given(_)) => Err(Error::Internal(
+            "given values replace randn draws only".into(),
+        )),
         (RandomOp::Rand, Generators::One(g)) => {
             let on = g.device();
             Ok(g.rand(shape, dtype, on)?.f_to_device(device.device())?)

@@ -47,6 +47,10 @@ pub struct DdimPipeline {
     /// `run_ddim_saves_the_np_image_as_diffusers_returns_it` compares a traced and an
     /// untraced run).
     pub trace: Option<Vec<StepTrace>>,
+    /// The local pass's truth ([`super::Forcing`]); `None` in every other run.
+    pub forcing: Option<super::Forcing>,
+    /// The latent the first step was given, kept by a traced call.
+    pub initial: Option<Tensor>,
 }
 
 impl DdimPipeline {
@@ -87,6 +91,8 @@ impl DdimPipeline {
             })?;
         Ok(DdimPipeline {
             trace: None,
+            forcing: None,
+            initial: None,
             unet,
             scheduler: DdimScheduler::new(sched_config)?,
             device,
@@ -125,11 +131,18 @@ impl DdimPipeline {
 
         let _guard = tch::no_grad_guard();
         let mut image = initial_noise(randn_tensor(&shape, generators, self.device, self.dtype)?)?;
+        if self.trace.is_some() {
+            self.initial = Some(image.shallow_clone());
+        }
         for (i, &t) in self.scheduler.timesteps().to_vec().iter().enumerate() {
             let model_output = self.unet.forward(&image, t)?;
             image = self.scheduler.step(&model_output, t, &image, generators)?;
+            image = super::trace::planted(i, image)?;
             if let Some(trace) = &mut self.trace {
                 trace.push(StepTrace::of(i, t, &image)?);
+            }
+            if let Some(forcing) = &self.forcing {
+                image = forcing.after(i, &image)?;
             }
         }
         match args.output_type {
@@ -153,5 +166,11 @@ impl super::Pipeline for DdimPipeline {
     }
     fn trace_mut(&mut self) -> &mut Option<Vec<StepTrace>> {
         &mut self.trace
+    }
+    fn forcing_mut(&mut self) -> &mut Option<super::Forcing> {
+        &mut self.forcing
+    }
+    fn initial_mut(&mut self) -> &mut Option<Tensor> {
+        &mut self.initial
     }
 }

@@ -89,12 +89,17 @@ impl WorkloadKind for DdimWorkload {
     fn run(&self, device: DeviceSpec, models_dir: Option<&Path>, trace: bool) -> Result<Output> {
         let folder = crate::loading::resolve(&self.model, models_dir)?;
         let mut pipe = DdimPipeline::load(&folder, self.dtype, device, &self.scheduler)?;
-        let (tensor, trace, unseeded_seed) =
-            crate::pipelines::run(&mut pipe, &self.call(), &self.generator, self.twice, trace)?;
-        Ok(Output {
-            tensor,
-            trace,
-            unseeded_seed,
-        })
+        crate::pipelines::run(&mut pipe, &self.call(), &self.generator, self.twice, trace)
+    }
+
+    fn run_forced(
+        &self,
+        device: DeviceSpec,
+        models_dir: Option<&Path>,
+        forcing: crate::pipelines::Forcing,
+    ) -> Result<Option<Output>> {
+        let folder = crate::loading::resolve(&self.model, models_dir)?;
+        let mut pipe = DdimPipeline::load(&folder, self.dtype, device, &self.scheduler)?;
+        crate::pipelines::run_forced(&mut pipe, &self.call(), forcing).map(Some)
     }
 }

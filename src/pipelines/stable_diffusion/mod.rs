@@ -112,6 +112,10 @@ pub struct SdPipeline {
     pub dtype: DType,
     /// Per-step traces of the latent, when `Some` (see `DdimPipeline::trace`).
     pub trace: Option<Vec<StepTrace>>,
+    /// The local pass's truth ([`super::Forcing`]); `None` in every other run.
+    pub forcing: Option<super::Forcing>,
+    /// The latent the first step was given, kept by a traced call.
+    pub initial: Option<Tensor>,
 }
 
 impl SdPipeline {
@@ -213,6 +217,8 @@ impl SdPipeline {
             device,
             dtype,
             trace: None,
+            forcing: None,
+            initial: None,
         })
     }
 
@@ -290,6 +296,9 @@ impl SdPipeline {
         let mut latents =
             initial_noise(randn_tensor(&shape, generators, self.device, self.dtype)?)?
                 .f_mul_scalar(self.scheduler.init_noise_sigma())?;
+        if self.trace.is_some() {
+            self.initial = Some(latents.shallow_clone());
+        }
         for (i, &t) in self.scheduler.timesteps().to_vec().iter().enumerate() {
             let input = if args.guided() {
                 Tensor::f_cat(&[&latents, &latents], 0)?
@@ -305,8 +314,12 @@ impl SdPipeline {
                 noise = uncond.f_add(&text.f_sub(uncond)?.f_mul_scalar(args.guidance_scale)?)?;
             }
             latents = self.scheduler.step(&noise, t, &latents, generators)?;
+            latents = super::trace::planted(i, latents)?;
             if let Some(trace) = &mut self.trace {
                 trace.push(StepTrace::of(i, t, &latents)?);
+            }
+            if let Some(forcing) = &self.forcing {
+                latents = forcing.after(i, &latents)?;
             }
         }
         match args.output_type {
@@ -335,5 +348,11 @@ impl super::Pipeline for SdPipeline {
     }
     fn trace_mut(&mut self) -> &mut Option<Vec<StepTrace>> {
         &mut self.trace
+    }
+    fn forcing_mut(&mut self) -> &mut Option<super::Forcing> {
+        &mut self.forcing
+    }
+    fn initial_mut(&mut self) -> &mut Option<Tensor> {
+        &mut self.initial
     }
 }

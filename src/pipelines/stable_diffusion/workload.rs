@@ -74,6 +74,20 @@ impl SdWorkload {
     }
 }
 
+impl SdWorkload {
+    /// The pipeline from its folder (bare names under `models_dir`), in the workload's dtype.
+    fn load(&self, device: DeviceSpec, models_dir: Option<&Path>) -> Result<SdPipeline> {
+        let dir = crate::loading::resolve_dir(&self.model, models_dir)?;
+        SdPipeline::load(
+            &dir,
+            self.dtype,
+            device,
+            self.scheduler_class,
+            &self.scheduler,
+        )
+    }
+}
+
 impl WorkloadKind for SdWorkload {
     fn validate(&self) -> std::result::Result<(), String> {
         let batch = self.call().validate()?;
@@ -103,21 +117,18 @@ impl WorkloadKind for SdWorkload {
     }
 
     fn run(&self, device: DeviceSpec, models_dir: Option<&Path>, trace: bool) -> Result<Output> {
-        let dir = crate::loading::resolve_dir(&self.model, models_dir)?;
-        let mut pipe = SdPipeline::load(
-            &dir,
-            self.dtype,
-            device,
-            self.scheduler_class,
-            &self.scheduler,
-        )?;
-        let (tensor, trace, unseeded_seed) =
-            crate::pipelines::run(&mut pipe, &self.call(), &self.generator, self.twice, trace)?;
-        Ok(Output {
-            tensor,
-            trace,
-            unseeded_seed,
-        })
+        let mut pipe = self.load(device, models_dir)?;
+        crate::pipelines::run(&mut pipe, &self.call(), &self.generator, self.twice, trace)
+    }
+
+    fn run_forced(
+        &self,
+        device: DeviceSpec,
+        models_dir: Option<&Path>,
+        forcing: crate::pipelines::Forcing,
+    ) -> Result<Option<Output>> {
+        let mut pipe = self.load(device, models_dir)?;
+        crate::pipelines::run_forced(&mut pipe, &self.call(), forcing).map(Some)
     }
 }
 
@@ -177,6 +188,7 @@ impl WorkloadKind for VaeEncodeWorkload {
         Ok(Output {
             tensor: vae.encode_moments(&x)?,
             trace: None,
+            initial: None,
             unseeded_seed,
         })
     }
