@@ -68,6 +68,11 @@ pub(crate) struct RunArgs {
     /// Print the result record (the record `check` writes) as one JSON line.
     #[arg(long)]
     json: bool,
+    /// Write the run as a run record into this folder (every step's latent in full, the output,
+    /// the environment, pipeline, model and call), the format python/reprodiff-record writes:
+    /// `reprodiff diff` compares it with a recorded diffusers run (`run ddim` so far).
+    #[arg(long, value_name = "DIR")]
+    trace: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -96,6 +101,7 @@ impl RunArgs {
             save: self.save.as_deref(),
             grid,
             json: self.json,
+            trace: self.trace.as_deref(),
         };
         crate::harness::oneoff::run(&scenario, out)?;
         Ok(exit::OK)

@@ -167,3 +167,91 @@ pub fn read(dir: &Path) -> Result<Read> {
         record,
     })
 }
+
+/// reprodiff's own run as a run record (`reprodiff run ... --trace DIR`): the same format as
+/// python/reprodiff-record writes, so `reprodiff diff` compares reprodiff's port with diffusers
+/// itself step by step.
+#[derive(Debug)]
+pub struct OwnRun<'a> {
+    pub environment: Fingerprint,
+    pub pipeline: PipelineInfo,
+    pub model: ModelInfo,
+    pub call: serde_json::Map<String, serde_json::Value>,
+    /// The trace of the run, each step with its full latent and shape.
+    pub steps: &'a [crate::pipelines::StepTrace],
+    /// The latent the first step was given.
+    pub initial: Option<&'a tch::Tensor>,
+    /// The output, as the pipeline returned it.
+    pub output: &'a tch::Tensor,
+}
+
+/// Writes `own` into the folder `dir` (created): `arrays/` first, `run.json` last by one
+/// rename. Returns the path of run.json.
+pub fn write(dir: &Path, own: &OwnRun) -> Result<PathBuf> {
+    let arrays = dir.join("arrays");
+    std::fs::create_dir_all(&arrays).map_err(|e| Error::io(&arrays, e))?;
+    let dtype = own.pipeline.dtype;
+    let mut steps = Vec::with_capacity(own.steps.len());
+    for s in own.steps {
+        if s.latent.is_empty() || s.shape.is_empty() {
+            return Err(Error::Internal(format!(
+                "step {}: the trace holds no latent",
+                s.step + 1
+            )));
+        }
+        let t = tch::Tensor::from_slice(&s.latent)
+            .f_reshape(&s.shape)?
+            .f_to_kind(dtype.kind())?;
+        let a = write_array(&arrays, &format!("step-{:04}", s.step + 1), &t)?;
+        steps.push(StepRef {
+            step: s.step + 1,
+            timestep: s.timestep as f64,
+            file: a.file,
+            dtype: a.dtype,
+            shape: a.shape,
+            sha256: a.sha256,
+        });
+    }
+    let record = RunRecord {
+        schema: SCHEMA_NAME.into(),
+        version: VERSION,
+        name: None,
+        environment: own.environment.clone(),
+        pipeline: own.pipeline.clone(),
+        model: own.model.clone(),
+        call: own.call.clone(),
+        initial_latents: own
+            .initial
+            .map(|t| write_array(&arrays, "initial_latents", t))
+            .transpose()?,
+        steps,
+        output: Some(write_array(&arrays, "output", own.output)?),
+    };
+    let json = serde_json::to_string_pretty(&record).expect("a record serialises") + "\n";
+    let path = dir.join("run.json");
+    crate::harness::store::write_atomic(&path, json.as_bytes())?;
+    Ok(path)
+}
+
+/// Saves `t` as `<arrays>/<stem>.npy` (bf16 as f32, exactly) and describes it as the record
+/// does: its dtype, shape and the SHA-256 of its raw bytes in its own dtype.
+fn write_array(arrays: &Path, stem: &str, t: &tch::Tensor) -> Result<ArrayRef> {
+    let t = t.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+    let dtype = DType::from_kind(t.kind())
+        .ok_or_else(|| Error::Internal(format!("{stem}: dtype {:?}", t.kind())))?;
+    let stored = if dtype == DType::Bf16 {
+        t.f_to_kind(tch::Kind::Float)?
+    } else {
+        t.shallow_clone()
+    };
+    let path = arrays.join(format!("{stem}.npy"));
+    stored
+        .write_npy(&path)
+        .map_err(|e| Error::writing(&path, e))?;
+    Ok(ArrayRef {
+        file: format!("arrays/{stem}.npy"),
+        dtype,
+        shape: t.size(),
+        sha256: crate::torch::tensor_sha256(&t)?,
+    })
+}

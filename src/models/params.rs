@@ -86,6 +86,25 @@ fn read_tensors(path: &Path, scale: Option<f64>) -> Result<Vec<(String, Tensor)>
     Ok(tensors)
 }
 
+/// SHA-256 over a safetensors file's tensors as a model in `dtype` holds them: in name order,
+/// each name's UTF-8 bytes, then the tensor's raw bytes (floating tensors in `dtype`, others as
+/// stored). python/reprodiff-record hashes a loaded component's state dict the same way, so a
+/// run record made by either names the same weights alike.
+pub fn weights_sha256(path: &Path, dtype: DType) -> Result<String> {
+    let source = SafetensorsSource::load(path, dtype, Device::Cpu)?;
+    let mut h = Sha256::new();
+    for (name, t) in &source.tensors {
+        let t = if t.is_floating_point() {
+            t.f_to_kind(dtype.kind())?
+        } else {
+            t.shallow_clone()
+        };
+        h.update(name.as_bytes());
+        h.update(crate::torch::tensor_bytes(&t)?);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
 impl SafetensorsSource {
     pub fn load(path: &Path, dtype: DType, device: Device) -> Result<Self> {
         let scale = match std::env::var(PLANT_SCALE_ENV) {

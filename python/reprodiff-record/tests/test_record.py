@@ -213,6 +213,42 @@ def test_diff_names_a_changed_argument_and_the_first_unet_step(tmp_path: Path) -
     assert "the runs part at step 1" in done.stdout
 
 
+def test_the_recorders_steps_are_reprodiffs_own_trace_bit_for_bit(tmp_path: Path) -> None:
+    """Two implementations, one format: diffusers' DDIMPipeline recorded here and reprodiff's
+    port run with `run ddim --trace` make the same initial latent, every step's latent and the
+    output bit for bit on one host, with the same weights and scheduler config."""
+    call = dict(
+        batch_size=1,
+        generator=torch.Generator().manual_seed(0),
+        eta=0.0,
+        num_inference_steps=5,
+        use_clipped_model_output=False,
+        output_type="np",
+    )
+    record(ddim(), tmp_path / "diffusers", **call)
+    model = str(MODELS / "tiny-ddim-a")
+    own = str(tmp_path / "reprodiff")
+    reprodiff(
+        "run",
+        "ddim",
+        "--model",
+        model,
+        "--seed",
+        "0",
+        "--steps",
+        "5",
+        "--threads",
+        "2",
+        "--trace",
+        own,
+    )
+    done = diff(tmp_path / "diffusers", Path(own))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "every common step identical" in done.stdout, done.stdout
+    assert "weights differ" not in done.stdout, done.stdout
+    assert "scheduler" not in done.stdout, done.stdout
+
+
 @pytest.mark.parametrize("damage", ["truncated-array", "unknown-schema", "missing-step"])
 def test_a_bad_record_is_exit_2_naming_the_file(damage: str, tmp_path: Path) -> None:
     record(ddim(), tmp_path / "good", **ddim_call())

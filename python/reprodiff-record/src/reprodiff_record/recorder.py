@@ -36,7 +36,8 @@ class Recording:
     def __init__(self, pipe: Any, name: str | None, call_kwargs: dict[str, Any]):
         self.pipe = pipe
         self.name = name
-        self.call_kwargs = call_kwargs
+        # Before the call: a generator is recorded as the call found it, not as it left it.
+        self.call = _call(call_kwargs)
         self.initial: torch.Tensor | None = None
         #: What the call returned; `recording` users set it before their block ends.
         self.output: Any = None
@@ -61,7 +62,7 @@ class Recording:
             "environment": self.environment,
             "pipeline": _pipeline(self.pipe),
             "model": _model(self.pipe),
-            "call": _call(self.call_kwargs),
+            "call": self.call,
             "initial_latents": (
                 _array(arrays, "initial_latents", self.initial)
                 if self.initial is not None
@@ -184,15 +185,16 @@ def _pipeline(pipe: Any) -> dict[str, Any]:
 
 
 def _model(pipe: Any) -> dict[str, Any]:
-    """Where the pipeline was loaded from, and a hash of its weights in memory (every
-    parameter's bytes in state-dict order, per component)."""
+    """Where the pipeline was loaded from, and a hash of its weights in memory, per component:
+    in name order, each name's bytes then the tensor's raw bytes (reprodiff's `run --trace`
+    hashes the weights it loads the same way)."""
     config = getattr(pipe, "config", {}) or {}
     source = config.get("_name_or_path") if hasattr(config, "get") else None
     weights = {}
     for name, component in getattr(pipe, "components", {}).items():
         if isinstance(component, torch.nn.Module):
             h = hashlib.sha256()
-            for key, value in component.state_dict().items():
+            for key, value in sorted(component.state_dict().items()):
                 v = value.detach().to("cpu").contiguous()
                 raw = v.view(torch.int16) if v.dtype == torch.bfloat16 else v
                 h.update(key.encode())
