@@ -37,6 +37,19 @@ pub struct RunRecord {
     pub steps: Vec<StepRef>,
     /// The pipeline's output (images before any file encoding, or latents).
     pub output: Option<ArrayRef>,
+    /// The float64 replay of the same call (`record(..., truth=True)`), if recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truth: Option<TruthRun>,
+}
+
+/// The same call in float64 on the CPU, from the recorded call's initial latents and step noise
+/// (python/reprodiff-record's truth.py): its latent after every scheduler step and its output
+/// (images as floats: a "pil" call's truth is its "np" image).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TruthRun {
+    pub steps: Vec<StepRef>,
+    pub output: Option<ArrayRef>,
 }
 
 /// The pipeline and scheduler classes and the scheduler's config.
@@ -133,15 +146,18 @@ pub fn read(dir: &Path) -> Result<Read> {
     }
     let record: RunRecord = serde_json::from_value(value)
         .map_err(|e| Error::invalid_file(&path, format!("not a run record: {e}")))?;
+    let truth_steps = record.truth.iter().flat_map(|t| &t.steps);
     let arrays = record
         .initial_latents
         .iter()
         .chain(&record.output)
+        .chain(record.truth.iter().filter_map(|t| t.output.as_ref()))
         .map(|a| (a.file.as_str(), a.dtype, &a.shape, a.sha256.as_str()))
         .chain(
             record
                 .steps
                 .iter()
+                .chain(truth_steps)
                 .map(|s| (s.file.as_str(), s.dtype, &s.shape, s.sha256.as_str())),
         );
     for (file, dtype, shape, sha) in arrays {
@@ -154,13 +170,20 @@ pub fn read(dir: &Path) -> Result<Read> {
             ));
         }
     }
-    for (i, s) in record.steps.iter().enumerate() {
-        if s.step != i + 1 {
-            return Err(Error::invalid_file(
-                &path,
-                format!("steps[{i}] is step {}: a step is missing", s.step),
-            ));
+    let numbered = |steps: &[StepRef], what: &str| -> Result<()> {
+        for (i, s) in steps.iter().enumerate() {
+            if s.step != i + 1 {
+                return Err(Error::invalid_file(
+                    &path,
+                    format!("{what}[{i}] is step {}: a step is missing", s.step),
+                ));
+            }
         }
+        Ok(())
+    };
+    numbered(&record.steps, "steps")?;
+    if let Some(t) = &record.truth {
+        numbered(&t.steps, "truth.steps")?;
     }
     Ok(Read {
         dir: dir.to_path_buf(),
@@ -226,6 +249,7 @@ pub fn write(dir: &Path, own: &OwnRun) -> Result<PathBuf> {
             .transpose()?,
         steps,
         output: Some(write_array(&arrays, "output", own.output)?),
+        truth: None,
     };
     let json = serde_json::to_string_pretty(&record).expect("a record serialises") + "\n";
     let path = dir.join("run.json");

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,10 +88,11 @@ def read(folder: Path) -> dict:
     [
         (ddim, ddim_call),
         (lambda: sd(DDIMScheduler), sd_call),
+        (lambda: sd(DDIMScheduler), lambda: sd_call(eta=1.0)),
         (lambda: sd(PNDMScheduler, skip_prk_steps=True), sd_call),
         (lambda: sd(EulerDiscreteScheduler), sd_call),
     ],
-    ids=["ddim", "sd-ddim", "sd-pndm", "sd-euler"],
+    ids=["ddim", "sd-ddim", "sd-ddim-eta1", "sd-pndm", "sd-euler"],
 )
 def test_recording_changes_no_bit_and_records_every_step(make, call, tmp_path: Path) -> None:
     pipe = make()
@@ -153,13 +155,61 @@ def test_the_environment_is_reprodiffs_fingerprint_of_this_host() -> None:
         assert mine["determinism"][key] == value, key
 
 
-def test_truth_is_refused_until_it_is_built(tmp_path: Path) -> None:
-    with pytest.raises(NotImplementedError, match="truth=True"):
-        record(ddim(), tmp_path / "run", truth=True, **ddim_call())
+def relative_rmse(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean(b**2)))
+
+
+@pytest.mark.parametrize(
+    "make, call",
+    [
+        (ddim, lambda: {**ddim_call(), "eta": 1.0}),
+        (lambda: sd(DDIMScheduler), lambda: sd_call(eta=1.0)),
+        (lambda: sd(PNDMScheduler, skip_prk_steps=True), sd_call),
+    ],
+    ids=["ddim-eta1", "sd-ddim-eta1", "sd-pndm"],
+)
+def test_truth_replays_the_call_in_float64_from_its_own_draws(make, call, tmp_path: Path) -> None:
+    """The truth is the same call in float64 from the same initial latents and eta noise: every
+    step within float32 rounding of the run's (a replay that drew other noise would be a whole
+    noise's rmse away), in float64, and the recorded output is still the unrecorded one."""
+    pipe = make()
+    plain = pipe(**call()).images
+    recorded = record(pipe, tmp_path / "run", truth=True, **call()).images
+    assert plain.tobytes() == recorded.tobytes()
+    r = read(tmp_path / "run")
+    jsonschema.validate(r, json.loads(reprodiff("schema", "run-record")))
+    assert len(r["truth"]["steps"]) == len(r["steps"]) > 0
+    for mine, true in zip(r["steps"], r["truth"]["steps"]):
+        assert true["dtype"] == "f64" and true["timestep"] == mine["timestep"]
+        a = np.load(tmp_path / "run" / mine["file"])
+        t = np.load(tmp_path / "run" / true["file"])
+        assert 0 < relative_rmse(a, t) < 1e-4, (mine["step"], relative_rmse(a, t))
+    t = np.load(tmp_path / "run" / r["truth"]["output"]["file"])
+    assert t.dtype == np.float64 and 0 < relative_rmse(plain, t) < 1e-4
+
+
+def test_a_pil_output_is_its_pixels_and_its_truth_the_pixels_before_rounding(
+    tmp_path: Path,
+) -> None:
+    call = {**ddim_call(), "output_type": "pil"}
+    images = record(ddim(), tmp_path / "run", truth=True, **call).images
+    r = read(tmp_path / "run")
+    got = np.load(tmp_path / "run" / r["output"]["file"])
+    assert got.dtype == np.float32 and np.array_equal(
+        got, np.stack([np.asarray(i) for i in images])
+    )
+    true = np.load(tmp_path / "run" / r["truth"]["output"]["file"])
+    assert true.shape == got.shape and np.abs(true - got).max() <= 0.5 + 1e-3
+
+
+def test_truth_is_refused_by_name_for_a_scheduler_without_a_float64_step(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="EulerDiscreteScheduler has no float64 replay"):
+        record(sd(EulerDiscreteScheduler), tmp_path / "run", truth=True, **sd_call())
     assert not (tmp_path / "run").exists()
 
 
-def record_in_child(folder: Path, env: dict[str, str] | None = None) -> None:
+def record_in_child(folder: Path, env: dict[str, str] | None = None, truth: bool = False) -> None:
     """The DDIM call recorded in a fresh process (ATen reads ATEN_CPU_CAPABILITY once, at
     start)."""
     script = (
@@ -171,7 +221,7 @@ def record_in_child(folder: Path, env: dict[str, str] | None = None) -> None:
         "pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)\n"
         "pipe.set_progress_bar_config(disable=True)\n"
         "record(pipe, sys.argv[1], num_inference_steps=3, output_type='np',\n"
-        "       generator=torch.Generator().manual_seed(0))\n"
+        f"       generator=torch.Generator().manual_seed(0), truth={truth})\n"
     )
     run_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     subprocess.run([sys.executable, "-c", script, str(folder)], check=True, env=run_env)
@@ -191,8 +241,8 @@ def test_diff_of_two_runs_in_one_environment_is_identical(tmp_path: Path) -> Non
 
 
 def test_diff_names_the_aten_capability_and_the_noise_at_step_0(tmp_path: Path) -> None:
-    record_in_child(tmp_path / "here")
-    record_in_child(tmp_path / "default", {"ATEN_CPU_CAPABILITY": "default"})
+    record_in_child(tmp_path / "here", truth=True)
+    record_in_child(tmp_path / "default", {"ATEN_CPU_CAPABILITY": "default"}, truth=True)
     done = diff(tmp_path / "here", tmp_path / "default")
     assert done.returncode == 1, done.stdout + done.stderr
     here = reprodiff_record.fingerprint()["cpu"]["capability"]
@@ -200,6 +250,9 @@ def test_diff_names_the_aten_capability_and_the_noise_at_step_0(tmp_path: Path) 
     assert "initial latents: differ" in done.stdout
     assert "the runs part at step 1" in done.stdout
     assert "known cause: ATen's CPU capability differs" in done.stdout
+    # Other noise, other truths: each run's distance to its own, and no verdict between them.
+    assert "float64 truth: final latent rmse" in done.stdout, done.stdout
+    assert "no nearer side: the initial latents differ" in done.stdout, done.stdout
 
 
 def test_diff_names_a_changed_argument_and_the_first_unet_step(tmp_path: Path) -> None:
@@ -211,6 +264,22 @@ def test_diff_names_a_changed_argument_and_the_first_unet_step(tmp_path: Path) -
     assert "guidance_scale 7.5 -> 7.0" in done.stdout
     assert "initial latents: identical" in done.stdout
     assert "the runs part at step 1" in done.stdout
+
+
+def test_diff_says_which_run_is_nearer_its_truth_when_both_start_alike(tmp_path: Path) -> None:
+    pipe = sd(DDIMScheduler)
+    record(pipe, tmp_path / "a", truth=True, **sd_call(guidance_scale=7.5))
+    record(pipe, tmp_path / "b", truth=True, **sd_call(guidance_scale=7.0))
+    done = diff(tmp_path / "a", tmp_path / "b")
+    assert done.returncode == 1, done.stdout + done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("float64 truth:"))
+    a, b = (
+        float(v)
+        for v in re.findall(r"final latent rmse ([0-9.e+-]+) and ([0-9.e+-]+)[,;]", line)[0]
+    )
+    assert 0 < a < 1e-4 and 0 < b < 1e-4, line
+    nearer = "the first run is nearer" if a < b else "the second run is nearer"
+    assert nearer in line, line
 
 
 def test_the_recorders_steps_are_reprodiffs_own_trace_bit_for_bit(tmp_path: Path) -> None:

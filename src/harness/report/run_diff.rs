@@ -26,6 +26,7 @@ pub fn diff(a: &Path, b: &Path) -> Result<RunDiff> {
     let _ = writeln!(out, "environment and call: {}", list_or_same(&settings));
     let arrays = ArrayDiff::of(a, x, b, y)?;
     out.push_str(&arrays.text);
+    out.push_str(&truth_distances(a, x, b, y, !arrays.initial_differs)?);
     for cause in known_causes(x, y, &arrays) {
         let _ = writeln!(out, "known cause: {cause}");
     }
@@ -277,6 +278,72 @@ fn distance(a: &Path, p: Option<&ArrayRef>, b: &Path, q: Option<&ArrayRef>) -> R
         metrics::l_inf(&va, &vb).0,
         metrics::rmse(&va, &vb)
     ))
+}
+
+/// Each run's distance to its own float64 truth where both carry one (`record(...,
+/// truth=True)`), at the final latent and, for float images of one shape, the output; which run
+/// is nearer only where both started from the same initial latents: otherwise each truth is
+/// another trajectory, and a user's pipeline has no calibrated tolerance to relate them.
+fn truth_distances(
+    a: &Path,
+    x: &RunRecord,
+    b: &Path,
+    y: &RunRecord,
+    same_start: bool,
+) -> Result<String> {
+    let (Some(tx), Some(ty)) = (&x.truth, &y.truth) else {
+        return Ok(if x.truth.is_some() != y.truth.is_some() {
+            "float64 truth: only one run carries one (record both with truth=True)\n".into()
+        } else {
+            String::new()
+        });
+    };
+    let (Some(dx), Some(dy)) = (to_truth(a, x, tx)?, to_truth(b, y, ty)?) else {
+        return Ok("float64 truth: a run or its truth recorded no step\n".into());
+    };
+    let verdict = if !same_start {
+        "no nearer side: the initial latents differ, so each truth is another trajectory"
+    } else if dx.0 < dy.0 {
+        "the first run is nearer its truth"
+    } else if dy.0 < dx.0 {
+        "the second run is nearer its truth"
+    } else {
+        "both are as near"
+    };
+    Ok(format!(
+        "float64 truth: final latent rmse {} and {}{}; {verdict}\n",
+        sci(dx.0),
+        sci(dy.0),
+        match (dx.1, dy.1) {
+            (Some(p), Some(q)) => format!(", output rmse {} and {}", sci(p), sci(q)),
+            _ => String::new(),
+        }
+    ))
+}
+
+fn sci(v: f64) -> String {
+    format!("{v:.3e}")
+}
+
+/// rmse of `r`'s last step from its truth's, and of its output from the truth's output where
+/// both are of one shape; `None` where either recorded no step.
+fn to_truth(
+    dir: &Path,
+    r: &RunRecord,
+    t: &run_record::TruthRun,
+) -> Result<Option<(f64, Option<f64>)>> {
+    let (Some(last), Some(true_last)) = (r.steps.last(), t.steps.last()) else {
+        return Ok(None);
+    };
+    let latent = metrics::rmse(&values(dir, &last.file)?, &values(dir, &true_last.file)?);
+    let output = match (&r.output, &t.output) {
+        (Some(o), Some(to)) if o.shape == to.shape => Some(metrics::rmse(
+            &values(dir, &o.file)?,
+            &values(dir, &to.file)?,
+        )),
+        _ => None,
+    };
+    Ok(Some((latent, output)))
 }
 
 /// The causes reprodiff's findings name for what differs (docs/findings.md).

@@ -10,6 +10,8 @@ changes no value the pipeline computes, so the output is bit-identical to an unr
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from . import environment
+from . import truth as replay
 
 #: The run record's schema name and version, as `reprodiff schema run-record` defines them.
 SCHEMA = "reprodiff-run-record"
@@ -42,12 +45,14 @@ class Recording:
         #: What the call returned; `recording` users set it before their block ends.
         self.output: Any = None
         self.steps: list[tuple[int, Any, torch.Tensor]] = []
+        #: The float64 replay's steps and output (`record(..., truth=True)`), else None.
+        self.truth: tuple[list[tuple[int, Any, torch.Tensor]], Any] | None = None
         self.environment = environment.fingerprint()
 
     def on_step(self, sample: torch.Tensor, timestep: Any, prev: torch.Tensor) -> None:
         if self.initial is None:
             self.initial = sample.detach().to("cpu", copy=True)
-        self.steps.append((len(self.steps) + 1, timestep, prev.detach().to("cpu", copy=True)))
+        _append_step(self.steps, timestep, prev)
 
     def write(self, out: Path, output: Any) -> Path:
         """Writes `run.json` and the arrays into `out` (created; an existing record there is
@@ -68,12 +73,15 @@ class Recording:
                 if self.initial is not None
                 else None
             ),
-            "steps": [
-                {"step": i, "timestep": _timestep(t), **_array(arrays, f"step-{i:04d}", latent)}
-                for i, t, latent in self.steps
-            ],
+            "steps": _steps(arrays, self.steps, "step"),
             "output": _output(arrays, output),
         }
+        if self.truth is not None:
+            steps, truth_output = self.truth
+            record["truth"] = {
+                "steps": _steps(arrays, steps, "truth-step"),
+                "output": _output(arrays, truth_output, "truth-output"),
+            }
         text = json.dumps(record, indent=2, sort_keys=True) + "\n"
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -90,7 +98,7 @@ def recording(
     recorded; set `rec.output` to what the call returned before the block ends. The record is
     written when the block ends without an error."""
     rec = Recording(pipe, name, call_kwargs)
-    with _steps_recorded(pipe.scheduler, rec):
+    with _steps_recorded(pipe.scheduler, rec.on_step):
         yield rec
     rec.write(Path(out), rec.output)
 
@@ -103,27 +111,56 @@ def record(
     **call_kwargs: Any,
 ) -> Any:
     """Calls `pipe(**call_kwargs)`, writes its run record into the folder `out`, and returns the
-    pipeline's output unchanged."""
+    pipeline's output unchanged.
+
+    With `truth=True` the record also holds the float64 replay of the call on the CPU, from the
+    same initial latents and step noise (truth.py; DDIM, DDPM and PNDM, others refused with a
+    ValueError before anything runs): `reprodiff diff` then gives each run's distance to its
+    own truth."""
     if truth:
-        raise NotImplementedError(
-            "truth=True (the float64 replay) is not built yet: record without it; `reprodiff "
-            "diff` compares recorded runs with each other"
-        )
+        replay.refuse_unless_replayable(pipe)
+        found = copy.deepcopy(pipe.scheduler)  # the state the call finds it in
     with recording(pipe, out, name, **call_kwargs) as rec:
-        result = pipe(**call_kwargs)
+        with replay.draws_captured() if truth else contextlib.nullcontext([]) as draws:
+            result = pipe(**call_kwargs)
         rec.output = result
+        if truth:
+            steps, output = _truth(pipe, found, draws, call_kwargs)
+            rec.truth = (steps, replay.as_recorded(output, getattr(result, "images", result)))
     return result
 
 
+def _is_pil(output: Any) -> bool:
+    images = getattr(output, "images", output)
+    return isinstance(images, (list, tuple)) and bool(images) and hasattr(images[0], "size")
+
+
+def _truth(pipe: Any, scheduler: Any, draws: list[torch.Tensor], call_kwargs: dict[str, Any]):
+    """The float64 replay's steps and output."""
+    pipe64 = replay.float64_pipeline(pipe, scheduler)
+    steps: list[tuple[int, Any, torch.Tensor]] = []
+
+    def on_step(sample: torch.Tensor, timestep: Any, prev: torch.Tensor) -> None:
+        _append_step(steps, timestep, prev)
+
+    with _steps_recorded(pipe64.scheduler, on_step), replay.draws_replayed(draws):
+        output = pipe64(**replay.truth_call(call_kwargs))
+    return steps, output
+
+
 @contextlib.contextmanager
-def _steps_recorded(scheduler: Any, rec: Recording) -> Iterator[None]:
+def _steps_recorded(scheduler: Any, on_step: Any) -> Iterator[None]:
     """Wraps this scheduler instance's `step` (not its class), whatever the scheduler."""
     original = scheduler.step
 
+    # wraps: pipelines pass `eta` and `generator` only to a step whose signature
+    # (inspect.signature, which follows __wrapped__) names them; without it an SD call with
+    # DDIM's eta > 0 would run as eta 0 when recorded.
+    @functools.wraps(original)
     def step(model_output: Any, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any):
         result = original(model_output, timestep, sample, *args, **kwargs)
         prev = result[0] if isinstance(result, tuple) else result.prev_sample
-        rec.on_step(sample, timestep, prev)
+        on_step(sample, timestep, prev)
         return result
 
     own = "step" in vars(scheduler)
@@ -135,6 +172,17 @@ def _steps_recorded(scheduler: Any, rec: Recording) -> Iterator[None]:
             scheduler.step = original
         else:
             del scheduler.step  # the class's own method again
+
+
+def _append_step(steps: list[tuple[int, Any, torch.Tensor]], t: Any, prev: torch.Tensor) -> None:
+    steps.append((len(steps) + 1, t, prev.detach().to("cpu", copy=True)))
+
+
+def _steps(folder: Path, steps: list[tuple[int, Any, torch.Tensor]], stem: str) -> list[Any]:
+    return [
+        {"step": i, "timestep": _timestep(t), **_array(folder, f"{stem}-{i:04d}", latent)}
+        for i, t, latent in steps
+    ]
 
 
 def _array(folder: Path, stem: str, t: torch.Tensor) -> dict[str, Any]:
@@ -154,16 +202,18 @@ def _array(folder: Path, stem: str, t: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _output(folder: Path, output: Any) -> dict[str, Any] | None:
-    """The pipeline's output: its images (numpy, torch or PIL) or latents, as one array."""
+def _output(folder: Path, output: Any, stem: str = "output") -> dict[str, Any] | None:
+    """The pipeline's output: its images (numpy, torch or PIL) or latents, as one array. PIL
+    images (the default `output_type`) are their 0-255 pixels, stored exactly as float32: the
+    record's arrays are floating point."""
     images = getattr(output, "images", output)
-    if isinstance(images, (list, tuple)) and images and hasattr(images[0], "size"):
-        images = np.stack([np.asarray(im) for im in images])  # PIL: the pixels as written
+    if _is_pil(output):
+        images = np.stack([np.asarray(im) for im in images]).astype(np.float32)
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor):
         return None
-    return _array(folder, "output", images)
+    return _array(folder, stem, images)
 
 
 def _timestep(t: Any) -> int | float:
