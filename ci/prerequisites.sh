@@ -65,6 +65,16 @@ case "${1:-}" in
     cargo fmt --version >/dev/null 2>&1 || need "rustfmt: rustup component add rustfmt" ;;
   clippy)
     cargo clippy --version >/dev/null 2>&1 || need "clippy: rustup component add clippy" ;;
+  nextest)
+    # The HTML drift report is tested in a real headless browser: Debian's chromium.
+    if ! command -v chromium >/dev/null 2>&1; then
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "reprodiff: installing chromium for the HTML report test" >&2
+        apt-get update -qq >&2 && apt-get install -y -qq chromium >&2
+      else
+        need "chromium (the HTML report's test renders it headless): apt-get install chromium"
+      fi
+    fi ;;
 esac
 
 if [ ${#missing[@]} -gt 0 ]; then
