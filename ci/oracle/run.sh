@@ -5,6 +5,8 @@
 #   ci/oracle/run.sh --self-check
 #   ci/oracle/run.sh --torch VERSION --out DIR [--suite NAME]... [--filter REGEX]
 #   ci/oracle/run.sh --torch VERSION --self-check
+#   ci/oracle/run.sh --diffusers VERSION --out DIR [--suite NAME]... [--filter REGEX]
+#   ci/oracle/run.sh --diffusers VERSION [--torch VERSION] --self-check
 #   ci/oracle/run.sh --make-models [--force] [--check] [NAME]...
 #   ci/oracle/run.sh --published     # ci/oracle/published.py: fixtures/golden/ddim-docs.json
 #   ci/oracle/run.sh --make-tokenizers [--force] [--check] [NAME]...
@@ -30,6 +32,14 @@
 # oracle-torch-*/README.md); a pin some VERSION cannot take is to be relaxed where the venv's
 # requirements are derived below, for that VERSION only, and named here.
 #
+# --diffusers VERSION does the same for diffusers' releases (drift across diffusers releases, the
+# most common cause of "my seed changed"): requirements.txt with its diffusers pin replaced by
+# diffusers==VERSION, every other pin kept (torch 2.13.0 included), in
+# $REPRODIFF_CACHE/oracle-diffusers-VERSION; with --torch as well, oracle-torch-T-diffusers-D.
+# Its rules are --torch's (implies --no-merge, needs --out). The oracle scripts are unchanged: a
+# release that lacks something they call fails loudly, never silently. Every pin held for 0.35.2
+# and 0.38.0 (`pip check` clean; fixtures/records/diffusers-*/README.md).
+#
 #   REPRODIFF_CACHE   cache root shared with ci/install-libtorch.sh
 #                     (default: ${XDG_CACHE_HOME:-$HOME/.cache}/reprodiff); derived models
 #                     (run.model = "derived:ARCH") are kept under its derived/
@@ -47,9 +57,10 @@ usage_error() {
   exit 2
 }
 
-# --torch VERSION is taken out of the options wherever it is (not as the value of another option);
-# what is left goes to the script.
+# --torch VERSION and --diffusers VERSION are taken out of the options wherever they are (not as
+# the value of another option); what is left goes to the script.
 torch_version=""
+diffusers_version=""
 has_out=""
 args=()
 while [ $# -gt 0 ]; do
@@ -61,6 +72,13 @@ while [ $# -gt 0 ]; do
       continue
       ;;
     --torch=*) torch_version="${1#--torch=}"; shift; continue ;;
+    --diffusers)
+      [ $# -ge 2 ] || usage_error "--diffusers needs a VERSION"
+      diffusers_version="$2"
+      shift 2
+      continue
+      ;;
+    --diffusers=*) diffusers_version="${1#--diffusers=}"; shift; continue ;;
     --out=*) has_out=1 ;;
     --out) has_out=1; args+=("$1"); shift; [ $# -gt 0 ] || break ;;
     --suite|--filter|--golden-dir) args+=("$1"); shift; [ $# -gt 0 ] || break ;;
@@ -80,7 +98,7 @@ if [ ! -d "$torch_dir" ]; then
 fi
 
 requirements=ci/oracle/requirements.txt
-if [ -z "$torch_version" ]; then
+if [ -z "$torch_version$diffusers_version" ]; then
   venv="$cache/torch-2.13.0"
   python="$venv/bin/python"
   if [ ! -x "$python" ]; then
@@ -88,35 +106,49 @@ if [ -z "$torch_version" ]; then
     exit 1
   fi
 else
-  [[ "$torch_version" =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?$ ]] \
-    || usage_error "--torch $torch_version: expected a release such as 2.12.1"
+  label="oracle"
+  if [ -n "$torch_version" ]; then
+    [[ "$torch_version" =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?$ ]] \
+      || usage_error "--torch $torch_version: expected a release such as 2.12.1"
+    label="$label-torch-$torch_version"
+  fi
+  if [ -n "$diffusers_version" ]; then
+    [[ "$diffusers_version" =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?$ ]] \
+      || usage_error "--diffusers $diffusers_version: expected a release such as 0.35.2"
+    label="$label-diffusers-$diffusers_version"
+  fi
+  other="--torch/--diffusers"  # named in the messages below
   for a in "$@"; do
     case "$a" in
       --make-models|--published|--make-tokenizers|--tokenizer-ids)
-        usage_error "--torch runs goldens.py only (not $a): fixtures come from the pinned torch" ;;
+        usage_error "$other runs goldens.py only (not $a): fixtures come from the pinned releases" ;;
       --golden-dir|--golden-dir=*)
-        usage_error "--torch never merges into goldens, so --golden-dir has no use" ;;
+        usage_error "$other never merges into goldens, so --golden-dir has no use" ;;
       --self-check) has_out=1 ;;  # writes nothing
     esac
   done
-  [ -n "$has_out" ] || usage_error "--torch $torch_version needs --out DIR (it never merges)"
+  [ -n "$has_out" ] || usage_error "$other needs --out DIR (it never merges)"
   set -- "$@" --no-merge
 
-  venv="$cache/oracle-torch-$torch_version"
+  venv="$cache/$label"
   python="$venv/bin/python"
   if [ ! -f "$venv/.reprodiff-complete" ]; then
-    echo "oracle: creating $venv for torch==$torch_version" >&2
+    echo "oracle: creating $venv" >&2
     mkdir -p "$cache"
     rm -rf "$venv"
     python3 -m venv "$venv" >&2
     "$python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
     touch "$venv/.reprodiff-complete"
   fi
-  # requirements.txt with its torch pin replaced (pins a VERSION cannot take relaxed here), kept
-  # in the venv so that what was installed can be read there.
+  # requirements.txt with its torch and diffusers pins replaced as asked (pins a VERSION cannot
+  # take relaxed here), kept in the venv so that what was installed can be read there.
   derived="$venv/reprodiff-oracle-requirements.txt"
-  grep -qE '^torch==' "$requirements" || { echo "oracle: no torch== pin in $requirements" >&2; exit 1; }
-  sed -E "s/^torch==.*/torch==$torch_version/" "$requirements" > "$derived.tmp"
+  for pin in torch diffusers; do
+    grep -qE "^$pin==" "$requirements" || { echo "oracle: no $pin== pin in $requirements" >&2; exit 1; }
+  done
+  sed -E ${torch_version:+-e "s/^torch==.*/torch==$torch_version/"} \
+    ${diffusers_version:+-e "s/^diffusers==.*/diffusers==$diffusers_version/"} \
+    "$requirements" > "$derived.tmp"
   mv "$derived.tmp" "$derived"
   requirements="$derived"
 fi
@@ -126,11 +158,14 @@ want="$(sha256sum "$requirements" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "oracle: installing $requirements into $venv" >&2
   "$python" -m pip install -q --disable-pip-version-check -r "$requirements" >&2
-  if [ -n "$torch_version" ]; then
+  if [ -n "$torch_version$diffusers_version" ]; then
     "$python" -m pip check >&2
-    "$python" - "$torch_version" <<'PY'
+    "$python" - "${torch_version:-2.13.0}" "${diffusers_version:-}" <<'PY'
 import sys, torch
 assert torch.__version__.split("+")[0] == sys.argv[1], (torch.__version__, sys.argv[1])
+if sys.argv[2]:
+    import diffusers
+    assert diffusers.__version__ == sys.argv[2], (diffusers.__version__, sys.argv[2])
 PY
   fi
   echo "$want" > "$stamp"
