@@ -173,6 +173,9 @@ fi
 
 export HF_HUB_OFFLINE=1
 export PYTHONDONTWRITEBYTECODE=1
+# The oracle records steps through python/reprodiff-record (reprodiff_record.steps), from this
+# checkout: the one way reprodiff records a run, and never a stale installed copy.
+export PYTHONPATH="$root/python/reprodiff-record/src${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${1:-}" = "--make-models" ]; then
   shift
   exec "$python" ci/oracle/make_models.py "$@"

@@ -40,7 +40,6 @@ included) and in DDIM's scheduler module (the eta noise).
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -121,31 +120,14 @@ def component_images(run: SdRun, device: str) -> dict[str, torch.Tensor]:
 @contextlib.contextmanager
 def steps_recorded() -> Iterator[list[torch.Tensor]]:
     """Every DDIM and PNDM scheduler step's `prev_sample` (the latent after the step), copied
-    to the CPU in call order, for the block. The schedulers' classes are patched, so the
+    to the CPU in call order, for the block: python/reprodiff-record's step hook (the one way
+    reprodiff records steps, users' runs included) on the schedulers' classes, so the
     pipelines' loops and the oracle's own latent loop are recorded alike."""
     from diffusers import DDIMScheduler, PNDMScheduler
+    from reprodiff_record.steps import latents_recorded
 
-    latents: list[torch.Tensor] = []
-    originals = {cls: cls.step for cls in (DDIMScheduler, PNDMScheduler)}
-
-    def recorded(original: Callable[..., Any]) -> Callable[..., Any]:
-        # wraps: the SD pipeline passes `eta` and `generator` only to a step whose signature
-        # (inspect.signature, which follows __wrapped__) names them.
-        @functools.wraps(original)
-        def step(self: Any, *args: Any, **kwargs: Any) -> Any:
-            out = original(self, *args, **kwargs)
-            prev = out[0] if isinstance(out, tuple) else out.prev_sample
-            latents.append(prev.detach().cpu().clone())
-            return out
-        return step
-
-    for cls, original in originals.items():
-        cls.step = recorded(original)
-    try:
+    with latents_recorded(DDIMScheduler, PNDMScheduler) as latents:
         yield latents
-    finally:
-        for cls, original in originals.items():
-            cls.step = original
 
 
 def step_latents(latents: list[torch.Tensor], runs: int) -> torch.Tensor:

@@ -109,6 +109,22 @@ def test_recording_changes_no_bit_and_records_every_step(make, call, tmp_path: P
     assert "step" not in vars(pipe.scheduler)
 
 
+def test_the_class_hook_the_oracle_uses_records_every_instance_and_changes_no_bit() -> None:
+    """reprodiff's oracle records its pipelines' steps through the package's hook on the
+    scheduler classes (ci/oracle/truth.py): every instance's steps, the signature kept (an SD
+    call's eta reaches DDIM's step), the class's own step again afterwards."""
+    from reprodiff_record.steps import latents_recorded
+
+    pipe = sd(DDIMScheduler)
+    plain = pipe(**sd_call(eta=1.0)).images
+    original = DDIMScheduler.step
+    with latents_recorded(DDIMScheduler) as latents:
+        hooked = pipe(**sd_call(eta=1.0)).images
+    assert plain.tobytes() == hooked.tobytes()
+    assert len(latents) == len(pipe.scheduler.timesteps) == 3
+    assert DDIMScheduler.step is original
+
+
 def test_a_record_is_valid_by_reprodiffs_schema(tmp_path: Path) -> None:
     schema = json.loads(reprodiff("schema", "run-record"))
     record(sd(PNDMScheduler, skip_prk_steps=True), tmp_path / "run", name="mine", **sd_call())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ import torch
 
 from . import environment
 from . import truth as replay
+from .steps import step_hook
 
 #: The run record's schema name and version, as `reprodiff schema run-record` defines them.
 SCHEMA = "reprodiff-run-record"
@@ -98,7 +98,7 @@ def recording(
     recorded; set `rec.output` to what the call returned before the block ends. The record is
     written when the block ends without an error."""
     rec = Recording(pipe, name, call_kwargs)
-    with _steps_recorded(pipe.scheduler, rec.on_step):
+    with step_hook(pipe.scheduler, rec.on_step):
         yield rec
     rec.write(Path(out), rec.output)
 
@@ -143,35 +143,9 @@ def _truth(pipe: Any, scheduler: Any, draws: list[torch.Tensor], call_kwargs: di
     def on_step(sample: torch.Tensor, timestep: Any, prev: torch.Tensor) -> None:
         _append_step(steps, timestep, prev)
 
-    with _steps_recorded(pipe64.scheduler, on_step), replay.draws_replayed(draws):
+    with step_hook(pipe64.scheduler, on_step), replay.draws_replayed(draws):
         output = pipe64(**replay.truth_call(call_kwargs))
     return steps, output
-
-
-@contextlib.contextmanager
-def _steps_recorded(scheduler: Any, on_step: Any) -> Iterator[None]:
-    """Wraps this scheduler instance's `step` (not its class), whatever the scheduler."""
-    original = scheduler.step
-
-    # wraps: pipelines pass `eta` and `generator` only to a step whose signature
-    # (inspect.signature, which follows __wrapped__) names them; without it an SD call with
-    # DDIM's eta > 0 would run as eta 0 when recorded.
-    @functools.wraps(original)
-    def step(model_output: Any, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any):
-        result = original(model_output, timestep, sample, *args, **kwargs)
-        prev = result[0] if isinstance(result, tuple) else result.prev_sample
-        on_step(sample, timestep, prev)
-        return result
-
-    own = "step" in vars(scheduler)
-    scheduler.step = step
-    try:
-        yield
-    finally:
-        if own:
-            scheduler.step = original
-        else:
-            del scheduler.step  # the class's own method again
 
 
 def _append_step(steps: list[tuple[int, Any, torch.Tensor]], t: Any, prev: torch.Tensor) -> None:
