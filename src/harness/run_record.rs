@@ -52,6 +52,17 @@ pub struct TruthRun {
     pub output: Option<ArrayRef>,
 }
 
+impl RunRecord {
+    /// The class reprodiff gives the run (the one class rule, `env::class`).
+    pub fn class(&self) -> crate::env::EnvClass {
+        let device = serde_json::from_value::<crate::torch::DeviceSpec>(serde_json::Value::String(
+            self.pipeline.device.clone(),
+        ))
+        .unwrap_or(crate::torch::DeviceSpec::Cpu);
+        self.environment.class(device)
+    }
+}
+
 /// The pipeline and scheduler classes and the scheduler's config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -291,3 +291,43 @@ fn run_trace_writes_a_run_record_diff_reads() {
     assert_eq!(out.status.code(), Some(exit::USAGE), "{t}");
     assert!(t.contains("--trace: only `run ddim`"), "{t}");
 }
+
+/// `report` takes folders of recorded runs as it takes check records: two folders of the same
+/// calls compare run by run, naming the run whose output changed and from which step.
+#[test]
+fn report_compares_folders_of_recorded_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/tiny-ddim-a");
+    let model = model.to_str().unwrap();
+    for (dir, seed) in [
+        ("before/same", "0"),
+        ("after/same", "0"),
+        ("before/moved", "0"),
+        ("after/moved", "1"),
+    ] {
+        let dir = tmp.path().join(dir);
+        let args = [
+            "run", "ddim", "--model", model, "--steps", "2", "--seed", seed,
+        ];
+        let mut args = args.to_vec();
+        args.extend(["--trace", dir.to_str().unwrap()]);
+        let out = reprodiff(&args, None);
+        assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
+    }
+    let (before, after) = (tmp.path().join("before"), tmp.path().join("after"));
+    let args = [
+        "report",
+        after.to_str().unwrap(),
+        "--baseline",
+        before.to_str().unwrap(),
+    ];
+    let out = reprodiff(&args, None);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+    assert!(
+        t.contains("- recorded/moved: differs from the first step"),
+        "{t}"
+    );
+    assert!(!t.contains("- recorded/same:"), "{t}");
+    assert!(t.contains("| no expectation | 2 | 2 | +0 |"), "{t}");
+}

@@ -5,7 +5,6 @@ use crate::env::Fingerprint;
 use crate::error::{Error, Result};
 use crate::harness::run_record::{self, ArrayRef, RunRecord};
 use crate::metrics;
-use crate::torch::DeviceSpec;
 use serde_json::Value;
 use std::fmt::Write;
 use std::path::Path;
@@ -53,7 +52,7 @@ fn setting_changes(x: &RunRecord, y: &RunRecord) -> Vec<String> {
         }
     };
     let (ex, ey) = (&x.environment, &y.environment);
-    change("class", class(x).to_string(), class(y).to_string());
+    change("class", x.class().to_string(), y.class().to_string());
     change(
         "torch",
         ex.versions.libtorch.clone(),
@@ -158,13 +157,6 @@ fn map_changes(
         .collect()
 }
 
-/// The class reprodiff gives the run (the one class rule, `env::class`).
-fn class(r: &RunRecord) -> crate::env::EnvClass {
-    let device = serde_json::from_value::<DeviceSpec>(Value::String(r.pipeline.device.clone()))
-        .unwrap_or(DeviceSpec::Cpu);
-    r.environment.class(device)
-}
-
 /// Where the two runs' arrays part.
 struct ArrayDiff {
     text: String,
@@ -246,7 +238,7 @@ impl ArrayDiff {
     }
 }
 
-fn values(dir: &Path, file: &str) -> Result<Vec<f64>> {
+pub(crate) fn values(dir: &Path, file: &str) -> Result<Vec<f64>> {
     let path = crate::paths::join(dir, file, "run record array")?;
     let t = tch::Tensor::read_npy(&path).map_err(|e| Error::invalid_file(&path, e))?;
     crate::torch::tensor_to_f64(&t)
@@ -304,9 +296,9 @@ fn truth_distances(
     let verdict = if !same_start {
         "no nearer side: the initial latents differ, so each truth is another trajectory"
     } else if dx.0 < dy.0 {
-        "the first run is nearer its truth"
+        &format!("{} is nearer its own truth", a.display())
     } else if dy.0 < dx.0 {
-        "the second run is nearer its truth"
+        &format!("{} is nearer its own truth", b.display())
     } else {
         "both are as near"
     };
