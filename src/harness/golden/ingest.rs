@@ -60,6 +60,9 @@ pub fn compare_results(fixtures: &Fixtures, from: &Path, out: &Path) -> Result<C
         let tensor = tensor.f_to_kind(r.dtype.kind())?;
         let mut obs = crate::harness::run::observe::describe(tensor, None, 0.0)?;
         obs.environment = r.environment.clone();
+        // The run's per-step latents, where the oracle recorded them: the record's trace, so
+        // that `report` says from which step two releases' outputs part.
+        obs.trace = r.run_trace(from)?;
         let result = compare::compare(&r.suite, scenario, &obs, golden, &store);
         *verdicts.entry(result.verdict.to_string()).or_insert(0) += 1;
         writer.append(

@@ -21,6 +21,7 @@ use crate::harness::store::{
 };
 use crate::harness::suite::Fixtures;
 use crate::metrics;
+use crate::pipelines::StepTrace;
 use crate::torch::{tensor_sha256, tensor_to_f64, DType};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -40,6 +41,28 @@ pub(crate) struct OracleResult {
     pub environment: Fingerprint,
     provenance: ResultProvenance,
     truth: Option<OracleTruth>,
+}
+
+impl OracleResult {
+    /// The run's latent after every scheduler step, as a trace (`None` for a result without
+    /// per-step latents). The results hold no timesteps: each step's is -1, "not recorded".
+    pub(crate) fn run_trace(&self, from: &Path) -> Result<Option<Vec<StepTrace>>> {
+        let Some(steps) = self.truth.as_ref().and_then(|t| t.steps.as_ref()) else {
+            return Ok(None);
+        };
+        let where_ = format!("{}/{}", self.suite, self.scenario);
+        let (shape, values) = read_f64(from, &steps.run, &where_)?;
+        let n = shape.first().copied().unwrap_or(0).max(1) as usize;
+        let per = values.len() / n;
+        (0..n)
+            .map(|i| {
+                let latent = tch::Tensor::from_slice(&values[i * per..(i + 1) * per])
+                    .f_reshape(&shape[1..])?;
+                StepTrace::of(i, -1, &latent)
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
 }
 
 /// The lines of `<from>/results.jsonl`; a line that does not parse is an error naming it.

@@ -599,14 +599,26 @@ pub fn first_divergence(a: &[(u64, i64, f64)], b: &[(u64, i64, f64)]) -> String 
     };
     let last = a.len() - 1;
     let d = |k: usize| (a[k].2 - b[k].2).abs();
+    // A trace without timesteps (the oracle's results, golden compare) has -1.
+    let t = |k: usize| {
+        if a[k].1 < 0 {
+            String::new()
+        } else {
+            format!(" (t = {})", a[k].1)
+        }
+    };
     let through = if i == 0 {
         "differs from the first step".to_string()
     } else {
         format!("identical through step {}", i - 1)
     };
     format!(
-        "{through}; step {} (t = {}) first differs, sum_abs by {:.3e}; by the last step (t = {}) by {:.3e}",
-        a[i].0, a[i].1, d(i), a[last].1, d(last)
+        "{through}; step {}{} first differs, sum_abs by {:.3e}; by the last step{} by {:.3e}",
+        a[i].0,
+        t(i),
+        d(i),
+        t(last),
+        d(last)
     )
 }
 
