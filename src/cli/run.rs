@@ -70,7 +70,7 @@ pub(crate) struct RunArgs {
     json: bool,
     /// Write the run as a run record into this folder (every step's latent in full, the output,
     /// the environment, pipeline, model and call), the format python/reprodiff-record writes:
-    /// `reprodiff diff` compares it with a recorded diffusers run (`run ddim` so far).
+    /// `reprodiff diff` compares it with a recorded diffusers run.
     #[arg(long, value_name = "DIR")]
     trace: Option<PathBuf>,
 }

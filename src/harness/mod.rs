@@ -24,6 +24,7 @@ pub mod compare;
 pub mod golden;
 pub mod localize;
 pub mod oneoff;
+pub mod own_record;
 pub mod records;
 pub mod report;
 pub mod run;

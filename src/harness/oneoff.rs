@@ -79,7 +79,10 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
     det.apply()?;
     crate::harness::run::observe::apply_knobs(scenario, &knobs)?;
     let start = std::time::Instant::now();
-    let trace_info = out.trace.map(|_| own_run_info(scenario)).transpose()?;
+    let trace_info = out
+        .trace
+        .map(|_| crate::harness::own_record::info(scenario))
+        .transpose()?;
     let output = scenario
         .run
         .run(scenario.device, None, out.json || out.trace.is_some())?;
@@ -141,91 +144,6 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
         println!("saved {}", path.display());
     }
     Ok(())
-}
-
-/// What a run record says of a one-off run besides its arrays: the pipeline, the model and the
-/// call, as python/reprodiff-record says them of diffusers' (DDIMPipeline so far).
-fn own_run_info(
-    scenario: &Scenario,
-) -> Result<(
-    crate::harness::run_record::PipelineInfo,
-    crate::harness::run_record::ModelInfo,
-    serde_json::Map<String, serde_json::Value>,
-)> {
-    use crate::harness::run_record::{ModelInfo, PipelineInfo, SchedulerInfo};
-    use crate::harness::suite::workload::Workload;
-    let Workload::Ddim(w) = &scenario.run else {
-        return Err(Error::InvalidArgument(
-            "--trace: only `run ddim` writes a run record so far".into(),
-        ));
-    };
-    let folder = crate::loading::resolve(&w.model, None)?;
-    let text = match &folder.scheduler_config {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
-        None => "{}".into(),
-    };
-    // As `DDIMScheduler.from_config(folder config, **overrides)` keeps it: the folder's keys
-    // (a DDPM config's `variance_type` too), every DDIM parameter's value on top.
-    let parsed = crate::schedulers::ddim::DdimConfig::with_overrides(&text, &w.scheduler)
-        .map_err(Error::InvalidArgument)?;
-    let mut config = match serde_json::from_str(&text) {
-        Ok(serde_json::Value::Object(m)) => m,
-        _ => serde_json::Map::new(),
-    };
-    if let serde_json::Value::Object(values) = serde_json::to_value(parsed).expect("serialises") {
-        config.extend(values);
-    }
-    let weights = folder.unet.join(crate::loading::WEIGHTS);
-    let model = ModelInfo {
-        source: Some(w.model.clone()),
-        weights_sha256: [(
-            "unet".to_string(),
-            crate::models::params::weights_sha256(&weights, w.dtype)?,
-        )]
-        .into(),
-    };
-    let pipeline = PipelineInfo {
-        class: "DDIMPipeline".into(),
-        device: scenario.device.to_string(),
-        dtype: w.dtype,
-        scheduler: SchedulerInfo {
-            class: "DDIMScheduler".into(),
-            config,
-        },
-    };
-    let call = serde_json::json!({
-        "batch_size": w.batch,
-        "num_inference_steps": w.steps,
-        "eta": w.eta,
-        "use_clipped_model_output": w.use_clipped_model_output,
-        "output_type": w.output_type,
-        "generator": generator_json(&w.generator)?,
-    });
-    let serde_json::Value::Object(call) = call else {
-        unreachable!("an object literal")
-    };
-    Ok((pipeline, model, call))
-}
-
-/// A generator argument as python/reprodiff-record writes it: `{device, seed, state_sha256}`
-/// per generator (a list for a list), null for torch's global generator.
-fn generator_json(spec: &crate::torch::GeneratorSpec) -> Result<serde_json::Value> {
-    use crate::torch::Generators;
-    let one = |g: &crate::torch::Generator| -> Result<serde_json::Value> {
-        let state = crate::torch::tensor_sha256(&g.get_state()?)?;
-        Ok(serde_json::json!({
-            "device": g.device().to_string(),
-            "seed": g.initial_seed(),
-            "state_sha256": state,
-        }))
-    };
-    Ok(match spec.build()?.0 {
-        Generators::One(g) => one(&g)?,
-        Generators::List(gs) => {
-            serde_json::Value::Array(gs.iter().map(one).collect::<Result<Vec<_>>>()?)
-        }
-        _ => serde_json::Value::Null,
-    })
 }
 
 /// `make_image_grid(numpy_to_pil(images), rows, cols)` of diffusers, written as a PNG

@@ -139,6 +139,37 @@ impl SchedulerClass {
         }
     }
 
+    /// diffusers' name of the class.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            SchedulerClass::Ddim => "DDIMScheduler",
+            SchedulerClass::Pndm => "PNDMScheduler",
+        }
+    }
+
+    /// The config `cls.from_config(config, **overrides).config` holds, as nearly as reprodiff
+    /// knows it: `config`'s keys, every parameter of the class with its value on top.
+    pub fn resolved_config(
+        self,
+        config: &Map<String, Value>,
+        overrides: &Map<String, Value>,
+    ) -> std::result::Result<Map<String, Value>, String> {
+        let text = serde_json::to_string(config).expect("serialises");
+        let parsed = match self {
+            SchedulerClass::Ddim => {
+                serde_json::to_value(ddim::DdimConfig::with_overrides(&text, overrides)?)
+            }
+            SchedulerClass::Pndm => {
+                serde_json::to_value(pndm::PndmConfig::with_overrides(&text, overrides)?)
+            }
+        };
+        let mut out = config.clone();
+        if let Value::Object(values) = parsed.expect("serialises") {
+            out.extend(values);
+        }
+        Ok(out)
+    }
+
     /// Every config key of the class with its default, as `scheduler.config` holds them.
     fn defaults(self) -> Map<String, Value> {
         let v = match self {

@@ -246,50 +246,63 @@ fn cosine_distance_is_diffusers_formula() {
     );
 }
 
-/// `run ddim --trace DIR` writes a run record `reprodiff diff` reads (every step, the initial
-/// latent and the output; two runs of one call are identical); `run sd` refuses it, exit 2.
+/// `run ddim|sd --trace DIR` writes a run record `reprodiff diff` reads (every step, the
+/// initial latent and the output; two runs of one call are identical).
 #[test]
 fn run_trace_writes_a_run_record_diff_reads() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/tiny-ddim-a");
-    let model = model.to_str().unwrap();
-    for side in ["a", "b"] {
-        let dir = tmp.path().join(side);
-        let args = [
-            "run", "ddim", "--model", model, "--seed", "0", "--steps", "3", "--eta", "1",
-        ];
-        let mut args = args.to_vec();
-        args.extend(["--trace", dir.to_str().unwrap()]);
-        let out = reprodiff(&args, None);
-        assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
-    }
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let out = reprodiff(&["diff", a.to_str().unwrap(), b.to_str().unwrap()], None);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
-    assert!(t.contains("initial latents: identical"), "{t}");
-    assert!(
-        t.contains("steps: 3 and 3; every common step identical"),
-        "{t}"
-    );
-    let sd = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/tiny-sd-a");
-    let args = [
-        "run",
-        "sd",
-        "--model",
-        sd.to_str().unwrap(),
-        "--prompt",
-        "a cat",
-        "--seed",
-        "0",
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models");
+    let (ddim, sd) = (models.join("tiny-ddim-a"), models.join("tiny-sd-a"));
+    let runs: [(&str, Vec<&str>); 2] = [
+        (
+            "ddim",
+            vec![
+                "run",
+                "ddim",
+                "--model",
+                ddim.to_str().unwrap(),
+                "--eta",
+                "1",
+            ],
+        ),
+        (
+            "sd",
+            vec![
+                "run",
+                "sd",
+                "--model",
+                sd.to_str().unwrap(),
+                "--prompt",
+                "a cat",
+                "--height",
+                "32",
+                "--width",
+                "32",
+            ],
+        ),
     ];
-    let mut args = args.to_vec();
-    let dir = tmp.path().join("sd");
-    args.extend(["--steps", "1", "--trace", dir.to_str().unwrap()]);
-    let out = reprodiff(&args, None);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(exit::USAGE), "{t}");
-    assert!(t.contains("--trace: only `run ddim`"), "{t}");
+    for (name, args) in runs {
+        for side in ["a", "b"] {
+            let dir = tmp.path().join(format!("{name}-{side}"));
+            let mut args = args.clone();
+            args.extend(["--seed", "0", "--steps", "3", "--trace"]);
+            args.push(dir.to_str().unwrap());
+            let out = reprodiff(&args, None);
+            assert_eq!(out.status.code(), Some(exit::OK), "{}", text(&out));
+        }
+        let (a, b) = (
+            tmp.path().join(format!("{name}-a")),
+            tmp.path().join(format!("{name}-b")),
+        );
+        let out = reprodiff(&["diff", a.to_str().unwrap(), b.to_str().unwrap()], None);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(exit::OK), "{name}: {t}");
+        assert!(t.contains("initial latents: identical"), "{name}: {t}");
+        assert!(
+            t.contains("steps: 3 and 3; every common step identical"),
+            "{name}: {t}"
+        );
+    }
 }
 
 /// `report` takes folders of recorded runs as it takes check records: two folders of the same

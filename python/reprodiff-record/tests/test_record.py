@@ -62,6 +62,18 @@ def sd(scheduler: type, **config) -> StableDiffusionPipeline:
     return pipe
 
 
+def sd_b() -> StableDiffusionPipeline:
+    """tiny-sd-b with its own scheduler (PNDM, as SD 1.5 ships it)."""
+    pipe = StableDiffusionPipeline.from_pretrained(
+        MODELS / "tiny-sd-b",
+        use_safetensors=True,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def ddim_call() -> dict:
     return dict(num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0))
 
@@ -298,40 +310,66 @@ def test_diff_says_which_run_is_nearer_its_truth_when_both_start_alike(tmp_path:
     assert nearer in line, line
 
 
-def test_the_recorders_steps_are_reprodiffs_own_trace_bit_for_bit(tmp_path: Path) -> None:
-    """Two implementations, one format: diffusers' DDIMPipeline recorded here and reprodiff's
-    port run with `run ddim --trace` make the same initial latent, every step's latent and the
-    output bit for bit on one host, with the same weights and scheduler config."""
+OWN_TRACE = {
+    "ddim": (
+        ddim,
+        dict(batch_size=1, eta=0.0, use_clipped_model_output=False),
+        ["ddim", "--model", str(MODELS / "tiny-ddim-a")],
+    ),
+    "sd-ddim-eta1": (
+        lambda: sd(DDIMScheduler),
+        dict(
+            prompt="a cat",
+            guidance_scale=7.5,
+            eta=1.0,
+            num_images_per_prompt=1,
+            height=32,
+            width=32,
+        ),
+        ["sd", "--model", str(MODELS / "tiny-sd-a"), "--prompt", "a cat", "--scheduler", "ddim"]
+        + ["--eta", "1", "--height", "32", "--width", "32"],
+    ),
+    "sd-pndm": (
+        sd_b,
+        dict(
+            prompt="a cat",
+            guidance_scale=7.5,
+            eta=0.0,
+            num_images_per_prompt=1,
+            height=32,
+            width=32,
+        ),
+        ["sd", "--model", str(MODELS / "tiny-sd-b"), "--prompt", "a cat"]
+        + ["--height", "32", "--width", "32"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OWN_TRACE))
+def test_the_recorders_steps_are_reprodiffs_own_trace_bit_for_bit(
+    case: str, tmp_path: Path
+) -> None:
+    """Two implementations, one format: diffusers' pipeline recorded here and reprodiff's port
+    run with `run ... --trace` make the same initial latent, every step's latent and the output
+    bit for bit on one host, with the same weights, scheduler config and call."""
+    make, kwargs, own_args = OWN_TRACE[case]
     call = dict(
-        batch_size=1,
-        generator=torch.Generator().manual_seed(0),
-        eta=0.0,
         num_inference_steps=5,
-        use_clipped_model_output=False,
         output_type="np",
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
     )
-    record(ddim(), tmp_path / "diffusers", **call)
-    model = str(MODELS / "tiny-ddim-a")
+    record(make(), tmp_path / "diffusers", **call)
     own = str(tmp_path / "reprodiff")
-    reprodiff(
-        "run",
-        "ddim",
-        "--model",
-        model,
-        "--seed",
-        "0",
-        "--steps",
-        "5",
-        "--threads",
-        "2",
-        "--trace",
-        own,
-    )
+    reprodiff("run", *own_args, "--seed", "0", "--steps", "5", "--threads", "2", "--trace", own)
     done = diff(tmp_path / "diffusers", Path(own))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "every common step identical" in done.stdout, done.stdout
     assert "weights differ" not in done.stdout, done.stdout
     assert "scheduler" not in done.stdout, done.stdout
+    changes = done.stdout.splitlines()[0]
+    for key in call:
+        assert f"{key} " not in changes, changes
 
 
 @pytest.mark.parametrize("damage", ["truncated-array", "unknown-schema", "missing-step"])

@@ -118,6 +118,32 @@ pub struct SdPipeline {
     pub initial: Option<Tensor>,
 }
 
+/// A Stable Diffusion folder's scheduler class (if reprodiff implements it) and config, with the
+/// fixes `StableDiffusionPipeline.__init__` applies (steps_offset 1, clip_sample off).
+pub fn scheduler_config(
+    dir: &Path,
+) -> Result<(
+    Option<SchedulerClass>,
+    serde_json::Map<String, serde_json::Value>,
+)> {
+    let sched_path = dir.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&sched_path).map_err(|e| Error::io(&sched_path, e))?;
+    let (own, mut config) =
+        loaded_config(&text).map_err(|m| Error::invalid_file(&sched_path, m))?;
+    if config
+        .get("steps_offset")
+        .and_then(|v| v.as_i64())
+        .unwrap_or(1)
+        != 1
+    {
+        config.insert("steps_offset".into(), 1.into());
+    }
+    if config.get("clip_sample") == Some(&serde_json::Value::Bool(true)) {
+        config.insert("clip_sample".into(), false.into());
+    }
+    Ok((own, config))
+}
+
 impl SdPipeline {
     /// Loads a diffusers Stable Diffusion folder (model_index.json, tokenizer/, text_encoder/,
     /// unet/, vae/, scheduler/) in `dtype` on `device`. The folder's scheduler config gets the
@@ -180,21 +206,7 @@ impl SdPipeline {
         })?;
 
         let sched_path = dir.join("scheduler/scheduler_config.json");
-        let text = std::fs::read_to_string(&sched_path).map_err(|e| Error::io(&sched_path, e))?;
-        let (own, mut config) =
-            loaded_config(&text).map_err(|m| Error::invalid_file(&sched_path, m))?;
-        // StableDiffusionPipeline.__init__'s deprecation fixes, on the loaded config.
-        if config
-            .get("steps_offset")
-            .and_then(|v| v.as_i64())
-            .unwrap_or(1)
-            != 1
-        {
-            config.insert("steps_offset".into(), 1.into());
-        }
-        if config.get("clip_sample") == Some(&serde_json::Value::Bool(true)) {
-            config.insert("clip_sample".into(), false.into());
-        }
+        let (own, config) = scheduler_config(dir)?;
         let class = class.or(own).ok_or_else(|| {
             Error::invalid_file(
                 &sched_path,
