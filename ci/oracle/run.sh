@@ -37,8 +37,9 @@
 # diffusers==VERSION, every other pin kept (torch 2.13.0 included), in
 # $REPRODIFF_CACHE/oracle-diffusers-VERSION; with --torch as well, oracle-torch-T-diffusers-D.
 # Its rules are --torch's (implies --no-merge, needs --out). The oracle scripts are unchanged: a
-# release that lacks something they call fails loudly, never silently. Every pin held for 0.35.2
-# and 0.38.0 (`pip check` clean; fixtures/records/diffusers-*/README.md).
+# release that lacks something they call fails loudly, never silently. Every pin held for 0.35.2;
+# 0.36.0 to 0.41.x take huggingface-hub 1.33.0 instead of 2.4.0 (below), every other pin kept
+# (`pip check` clean; fixtures/records/diffusers-*/README.md).
 #
 #   REPRODIFF_CACHE   cache root shared with ci/install-libtorch.sh
 #                     (default: ${XDG_CACHE_HOME:-$HOME/.cache}/reprodiff); derived models
@@ -146,9 +147,16 @@ else
   for pin in torch diffusers; do
     grep -qE "^$pin==" "$requirements" || { echo "oracle: no $pin== pin in $requirements" >&2; exit 1; }
   done
+  # diffusers 0.36.0 to 0.41.x require huggingface-hub < 2.0 (0.35.2 and 0.42 do not):
+  # huggingface-hub 1.33.0 for them, the newest 1.x, which transformers 5.24.0 takes (>= 1.31).
+  relax=()
+  case "$diffusers_version" in
+    0.36.*|0.37.*|0.38.*|0.39.*|0.40.*|0.41.*)
+      relax=(-e "s/^huggingface-hub==.*/huggingface-hub==1.33.0/") ;;
+  esac
   sed -E ${torch_version:+-e "s/^torch==.*/torch==$torch_version/"} \
     ${diffusers_version:+-e "s/^diffusers==.*/diffusers==$diffusers_version/"} \
-    "$requirements" > "$derived.tmp"
+    "${relax[@]+"${relax[@]}"}" "$requirements" > "$derived.tmp"
   mv "$derived.tmp" "$derived"
   requirements="$derived"
 fi
