@@ -829,3 +829,31 @@ fn drift_report_html_renders_in_a_headless_browser() {
         png.len()
     );
 }
+
+/// diffusers 0.35.2 and 0.38.0 against 0.42.1 (the oracle's records on one host,
+/// fixtures/records/diffusers-*, judged by `golden compare`): what a diffusers release moves,
+/// and from which step (docs/findings.md, "Drift across diffusers releases").
+#[test]
+fn drift_report_across_diffusers_releases() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/records");
+    let load = |d: &str| reprodiff::harness::report::drift::load(&root.join(d)).unwrap();
+    let sets = [load("diffusers-0.35.2"), load("diffusers-0.38.0")];
+    let base = load("diffusers-0.42.1");
+    let report = reprodiff::harness::report::drift::summarize(&sets, Some(&base));
+    let moved = &report.comparisons[0].groups["First divergence"];
+    assert!(
+        moved
+            .iter()
+            .any(|l| l.starts_with("ddim-tiny/tiny-ddim-b/steps5: differs from the first step")),
+        "{moved:?}"
+    );
+    assert!(!report.comparisons[1]
+        .groups
+        .contains_key("First divergence"));
+    snapshot_settings().bind(|| {
+        insta::assert_snapshot!(
+            "drift_report_diffusers_releases",
+            reprodiff::harness::report::drift::markdown(&report)
+        );
+    });
+}
