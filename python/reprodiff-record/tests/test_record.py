@@ -18,6 +18,8 @@ import torch
 from diffusers import (
     DDIMPipeline,
     DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
     EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
@@ -46,6 +48,14 @@ def two_threads() -> None:
 def ddim() -> DDIMPipeline:
     pipe = DDIMPipeline.from_pretrained(MODELS / "tiny-ddim-a")
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ddpm() -> DDPMPipeline:
+    """tiny-ddim-a as a DDPMPipeline: DDPM's step draws fresh noise at every step but the last."""
+    pipe = DDPMPipeline.from_pretrained(MODELS / "tiny-ddim-a")
+    pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -192,10 +202,11 @@ def relative_rmse(a: np.ndarray, b: np.ndarray) -> float:
     "make, call",
     [
         (ddim, lambda: {**ddim_call(), "eta": 1.0}),
+        (ddpm, ddim_call),
         (lambda: sd(DDIMScheduler), lambda: sd_call(eta=1.0)),
         (lambda: sd(PNDMScheduler, skip_prk_steps=True), sd_call),
     ],
-    ids=["ddim-eta1", "sd-ddim-eta1", "sd-pndm"],
+    ids=["ddim-eta1", "ddpm", "sd-ddim-eta1", "sd-pndm"],
 )
 def test_truth_replays_the_call_in_float64_from_its_own_draws(make, call, tmp_path: Path) -> None:
     """The truth is the same call in float64 from the same initial latents and eta noise: every
