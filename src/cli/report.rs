@@ -5,7 +5,7 @@ use crate::env::Fingerprint;
 use crate::error::{exit, Error, Result};
 use crate::harness::golden::{ingest, merge};
 use crate::harness::localize;
-use crate::harness::report::{against, drift, html};
+use crate::harness::report::{against, drift, html, recorded};
 use std::path::{Path, PathBuf};
 
 /// The fixtures tree `--fixtures` (or the default) names, for a command without a selection.
@@ -83,10 +83,10 @@ pub(crate) fn report(
     }
     let sets = records
         .iter()
-        .map(|d| drift::load(d))
+        .map(|d| recorded::load(d))
         .collect::<Result<Vec<_>>>()?;
     let base = match (baseline, against_rev) {
-        (Some(dir), _) => Some(drift::load(dir)?),
+        (Some(dir), _) => Some(recorded::load(dir)?),
         (None, Some(rev)) => {
             let root = fixtures_root(fixtures)?.root;
             Some(against::baseline_at(&root, rev, &sets)?)

@@ -12,8 +12,10 @@
 //!    checks, the scenario's verdict.
 //! 5. [`records`]: what a check leaves behind (records.jsonl), written and read back typed;
 //!    [`run_record`]: a diffusers run recorded outside reprodiff (python/reprodiff-record).
-//! 6. [`report`]: what people read: the check table, drift reports over records (text, JSON,
-//!    one HTML page with [`report::pictures`]), and records against the goldens of a git revision.
+//! 6. [`report`]: what people read: the check table, drift reports over records and recorded
+//!    runs (text, JSON, one HTML page with [`report::pictures`]), records against the goldens of
+//!    a git revision, two recorded runs side by side; [`own_record`]: what a run record says of
+//!    reprodiff's own run (`run --trace`).
 //! 7. [`golden`]: keeping the goldens: `golden merge` (the oracle's results and other hosts'),
 //!    `golden compare` (outputs of another release judged as a check would), `calibrate` (a
 //!    suite's cross-class rule from the records).

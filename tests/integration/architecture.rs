@@ -27,7 +27,7 @@ const HARNESS_STAGES: &[&[&str]] = &[
     &["run"],
     &["compare"],
     &["records", "run_record"],
-    &["report"],
+    &["report", "own_record"],
     &["golden"],
     &["session"],
     &["oneoff", "localize"],

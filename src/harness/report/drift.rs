@@ -57,12 +57,9 @@ pub struct RecordSet {
 
 /// Reads every record under `dir` ([`records::read`]): a line or file that is not a record
 /// is named (file and line) in `unreadable` and skipped; the rest is read. A folder without
-/// any readable record is an error (exit 2) that says why. A folder of recorded runs (a
-/// run.json in it or in its subfolders) is read as such ([`super::recorded`]).
+/// any readable record is an error (exit 2) that says why. (`report` reads folders of recorded
+/// runs too, through [`super::recorded::load`].)
 pub fn load(dir: &Path) -> Result<RecordSet> {
-    if let Some(runs) = super::recorded::load(dir)? {
-        return Ok(runs);
-    }
     let read = records::read(dir)?;
     let mut set = RecordSet {
         label: dir

@@ -17,10 +17,19 @@ use crate::harness::run_record::{self, RunRecord};
 use crate::metrics;
 use std::path::{Path, PathBuf};
 
+/// The record set `report` reads from `dir`: its recorded runs where it holds any (a run.json
+/// in it or in its subfolders), else its check records ([`super::drift::load`]).
+pub fn load(dir: &Path) -> Result<RecordSet> {
+    match runs(dir)? {
+        Some(set) => Ok(set),
+        None => super::drift::load(dir),
+    }
+}
+
 /// The recorded runs in `dir` (a run's own folder, or a folder of run folders), each read and
 /// verified ([`run_record::read`]: a bad record is an error naming its file); `None` where
 /// `dir` holds no run.json at either level.
-pub fn load(dir: &Path) -> Result<Option<RecordSet>> {
+fn runs(dir: &Path) -> Result<Option<RecordSet>> {
     let folders = run_folders(dir)?;
     if folders.is_empty() {
         return Ok(None);
