@@ -18,6 +18,7 @@ mod hostile;
 mod local;
 mod localize;
 mod portable;
+mod readme;
 mod sd;
 mod seam;
 mod snapshots;
