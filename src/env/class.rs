@@ -2,8 +2,8 @@
 //!
 //! Goldens hold one expectation per class. Two runs of one scenario in the same class are
 //! expected to be bit-identical; across classes they are compared with the scenario's
-//! cross-class tolerance (see `harness::check`). What is in the key, and why (each component
-//! was measured to move the bits of a DDIM image with diffusers and with reprodiff):
+//! cross-class tolerance (see `harness::compare::choose`). What is in the key, and why (each
+//! component was measured to move the bits of a DDIM image with diffusers and with reprodiff):
 //!
 //! | component | what | evidence |
 //! |---|---|---|

@@ -46,7 +46,7 @@ pub enum Tolerance {
 }
 
 /// How a run is judged against the expectation of another environment class, when its own
-/// class has none (`harness::check` picks the nearest recorded class).
+/// class has none ([`crate::harness::compare::choose`] picks the nearest recorded class).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "rule", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum CrossClass {
