@@ -321,6 +321,10 @@ def test_diff_says_which_run_is_nearer_its_truth_when_both_start_alike(tmp_path:
     assert nearer in line, line
 
 
+# One SD call both ways: diffusers' keyword arguments and `reprodiff run sd`'s flags.
+SD_OWN_CALL = dict(prompt="a cat", guidance_scale=7.5, num_images_per_prompt=1, height=32, width=32)
+SD_OWN_ARGS = ["--prompt", "a cat", "--height", "32", "--width", "32"]
+
 OWN_TRACE = {
     "ddim": (
         ddim,
@@ -329,29 +333,14 @@ OWN_TRACE = {
     ),
     "sd-ddim-eta1": (
         lambda: sd(DDIMScheduler),
-        dict(
-            prompt="a cat",
-            guidance_scale=7.5,
-            eta=1.0,
-            num_images_per_prompt=1,
-            height=32,
-            width=32,
-        ),
-        ["sd", "--model", str(MODELS / "tiny-sd-a"), "--prompt", "a cat", "--scheduler", "ddim"]
-        + ["--eta", "1", "--height", "32", "--width", "32"],
+        dict(SD_OWN_CALL, eta=1.0),
+        ["sd", "--model", str(MODELS / "tiny-sd-a"), "--scheduler", "ddim", "--eta", "1"]
+        + SD_OWN_ARGS,
     ),
     "sd-pndm": (
         sd_b,
-        dict(
-            prompt="a cat",
-            guidance_scale=7.5,
-            eta=0.0,
-            num_images_per_prompt=1,
-            height=32,
-            width=32,
-        ),
-        ["sd", "--model", str(MODELS / "tiny-sd-b"), "--prompt", "a cat"]
-        + ["--height", "32", "--width", "32"],
+        dict(SD_OWN_CALL, eta=0.0),
+        ["sd", "--model", str(MODELS / "tiny-sd-b")] + SD_OWN_ARGS,
     ),
 }
 
