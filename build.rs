@@ -2,7 +2,8 @@
 //! every binary and test executable find libtorch at run time without LD_LIBRARY_PATH.
 //!
 //! torch-sys exports its libtorch lib dir as DEP_TCH_LIBTORCH_LIB (its `links` key is "tch" and
-//! we depend on it directly). README.md, "How the build finds libtorch", tells the whole story.
+//! we depend on it directly). docs/development.md, "How the build finds libtorch", tells the
+//! whole story.
 use std::path::{Path, PathBuf};
 
 const EXPECTED_TORCH: (u32, u32, u32) = (2, 13, 0);

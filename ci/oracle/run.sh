@@ -29,7 +29,7 @@
 # --out and refuses --golden-dir and the fixture-writing modes (--make-models, --published,
 # --make-tokenizers, --tokenizer-ids). `reprodiff` itself still runs on the pinned libtorch.
 # No other pin needed relaxing for 2.11.0 or 2.12.1 (`pip check` clean; fixtures/records/
-# oracle-torch-*/README.md); a pin some VERSION cannot take is to be relaxed where the venv's
+# diffusers-torch-*/README.md); a pin some VERSION cannot take is to be relaxed where the venv's
 # requirements are derived below, for that VERSION only, and named here.
 #
 # --diffusers VERSION does the same for diffusers' releases (drift across diffusers releases, the
