@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Speed and memory of reprodiff against diffusers on the same machine, interleaved.
 
-    ci/oracle/run.sh is not needed; run with the oracle's venv:
+    Run with the oracle's venv (its diffusers: `ci/oracle/run.sh --self-check` installs the
+    oracle's pinned requirements into it once, as .ci/run does):
     ~/.cache/reprodiff/torch-2.13.0/bin/python ci/bench.py [--pipeline ddim|sd] [--model M]
         [--size S] [--steps 2,50] [--rounds 5] [--runs 3] [--threads 2] [--repeat 3] [--markdown]
 
