@@ -1,7 +1,7 @@
 //! `DDIMScheduler` (schedulers/scheduling_ddim.py, diffusers 0.42.1), computed in float32 with
 //! the same libtorch ops in the same order, so the bits match: the scalars alpha_prod_t & co.
 //! are 0-d float32 tensors as in diffusers, not f64 numbers.
-use super::Scheduler;
+use super::{BetaSchedule, PredictionType, Scheduler, TimestepSpacing};
 use crate::error::{Error, Result};
 use crate::torch::{randn_tensor, DType, DeviceSpec, Generators};
 use serde::{Deserialize, Serialize};
@@ -72,33 +72,11 @@ impl DdimConfig {
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let one_of = |key: &str, value: &str, allowed: &[&str]| {
-            if allowed.contains(&value) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "unsupported {key} = {value:?} (expected one of {})",
-                    allowed.join(", ")
-                ))
-            }
-        };
         if self.trained_betas.is_none() {
-            one_of(
-                "beta_schedule",
-                &self.beta_schedule,
-                &["linear", "scaled_linear", "squaredcos_cap_v2"],
-            )?;
+            BetaSchedule::parse(&self.beta_schedule)?;
         }
-        one_of(
-            "prediction_type",
-            &self.prediction_type,
-            &["epsilon", "sample", "v_prediction"],
-        )?;
-        one_of(
-            "timestep_spacing",
-            &self.timestep_spacing,
-            &["leading", "trailing", "linspace"],
-        )?;
+        PredictionType::parse(&self.prediction_type)?;
+        TimestepSpacing::parse(&self.timestep_spacing)?;
         if self.num_train_timesteps == 0 {
             return Err("num_train_timesteps must be >= 1".into());
         }
@@ -118,6 +96,9 @@ impl DdimConfig {
 #[derive(Debug)]
 pub struct DdimScheduler {
     pub config: DdimConfig,
+    /// The config's `timestep_spacing` and `prediction_type`, parsed.
+    spacing: TimestepSpacing,
+    prediction: PredictionType,
     /// float32, as diffusers keeps them.
     pub alphas_cumprod: Tensor,
     final_alpha_cumprod: Tensor,
@@ -150,6 +131,10 @@ impl DdimScheduler {
             alphas_cumprod.f_get(0)?
         };
         Ok(DdimScheduler {
+            spacing: TimestepSpacing::parse(&config.timestep_spacing)
+                .map_err(Error::InvalidArgument)?,
+            prediction: PredictionType::parse(&config.prediction_type)
+                .map_err(Error::InvalidArgument)?,
             alphas_cumprod,
             final_alpha_cumprod,
             timesteps: Vec::new(),
@@ -208,12 +193,7 @@ impl Scheduler for DdimScheduler {
             )));
         }
         self.num_inference_steps = n;
-        self.timesteps = timesteps(
-            &self.config.timestep_spacing,
-            t,
-            n,
-            self.config.steps_offset,
-        );
+        self.timesteps = timesteps(self.spacing, t, n, self.config.steps_offset);
         Ok(())
     }
 
@@ -253,15 +233,15 @@ impl Scheduler for DdimScheduler {
         let b_t = a_t.f_rsub_scalar(1)?; // 1 - alpha_prod_t
         let sqrt = super::sqrt;
 
-        let (mut x0, mut eps) = match c.prediction_type.as_str() {
-            "epsilon" => {
+        let (mut x0, mut eps) = match self.prediction {
+            PredictionType::Epsilon => {
                 // (sample - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5
                 let x0 = sample
                     .f_sub(&sqrt(&b_t)?.f_mul(model_output)?)?
                     .f_div(&sqrt(&a_t)?)?;
                 (x0, model_output.shallow_clone())
             }
-            "sample" => {
+            PredictionType::Sample => {
                 let x0 = model_output.shallow_clone();
                 // (sample - alpha_prod_t ** 0.5 * pred_original_sample) / beta_prod_t ** 0.5
                 let eps = sample
@@ -269,8 +249,8 @@ impl Scheduler for DdimScheduler {
                     .f_div(&sqrt(&b_t)?)?;
                 (x0, eps)
             }
-            _ => {
-                // v_prediction: a**0.5 * sample - b**0.5 * out;  a**0.5 * out + b**0.5 * sample
+            PredictionType::VPrediction => {
+                // a**0.5 * sample - b**0.5 * out;  a**0.5 * out + b**0.5 * sample
                 let x0 = sqrt(&a_t)?
                     .f_mul(sample)?
                     .f_sub(&sqrt(&b_t)?.f_mul(model_output)?)?;
@@ -327,10 +307,10 @@ impl Scheduler for DdimScheduler {
 /// Mirrors a diffusers quirk: "trailing" computes `np.arange(T, 0, -T / n)`, whose length is
 /// `ceil(T / (T / n))` in floating point, so for some n (201 with T = 1000) it yields n + 1
 /// timesteps ending at -1, and the pipeline then runs n + 1 steps.
-pub fn timesteps(spacing: &str, train: usize, n: usize, offset: i64) -> Vec<i64> {
+pub fn timesteps(spacing: TimestepSpacing, train: usize, n: usize, offset: i64) -> Vec<i64> {
     let tt = train as f64;
     match spacing {
-        "linspace" => {
+        TimestepSpacing::Linspace => {
             // np.linspace(0, T - 1, n).round()[::-1]
             let stop = tt - 1.0;
             let mut v: Vec<f64> = if n == 1 {
@@ -344,7 +324,7 @@ pub fn timesteps(spacing: &str, train: usize, n: usize, offset: i64) -> Vec<i64>
             v.reverse();
             v.into_iter().map(|x| x.round_ties_even() as i64).collect()
         }
-        "trailing" => {
+        TimestepSpacing::Trailing => {
             // np.round(np.arange(T, 0, -T / n)).astype(int64) - 1
             let step = -tt / n as f64;
             let len = ((0.0 - tt) / step).ceil().max(0.0) as usize;
@@ -360,8 +340,8 @@ pub fn timesteps(spacing: &str, train: usize, n: usize, offset: i64) -> Vec<i64>
                 .map(|x| x.round_ties_even() as i64 - 1)
                 .collect()
         }
-        _ => {
-            // leading: (np.arange(0, n) * (T // n)).round()[::-1] + steps_offset
+        TimestepSpacing::Leading => {
+            // (np.arange(0, n) * (T // n)).round()[::-1] + steps_offset
             let ratio = (train / n) as i64;
             (0..n as i64).rev().map(|i| i * ratio + offset).collect()
         }
@@ -411,11 +391,20 @@ mod tests {
     #[test]
     fn documented_schedules() {
         // reference: CIFAR 2 steps → [500, 0]; SD (offset 1) 50 steps → [981, 961, ..., 1].
-        assert_eq!(timesteps("leading", 1000, 2, 0), vec![500, 0]);
-        let sd = timesteps("leading", 1000, 50, 1);
+        assert_eq!(
+            timesteps(TimestepSpacing::Leading, 1000, 2, 0),
+            vec![500, 0]
+        );
+        let sd = timesteps(TimestepSpacing::Leading, 1000, 50, 1);
         assert_eq!((sd[0], sd[1], sd[49], sd.len()), (981, 961, 1, 50));
-        assert_eq!(timesteps("trailing", 1000, 3, 0), vec![999, 666, 332]);
-        assert_eq!(timesteps("linspace", 1000, 3, 0), vec![999, 500, 0]);
+        assert_eq!(
+            timesteps(TimestepSpacing::Trailing, 1000, 3, 0),
+            vec![999, 666, 332]
+        );
+        assert_eq!(
+            timesteps(TimestepSpacing::Linspace, 1000, 3, 0),
+            vec![999, 500, 0]
+        );
     }
 
     #[test]
@@ -430,7 +419,7 @@ mod tests {
     fn trailing_spacing_keeps_numpys_extra_step() {
         // diffusers 0.42.1: DDIMScheduler(timestep_spacing="trailing").set_timesteps(201)
         // gives 202 timesteps, [999, 994, 989, ..., 9, 4, -1].
-        let ts = timesteps("trailing", 1000, 201, 0);
+        let ts = timesteps(TimestepSpacing::Trailing, 1000, 201, 0);
         assert_eq!(ts.len(), 202);
         assert_eq!(&ts[..3], &[999, 994, 989]);
         assert_eq!(&ts[199..], &[9, 4, -1]);
@@ -439,9 +428,10 @@ mod tests {
     proptest! {
         #[test]
         fn timesteps_decrease_and_stay_in_range(n in 1usize..=1000, spacing in prop::sample::select(vec!["leading", "trailing", "linspace"])) {
+            let spacing = TimestepSpacing::parse(spacing).unwrap();
             let ts = timesteps(spacing, 1000, n, 0);
             prop_assert!(ts.windows(2).all(|w| w[0] > w[1]));
-            if spacing == "trailing" && ts.len() == n + 1 {
+            if spacing == TimestepSpacing::Trailing && ts.len() == n + 1 {
                 // numpy's extra step (see `timesteps`): only ever one, at -1.
                 prop_assert_eq!(ts[n], -1);
                 prop_assert!(ts[..n].iter().all(|&t| (0..1000).contains(&t)));

@@ -34,6 +34,82 @@ pub trait Scheduler {
 /// `trained_betas`, or `linear` (linspace), `scaled_linear` (linspace of the square roots,
 /// squared) or `squaredcos_cap_v2` (the Glide cosine in Python floats). Schedules are validated
 /// by the configs.
+/// Config values diffusers spells as strings, parsed once where a config is validated: an
+/// unknown value is an error naming its key, never a fall-through branch below.
+fn one_of<T: Copy>(key: &str, value: &str, table: &[(&str, T)]) -> std::result::Result<T, String> {
+    table
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+            format!(
+                "unsupported {key} = {value:?} (expected one of {})",
+                names.join(", ")
+            )
+        })
+}
+
+/// `timestep_spacing`: how `set_timesteps` spreads the inference steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestepSpacing {
+    Leading,
+    Trailing,
+    Linspace,
+}
+
+impl TimestepSpacing {
+    pub fn parse(value: &str) -> std::result::Result<Self, String> {
+        use TimestepSpacing::*;
+        let table = [
+            ("leading", Leading),
+            ("trailing", Trailing),
+            ("linspace", Linspace),
+        ];
+        one_of("timestep_spacing", value, &table)
+    }
+}
+
+/// `prediction_type`: what the model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictionType {
+    Epsilon,
+    Sample,
+    VPrediction,
+}
+
+impl PredictionType {
+    pub fn parse(value: &str) -> std::result::Result<Self, String> {
+        use PredictionType::*;
+        let table = [
+            ("epsilon", Epsilon),
+            ("sample", Sample),
+            ("v_prediction", VPrediction),
+        ];
+        one_of("prediction_type", value, &table)
+    }
+}
+
+/// `beta_schedule`, where no `trained_betas` are given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BetaSchedule {
+    Linear,
+    ScaledLinear,
+    SquaredcosCapV2,
+}
+
+impl BetaSchedule {
+    pub fn parse(value: &str) -> std::result::Result<Self, String> {
+        use BetaSchedule::*;
+        let table = [
+            ("linear", Linear),
+            ("scaled_linear", ScaledLinear),
+            ("squaredcos_cap_v2", SquaredcosCapV2),
+        ];
+        one_of("beta_schedule", value, &table)
+    }
+}
+
 pub(crate) fn train_betas(
     trained: Option<&[f64]>,
     schedule: &str,
@@ -53,14 +129,23 @@ pub(crate) fn train_betas(
     // Python's `x ** 0.5` is the platform's pow; the portable kernels take the correctly rounded
     // sqrt instead.
     let root = |x: f64| if portable { x.sqrt() } else { x.powf(0.5) };
-    Ok(match (trained, schedule) {
-        // torch.tensor(trained_betas, dtype=torch.float32)
-        (Some(b), _) => Tensor::from_slice(b).f_to_kind(Kind::Float)?,
-        (None, "linear") => linspace(start, end)?,
-        // ** 2 is one float32 multiply on every path.
-        (None, "scaled_linear") => linspace(root(start), root(end))?.f_pow_tensor_scalar(2)?,
-        _ => Tensor::from_slice(&ddim::betas_for_alpha_bar(train, 0.999)).f_to_kind(Kind::Float)?,
-    })
+    // torch.tensor(trained_betas, dtype=torch.float32)
+    if let Some(b) = trained {
+        return Ok(Tensor::from_slice(b).f_to_kind(Kind::Float)?);
+    }
+    Ok(
+        match BetaSchedule::parse(schedule).map_err(crate::Error::InvalidArgument)? {
+            BetaSchedule::Linear => linspace(start, end)?,
+            // ** 2 is one float32 multiply on every path.
+            BetaSchedule::ScaledLinear => {
+                linspace(root(start), root(end))?.f_pow_tensor_scalar(2)?
+            }
+            BetaSchedule::SquaredcosCapV2 => {
+                Tensor::from_slice(&ddim::betas_for_alpha_bar(train, 0.999))
+                    .f_to_kind(Kind::Float)?
+            }
+        },
+    )
 }
 
 /// `SchedulerClass.from_config(config, **overrides)`: the config's JSON with `overrides` on

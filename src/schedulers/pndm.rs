@@ -2,7 +2,7 @@
 //! Stable Diffusion 1.5 ships it: linear multistep (PLMS) updates over the last four model
 //! outputs, in float32 with the same libtorch ops in the same order as diffusers.
 use super::ddim::timesteps as ddim_timesteps;
-use super::Scheduler;
+use super::{BetaSchedule, PredictionType, Scheduler, TimestepSpacing};
 use crate::error::{Error, Result};
 use crate::torch::Generators;
 use serde::{Deserialize, Serialize};
@@ -58,27 +58,16 @@ impl PndmConfig {
                     .into(),
             );
         }
-        if self.trained_betas.is_none()
-            && !["linear", "scaled_linear", "squaredcos_cap_v2"]
-                .contains(&self.beta_schedule.as_str())
-        {
-            return Err(format!(
-                "unsupported beta_schedule = {:?}",
-                self.beta_schedule
-            ));
+        if self.trained_betas.is_none() {
+            BetaSchedule::parse(&self.beta_schedule)?;
         }
-        if !["epsilon", "v_prediction"].contains(&self.prediction_type.as_str()) {
+        if PredictionType::parse(&self.prediction_type)? == PredictionType::Sample {
             return Err(format!(
                 "unsupported prediction_type = {:?} (PNDM takes epsilon or v_prediction)",
                 self.prediction_type
             ));
         }
-        if !["leading", "trailing", "linspace"].contains(&self.timestep_spacing.as_str()) {
-            return Err(format!(
-                "unsupported timestep_spacing = {:?}",
-                self.timestep_spacing
-            ));
-        }
+        TimestepSpacing::parse(&self.timestep_spacing)?;
         if self.num_train_timesteps == 0 {
             return Err("num_train_timesteps must be >= 1".into());
         }
@@ -88,6 +77,9 @@ impl PndmConfig {
 
 pub struct PndmScheduler {
     pub config: PndmConfig,
+    /// The config's `timestep_spacing` and `prediction_type`, parsed.
+    spacing: TimestepSpacing,
+    prediction: PredictionType,
     alphas_cumprod: Tensor,
     final_alpha_cumprod: Tensor,
     timesteps: Vec<i64>,
@@ -113,6 +105,10 @@ impl PndmScheduler {
             alphas_cumprod.f_get(0)?
         };
         Ok(PndmScheduler {
+            spacing: TimestepSpacing::parse(&config.timestep_spacing)
+                .map_err(Error::InvalidArgument)?,
+            prediction: PredictionType::parse(&config.prediction_type)
+                .map_err(Error::InvalidArgument)?,
             config,
             alphas_cumprod,
             final_alpha_cumprod,
@@ -134,7 +130,7 @@ impl PndmScheduler {
         };
         let b_t = a_t.f_rsub_scalar(1)?;
         let b_prev = a_prev.f_rsub_scalar(1)?;
-        let out = if self.config.prediction_type == "v_prediction" {
+        let out = if self.prediction == PredictionType::VPrediction {
             super::sqrt(&a_t)?
                 .f_mul(out)?
                 .f_add(&super::sqrt(&b_t)?.f_mul(sample)?)?
@@ -166,12 +162,7 @@ impl Scheduler for PndmScheduler {
             )));
         }
         // PNDM's `_timesteps` ascend; DDIM's spacings give the same values descending.
-        let mut asc = ddim_timesteps(
-            &self.config.timestep_spacing,
-            t,
-            n,
-            self.config.steps_offset,
-        );
+        let mut asc = ddim_timesteps(self.spacing, t, n, self.config.steps_offset);
         asc.reverse();
         // skip_prk_steps: concat(_t[:-1], _t[-2:-1], _t[-1:])[::-1]
         let k = asc.len();
