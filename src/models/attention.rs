@@ -137,24 +137,10 @@ pub fn sdpa(
     )?)
 }
 
-/// SDPA's math for q, k, v of [b, heads, n, d] under the portable order rule:
-/// `softmax(q k^T * (1 / sqrt(d))) v`, the scale a float32 multiply after the dot products;
-/// `causal`: query i sees keys 0..=i only (CLIP's text encoder).
+/// SDPA's math for q, k, v of [b, heads, n, d] under the portable order rule
+/// ([`crate::portable::ops::attention`]): `softmax(q k^T * (1 / sqrt(d))) v`, the scale a
+/// float32 multiply after the dot products; `causal`: query i sees keys 0..=i only (CLIP's text
+/// encoder).
 fn portable_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
-    use crate::portable::ops;
-    let isa = crate::portable::isa()?;
-    let s = q.size();
-    let (b, h, n, d) = (s[0], s[1], s[2], s[3]);
-    let m = k.size()[2];
-    let flat = |t: &Tensor, rows: i64| t.contiguous().reshape([b * h, rows, d]);
-    let scores = ops::bmm(isa, &flat(q, n), &flat(k, m).transpose(1, 2))?;
-    let scale = (1.0 / (d as f64).sqrt()) as f32;
-    let mut scores = scores.f_mul_scalar(f64::from(scale))?;
-    if causal {
-        // Keys after the query: -inf, whose exp is exactly 0.
-        let later = Tensor::f_ones([n, m], (tch::Kind::Bool, tch::Device::Cpu))?.f_triu(1)?;
-        scores = scores.f_masked_fill(&later, f64::NEG_INFINITY)?;
-    }
-    let probs = ops::softmax(&scores)?;
-    Ok(ops::bmm(isa, &probs, &flat(v, m))?.reshape([b, h, n, d]))
+    crate::portable::ops::attention(crate::portable::isa()?, q, k, v, causal)
 }

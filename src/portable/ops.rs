@@ -166,6 +166,23 @@ pub fn bmm(isa: Isa, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
+/// `softmax((q k^T) * s) v` for q [b, h, n, d] and k, v [b, h, m, d], with `s = (1 / sqrt(d)) as
+/// f32` multiplied after the dot products; `causal`: query i sees keys 0..=i only. Row block by
+/// row block ([`reprodiff_kernels::attention`]): the bits of the whole computation (`bmm`, the
+/// scale, the mask, [`softmax`], `bmm`) without its `n x m` scores.
+pub fn attention(isa: Isa, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
+    let (q, k, v) = (dense(q)?, dense(k)?, dense(v)?);
+    let s = q.size();
+    let (heads, n, d) = ((s[0] * s[1]) as usize, s[2] as usize, s[3] as usize);
+    let m = k.size()[2] as usize;
+    let scale = (1.0 / (d as f64).sqrt()) as f32;
+    let mut out = empty(&s);
+    let shape = reprodiff_kernels::attention::Heads { heads, n, m, d };
+    let qkv = (slice(&q), slice(&k), slice(&v));
+    reprodiff_kernels::attention::attention(isa, qkv, shape, scale, causal, slice_mut(&mut out));
+    Ok(out)
+}
+
 /// conv2d of x [N, C, H, W] with w [O, C, kh, kw] (groups 1, dilation 1), each sample alone.
 pub fn conv2d(
     isa: Isa,
@@ -280,7 +297,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     let s = x.size();
     let d = *s.last().expect("softmax over a last dimension") as usize;
     let mut out = empty(&s);
-    norm::softmax(slice(&x), slice_mut(&mut out), d);
+    norm::softmax(chosen_isa()?, slice(&x), slice_mut(&mut out), d);
     Ok(out)
 }
 
@@ -323,6 +340,7 @@ mod tests {
         let lw = noise(6, &[21, 77]);
         let qa = noise(7, &[2, 13, 40]);
         let qb = noise(8, &[2, 40, 11]);
+        let qk = noise(18, &[1, 2, 67, 24]);
         vec![
             bits(&conv2d(isa, &x, &w3, Some(&b), 1, 1).unwrap()),
             bits(&conv2d(isa, &x, &w3, None, 2, 1).unwrap()),
@@ -347,6 +365,8 @@ mod tests {
             bits(&layer_norm(&lx, &noise(12, &[77]), &noise(13, &[77]), 1e-5).unwrap()),
             bits(&gelu(&(&x * 4.0)).unwrap()),
             bits(&quick_gelu(&(&x * 4.0)).unwrap()),
+            bits(&attention(isa, &noise(16, &[1, 2, 70, 24]), &qk, &qk, false).unwrap()),
+            bits(&attention(isa, &qk, &qk, &noise(17, &[1, 2, 67, 24]), true).unwrap()),
         ]
     }
 
@@ -412,6 +432,34 @@ mod tests {
                     want_t.to_bits(),
                     "{isa:?} keys ({bi}, {i}, {j})"
                 );
+            }
+        }
+    }
+
+    /// Attention row block by row block gives the bits of the whole computation: the scores by
+    /// [`bmm`], times the scale in float32 (libtorch's multiply), the causal mask, [`softmax`],
+    /// [`bmm`] by v; with more queries than a block and keys past a block of the reduction.
+    #[test]
+    fn attention_by_row_blocks_is_the_whole_computation() {
+        let whole = |isa, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool| {
+            let (s, m) = (q.size(), k.size()[2]);
+            let flat = |t: &Tensor, rows| t.contiguous().reshape([s[0] * s[1], rows, s[3]]);
+            let scores = bmm(isa, &flat(q, s[2]), &flat(k, m).transpose(1, 2)).unwrap();
+            let mut scores = scores * f64::from((1.0 / (s[3] as f64).sqrt()) as f32);
+            if causal {
+                let later = Tensor::ones([s[2], m], (Kind::Bool, tch::Device::Cpu)).triu(1);
+                scores = scores.masked_fill(&later, f64::NEG_INFINITY);
+            }
+            let probs = softmax(&scores).unwrap();
+            bmm(isa, &probs, &flat(v, m)).unwrap().reshape(&s[..])
+        };
+        for isa in Isa::available() {
+            for (n, m, causal) in [(150, 77, false), (150, 150, true), (9, 130, false)] {
+                let q = noise(30, &[2, 3, n, 40]) * 3.0;
+                let (k, v) = (noise(31, &[2, 3, m, 40]) * 3.0, noise(32, &[2, 3, m, 40]));
+                let got = bits(&attention(isa, &q, &k, &v, causal).unwrap());
+                let want = bits(&whole(isa, &q, &k, &v, causal));
+                assert!(got == want, "{isa:?} n {n} m {m} causal {causal}");
             }
         }
     }

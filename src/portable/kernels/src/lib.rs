@@ -10,6 +10,7 @@
 //!   size changes a bit.
 use rayon::prelude::*;
 
+pub mod attention;
 pub mod elementwise;
 pub mod gemm;
 pub mod norm;

@@ -1,6 +1,7 @@
 //! Normalisations and the softmax: statistics in float64, in increasing index, two passes
 //! (mean, then the squared deviations); `((x - mean) * rstd)` in float64 with
 //! `rstd = 1 / sqrt(var + eps)`, rounded to float32 once, then `* gamma + beta` in float32.
+use crate::Isa;
 use rayon::prelude::*;
 
 /// The mean and `1 / sqrt(var + eps)` of `chunk`, in float64, in increasing index.
@@ -61,20 +62,60 @@ pub fn layer_norm(x: &[f32], out: &mut [f32], d: usize, gamma: &[f32], beta: &[f
         });
 }
 
-/// softmax over rows of length `d` into out: `expf(x - max)` in float32, the sum in float64
-/// (increasing index), each divided by it in float64 and rounded once.
-pub fn softmax(x: &[f32], out: &mut [f32], d: usize) {
+/// softmax over rows of length `d` into out: [`softmax_row`] on each.
+pub fn softmax(isa: Isa, x: &[f32], out: &mut [f32], d: usize) {
     assert_eq!(x.len(), out.len());
     out.par_chunks_mut(d.max(1))
         .zip(x.par_chunks(d.max(1)))
         .for_each(|(row, src)| {
-            let max = src.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            for (x, s) in row.iter_mut().zip(src) {
-                *x = libm::expf(*s - max);
-            }
-            let sum: f64 = row.iter().map(|&x| f64::from(x)).sum();
-            for x in row.iter_mut() {
-                *x = (f64::from(*x) / sum) as f32;
-            }
+            row.copy_from_slice(src);
+            softmax_row(isa, row);
         });
+}
+
+/// softmax of one row in place: `expf(x - max)` in float32 (libm's `expf`, 16 lanes at a time
+/// where they can be), the sum in float64 in increasing index, each divided by it in float64
+/// and rounded once.
+pub fn softmax_row(isa: Isa, row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    match isa {
+        // SAFETY: callers pick only ISAs `Isa::available` reports.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { exp_shifted_avx512(row, max) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { exp_shifted_avx2(row, max) },
+        _ => exp_shifted(row, max),
+    }
+    let sum: f64 = row.iter().map(|&x| f64::from(x)).sum();
+    for x in row.iter_mut() {
+        *x = (f64::from(*x) / sum) as f32;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_shifted_avx512(row: &mut [f32], max: f32) {
+    exp_shifted(row, max)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn exp_shifted_avx2(row: &mut [f32], max: f32) {
+    exp_shifted(row, max)
+}
+
+/// `x = expf(x - max)` on every value, libm's bits.
+#[inline(always)]
+fn exp_shifted(row: &mut [f32], max: f32) {
+    let mut lanes = row.chunks_exact_mut(16);
+    for x in &mut lanes {
+        let mut arg = [0f32; 16];
+        for (a, v) in arg.iter_mut().zip(x.iter()) {
+            *a = *v - max;
+        }
+        x.copy_from_slice(&crate::elementwise::expf_lanes(arg));
+    }
+    for x in lanes.into_remainder() {
+        *x = libm::expf(*x - max);
+    }
 }

@@ -1,0 +1,77 @@
+//! Attention, `softmax((q k^T) * s) v`, one block of query rows at a time: each block's scores
+//! and probabilities are computed, used and dropped before the next, so the `n x m` matrix of a
+//! head never exists whole (at 4,096 tokens it is 64 MiB a head). The bits are those of the
+//! whole computation: every score is its own dot product ([`mod@crate::gemm`]), every row's
+//! softmax its own ([`crate::norm::softmax_row`]), every output its own dot product over that
+//! row.
+use crate::gemm::{gemm, Rhs, View};
+use crate::Isa;
+use rayon::prelude::*;
+
+/// Query rows per task (speed only): a block's scores are `ROWS x m` values.
+const ROWS: usize = 64;
+
+/// The heads' shapes: `heads` heads of `n` queries and `m` keys, `d` values each.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub heads: usize,
+    pub n: usize,
+    pub m: usize,
+    pub d: usize,
+}
+
+/// `out = softmax((q k^T) * scale) v` per head, for q [heads, n, d], k and v [heads, m, d] and
+/// out [heads, n, d], row-major: the scores' dot products under the order rule, each multiplied
+/// by `scale` in float32; with `causal`, the scores of keys after the query (`j > i`) -inf; the
+/// softmax of [`crate::norm::softmax_row`]; the outputs' dot products over the keys.
+pub fn attention(
+    isa: Isa,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    h: Heads,
+    scale: f32,
+    causal: bool,
+    out: &mut [f32],
+) {
+    let Heads { heads, n, m, d } = h;
+    assert!(q.len() == heads * n * d && k.len() == heads * m * d && v.len() == k.len());
+    assert_eq!(out.len(), q.len());
+    if out.is_empty() {
+        return;
+    }
+    let blocks = n.div_ceil(ROWS);
+    out.par_chunks_mut(n * d)
+        .enumerate()
+        .flat_map(|(head, o)| {
+            o.par_chunks_mut(ROWS * d)
+                .enumerate()
+                .map(move |(b, o)| (head, b, o))
+        })
+        .for_each(|(head, b, o)| {
+            let (i0, rows) = (b * ROWS, o.len() / d.max(1));
+            debug_assert!(b < blocks);
+            let qb = &q[(head * n + i0) * d..][..rows * d];
+            let kh = &k[head * m * d..][..m * d];
+            let vh = &v[head * m * d..][..m * d];
+            let mut s = vec![0f32; rows * m];
+            let keys = Rhs::View(View::transposed(kh, d));
+            gemm(isa, (rows, m, d), View::rows(qb, d), keys, &mut s);
+            for (r, row) in s.chunks_exact_mut(m.max(1)).enumerate() {
+                for x in row.iter_mut() {
+                    *x *= scale;
+                }
+                if causal {
+                    row.iter_mut()
+                        .skip(i0 + r + 1)
+                        .for_each(|x| *x = f32::NEG_INFINITY);
+                }
+                crate::norm::softmax_row(isa, row);
+            }
+            gemm(
+                isa,
+                (rows, d, m),
+                View::rows(&s, m),
+                Rhs::View(View::rows(vh, d)),
+                o,
+            );
+        });
+}
