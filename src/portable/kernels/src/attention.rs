@@ -8,8 +8,9 @@ use crate::gemm::{gemm, Rhs, View};
 use crate::Isa;
 use rayon::prelude::*;
 
-/// Query rows per task (speed only): a block's scores are `ROWS x m` values.
-const ROWS: usize = 64;
+/// Query rows per task (speed only): a block's scores are `ROWS x m` values; a multiple of
+/// every ISA's tile height (12, 6, 4), so that no tile of a block runs part empty.
+const ROWS: usize = 96;
 
 /// The heads' shapes: `heads` heads of `n` queries and `m` keys, `d` values each.
 #[derive(Debug, Clone, Copy)]

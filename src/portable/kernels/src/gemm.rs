@@ -199,25 +199,9 @@ fn product(isa: Isa, s: Shape, (m, n, k): (usize, usize, usize), a: View, b: Rhs
             for it in tiles.clone() {
                 let (i0, j0) = (it * s.mr, jp * s.nr);
                 let valid = ((m - i0).min(s.mr), (n - j0).min(s.nr));
-                let mut p0 = 0;
-                while p0 < k {
-                    let kc = KC.min(k - p0);
-                    let ap = (&arows[i0 * lda + p0..], lda);
-                    // SAFETY: this task alone owns the tile (i0, j0); `valid` keeps it in c.
-                    unsafe {
-                        tile(
-                            isa,
-                            kc,
-                            ap,
-                            &panel[p0 * s.nr..],
-                            out,
-                            (i0, j0),
-                            valid,
-                            p0 > 0,
-                        )
-                    };
-                    p0 += kc;
-                }
+                let ap = (&arows[i0 * lda..], lda);
+                // SAFETY: this task alone owns the tile (i0, j0); `valid` keeps it in c.
+                unsafe { tile(isa, k, ap, panel, out, (i0, j0), valid) };
             }
         }
     });
@@ -251,48 +235,48 @@ fn pack_panel(buf: &mut [f32], bt: View, j0: usize, live: usize, w: usize) {
     }
 }
 
-/// One register tile of one reduction block: `kc` fused multiply-adds per output in increasing
-/// `p` from +0, added to the previous blocks' sum when `partial`; the `valid` part stored. a's
-/// rows are `ap.0[r * ap.1..][..kc]`; the rows past the valid ones repeat the last (their
-/// outputs are not stored). A whole tile of a
-/// row-major output is read and written in place, an edge tile through a buffer.
+/// One register tile over all of `k`, block by block of [`KC`]: each block's chain from +0,
+/// the first block's sum stored, each later one added to the running sum; the `valid` part of
+/// the tile stored. a's rows are `ap.0[r * ap.1..][..k]`; the rows past the valid ones repeat
+/// the last (their outputs are not stored). A whole tile of a row-major output is summed in
+/// place, an edge tile (or a transposed output's) in a buffer copied out once at the end.
 ///
 /// # Safety
 /// The tile lies inside `out` where `valid` says, and no other thread touches it.
-#[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     isa: Isa,
-    kc: usize,
+    k: usize,
     (a, lda): (&[f32], usize),
     bp: &[f32],
     out: Out,
     (i0, j0): (usize, usize),
     (mv, nv): (usize, usize),
-    partial: bool,
 ) {
     let s = shape(isa);
-    assert!(mv >= 1 && a.len() >= (mv - 1) * lda + kc && bp.len() >= kc * s.nr);
-    let mut rows = [a.as_ptr(); 12];
-    for (r, row) in rows.iter_mut().enumerate().take(s.mr) {
-        *row = a.as_ptr().add(r.min(mv - 1) * lda);
-    }
+    assert!(mv >= 1 && a.len() >= (mv - 1) * lda + k && bp.len() >= k * s.nr);
     let at = |r: usize, c: usize| out.ptr.add((i0 + r) * out.rs + (j0 + c) * out.cs);
-    if out.cs == 1 && mv == s.mr && nv == s.nr {
-        micro(isa, kc, &rows, bp, (at(0, 0), out.rs), partial);
-        return;
-    }
+    let whole = out.cs == 1 && mv == s.mr && nv == s.nr;
     let mut acc = [0f32; 12 * 32];
-    if partial {
-        for r in 0..mv {
-            for c in 0..nv {
-                acc[r * s.nr + c] = *at(r, c);
-            }
+    let c = if whole {
+        (at(0, 0), out.rs)
+    } else {
+        (acc.as_mut_ptr(), s.nr)
+    };
+    let mut rows = [a.as_ptr(); 12];
+    let mut p0 = 0;
+    while p0 < k {
+        let kc = KC.min(k - p0);
+        for (r, row) in rows.iter_mut().enumerate().take(s.mr) {
+            *row = a.as_ptr().add(r.min(mv - 1) * lda + p0);
         }
+        micro(isa, kc, &rows, &bp[p0 * s.nr..], c, p0 > 0);
+        p0 += kc;
     }
-    micro(isa, kc, &rows, bp, (acc.as_mut_ptr(), s.nr), partial);
-    for r in 0..mv {
-        for c in 0..nv {
-            *at(r, c) = acc[r * s.nr + c];
+    if !whole {
+        for r in 0..mv {
+            for col in 0..nv {
+                *at(r, col) = acc[r * s.nr + col];
+            }
         }
     }
 }
