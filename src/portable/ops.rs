@@ -345,6 +345,18 @@ mod tests {
             bits(&conv2d(isa, &x, &w3, Some(&b), 1, 1).unwrap()),
             bits(&conv2d(isa, &x, &w3, None, 2, 1).unwrap()),
             bits(&conv2d(isa, &x, &w1, None, 1, 0).unwrap()),
+            // Patches too many to pack whole: packed a chunk at a time by column tasks.
+            bits(
+                &conv2d(
+                    isa,
+                    &noise(19, &[1, 30, 40, 40]),
+                    &noise(23, &[8, 30, 3, 3]),
+                    None,
+                    1,
+                    1,
+                )
+                .unwrap(),
+            ),
             // Few pixels, many filters: the patch matrix, maybe transposed, on the wide ISAs.
             bits(
                 &conv2d(
@@ -402,36 +414,37 @@ mod tests {
     }
 
     /// Every ISA's GEMM, on shapes with edges in every direction, a reduction of several
-    /// blocks and both orientations, equals the rule computed one output at a time.
+    /// blocks and both orientations, equals the rule computed one output at a time: a small b
+    /// (packed whole) and a large one (packed a chunk at a time by column tasks).
     #[test]
     fn the_gemm_is_the_order_rule_one_output_at_a_time() {
-        let (a, b) = (noise(20, &[2, 29, 203]), noise(21, &[2, 203, 45]));
-        let keys = noise(22, &[2, 45, 203]);
-        let av = values(&a).unwrap().0;
-        let bv = values(&b).unwrap().0;
-        let kv = values(&keys).unwrap().0;
-        for isa in Isa::available() {
-            let got = values(&bmm(isa, &a, &b).unwrap()).unwrap().0;
-            let got_t = values(&bmm(isa, &a, &keys.transpose(1, 2)).unwrap())
-                .unwrap()
-                .0;
-            for (bi, i, j) in
-                (0..2).flat_map(|x| (0..29).flat_map(move |i| (0..45).map(move |j| (x, i, j))))
-            {
-                let row = || (0..203).map(|p| av[(bi * 29 + i) * 203 + p]);
-                let want = rule_dot(row(), (0..203).map(|p| bv[(bi * 203 + p) * 45 + j]));
-                let want_t = rule_dot(row(), (0..203).map(|p| kv[(bi * 45 + j) * 203 + p]));
-                let at = (bi * 29 + i) * 45 + j;
-                assert_eq!(
-                    got[at].to_bits(),
-                    want.to_bits(),
-                    "{isa:?} ({bi}, {i}, {j})"
-                );
-                assert_eq!(
-                    got_t[at].to_bits(),
-                    want_t.to_bits(),
-                    "{isa:?} keys ({bi}, {i}, {j})"
-                );
+        for (m, k, n) in [(29, 203, 45), (13, 500, 600)] {
+            let (a, b) = (noise(20, &[2, m, k]), noise(21, &[2, k, n]));
+            let keys = noise(22, &[2, n, k]);
+            let av = values(&a).unwrap().0;
+            let bv = values(&b).unwrap().0;
+            let kv = values(&keys).unwrap().0;
+            let (m, k, n) = (m as usize, k as usize, n as usize);
+            for isa in Isa::available() {
+                let got = values(&bmm(isa, &a, &b).unwrap()).unwrap().0;
+                let got_t = values(&bmm(isa, &a, &keys.transpose(1, 2)).unwrap())
+                    .unwrap()
+                    .0;
+                for (bi, i, j) in
+                    (0..2).flat_map(|x| (0..m).flat_map(move |i| (0..n).map(move |j| (x, i, j))))
+                {
+                    let row = || (0..k).map(|p| av[(bi * m + i) * k + p]);
+                    let want = rule_dot(row(), (0..k).map(|p| bv[(bi * k + p) * n + j]));
+                    let want_t = rule_dot(row(), (0..k).map(|p| kv[(bi * n + j) * k + p]));
+                    let at = (bi * m + i) * n + j;
+                    let (g, gt) = (got[at].to_bits(), got_t[at].to_bits());
+                    assert_eq!(g, want.to_bits(), "{isa:?} {m}x{n}x{k} ({bi}, {i}, {j})");
+                    assert_eq!(
+                        gt,
+                        want_t.to_bits(),
+                        "{isa:?} {m}x{n}x{k} keys ({bi}, {i}, {j})"
+                    );
+                }
             }
         }
     }

@@ -60,6 +60,10 @@ pub const KC: usize = 64;
 /// Tiles of `MR` rows per task and column panels of `NR` per task (speed only).
 const ROW_TILES_PER_TASK: usize = 4;
 const COL_PANELS_PER_TASK: usize = 8;
+/// The reduction indices a by-columns task packs and runs at a time: whole blocks (speed only).
+const K_CHUNK: usize = 4 * KC;
+/// The most values of b packed whole (1 MiB; a larger b is packed by chunks).
+const WHOLE_B_MAX: usize = 1 << 18;
 
 /// The shape of one ISA's register tile.
 #[derive(Clone, Copy)]
@@ -87,11 +91,16 @@ struct Out {
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
-/// The right-hand operand: a strided view, or already packed in [`pack_panels`]' layout.
-#[derive(Debug, Clone, Copy)]
+/// Writes rows `p0..p0 + kb` of b's columns `j0..j0 + live` into a zeroed panel chunk
+/// `panel[p - p0][c]` of [`panel_width`] columns and `kb` rows: `fill(j0, live, p0, panel)`.
+pub type Fill<'a> = &'a (dyn Fn(usize, usize, usize, &mut [f32]) + Sync);
+
+/// The right-hand operand: a strided view, or a [`Fill`] that writes it panel by panel (a
+/// convolution's patches, straight from the image).
+#[derive(Clone, Copy)]
 pub enum Rhs<'a> {
     View(View<'a>),
-    Packed(&'a [f32]),
+    Fill(Fill<'a>),
 }
 
 /// The width of a packed panel for `isa` (columns of b per panel).
@@ -120,14 +129,15 @@ pub fn gemm(isa: Isa, (m, n, k): (usize, usize, usize), a: View, b: Rhs, c: &mut
     // where that costs less: fewer padded lanes (a UNet's lowest resolutions have few pixels
     // and many channels) or less packing (a's rows are read in place when contiguous; b is
     // packed, cheaply when its rows are contiguous).
-    let cost = |(m, n): (usize, usize), a: View, b: View| {
+    // A transposed output's tiles go through a buffer, each value copied out once.
+    let cost = |(m, n): (usize, usize), a: View, b: View, copy_out: usize| {
         let padded = m.div_ceil(s.mr) * s.mr * n.div_ceil(s.nr) * s.nr;
         let a_pack = if a.cs == 1 { 0 } else { m * k };
         let b_pack = if b.cs == 1 { n * k / 4 } else { n * k };
-        padded * k / 32 + a_pack + b_pack
+        padded * k / 32 + a_pack + b_pack + copy_out
     };
     match b {
-        Rhs::View(b) if cost((n, m), b.t(), a.t()) < cost((m, n), a, b) => {
+        Rhs::View(b) if cost((n, m), b.t(), a.t(), m * n) < cost((m, n), a, b, 0) => {
             let out_t = Out {
                 ptr: out.ptr,
                 rs: 1,
@@ -140,43 +150,35 @@ pub fn gemm(isa: Isa, (m, n, k): (usize, usize, usize), a: View, b: Rhs, c: &mut
 }
 
 /// b of [k, n] whole in panels of [`panel_width`] columns, `[panel][p][column]` with zeros past
-/// column n: the layout [`Rhs::Packed`] takes. `fill(j0, live, panel)` writes the `live` columns
-/// from j0 of every row p into `panel[p * width..][..live]` (the panel starts zeroed).
-pub fn pack_panels(
-    isa: Isa,
-    (k, n): (usize, usize),
-    fill: impl Fn(usize, usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
-    let nr = shape(isa).nr;
+/// column n, written by `fill`.
+fn pack_panels(nr: usize, (k, n): (usize, usize), fill: Fill) -> Vec<f32> {
     let mut packed = vec![0f32; n.div_ceil(nr) * nr * k];
     packed
         .par_chunks_mut(nr * k.max(1))
         .enumerate()
-        .for_each(|(jp, panel)| fill(jp * nr, (n - jp * nr).min(nr), panel));
+        .for_each(|(jp, panel)| fill(jp * nr, (n - jp * nr).min(nr), 0, panel));
     packed
 }
 
-/// `out[i][j] = sum_p a[i][p] b[p][j]`, block by block of `k`. One parallel loop over groups of
-/// output tiles, each tile running through all of k (its partial sums stay in cache): the
-/// operands are packed whole first, so that no loop waits on another between blocks.
+/// `out[i][j] = sum_p a[i][p] b[p][j]`, block by block of `k`, by one of two schemes (which
+/// changes no bit: each tile still runs through k in increasing order). A small b is packed
+/// whole, then one parallel loop runs groups of output tiles through all of k. A large b (more
+/// than [`WHOLE_B_MAX`] values) would come back from memory, so the columns are split among the
+/// threads instead, and each task packs its columns a chunk of [`K_CHUNK`] rows at a time (a
+/// chunk stays in cache while every row tile runs through it).
 fn product(isa: Isa, s: Shape, (m, n, k): (usize, usize, usize), a: View, b: Rhs, out: Out) {
-    let (row_tiles, panels) = (m.div_ceil(s.mr), n.div_ceil(s.nr));
-    let packed_here;
-    let bp: &[f32] = match b {
-        Rhs::View(b) => {
-            packed_here = pack_panels(isa, (k, n), |j0, live, panel| {
-                pack_panel(panel, b.t(), j0, live, s.nr)
-            });
-            &packed_here
-        }
-        Rhs::Packed(p) => {
-            assert_eq!(p.len(), panels * s.nr * k, "gemm: a packed b of [k, n]");
-            p
-        }
+    let panels = n.div_ceil(s.nr);
+    let view_fill = |j0: usize, live: usize, p0: usize, panel: &mut [f32]| match b {
+        Rhs::View(b) => pack_panel(panel, b.t(), (j0, live), p0, s.nr),
+        Rhs::Fill(_) => unreachable!("a Fill is used as it is"),
+    };
+    let fill: Fill = match b {
+        Rhs::View(_) => &view_fill,
+        Rhs::Fill(f) => f,
     };
     // a's rows: in place when contiguous, else gathered row-major.
     let gathered;
-    let (arows, lda): (&[f32], usize) = if a.cs == 1 {
+    let arows: (&[f32], usize) = if a.cs == 1 {
         (a.data, a.rs)
     } else {
         let mut buf = vec![0f32; m * k];
@@ -188,6 +190,27 @@ fn product(isa: Isa, s: Shape, (m, n, k): (usize, usize, usize), a: View, b: Rhs
         gathered = buf;
         (&gathered, k)
     };
+    let threads = rayon::current_num_threads();
+    if k * panels * s.nr > WHOLE_B_MAX && panels >= threads {
+        let tasks = threads * panels.div_ceil(threads * COL_PANELS_PER_TASK);
+        by_columns(isa, s, (m, n, k), arows, fill, out, panels.div_ceil(tasks));
+    } else {
+        let bp = pack_panels(s.nr, (k, n), fill);
+        whole_b(isa, s, (m, n, k), arows, &bp, out);
+    }
+}
+
+/// [`product`] with b packed whole in `bp`: tasks of [`ROW_TILES_PER_TASK`] row tiles by
+/// [`COL_PANELS_PER_TASK`] panels, each tile through all of k.
+fn whole_b(
+    isa: Isa,
+    s: Shape,
+    (m, n, k): (usize, usize, usize),
+    (arows, lda): (&[f32], usize),
+    bp: &[f32],
+    out: Out,
+) {
+    let (row_tiles, panels) = (m.div_ceil(s.mr), n.div_ceil(s.nr));
     let row_tasks = row_tiles.div_ceil(ROW_TILES_PER_TASK);
     let col_tasks = panels.div_ceil(COL_PANELS_PER_TASK);
     (0..row_tasks * col_tasks).into_par_iter().for_each(|t| {
@@ -201,33 +224,70 @@ fn product(isa: Isa, s: Shape, (m, n, k): (usize, usize, usize), a: View, b: Rhs
                 let valid = ((m - i0).min(s.mr), (n - j0).min(s.nr));
                 let ap = (&arows[i0 * lda..], lda);
                 // SAFETY: this task alone owns the tile (i0, j0); `valid` keeps it in c.
-                unsafe { tile(isa, k, ap, panel, out, (i0, j0), valid) };
+                unsafe { tile(isa, k, ap, panel, out, (i0, j0), valid, false) };
             }
         }
     });
 }
 
-/// Packs b's columns `j0..j0 + live` as a panel `buf[p][c]` of width `w` (`bt` is b^T, [n, k];
-/// `buf` comes zeroed, so the columns past n stay +0).
-fn pack_panel(buf: &mut [f32], bt: View, j0: usize, live: usize, w: usize) {
-    let k = buf.len() / w;
+/// [`product`] for a large b: one task per `per` panels of columns, each packing its panels
+/// a chunk of k at a time and running every row tile through the chunk.
+#[allow(clippy::too_many_arguments)]
+fn by_columns(
+    isa: Isa,
+    s: Shape,
+    (m, n, k): (usize, usize, usize),
+    (arows, lda): (&[f32], usize),
+    fill: Fill,
+    out: Out,
+    per: usize,
+) {
+    let (row_tiles, panels) = (m.div_ceil(s.mr), n.div_ceil(s.nr));
+    (0..panels.div_ceil(per)).into_par_iter().for_each(|t| {
+        let cols = t * per..((t + 1) * per).min(panels);
+        let mut buf = vec![0f32; cols.len() * s.nr * K_CHUNK.min(k)];
+        let mut p0 = 0;
+        while p0 < k {
+            let kb = K_CHUNK.min(k - p0);
+            let chunks = buf.chunks_exact_mut(s.nr * kb);
+            for (jp, panel) in cols.clone().zip(chunks) {
+                panel.fill(0.0);
+                fill(jp * s.nr, (n - jp * s.nr).min(s.nr), p0, panel);
+            }
+            for (jp, panel) in cols.clone().zip(buf.chunks_exact(s.nr * kb)) {
+                for it in 0..row_tiles {
+                    let (i0, j0) = (it * s.mr, jp * s.nr);
+                    let valid = ((m - i0).min(s.mr), (n - j0).min(s.nr));
+                    let ap = (&arows[i0 * lda + p0..], lda);
+                    // SAFETY: this task alone owns the columns of its panels; `valid` keeps
+                    // the tile in c.
+                    unsafe { tile(isa, kb, ap, panel, out, (i0, j0), valid, p0 > 0) };
+                }
+            }
+            p0 += kb;
+        }
+    });
+}
+
+/// Packs rows `p0..` of b's columns `j0..j0 + live` as a panel chunk `buf[p - p0][c]` of width
+/// `w` (`bt` is b^T, [n, k]; `buf` comes zeroed, so the columns past n stay +0).
+fn pack_panel(buf: &mut [f32], bt: View, (j0, live): (usize, usize), p0: usize, w: usize) {
+    let kb = buf.len() / w;
     if bt.rs == 1 {
         // The live values of one p are contiguous.
         for (p, dst) in buf.chunks_exact_mut(w).enumerate() {
-            let src = &bt.data[j0 + p * bt.cs..][..live];
-            for (d, v) in dst.iter_mut().zip(src) {
-                *d = *v;
-            }
+            let src = &bt.data[j0 + (p0 + p) * bt.cs..][..live];
+            dst[..live].copy_from_slice(src);
         }
     } else {
         for c in 0..live {
-            let row = &bt.data[(j0 + c) * bt.rs..];
+            let row = &bt.data[(j0 + c) * bt.rs + p0 * bt.cs..];
             if bt.cs == 1 {
-                for (p, v) in row[..k].iter().enumerate() {
+                for (p, v) in row[..kb].iter().enumerate() {
                     buf[p * w + c] = *v;
                 }
             } else {
-                for p in 0..k {
+                for p in 0..kb {
                     buf[p * w + c] = row[p * bt.cs];
                 }
             }
@@ -235,41 +295,51 @@ fn pack_panel(buf: &mut [f32], bt: View, j0: usize, live: usize, w: usize) {
     }
 }
 
-/// One register tile over all of `k`, block by block of [`KC`]: each block's chain from +0,
-/// the first block's sum stored, each later one added to the running sum; the `valid` part of
-/// the tile stored. a's rows are `ap.0[r * ap.1..][..k]`; the rows past the valid ones repeat
-/// the last (their outputs are not stored). A whole tile of a row-major output is summed in
-/// place, an edge tile (or a transposed output's) in a buffer copied out once at the end.
+/// One register tile over `kb` reduction indices (whole blocks of [`KC`] but the last): each
+/// block's chain from +0, added to the running sum (the tile's value when `partial`, else the
+/// first block's sum is stored); the `valid` part of the tile stored. a's rows are
+/// `ap.0[r * ap.1..][..kb]`, the rows past the valid ones repeating the last (their outputs
+/// are not stored); `bp` is the panel `[p][nr]` from the same index. A whole tile of a
+/// row-major output is summed in place, an edge tile (or a transposed output's) in a buffer.
 ///
 /// # Safety
 /// The tile lies inside `out` where `valid` says, and no other thread touches it.
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     isa: Isa,
-    k: usize,
+    kb: usize,
     (a, lda): (&[f32], usize),
     bp: &[f32],
     out: Out,
     (i0, j0): (usize, usize),
     (mv, nv): (usize, usize),
+    partial: bool,
 ) {
     let s = shape(isa);
-    assert!(mv >= 1 && a.len() >= (mv - 1) * lda + k && bp.len() >= k * s.nr);
+    assert!(mv >= 1 && a.len() >= (mv - 1) * lda + kb && bp.len() >= kb * s.nr);
     let at = |r: usize, c: usize| out.ptr.add((i0 + r) * out.rs + (j0 + c) * out.cs);
     let whole = out.cs == 1 && mv == s.mr && nv == s.nr;
     let mut acc = [0f32; 12 * 32];
     let c = if whole {
         (at(0, 0), out.rs)
     } else {
+        if partial {
+            for r in 0..mv {
+                for col in 0..nv {
+                    acc[r * s.nr + col] = *at(r, col);
+                }
+            }
+        }
         (acc.as_mut_ptr(), s.nr)
     };
     let mut rows = [a.as_ptr(); 12];
     let mut p0 = 0;
-    while p0 < k {
-        let kc = KC.min(k - p0);
+    while p0 < kb {
+        let kc = KC.min(kb - p0);
         for (r, row) in rows.iter_mut().enumerate().take(s.mr) {
             *row = a.as_ptr().add(r.min(mv - 1) * lda + p0);
         }
-        micro(isa, kc, &rows, &bp[p0 * s.nr..], c, p0 > 0);
+        micro(isa, kc, &rows, &bp[p0 * s.nr..], c, partial || p0 > 0);
         p0 += kc;
     }
     if !whole {

@@ -15,7 +15,7 @@ pub mod elementwise;
 pub mod gemm;
 pub mod norm;
 
-pub use gemm::{gemm, pack_panels, panel_width, Rhs, View};
+pub use gemm::{gemm, panel_width, Fill, Rhs, View};
 
 /// The order rule's version: a change of any order is a new version (and new goldens).
 /// Version 1 (stop 20) summed each dot product in 16 interleaved lanes without fused
@@ -184,20 +184,20 @@ pub fn conv2d_image(
             out,
         );
     } else {
-        // The patches straight into the product's panels (one pass, no patch matrix).
+        // The patches straight into the product's panels (no patch matrix).
         let nr = panel_width(isa);
-        let panels = pack_panels(isa, (k, pix), |j0, live, panel| {
-            for (row, dst) in panel.chunks_exact_mut(nr).enumerate() {
+        let patches = |j0: usize, live: usize, p0: usize, panel: &mut [f32]| {
+            for (r, dst) in panel.chunks_exact_mut(nr).enumerate() {
                 let mut j = j0;
                 while j < j0 + live {
                     let (oy, ox) = (j / wo, j % wo);
                     let len = (wo - ox).min(j0 + live - j);
-                    g.patch_segment(x, row, oy, ox, &mut dst[j - j0..j - j0 + len]);
+                    g.patch_segment(x, p0 + r, oy, ox, &mut dst[j - j0..j - j0 + len]);
                     j += len;
                 }
             }
-        });
-        gemm(isa, (o, pix, k), filters, Rhs::Packed(&panels), out);
+        };
+        gemm(isa, (o, pix, k), filters, Rhs::Fill(&patches), out);
     }
     if let Some(bias) = bias {
         out.par_chunks_mut(pix.max(1))
