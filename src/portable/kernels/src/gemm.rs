@@ -72,10 +72,15 @@ struct Shape {
     nr: usize,
 }
 
-fn shape(isa: Isa) -> Shape {
+/// The tile for a product of `n` columns on `isa`: AVX-512's 12 x 32, or its 12 x 16 where 32
+/// would leave a quarter more of the lanes empty (few pixels, a head of 40 values).
+fn shape(isa: Isa, n: usize) -> Shape {
     match isa {
         Isa::Baseline => Shape { mr: 4, nr: 4 },
         Isa::Avx2 => Shape { mr: 6, nr: 16 },
+        Isa::Avx512 if n.div_ceil(16) * 16 * 5 < n.div_ceil(32) * 32 * 4 => {
+            Shape { mr: 12, nr: 16 }
+        }
         Isa::Avx512 => Shape { mr: 12, nr: 32 },
     }
 }
@@ -92,8 +97,8 @@ unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 /// Writes rows `p0..p0 + kb` of b's columns `j0..j0 + live` into a zeroed panel chunk
-/// `panel[p - p0][c]` of [`panel_width`] columns and `kb` rows: `fill(j0, live, p0, panel)`.
-pub type Fill<'a> = &'a (dyn Fn(usize, usize, usize, &mut [f32]) + Sync);
+/// `panel[p - p0][c]` of `w` columns and `kb` rows: `fill(j0, live, p0, w, panel)`.
+pub type Fill<'a> = &'a (dyn Fn(usize, usize, usize, usize, &mut [f32]) + Sync);
 
 /// The right-hand operand: a strided view, or a [`Fill`] that writes it panel by panel (a
 /// convolution's patches, straight from the image).
@@ -103,9 +108,9 @@ pub enum Rhs<'a> {
     Fill(Fill<'a>),
 }
 
-/// The width of a packed panel for `isa` (columns of b per panel).
+/// The widest panel of `isa` (columns of b per panel).
 pub fn panel_width(isa: Isa) -> usize {
-    shape(isa).nr
+    shape(isa, usize::MAX).nr
 }
 
 /// `c = a b` for a of [m, k] and b of [k, n], any strides; c row-major [m, n], every element
@@ -124,28 +129,36 @@ pub fn gemm(isa: Isa, (m, n, k): (usize, usize, usize), a: View, b: Rhs, c: &mut
         rs: n,
         cs: 1,
     };
-    let s = shape(isa);
     // Each output's bits are its own, so the product may as well run transposed (c^T = b^T a^T)
     // where that costs less: fewer padded lanes (a UNet's lowest resolutions have few pixels
     // and many channels) or less packing (a's rows are read in place when contiguous; b is
     // packed, cheaply when its rows are contiguous).
-    // A transposed output's tiles go through a buffer, each value copied out once.
+    // A transposed output's tiles go through a buffer, each value copied out once by a store
+    // across rows (a cache line each: weighed as 8 fused multiply-adds of 32).
     let cost = |(m, n): (usize, usize), a: View, b: View, copy_out: usize| {
+        let s = shape(isa, n);
         let padded = m.div_ceil(s.mr) * s.mr * n.div_ceil(s.nr) * s.nr;
         let a_pack = if a.cs == 1 { 0 } else { m * k };
         let b_pack = if b.cs == 1 { n * k / 4 } else { n * k };
         padded * k / 32 + a_pack + b_pack + copy_out
     };
     match b {
-        Rhs::View(b) if cost((n, m), b.t(), a.t(), m * n) < cost((m, n), a, b, 0) => {
+        Rhs::View(b) if cost((n, m), b.t(), a.t(), 8 * m * n) < cost((m, n), a, b, 0) => {
             let out_t = Out {
                 ptr: out.ptr,
                 rs: 1,
                 cs: n,
             };
-            product(isa, s, (n, m, k), b.t(), Rhs::View(a.t()), out_t);
+            product(
+                isa,
+                shape(isa, m),
+                (n, m, k),
+                b.t(),
+                Rhs::View(a.t()),
+                out_t,
+            );
         }
-        _ => product(isa, s, (m, n, k), a, b, out),
+        _ => product(isa, shape(isa, n), (m, n, k), a, b, out),
     }
 }
 
@@ -156,7 +169,7 @@ fn pack_panels(nr: usize, (k, n): (usize, usize), fill: Fill) -> Vec<f32> {
     packed
         .par_chunks_mut(nr * k.max(1))
         .enumerate()
-        .for_each(|(jp, panel)| fill(jp * nr, (n - jp * nr).min(nr), 0, panel));
+        .for_each(|(jp, panel)| fill(jp * nr, (n - jp * nr).min(nr), 0, nr, panel));
     packed
 }
 
@@ -168,8 +181,8 @@ fn pack_panels(nr: usize, (k, n): (usize, usize), fill: Fill) -> Vec<f32> {
 /// chunk stays in cache while every row tile runs through it).
 fn product(isa: Isa, s: Shape, (m, n, k): (usize, usize, usize), a: View, b: Rhs, out: Out) {
     let panels = n.div_ceil(s.nr);
-    let view_fill = |j0: usize, live: usize, p0: usize, panel: &mut [f32]| match b {
-        Rhs::View(b) => pack_panel(panel, b.t(), (j0, live), p0, s.nr),
+    let view_fill = |j0: usize, live: usize, p0: usize, w: usize, panel: &mut [f32]| match b {
+        Rhs::View(b) => pack_panel(panel, b.t(), (j0, live), p0, w),
         Rhs::Fill(_) => unreachable!("a Fill is used as it is"),
     };
     let fill: Fill = match b {
@@ -224,7 +237,7 @@ fn whole_b(
                 let valid = ((m - i0).min(s.mr), (n - j0).min(s.nr));
                 let ap = (&arows[i0 * lda..], lda);
                 // SAFETY: this task alone owns the tile (i0, j0); `valid` keeps it in c.
-                unsafe { tile(isa, k, ap, panel, out, (i0, j0), valid, false) };
+                unsafe { tile((isa, s), k, ap, panel, out, (i0, j0), valid, false) };
             }
         }
     });
@@ -252,7 +265,7 @@ fn by_columns(
             let chunks = buf.chunks_exact_mut(s.nr * kb);
             for (jp, panel) in cols.clone().zip(chunks) {
                 panel.fill(0.0);
-                fill(jp * s.nr, (n - jp * s.nr).min(s.nr), p0, panel);
+                fill(jp * s.nr, (n - jp * s.nr).min(s.nr), p0, s.nr, panel);
             }
             for (jp, panel) in cols.clone().zip(buf.chunks_exact(s.nr * kb)) {
                 for it in 0..row_tiles {
@@ -261,7 +274,7 @@ fn by_columns(
                     let ap = (&arows[i0 * lda + p0..], lda);
                     // SAFETY: this task alone owns the columns of its panels; `valid` keeps
                     // the tile in c.
-                    unsafe { tile(isa, kb, ap, panel, out, (i0, j0), valid, p0 > 0) };
+                    unsafe { tile((isa, s), kb, ap, panel, out, (i0, j0), valid, p0 > 0) };
                 }
             }
             p0 += kb;
@@ -306,7 +319,7 @@ fn pack_panel(buf: &mut [f32], bt: View, (j0, live): (usize, usize), p0: usize, 
 /// The tile lies inside `out` where `valid` says, and no other thread touches it.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
-    isa: Isa,
+    (isa, s): (Isa, Shape),
     kb: usize,
     (a, lda): (&[f32], usize),
     bp: &[f32],
@@ -315,7 +328,6 @@ unsafe fn tile(
     (mv, nv): (usize, usize),
     partial: bool,
 ) {
-    let s = shape(isa);
     assert!(mv >= 1 && a.len() >= (mv - 1) * lda + kb && bp.len() >= kb * s.nr);
     let at = |r: usize, c: usize| out.ptr.add((i0 + r) * out.rs + (j0 + c) * out.cs);
     let whole = out.cs == 1 && mv == s.mr && nv == s.nr;
@@ -339,7 +351,7 @@ unsafe fn tile(
         for (r, row) in rows.iter_mut().enumerate().take(s.mr) {
             *row = a.as_ptr().add(r.min(mv - 1) * lda + p0);
         }
-        micro(isa, kc, &rows, &bp[p0 * s.nr..], c, partial || p0 > 0);
+        micro((isa, s), kc, &rows, &bp[p0 * s.nr..], c, partial || p0 > 0);
         p0 += kc;
     }
     if !whole {
@@ -357,7 +369,7 @@ unsafe fn tile(
 /// # Safety
 /// `rows[..mr]` each point at kc values, bp holds kc * nr, c's tile is writable.
 unsafe fn micro(
-    isa: Isa,
+    (isa, s): (Isa, Shape),
     kc: usize,
     rows: &[*const f32; 12],
     bp: &[f32],
@@ -369,7 +381,9 @@ unsafe fn micro(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => micro_avx2(kc, rows, bp, c, add),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => micro_avx512(kc, rows, bp, c, add),
+        Isa::Avx512 if s.nr == 16 => micro_avx512::<1>(kc, rows, bp, c, add),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => micro_avx512::<2>(kc, rows, bp, c, add),
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("only x86-64 has the AVX ISAs"),
     }
@@ -440,10 +454,10 @@ unsafe fn micro_avx2(
     }
 }
 
-/// AVX-512: a 12 x 32 tile in 24 registers of 16 lanes.
+/// AVX-512: a 12 x 16 `NV` tile in 12 `NV` registers of 16 lanes (NV 2, or 1 for few columns).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_avx512(
+unsafe fn micro_avx512<const NV: usize>(
     kc: usize,
     rows: &[*const f32; 12],
     bp: &[f32],
@@ -452,20 +466,20 @@ unsafe fn micro_avx512(
 ) {
     use std::arch::x86_64::*;
     const MR: usize = 12;
-    const NR: usize = 32;
-    debug_assert!(bp.len() >= kc * NR);
+    let nr = 16 * NV;
+    debug_assert!(bp.len() >= kc * nr);
     let rows: [*const f32; MR] = std::array::from_fn(|r| rows[r]);
-    let mut v = [[_mm512_setzero_ps(); 2]; MR];
+    let mut v = [[_mm512_setzero_ps(); NV]; MR];
     let mut b = bp.as_ptr();
     for p in 0..kc {
-        let b0 = _mm512_loadu_ps(b);
-        let b1 = _mm512_loadu_ps(b.add(16));
+        let bv: [__m512; NV] = std::array::from_fn(|h| _mm512_loadu_ps(b.add(16 * h)));
         for (r, row) in v.iter_mut().enumerate() {
             let x = _mm512_set1_ps(*rows[r].add(p));
-            row[0] = _mm512_fmadd_ps(x, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(x, b1, row[1]);
+            for (acc, bh) in row.iter_mut().zip(&bv) {
+                *acc = _mm512_fmadd_ps(x, *bh, *acc);
+            }
         }
-        b = b.add(NR);
+        b = b.add(nr);
     }
     for (r, row) in v.iter().enumerate() {
         for (h, x) in row.iter().enumerate() {

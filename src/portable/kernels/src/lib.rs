@@ -185,9 +185,8 @@ pub fn conv2d_image(
         );
     } else {
         // The patches straight into the product's panels (no patch matrix).
-        let nr = panel_width(isa);
-        let patches = |j0: usize, live: usize, p0: usize, panel: &mut [f32]| {
-            for (r, dst) in panel.chunks_exact_mut(nr).enumerate() {
+        let patches = |j0: usize, live: usize, p0: usize, w: usize, panel: &mut [f32]| {
+            for (r, dst) in panel.chunks_exact_mut(w).enumerate() {
                 let mut j = j0;
                 while j < j0 + live {
                     let (oy, ox) = (j / wo, j % wo);
