@@ -114,6 +114,16 @@ impl GroupNorm {
         })
     }
 
+    /// `act(group_norm(x))`: on the portable kernels group_norm with SiLU is one pass.
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        if crate::portable::enabled() && act == Activation::Silu {
+            let (w, b) = (&self.weight, &self.bias);
+            let isa = crate::portable::isa()?;
+            return ops::group_norm_silu(isa, x, self.groups as usize, w, b, self.eps);
+        }
+        act.forward(&self.forward(x)?)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if crate::portable::enabled() {
             return ops::group_norm(x, self.groups as usize, &self.weight, &self.bias, self.eps);

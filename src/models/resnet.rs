@@ -63,8 +63,7 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, input: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.norm1.forward(input)?;
-        let h = self.act.forward(&h)?;
+        let h = self.norm1.forward_act(input, self.act)?;
         let mut h = self.conv1.forward(&h)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             // temb = time_emb_proj(act(temb))[:, :, None, None]; h = h + temb
@@ -72,8 +71,7 @@ impl ResnetBlock2D {
             let t = t.f_unsqueeze(-1)?.f_unsqueeze(-1)?;
             h = h.f_add(&t)?;
         }
-        let h = self.norm2.forward(&h)?;
-        let h = self.act.forward(&h)?;
+        let h = self.norm2.forward_act(&h, self.act)?;
         let h = self.conv2.forward(&h)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(input)?,

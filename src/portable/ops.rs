@@ -231,12 +231,35 @@ pub fn group_norm(
     beta: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
+    group_norm_then(x, groups, (gamma, beta), eps, None)
+}
+
+/// [`silu`] of [`group_norm`], in one pass over x: the bits of the two.
+pub fn group_norm_silu(
+    isa: Isa,
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let then = (isa, elementwise::Sigmoidal::Silu);
+    group_norm_then(x, groups, (gamma, beta), eps, Some(then))
+}
+
+fn group_norm_then(
+    x: &Tensor,
+    groups: usize,
+    (gamma, beta): (&Tensor, &Tensor),
+    eps: f64,
+    then: Option<(Isa, elementwise::Sigmoidal)>,
+) -> Result<Tensor> {
     let (x, g, b) = (dense(x)?, dense(gamma)?, dense(beta)?);
     let s = x.size();
     let mut out = empty(&s);
     let nc = (s[0] as usize, s[1] as usize);
     let (xv, gv, bv) = (slice(&x), slice(&g), slice(&b));
-    norm::group_norm(xv, slice_mut(&mut out), nc, groups, gv, bv, eps);
+    norm::group_norm(xv, slice_mut(&mut out), nc, groups, (gv, bv), eps, then);
     Ok(out)
 }
 
@@ -373,6 +396,7 @@ mod tests {
             bits(&bmm(isa, &qa, &qb).unwrap()),
             bits(&group_norm(&x, 5, &noise(10, &[35]), &noise(11, &[35]), 1e-6).unwrap()),
             bits(&silu(&x).unwrap()),
+            bits(&group_norm_silu(isa, &x, 5, &noise(10, &[35]), &noise(11, &[35]), 1e-6).unwrap()),
             bits(&softmax(&(&lx * 8.0)).unwrap()),
             bits(&layer_norm(&lx, &noise(12, &[77]), &noise(13, &[77]), 1e-5).unwrap()),
             bits(&gelu(&(&x * 4.0)).unwrap()),
@@ -446,6 +470,18 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// group_norm with SiLU in one pass gives the bits of the two ops in turn.
+    #[test]
+    fn group_norm_silu_is_silu_of_group_norm() {
+        let x = noise(40, &[2, 64, 9, 7]) * 5.0;
+        let (g, b) = (noise(41, &[64]), noise(42, &[64]));
+        for isa in Isa::available() {
+            let fused = bits(&group_norm_silu(isa, &x, 32, &g, &b, 1e-5).unwrap());
+            let apart = bits(&silu(&group_norm(&x, 32, &g, &b, 1e-5).unwrap()).unwrap());
+            assert!(fused == apart, "{isa:?}");
         }
     }
 

@@ -55,6 +55,43 @@ pub fn map_sigmoidal(isa: Isa, x: &[f32], out: &mut [f32], f: Sigmoidal) {
         });
 }
 
+/// [`map_sigmoidal`] in place on one thread (a caller's task already runs in parallel).
+pub fn sigmoidal_in_place(isa: Isa, buf: &mut [f32], f: Sigmoidal) {
+    match isa {
+        // SAFETY: callers pick only ISAs `Isa::available` reports.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { in_place_avx512(buf, f) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { in_place_avx2(buf, f) },
+        _ => in_place(buf, f),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn in_place_avx512(buf: &mut [f32], f: Sigmoidal) {
+    in_place(buf, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn in_place_avx2(buf: &mut [f32], f: Sigmoidal) {
+    in_place(buf, f)
+}
+
+/// [`sigmoidal`] through a copy of each 16 values.
+#[inline(always)]
+fn in_place(buf: &mut [f32], f: Sigmoidal) {
+    let mut lanes = buf.chunks_exact_mut(16);
+    for x in &mut lanes {
+        let v: [f32; 16] = (&*x).try_into().expect("16 values");
+        sigmoidal(&v, x, f);
+    }
+    let rest = lanes.into_remainder();
+    let v = rest.to_vec();
+    sigmoidal(&v, rest, f);
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn sigmoidal_avx512(x: &[f32], out: &mut [f32], f: Sigmoidal) {

@@ -1,6 +1,7 @@
 //! Normalisations and the softmax: statistics in float64, in increasing index, two passes
 //! (mean, then the squared deviations); `((x - mean) * rstd)` in float64 with
 //! `rstd = 1 / sqrt(var + eps)`, rounded to float32 once, then `* gamma + beta` in float32.
+use crate::elementwise::Sigmoidal;
 use crate::Isa;
 use rayon::prelude::*;
 
@@ -17,15 +18,18 @@ fn moments(chunk: &[f32], eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// group_norm of x [n, c, per_channel...] (flat) into out, with per-channel gamma and beta.
+/// group_norm of x [n, c, per_channel...] (flat) into out, with per-channel gamma and beta;
+/// then, with `then`, that function of each output value (as its own pass would give it:
+/// group_norm's float32 value in, the function's bits out), channel by channel while in cache.
+#[allow(clippy::too_many_arguments)]
 pub fn group_norm(
     x: &[f32],
     out: &mut [f32],
     (n, c): (usize, usize),
     groups: usize,
-    gamma: &[f32],
-    beta: &[f32],
+    (gamma, beta): (&[f32], &[f32]),
     eps: f64,
+    then: Option<(Isa, Sigmoidal)>,
 ) {
     let per_channel = x.len() / (n * c).max(1);
     let per_group = per_channel * c / groups;
@@ -44,6 +48,9 @@ pub fn group_norm(
                 let (g, b) = (gamma[first_channel + j], beta[first_channel + j]);
                 for (o, x) in o.iter_mut().zip(channel) {
                     *o = ((f64::from(*x) - mean) * rstd) as f32 * g + b;
+                }
+                if let Some((isa, f)) = then {
+                    crate::elementwise::sigmoidal_in_place(isa, o, f);
                 }
             }
         });
