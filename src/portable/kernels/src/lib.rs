@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 pub mod attention;
 pub mod elementwise;
+pub mod expf;
 pub mod gemm;
 pub mod norm;
 
@@ -104,28 +105,49 @@ impl Conv {
         )
     }
 
+    /// The output columns `lo..hi` whose input column `ox * s + kx - p` lies inside the image.
+    #[inline(always)]
+    fn columns_inside(&self, kx: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.padding);
+        let lo = p.saturating_sub(kx).div_ceil(s);
+        let hi = if self.w + p > kx {
+            (self.w + p - kx - 1) / s + 1
+        } else {
+            0
+        };
+        (lo, hi.min(self.out_hw().1))
+    }
+
     /// Writes into `dst` (zeroed) the patch values of reduction index `row` (`(ci * kh + ky) *
     /// kw + kx`, the weight's layout) for output row `oy` and columns `ox0..ox0 + dst.len()`:
     /// `x[ci][oy * s + ky - p][ox * s + kx - p]`, only those inside the image.
     #[inline(always)]
     fn patch_segment(&self, x: &[f32], row: usize, oy: usize, ox0: usize, dst: &mut [f32]) {
-        let (s, p) = (self.stride, self.padding);
         let (ci, ky, kx) = (
             row / (self.kh * self.kw),
             row / self.kw % self.kh,
             row % self.kw,
         );
+        let inside = self.columns_inside(kx);
+        self.segment(x, (ci, ky, kx), inside, (oy, ox0), dst);
+    }
+
+    /// [`Conv::patch_segment`] with the row's indices and columns inside worked out.
+    #[inline(always)]
+    fn segment(
+        &self,
+        x: &[f32],
+        (ci, ky, kx): (usize, usize, usize),
+        (lo, hi): (usize, usize),
+        (oy, ox0): (usize, usize),
+        dst: &mut [f32],
+    ) {
+        let (s, p) = (self.stride, self.padding);
         let iy = (oy * s + ky) as isize - p as isize;
         if iy < 0 || iy as usize >= self.h {
             return;
         }
-        // The output columns whose input column lies inside the image.
-        let lo = p.saturating_sub(kx).div_ceil(s).max(ox0);
-        let hi = if self.w + p > kx {
-            ((self.w + p - kx - 1) / s + 1).min(ox0 + dst.len())
-        } else {
-            0
-        };
+        let (lo, hi) = (lo.max(ox0), hi.min(ox0 + dst.len()));
         if lo >= hi {
             return;
         }
@@ -136,6 +158,30 @@ impl Conv {
         } else {
             for ox in lo..hi {
                 dst[ox - ox0] = src[ox * s + kx - p];
+            }
+        }
+    }
+
+    /// Rows `p0..` of the patch matrix's columns `j0..j0 + live` (output pixels) into a zeroed
+    /// panel chunk `panel[p - p0][c]` of width `w`: a [`crate::Fill`] for the product. The
+    /// pixels' rows and columns are worked out once per panel, each reduction index's once.
+    fn fill(&self, x: &[f32], (j0, live): (usize, usize), p0: usize, w: usize, panel: &mut [f32]) {
+        let wo = self.out_hw().1;
+        let mut segments = Vec::with_capacity(live / wo.max(1) + 2);
+        let mut j = j0;
+        while j < j0 + live {
+            let (oy, ox) = (j / wo, j % wo);
+            let len = (wo - ox).min(j0 + live - j);
+            segments.push((oy, ox, j - j0, len));
+            j += len;
+        }
+        let taps = self.kh * self.kw;
+        for (r, dst) in panel.chunks_exact_mut(w).enumerate() {
+            let row = p0 + r;
+            let tap = (row / taps, row % taps / self.kw, row % self.kw);
+            let inside = self.columns_inside(tap.2);
+            for &(oy, ox, at, len) in &segments {
+                self.segment(x, tap, inside, (oy, ox), &mut dst[at..at + len]);
             }
         }
     }
@@ -185,17 +231,7 @@ pub fn conv2d_image(
         );
     } else {
         // The patches straight into the product's panels (no patch matrix).
-        let patches = |j0: usize, live: usize, p0: usize, w: usize, panel: &mut [f32]| {
-            for (r, dst) in panel.chunks_exact_mut(w).enumerate() {
-                let mut j = j0;
-                while j < j0 + live {
-                    let (oy, ox) = (j / wo, j % wo);
-                    let len = (wo - ox).min(j0 + live - j);
-                    g.patch_segment(x, p0 + r, oy, ox, &mut dst[j - j0..j - j0 + len]);
-                    j += len;
-                }
-            }
-        };
+        let patches = |j0, live, p0, w, panel: &mut [f32]| g.fill(x, (j0, live), p0, w, panel);
         gemm(isa, (o, pix, k), filters, Rhs::Fill(&patches), out);
     }
     if let Some(bias) = bias {

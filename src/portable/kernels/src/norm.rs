@@ -91,7 +91,7 @@ pub fn softmax_row(isa: Isa, row: &mut [f32]) {
         Isa::Avx512 => unsafe { exp_shifted_avx512(row, max) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { exp_shifted_avx2(row, max) },
-        _ => exp_shifted(row, max),
+        _ => exp_shifted(Isa::Baseline, row, max),
     }
     let sum: f64 = row.iter().map(|&x| f64::from(x)).sum();
     for x in row.iter_mut() {
@@ -102,25 +102,26 @@ pub fn softmax_row(isa: Isa, row: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp_shifted_avx512(row: &mut [f32], max: f32) {
-    exp_shifted(row, max)
+    exp_shifted(Isa::Avx512, row, max)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn exp_shifted_avx2(row: &mut [f32], max: f32) {
-    exp_shifted(row, max)
+    exp_shifted(Isa::Avx2, row, max)
 }
 
 /// `x = expf(x - max)` on every value, libm's bits.
 #[inline(always)]
-fn exp_shifted(row: &mut [f32], max: f32) {
+fn exp_shifted(isa: Isa, row: &mut [f32], max: f32) {
     let mut lanes = row.chunks_exact_mut(16);
     for x in &mut lanes {
         let mut arg = [0f32; 16];
         for (a, v) in arg.iter_mut().zip(x.iter()) {
             *a = *v - max;
         }
-        x.copy_from_slice(&crate::elementwise::expf_lanes(arg));
+        // SAFETY: the caller runs with `isa`'s features.
+        x.copy_from_slice(&unsafe { crate::expf::expf16(isa, arg) });
     }
     for x in lanes.into_remainder() {
         *x = libm::expf(*x - max);
