@@ -473,6 +473,26 @@ mod tests {
         }
     }
 
+    /// softmax, four rows side by side, is each row's rule computed alone: libm's expf of
+    /// `x - max`, the float64 sum in increasing index, the float64 division rounded once.
+    #[test]
+    fn softmax_is_its_rule_row_by_row() {
+        let x = noise(43, &[2, 5, 77]) * 20.0;
+        let (xv, _) = values(&x).unwrap();
+        let got = values(&softmax(&x).unwrap()).unwrap().0;
+        for (row, out) in xv.chunks(77).zip(got.chunks(77)) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = row.iter().map(|v| libm::expf(v - max)).collect();
+            let mut sum = 0f64;
+            for v in &e {
+                sum += f64::from(*v);
+            }
+            for (o, v) in out.iter().zip(&e) {
+                assert_eq!(o.to_bits(), ((f64::from(*v) / sum) as f32).to_bits());
+            }
+        }
+    }
+
     /// group_norm with SiLU in one pass gives the bits of the two ops in turn.
     #[test]
     fn group_norm_silu_is_silu_of_group_norm() {

@@ -2,7 +2,7 @@
 //! and probabilities are computed, used and dropped before the next, so the `n x m` matrix of a
 //! head never exists whole (at 4,096 tokens it is 64 MiB a head). The bits are those of the
 //! whole computation: every score is its own dot product ([`mod@crate::gemm`]), every row's
-//! softmax its own ([`crate::norm::softmax_row`]), every output its own dot product over that
+//! softmax its own ([`crate::norm::softmax_rows`]), every output its own dot product over that
 //! row.
 use crate::gemm::{gemm, Rhs, View};
 use crate::Isa;
@@ -24,7 +24,7 @@ pub struct Heads {
 /// `out = softmax((q k^T) * scale) v` per head, for q [heads, n, d], k and v [heads, m, d] and
 /// out [heads, n, d], row-major: the scores' dot products under the order rule, each multiplied
 /// by `scale` in float32; with `causal`, the scores of keys after the query (`j > i`) -inf; the
-/// softmax of [`crate::norm::softmax_row`]; the outputs' dot products over the keys.
+/// softmax of [`crate::norm::softmax_rows`]; the outputs' dot products over the keys.
 pub fn attention(
     isa: Isa,
     (q, k, v): (&[f32], &[f32], &[f32]),
@@ -65,8 +65,8 @@ pub fn attention(
                         .skip(i0 + r + 1)
                         .for_each(|x| *x = f32::NEG_INFINITY);
                 }
-                crate::norm::softmax_row(isa, row);
             }
+            crate::norm::softmax_rows(isa, &mut s, m);
             gemm(
                 isa,
                 (rows, d, m),

@@ -69,34 +69,63 @@ pub fn layer_norm(x: &[f32], out: &mut [f32], d: usize, gamma: &[f32], beta: &[f
         });
 }
 
-/// softmax over rows of length `d` into out: [`softmax_row`] on each.
+/// softmax over rows of length `d` into out: [`softmax_rows`].
 pub fn softmax(isa: Isa, x: &[f32], out: &mut [f32], d: usize) {
     assert_eq!(x.len(), out.len());
-    out.par_chunks_mut(d.max(1))
-        .zip(x.par_chunks(d.max(1)))
-        .for_each(|(row, src)| {
-            row.copy_from_slice(src);
-            softmax_row(isa, row);
+    let group = 4 * d.max(1);
+    out.par_chunks_mut(group)
+        .zip(x.par_chunks(group))
+        .for_each(|(rows, src)| {
+            rows.copy_from_slice(src);
+            softmax_rows(isa, rows, d);
         });
 }
 
-/// softmax of one row in place: `expf(x - max)` in float32 (libm's `expf`, 16 lanes at a time
-/// where they can be), the sum in float64 in increasing index, each divided by it in float64
-/// and rounded once.
-pub fn softmax_row(isa: Isa, row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    match isa {
-        // SAFETY: callers pick only ISAs `Isa::available` reports.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { exp_shifted_avx512(row, max) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { exp_shifted_avx2(row, max) },
-        _ => exp_shifted(Isa::Baseline, row, max),
+/// softmax of each row (of length `d`) of `rows` in place: `expf(x - max)` in float32 (libm's
+/// `expf`, 16 lanes at a time where they can be), the sum in float64 in increasing index, each
+/// value divided by it in float64 and rounded once. Four rows at a time, so that their sums,
+/// each one chain in its own order, run side by side instead of waiting on each addition.
+pub fn softmax_rows(isa: Isa, rows: &mut [f32], d: usize) {
+    if d == 0 {
+        return;
     }
-    let sum: f64 = row.iter().map(|&x| f64::from(x)).sum();
-    for x in row.iter_mut() {
-        *x = (f64::from(*x) / sum) as f32;
+    for group in rows.chunks_mut(4 * d) {
+        for row in group.chunks_exact_mut(d) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            match isa {
+                // SAFETY: callers pick only ISAs `Isa::available` reports.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { exp_shifted_avx512(row, max) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { exp_shifted_avx2(row, max) },
+                _ => exp_shifted(Isa::Baseline, row, max),
+            }
+        }
+        let sums = row_sums(group, d);
+        for (row, sum) in group.chunks_exact_mut(d).zip(sums) {
+            for x in row.iter_mut() {
+                *x = (f64::from(*x) / sum) as f32;
+            }
+        }
     }
+}
+
+/// Each row's float64 sum from +0 in increasing index, for up to four rows; four side by side.
+fn row_sums(group: &[f32], d: usize) -> Vec<f64> {
+    let rows: Vec<&[f32]> = group.chunks_exact(d).collect();
+    if let [a, b, c, e] = rows[..] {
+        let mut s = [0f64; 4];
+        for i in 0..d {
+            s[0] += f64::from(a[i]);
+            s[1] += f64::from(b[i]);
+            s[2] += f64::from(c[i]);
+            s[3] += f64::from(e[i]);
+        }
+        return s.to_vec();
+    }
+    rows.iter()
+        .map(|r| r.iter().fold(0f64, |s, &x| s + f64::from(x)))
+        .collect()
 }
 
 #[cfg(target_arch = "x86_64")]
