@@ -4,7 +4,7 @@
 //! whole computation: every score is its own dot product ([`mod@crate::gemm`]), every row's
 //! softmax its own ([`crate::norm::softmax_rows`]), every output its own dot product over that
 //! row.
-use crate::gemm::{gemm, Rhs, View};
+use crate::gemm::{gemm, pack, Rhs, View};
 use crate::Isa;
 use rayon::prelude::*;
 
@@ -39,23 +39,25 @@ pub fn attention(
     if out.is_empty() {
         return;
     }
-    let blocks = n.div_ceil(ROWS);
-    out.par_chunks_mut(n * d)
-        .enumerate()
-        .flat_map(|(head, o)| {
-            o.par_chunks_mut(ROWS * d)
-                .enumerate()
-                .map(move |(b, o)| (head, b, o))
-        })
-        .for_each(|(head, b, o)| {
+    // Each head's keys (as k^T, [d, m]) and values packed once, for all its blocks of queries.
+    for ((qh, kh), (vh, oh)) in q
+        .chunks_exact(n * d)
+        .zip(k.chunks_exact(m * d))
+        .zip(v.chunks_exact(m * d).zip(out.chunks_exact_mut(n * d)))
+    {
+        let keys = pack(isa, (d, m), View::transposed(kh, d));
+        let values = pack(isa, (m, d), View::rows(vh, d));
+        oh.par_chunks_mut(ROWS * d).enumerate().for_each(|(b, o)| {
             let (i0, rows) = (b * ROWS, o.len() / d.max(1));
-            debug_assert!(b < blocks);
-            let qb = &q[(head * n + i0) * d..][..rows * d];
-            let kh = &k[head * m * d..][..m * d];
-            let vh = &v[head * m * d..][..m * d];
+            let qb = &qh[i0 * d..][..rows * d];
             let mut s = vec![0f32; rows * m];
-            let keys = Rhs::View(View::transposed(kh, d));
-            gemm(isa, (rows, m, d), View::rows(qb, d), keys, &mut s);
+            gemm(
+                isa,
+                (rows, m, d),
+                View::rows(qb, d),
+                Rhs::Packed(&keys),
+                &mut s,
+            );
             for (r, row) in s.chunks_exact_mut(m.max(1)).enumerate() {
                 for x in row.iter_mut() {
                     *x *= scale;
@@ -71,8 +73,9 @@ pub fn attention(
                 isa,
                 (rows, d, m),
                 View::rows(&s, m),
-                Rhs::View(View::rows(vh, d)),
+                Rhs::Packed(&values),
                 o,
             );
         });
+    }
 }

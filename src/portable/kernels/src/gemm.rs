@@ -100,12 +100,35 @@ unsafe impl Sync for Out {}
 /// `panel[p - p0][c]` of `w` columns and `kb` rows: `fill(j0, live, p0, w, panel)`.
 pub type Fill<'a> = &'a (dyn Fn(usize, usize, usize, usize, &mut [f32]) + Sync);
 
-/// The right-hand operand: a strided view, or a [`Fill`] that writes it panel by panel (a
-/// convolution's patches, straight from the image).
+/// The right-hand operand: a strided view, a [`Fill`] that writes it panel by panel (a
+/// convolution's patches, straight from the image), or packed once by [`pack`] for several
+/// products (attention's keys and values, for each block of queries).
 #[derive(Clone, Copy)]
 pub enum Rhs<'a> {
     View(View<'a>),
     Fill(Fill<'a>),
+    Packed(&'a Packed),
+}
+
+/// b of [k, n] packed whole in the panels its products take ([`pack`]).
+#[derive(Debug)]
+pub struct Packed {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+/// b of [k, n] packed for `isa`'s products of n columns, to be used as [`Rhs::Packed`].
+pub fn pack(isa: Isa, (k, n): (usize, usize), b: View) -> Packed {
+    let nr = shape(isa, n).nr;
+    let fill = |j0: usize, live: usize, p0: usize, w: usize, panel: &mut [f32]| {
+        pack_panel(panel, b.t(), (j0, live), p0, w)
+    };
+    Packed {
+        data: pack_panels(nr, (k, n), &fill),
+        k,
+        n,
+    }
 }
 
 /// The widest panel of `isa` (columns of b per panel).
@@ -183,11 +206,11 @@ fn product(isa: Isa, s: Shape, (m, n, k): (usize, usize, usize), a: View, b: Rhs
     let panels = n.div_ceil(s.nr);
     let view_fill = |j0: usize, live: usize, p0: usize, w: usize, panel: &mut [f32]| match b {
         Rhs::View(b) => pack_panel(panel, b.t(), (j0, live), p0, w),
-        Rhs::Fill(_) => unreachable!("a Fill is used as it is"),
+        _ => unreachable!("only a view is packed here"),
     };
     let fill: Fill = match b {
-        Rhs::View(_) => &view_fill,
         Rhs::Fill(f) => f,
+        _ => &view_fill,
     };
     // a's rows: in place when contiguous, else gathered row-major.
     let gathered;
@@ -204,7 +227,15 @@ fn product(isa: Isa, s: Shape, (m, n, k): (usize, usize, usize), a: View, b: Rhs
         (&gathered, k)
     };
     let threads = rayon::current_num_threads();
-    if k * panels * s.nr > WHOLE_B_MAX && panels >= threads {
+    if let Rhs::Packed(p) = b {
+        assert_eq!((p.k, p.n), (k, n), "gemm: b packed as [k, n]");
+        assert_eq!(
+            p.data.len(),
+            panels * s.nr * k,
+            "gemm: b packed for this ISA"
+        );
+        whole_b(isa, s, (m, n, k), arows, &p.data, out);
+    } else if k * panels * s.nr > WHOLE_B_MAX && panels >= threads {
         let tasks = threads * panels.div_ceil(threads * COL_PANELS_PER_TASK);
         by_columns(isa, s, (m, n, k), arows, fill, out, panels.div_ceil(tasks));
     } else {
