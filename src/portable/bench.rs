@@ -3,8 +3,8 @@
 //! values, at the threads each uses in a portable run (rayon's pool for the portable kernels;
 //! `--threads` for libtorch, default the same count).
 //!
-//! Each timed sample is a burst of back-to-back products (at least [`BURST`] of wall time), as
-//! in a pipeline, and each burst starts after [`SETTLE`] of rest: the side that ran before
+//! Each timed sample is a burst of back-to-back products (at least `BURST` of wall time), as
+//! in a pipeline, and each burst starts after `SETTLE` of rest: the side that ran before
 //! leaves its threads spinning (libgomp's workers spin for milliseconds after a parallel
 //! region, rayon's before they sleep), and a burst started at once would share the cores with
 //! them. Measured on an Intel Xeon with AMX, 2 cores (2026-12-07): timed without the rest, one
