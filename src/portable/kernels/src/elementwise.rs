@@ -89,8 +89,9 @@ fn in_place(isa: Isa, buf: &mut [f32], f: Sigmoidal) {
         sigmoidal(isa, &v, x, f);
     }
     let rest = lanes.into_remainder();
-    let v = rest.to_vec();
-    sigmoidal(isa, &v, rest, f);
+    let mut v = [0f32; 16];
+    v[..rest.len()].copy_from_slice(rest);
+    sigmoidal(isa, &v[..rest.len()], rest, f);
 }
 
 #[cfg(target_arch = "x86_64")]

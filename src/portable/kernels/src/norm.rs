@@ -110,22 +110,26 @@ pub fn softmax_rows(isa: Isa, rows: &mut [f32], d: usize) {
     }
 }
 
-/// Each row's float64 sum from +0 in increasing index, for up to four rows; four side by side.
-fn row_sums(group: &[f32], d: usize) -> Vec<f64> {
-    let rows: Vec<&[f32]> = group.chunks_exact(d).collect();
-    if let [a, b, c, e] = rows[..] {
-        let mut s = [0f64; 4];
+/// Each row's float64 sum from +0 in increasing index, for up to four rows (the entries past
+/// them stay 0); four side by side.
+fn row_sums(group: &[f32], d: usize) -> [f64; 4] {
+    let mut s = [0f64; 4];
+    if group.len() == 4 * d {
+        let (a, rest) = group.split_at(d);
+        let (b, rest) = rest.split_at(d);
+        let (c, e) = rest.split_at(d);
         for i in 0..d {
             s[0] += f64::from(a[i]);
             s[1] += f64::from(b[i]);
             s[2] += f64::from(c[i]);
             s[3] += f64::from(e[i]);
         }
-        return s.to_vec();
+    } else {
+        for (sum, row) in s.iter_mut().zip(group.chunks_exact(d)) {
+            *sum = row.iter().fold(0f64, |s, &x| s + f64::from(x));
+        }
     }
-    rows.iter()
-        .map(|r| r.iter().fold(0f64, |s, &x| s + f64::from(x)))
-        .collect()
+    s
 }
 
 #[cfg(target_arch = "x86_64")]
