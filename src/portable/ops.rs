@@ -493,6 +493,47 @@ mod tests {
         }
     }
 
+    /// softmax's division by its row sum, taken from a product where that is provably the same,
+    /// is the float64 quotient rounded once on every ISA: on values of every magnitude and
+    /// kind, and on quotients planted within a few float64 steps of float32's rounding points
+    /// (sums made as `x / midpoint`, then moved by up to 12 steps either way).
+    #[test]
+    fn the_division_by_the_sum_is_the_quotient_bit_for_bit() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let specials = [0.0, -0.0, f32::NAN, f32::INFINITY, -1.0, 1e-45, 1e-39, 1.0];
+        let mut cases: Vec<(f64, Vec<f32>)> = Vec::new();
+        for sum in [0.5, 1.0, 3.0, 4096.5, 1e301, f64::NAN, f64::INFINITY] {
+            let mut xs = specials.to_vec();
+            xs.extend((0..4000).map(|_| f32::from_bits(next() as u32 & 0x7fff_ffff)));
+            cases.push((sum, xs));
+        }
+        for _ in 0..20_000 {
+            let x = f32::from_bits(0x3000_0000 + (next() as u32 % 0x0f80_0000));
+            let v = f32::from_bits(0x0100_0000 + (next() as u32 % (x.to_bits() - 0x0100_0000)));
+            let midpoint = f64::from_bits(f64::from(v).to_bits() + 0x1000_0000);
+            let sum = f64::from(x) / midpoint;
+            let nearby =
+                (-12i64..=12).map(|s| f64::from_bits(sum.to_bits().wrapping_add_signed(s)));
+            cases.extend(nearby.filter(|s| *s >= 1.0).map(|s| (s, vec![x; 19])));
+        }
+        for isa in Isa::available() {
+            for (sum, xs) in &cases {
+                let mut got = xs.clone();
+                norm::divide(isa, &mut got, *sum);
+                for (g, x) in got.iter().zip(xs) {
+                    let want = (f64::from(*x) / sum) as f32;
+                    assert_eq!(g.to_bits(), want.to_bits(), "{isa:?}: {x:e} / {sum:e}");
+                }
+            }
+        }
+    }
+
     /// group_norm with SiLU in one pass gives the bits of the two ops in turn.
     #[test]
     fn group_norm_silu_is_silu_of_group_norm() {

@@ -78,6 +78,7 @@ pub unsafe fn expf16(isa: Isa, x: [f32; 16]) -> [f32; 16] {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn expf16_avx512(x: [f32; 16]) -> [f32; 16] {
     use std::arch::x86_64::*;
     let v = _mm512_loadu_ps(x.as_ptr());
@@ -124,6 +125,7 @@ unsafe fn expf16_avx512(x: [f32; 16]) -> [f32; 16] {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn expf8_avx2(x: [f32; 8]) -> [f32; 8] {
     use std::arch::x86_64::*;
     let v = _mm256_loadu_ps(x.as_ptr());

@@ -83,31 +83,192 @@ pub fn softmax(isa: Isa, x: &[f32], out: &mut [f32], d: usize) {
 
 /// softmax of each row (of length `d`) of `rows` in place: `expf(x - max)` in float32 (libm's
 /// `expf`, 16 lanes at a time where they can be), the sum in float64 in increasing index, each
-/// value divided by it in float64 and rounded once. Four rows at a time, so that their sums,
-/// each one chain in its own order, run side by side instead of waiting on each addition.
+/// value divided by it in float64 and rounded once ([`divide`]). Four rows at a time, so that
+/// their sums, each one chain in its own order, run side by side instead of waiting on each
+/// addition.
 pub fn softmax_rows(isa: Isa, rows: &mut [f32], d: usize) {
     if d == 0 {
         return;
     }
+    match isa {
+        // SAFETY: callers pick only ISAs `Isa::available` reports.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { softmax_rows_avx512(rows, d) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { softmax_rows_avx2(rows, d) },
+        _ => softmax_rows_on(Isa::Baseline, rows, d),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_rows_avx512(rows: &mut [f32], d: usize) {
+    softmax_rows_on(Isa::Avx512, rows, d)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn softmax_rows_avx2(rows: &mut [f32], d: usize) {
+    softmax_rows_on(Isa::Avx2, rows, d)
+}
+
+/// [`softmax_rows`] with `isa`'s exp, inlined into a caller compiled for `isa` (so that the
+/// maximum and the division are vectorised for it too).
+#[inline(always)]
+fn softmax_rows_on(isa: Isa, rows: &mut [f32], d: usize) {
     for group in rows.chunks_mut(4 * d) {
         for row in group.chunks_exact_mut(d) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            match isa {
-                // SAFETY: callers pick only ISAs `Isa::available` reports.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { exp_shifted_avx512(row, max) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { exp_shifted_avx2(row, max) },
-                _ => exp_shifted(Isa::Baseline, row, max),
-            }
+            let max = max_of(row);
+            exp_shifted(isa, row, max);
         }
         let sums = row_sums(group, d);
         for (row, sum) in group.chunks_exact_mut(d).zip(sums) {
-            for x in row.iter_mut() {
-                *x = (f64::from(*x) / sum) as f32;
-            }
+            // SAFETY: the caller runs with `isa`'s features.
+            unsafe { divide_on(isa, row, sum) };
         }
     }
+}
+
+/// The largest value of `row`, NaNs ignored (as `f32::max` ignores them), -inf for none: a
+/// fold's value, taken in 16 lanes. Only the sign of a zero maximum may differ from a fold's,
+/// and no `x - max` depends on it (`x - 0` and `x + 0` agree but at `x = -0`, whose results
+/// `-0` and `+0` have the same `expf`, 1).
+#[inline(always)]
+fn max_of(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (m, x) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(*x);
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    lanes.into_iter().fold(tail, f32::max)
+}
+
+/// `x = (x as f64 / sum) as f32` for every value of `row`, bit for bit; the public form of the
+/// softmax's division, for the tests that hold it to the quotient.
+pub fn divide(isa: Isa, row: &mut [f32], sum: f64) {
+    // SAFETY: callers pick only ISAs `Isa::available` reports.
+    unsafe { divide_on(isa, row, sum) }
+}
+
+/// [`divide`] on `isa`.
+///
+/// # Safety
+/// The CPU runs `isa`.
+#[inline(always)]
+unsafe fn divide_on(isa: Isa, row: &mut [f32], sum: f64) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => divide_avx512(row, sum),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => divide_avx2(row, sum),
+        _ => divide_in_place(row, sum),
+    }
+}
+
+/// [`divide_in_place`] written with AVX-512 intrinsics (the compiler's vectors for the plain
+/// form gathered across chunks): the same products, checks and fallback.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn divide_avx512(row: &mut [f32], sum: f64) {
+    use std::arch::x86_64::*;
+    if !SURE_SUMS.contains(&sum) {
+        return divide_exactly(row, sum);
+    }
+    let inv = _mm512_set1_pd(1.0 / sum);
+    let low_mask = _mm512_set1_epi64(LOW_BITS as i64);
+    let from = _mm512_set1_epi64((MIDPOINT - MARGIN) as i64);
+    let width = _mm512_set1_epi64((2 * MARGIN) as i64);
+    let (tiny, zero) = (_mm512_set1_pd(TINY), _mm512_setzero_pd());
+    let unsure = |p: __m512d| {
+        let low = _mm512_and_si512(_mm512_castpd_si512(p), low_mask);
+        let near = _mm512_cmple_epu64_mask(_mm512_sub_epi64(low, from), width);
+        let plain = _mm512_cmp_pd_mask::<_CMP_GE_OQ>(p, tiny) | _mm512_cmpeq_pd_mask(p, zero);
+        near | !plain
+    };
+    let mut chunks = row.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        let x = _mm512_loadu_ps(chunk.as_ptr());
+        let halves = [
+            _mm512_castps512_ps256(x),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x))),
+        ];
+        let p = halves.map(|h| _mm512_mul_pd(_mm512_cvtps_pd(h), inv));
+        if unsure(p[0]) | unsure(p[1]) != 0 {
+            divide_exactly(chunk, sum);
+        } else {
+            _mm256_storeu_ps(chunk.as_mut_ptr(), _mm512_cvtpd_ps(p[0]));
+            _mm256_storeu_ps(chunk.as_mut_ptr().add(8), _mm512_cvtpd_ps(p[1]));
+        }
+    }
+    divide_exactly(chunks.into_remainder(), sum);
+}
+
+/// Each value divided by `sum` in float64, rounded once to float32.
+#[inline(always)]
+fn divide_exactly(row: &mut [f32], sum: f64) {
+    row.iter_mut()
+        .for_each(|x| *x = (f64::from(*x) / sum) as f32);
+}
+
+/// [`divide_in_place`]'s constants: float32's rounding point in a float64's low bits, the
+/// steps kept clear of it, the smallest quotient taken from the product, the sums it serves.
+const MIDPOINT: u64 = 0x1000_0000;
+const LOW_BITS: u64 = 0x1fff_ffff;
+const MARGIN: u64 = 8;
+const TINY: f64 = 1.0 / (1u128 << 125) as f64;
+const SURE_SUMS: std::ops::Range<f64> = 1.0..1e300;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn divide_avx2(row: &mut [f32], sum: f64) {
+    divide_in_place(row, sum)
+}
+
+/// [`divide`]: the float64 quotient rounded to float32, computed as `p = x * (1 / sum)` where
+/// that provably rounds to the same float32, else by the division.
+///
+/// Why: with `inv = 1 / sum` and `p = x * inv` each rounded once (relative error 2^-53 each),
+/// `|p - x / sum| < 2.2 ulp(p)`, so the correctly rounded quotient `q` lies within 6 float64
+/// steps of `p` (a binade boundary between them halves the steps). `q as f32` changes value
+/// only at a midpoint between two float32 values, a float64 whose low 29 bits are 0x1000_0000
+/// (float32 keeps 24 of float64's 53 significant bits). So where p's low 29 bits are more than
+/// 8 steps from that, `p as f32 == q as f32`. The multiplication is used only where that holds
+/// and `p` is zero or at least 2^-125 (above float32's subnormals, whose rounding point
+/// differs), for `1 <= sum < 2^1000` (a softmax's sum is at least 1, its largest term's; no
+/// float64 overflow or subnormal); everything else (NaN, negative, tiny) is divided.
+#[inline(always)]
+fn divide_in_place(row: &mut [f32], sum: f64) {
+    if !SURE_SUMS.contains(&sum) {
+        return divide_exactly(row, sum);
+    }
+    let inv = 1.0 / sum;
+    let mut chunks = row.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        let mut q = [0f32; 16];
+        let mut unsure = 0u64;
+        for (q, x) in q.iter_mut().zip(chunk.iter()) {
+            let p = f64::from(*x) * inv;
+            let low = p.to_bits() & LOW_BITS;
+            let near = low.wrapping_sub(MIDPOINT - MARGIN) <= 2 * MARGIN;
+            let plain = p >= TINY || p == 0.0;
+            unsure |= u64::from(near | !plain);
+            *q = p as f32;
+        }
+        if unsure == 0 {
+            chunk.copy_from_slice(&q);
+        } else {
+            divide_exactly(chunk, sum);
+        }
+    }
+    divide_exactly(chunks.into_remainder(), sum);
 }
 
 /// Each row's float64 sum from +0 in increasing index, for up to four rows (the entries past
@@ -130,18 +291,6 @@ fn row_sums(group: &[f32], d: usize) -> [f64; 4] {
         }
     }
     s
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_shifted_avx512(row: &mut [f32], max: f32) {
-    exp_shifted(Isa::Avx512, row, max)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn exp_shifted_avx2(row: &mut [f32], max: f32) {
-    exp_shifted(Isa::Avx2, row, max)
 }
 
 /// `x = expf(x - max)` on every value, libm's bits.
