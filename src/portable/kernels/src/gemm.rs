@@ -72,15 +72,16 @@ struct Shape {
     nr: usize,
 }
 
-/// The tile for a product of `n` columns on `isa`: AVX-512's 12 x 32, or its 12 x 16 where 32
-/// would leave a quarter more of the lanes empty (few pixels, a head of 40 values).
+/// The tile for a product of `n` columns on `isa`. AVX-512 has three: 12 x 32; 8 x 48 where
+/// that leaves fewer lanes empty (a head of 40 values); 12 x 16 where 32 would leave a quarter
+/// more of the lanes empty (few pixels). (12 x 16 waits on loads: 13 per 12 multiply-adds.)
 fn shape(isa: Isa, n: usize) -> Shape {
+    let padded = |nr: usize| n.div_ceil(nr) * nr;
     match isa {
         Isa::Baseline => Shape { mr: 4, nr: 4 },
         Isa::Avx2 => Shape { mr: 6, nr: 16 },
-        Isa::Avx512 if n.div_ceil(16) * 16 * 5 < n.div_ceil(32) * 32 * 4 => {
-            Shape { mr: 12, nr: 16 }
-        }
+        Isa::Avx512 if padded(48) < padded(32).min(padded(16) * 13 / 12) => Shape { mr: 8, nr: 48 },
+        Isa::Avx512 if padded(16) * 5 < padded(32) * 4 => Shape { mr: 12, nr: 16 },
         Isa::Avx512 => Shape { mr: 12, nr: 32 },
     }
 }
@@ -361,20 +362,48 @@ unsafe fn tile(
 ) {
     assert!(mv >= 1 && a.len() >= (mv - 1) * lda + kb && bp.len() >= kb * s.nr);
     let at = |r: usize, c: usize| out.ptr.add((i0 + r) * out.rs + (j0 + c) * out.cs);
-    let whole = out.cs == 1 && mv == s.mr && nv == s.nr;
+    if out.cs == 1 && mv == s.mr && nv == s.nr {
+        return blocks((isa, s), kb, (a, lda), mv, bp, (at(0, 0), out.rs), partial);
+    }
     let mut acc = [0f32; 12 * 32];
-    let c = if whole {
-        (at(0, 0), out.rs)
-    } else {
-        if partial {
-            for r in 0..mv {
-                for col in 0..nv {
-                    acc[r * s.nr + col] = *at(r, col);
-                }
+    if partial {
+        for r in 0..mv {
+            for col in 0..nv {
+                acc[r * s.nr + col] = *at(r, col);
             }
         }
-        (acc.as_mut_ptr(), s.nr)
-    };
+    }
+    blocks(
+        (isa, s),
+        kb,
+        (a, lda),
+        mv,
+        bp,
+        (acc.as_mut_ptr(), s.nr),
+        partial,
+    );
+    for r in 0..mv {
+        for col in 0..nv {
+            *at(r, col) = acc[r * s.nr + col];
+        }
+    }
+}
+
+/// [`tile`]'s blocks of k on the tile `c` (`c.0[r * c.1 + j]`), the first added to c's values
+/// when `partial`.
+///
+/// # Safety
+/// As [`tile`]'s, for c's `mr x nr` values.
+#[inline(always)]
+unsafe fn blocks(
+    (isa, s): (Isa, Shape),
+    kb: usize,
+    (a, lda): (&[f32], usize),
+    mv: usize,
+    bp: &[f32],
+    c: (*mut f32, usize),
+    partial: bool,
+) {
     let mut rows = [a.as_ptr(); 12];
     let mut p0 = 0;
     while p0 < kb {
@@ -384,13 +413,6 @@ unsafe fn tile(
         }
         micro((isa, s), kc, &rows, &bp[p0 * s.nr..], c, partial || p0 > 0);
         p0 += kc;
-    }
-    if !whole {
-        for r in 0..mv {
-            for col in 0..nv {
-                *at(r, col) = acc[r * s.nr + col];
-            }
-        }
     }
 }
 
@@ -412,9 +434,11 @@ unsafe fn micro(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => micro_avx2(kc, rows, bp, c, add),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if s.nr == 16 => micro_avx512::<1>(kc, rows, bp, c, add),
+        Isa::Avx512 if s.nr == 16 => micro_avx512::<12, 1>(kc, rows, bp, c, add),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => micro_avx512::<2>(kc, rows, bp, c, add),
+        Isa::Avx512 if s.nr == 48 => micro_avx512::<8, 3>(kc, rows, bp, c, add),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => micro_avx512::<12, 2>(kc, rows, bp, c, add),
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("only x86-64 has the AVX ISAs"),
     }
@@ -485,10 +509,10 @@ unsafe fn micro_avx2(
     }
 }
 
-/// AVX-512: a 12 x 16 `NV` tile in 12 `NV` registers of 16 lanes (NV 2, or 1 for few columns).
+/// AVX-512: an `MR x 16 NV` tile in `MR NV` registers of 16 lanes (12 x 32, 12 x 16, 8 x 48).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_avx512<const NV: usize>(
+unsafe fn micro_avx512<const MR: usize, const NV: usize>(
     kc: usize,
     rows: &[*const f32; 12],
     bp: &[f32],
@@ -496,7 +520,6 @@ unsafe fn micro_avx512<const NV: usize>(
     add: bool,
 ) {
     use std::arch::x86_64::*;
-    const MR: usize = 12;
     let nr = 16 * NV;
     debug_assert!(bp.len() >= kc * nr);
     let rows: [*const f32; MR] = std::array::from_fn(|r| rows[r]);
