@@ -62,6 +62,8 @@ const ROW_TILES_PER_TASK: usize = 4;
 const COL_PANELS_PER_TASK: usize = 8;
 /// The reduction indices a by-columns task packs and runs at a time: whole blocks (speed only).
 const K_CHUNK: usize = 4 * KC;
+/// Row tiles a by-columns task runs through all its panels before the next rows (speed only).
+const ROW_GROUP: usize = 4;
 /// The most values of b packed whole (1 MiB; a larger b is packed by chunks).
 const WHOLE_B_MAX: usize = 1 << 18;
 
@@ -97,8 +99,10 @@ struct Out {
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
-/// Writes rows `p0..p0 + kb` of b's columns `j0..j0 + live` into a zeroed panel chunk
-/// `panel[p - p0][c]` of `w` columns and `kb` rows: `fill(j0, live, p0, w, panel)`.
+/// Writes rows `p0..p0 + kb` of b's columns `j0..j0 + live` into panels of `w` columns and `kb`
+/// rows, one after another (`chunk[panel][p - p0][c]`, column `j0 + panel * w + c`), every
+/// value of `chunk` (+0 past column n): `fill(j0, live, p0, w, chunk)`. Several panels at
+/// once, so that a convolution reads each image row once for all of them.
 pub type Fill<'a> = &'a (dyn Fn(usize, usize, usize, usize, &mut [f32]) + Sync);
 
 /// The right-hand operand: a strided view, a [`Fill`] that writes it panel by panel (a
@@ -205,8 +209,17 @@ fn pack_panels(nr: usize, (k, n): (usize, usize), fill: Fill) -> Vec<f32> {
 /// chunk stays in cache while every row tile runs through it).
 fn product(isa: Isa, s: Shape, (m, n, k): (usize, usize, usize), a: View, b: Rhs, out: Out) {
     let panels = n.div_ceil(s.nr);
-    let view_fill = |j0: usize, live: usize, p0: usize, w: usize, panel: &mut [f32]| match b {
-        Rhs::View(b) => pack_panel(panel, b.t(), (j0, live), p0, w),
+    let view_fill = |j0: usize, live: usize, p0: usize, w: usize, chunk: &mut [f32]| match b {
+        Rhs::View(b) => {
+            let kb = chunk.len() / live.div_ceil(w) / w;
+            for (i, panel) in chunk.chunks_exact_mut(kb * w).enumerate() {
+                let (j, left) = (j0 + i * w, (live - i * w).min(w));
+                if left < w {
+                    panel.fill(0.0);
+                }
+                pack_panel(panel, b.t(), (j, left), p0, w);
+            }
+        }
         _ => unreachable!("only a view is packed here"),
     };
     let fill: Fill = match b {
@@ -294,19 +307,19 @@ fn by_columns(
         let mut p0 = 0;
         while p0 < k {
             let kb = K_CHUNK.min(k - p0);
-            let chunks = buf.chunks_exact_mut(s.nr * kb);
-            for (jp, panel) in cols.clone().zip(chunks) {
-                panel.fill(0.0);
-                fill(jp * s.nr, (n - jp * s.nr).min(s.nr), p0, s.nr, panel);
-            }
-            for (jp, panel) in cols.clone().zip(buf.chunks_exact(s.nr * kb)) {
-                for it in 0..row_tiles {
-                    let (i0, j0) = (it * s.mr, jp * s.nr);
-                    let valid = ((m - i0).min(s.mr), (n - j0).min(s.nr));
-                    let ap = (&arows[i0 * lda + p0..], lda);
-                    // SAFETY: this task alone owns the columns of its panels; `valid` keeps
-                    // the tile in c.
-                    unsafe { tile((isa, s), kb, ap, panel, out, (i0, j0), valid, p0 > 0) };
+            let chunk = &mut buf[..cols.len() * s.nr * kb];
+            let j0 = cols.start * s.nr;
+            fill(j0, (cols.end * s.nr).min(n) - j0, p0, s.nr, chunk);
+            for group in (0..row_tiles).step_by(ROW_GROUP) {
+                for (jp, panel) in cols.clone().zip(buf.chunks_exact(s.nr * kb)) {
+                    for it in group..(group + ROW_GROUP).min(row_tiles) {
+                        let (i0, j0) = (it * s.mr, jp * s.nr);
+                        let valid = ((m - i0).min(s.mr), (n - j0).min(s.nr));
+                        let ap = (&arows[i0 * lda + p0..], lda);
+                        // SAFETY: this task alone owns the columns of its panels; `valid` keeps
+                        // the tile in c.
+                        unsafe { tile((isa, s), kb, ap, panel, out, (i0, j0), valid, p0 > 0) };
+                    }
                 }
             }
             p0 += kb;
@@ -315,7 +328,8 @@ fn by_columns(
 }
 
 /// Packs rows `p0..` of b's columns `j0..j0 + live` as a panel chunk `buf[p - p0][c]` of width
-/// `w` (`bt` is b^T, [n, k]; `buf` comes zeroed, so the columns past n stay +0).
+/// `w` (`bt` is b^T, [n, k]; where `live < w`, `buf` comes zeroed, so the columns past n stay
+/// +0).
 fn pack_panel(buf: &mut [f32], bt: View, (j0, live): (usize, usize), p0: usize, w: usize) {
     let kb = buf.len() / w;
     if bt.rs == 1 {

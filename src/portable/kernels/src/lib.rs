@@ -118,9 +118,9 @@ impl Conv {
         (lo, hi.min(self.out_hw().1))
     }
 
-    /// Writes into `dst` (zeroed) the patch values of reduction index `row` (`(ci * kh + ky) *
+    /// Writes into `dst` the patch values of reduction index `row` (`(ci * kh + ky) *
     /// kw + kx`, the weight's layout) for output row `oy` and columns `ox0..ox0 + dst.len()`:
-    /// `x[ci][oy * s + ky - p][ox * s + kx - p]`, only those inside the image.
+    /// `x[ci][oy * s + ky - p][ox * s + kx - p]`, +0 for those outside the image.
     #[inline(always)]
     fn patch_segment(&self, x: &[f32], row: usize, oy: usize, ox0: usize, dst: &mut [f32]) {
         let (ci, ky, kx) = (
@@ -145,16 +145,20 @@ impl Conv {
         let (s, p) = (self.stride, self.padding);
         let iy = (oy * s + ky) as isize - p as isize;
         if iy < 0 || iy as usize >= self.h {
+            dst.fill(0.0);
             return;
         }
         let (lo, hi) = (lo.max(ox0), hi.min(ox0 + dst.len()));
         if lo >= hi {
+            dst.fill(0.0);
             return;
         }
+        dst[..lo - ox0].fill(0.0);
+        dst[hi - ox0..].fill(0.0);
         let src = &x[(ci * self.h + iy as usize) * self.w..][..self.w];
         if s == 1 {
             let ix = lo + kx - p;
-            dst[lo - ox0..hi - ox0].copy_from_slice(&src[ix..ix + hi - lo]);
+            copy_run(&mut dst[lo - ox0..hi - ox0], &src[ix..ix + hi - lo]);
         } else {
             for ox in lo..hi {
                 dst[ox - ox0] = src[ox * s + kx - p];
@@ -162,28 +166,53 @@ impl Conv {
         }
     }
 
-    /// Rows `p0..` of the patch matrix's columns `j0..j0 + live` (output pixels) into a zeroed
-    /// panel chunk `panel[p - p0][c]` of width `w`: a [`crate::Fill`] for the product. The
-    /// pixels' rows and columns are worked out once per panel, each reduction index's once.
-    fn fill(&self, x: &[f32], (j0, live): (usize, usize), p0: usize, w: usize, panel: &mut [f32]) {
+    /// Rows `p0..` of the patch matrix's columns `j0..j0 + live` (output pixels) into panels of
+    /// width `w` (`chunk[panel][p - p0][c]`), every value: a [`crate::Fill`] for the product.
+    /// Each reduction index's image row is read once for all the panels, in order; the pieces
+    /// (a run of pixels in one output row and one panel) are worked out once per call.
+    fn fill(&self, x: &[f32], (j0, live): (usize, usize), p0: usize, w: usize, chunk: &mut [f32]) {
         let wo = self.out_hw().1;
-        let mut segments = Vec::with_capacity(live / wo.max(1) + 2);
+        let kb = chunk.len() / live.div_ceil(w) / w;
+        // (output row, first output column, offset in the chunk's row p = 0, length)
+        let mut pieces = Vec::with_capacity(live / w + live / wo.max(1) + 2);
         let mut j = j0;
         while j < j0 + live {
             let (oy, ox) = (j / wo, j % wo);
-            let len = (wo - ox).min(j0 + live - j);
-            segments.push((oy, ox, j - j0, len));
+            let (panel, c) = ((j - j0) / w, (j - j0) % w);
+            let len = (wo - ox).min(j0 + live - j).min(w - c);
+            pieces.push((oy, ox, panel * kb * w + c, len));
             j += len;
         }
         let taps = self.kh * self.kw;
-        for (r, dst) in panel.chunks_exact_mut(w).enumerate() {
+        for r in 0..kb {
             let row = p0 + r;
             let tap = (row / taps, row % taps / self.kw, row % self.kw);
             let inside = self.columns_inside(tap.2);
-            for &(oy, ox, at, len) in &segments {
-                self.segment(x, tap, inside, (oy, ox), &mut dst[at..at + len]);
+            for &(oy, ox, at, len) in &pieces {
+                let dst = &mut chunk[at + r * w..][..len];
+                self.segment(x, tap, inside, (oy, ox), dst);
             }
         }
+        // The last panel's columns past the pixels.
+        let (panel, c) = ((live - 1) / w, (live - 1) % w + 1);
+        for row in chunk[panel * kb * w..].chunks_exact_mut(w) {
+            row[c..].fill(0.0);
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of a panel's row, 16 values at a time by
+/// copies of fixed length (a call to memmove per run cost as much as the copy).
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(16);
+    let mut s = src.chunks_exact(16);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let d: &mut [f32; 16] = d.try_into().expect("16 values");
+        *d = s.try_into().expect("16 values");
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
     }
 }
 
@@ -231,7 +260,7 @@ pub fn conv2d_image(
         );
     } else {
         // The patches straight into the product's panels (no patch matrix).
-        let patches = |j0, live, p0, w, panel: &mut [f32]| g.fill(x, (j0, live), p0, w, panel);
+        let patches = |j0, live, p0, w, chunk: &mut [f32]| g.fill(x, (j0, live), p0, w, chunk);
         gemm(isa, (o, pix, k), filters, Rhs::Fill(&patches), out);
     }
     if let Some(bias) = bias {
