@@ -95,6 +95,16 @@ struct Out {
     rs: usize,
     cs: usize,
 }
+impl Out {
+    /// Element (i, j)'s address.
+    ///
+    /// # Safety
+    /// (i, j) lies inside the output.
+    unsafe fn at(&self, i: usize, j: usize) -> *mut f32 {
+        self.ptr.add(i * self.rs + j * self.cs)
+    }
+}
+
 // SAFETY: tasks write disjoint elements (their own tiles) and the owner waits for them all.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
@@ -289,7 +299,11 @@ fn whole_b(
 }
 
 /// [`product`] for a large b: one task per `per` panels of columns, each packing its panels
-/// a chunk of k at a time and running every row tile through the chunk.
+/// a chunk of k at a time and running every row tile through the chunk. A task sums its
+/// columns in its own contiguous buffer (whole tiles, rows past m included: a row of a large
+/// output would put every row of a tile in the same cache set) and copies them out at the end.
+/// A task's buffers are reused by the next task on the thread (every value is written before
+/// it is read: the panels by `fill`, the sums by the first block, which stores).
 #[allow(clippy::too_many_arguments)]
 fn by_columns(
     isa: Isa,
@@ -301,28 +315,49 @@ fn by_columns(
     per: usize,
 ) {
     let (row_tiles, panels) = (m.div_ceil(s.mr), n.div_ceil(s.nr));
-    (0..panels.div_ceil(per)).into_par_iter().for_each(|t| {
+    let tasks = (0..panels.div_ceil(per)).into_par_iter();
+    tasks.for_each_init(Vec::new, |bufs: &mut Vec<f32>, t| {
         let cols = t * per..((t + 1) * per).min(panels);
-        let mut buf = vec![0f32; cols.len() * s.nr * K_CHUNK.min(k)];
+        let width = cols.len() * s.nr;
+        let (b_len, c_len) = (width * K_CHUNK.min(k), row_tiles * s.mr * width);
+        if bufs.len() < b_len + c_len {
+            bufs.resize(b_len + c_len, 0.0);
+        }
+        let (buf, sums) = bufs.split_at_mut(b_len);
+        let sums = &mut sums[..c_len];
         let mut p0 = 0;
         while p0 < k {
             let kb = K_CHUNK.min(k - p0);
-            let chunk = &mut buf[..cols.len() * s.nr * kb];
+            let chunk = &mut buf[..width * kb];
             let j0 = cols.start * s.nr;
             fill(j0, (cols.end * s.nr).min(n) - j0, p0, s.nr, chunk);
             for group in (0..row_tiles).step_by(ROW_GROUP) {
-                for (jp, panel) in cols.clone().zip(buf.chunks_exact(s.nr * kb)) {
+                for (jp, panel) in buf.chunks_exact(s.nr * kb).take(cols.len()).enumerate() {
                     for it in group..(group + ROW_GROUP).min(row_tiles) {
-                        let (i0, j0) = (it * s.mr, jp * s.nr);
-                        let valid = ((m - i0).min(s.mr), (n - j0).min(s.nr));
+                        let i0 = it * s.mr;
                         let ap = (&arows[i0 * lda + p0..], lda);
-                        // SAFETY: this task alone owns the columns of its panels; `valid` keeps
-                        // the tile in c.
-                        unsafe { tile((isa, s), kb, ap, panel, out, (i0, j0), valid, p0 > 0) };
+                        let c = sums[i0 * width + jp * s.nr..].as_mut_ptr();
+                        let mv = (m - i0).min(s.mr);
+                        // SAFETY: the tile lies in this task's buffer.
+                        unsafe { blocks((isa, s), kb, ap, mv, panel, (c, width), p0 > 0) };
                     }
                 }
             }
             p0 += kb;
+        }
+        let j0 = cols.start * s.nr;
+        let live = (cols.end * s.nr).min(n) - j0;
+        for (i, row) in sums.chunks_exact(width).take(m).enumerate() {
+            // SAFETY: this task alone owns these columns of c, all inside it.
+            unsafe {
+                if out.cs == 1 {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), out.at(i, j0), live);
+                } else {
+                    for (j, v) in row[..live].iter().enumerate() {
+                        *out.at(i, j0 + j) = *v;
+                    }
+                }
+            }
         }
     });
 }
