@@ -23,6 +23,8 @@ pub(super) fn largest_difference(obs: &Observation, g: &[f64]) -> String {
     )
 }
 
+/// One metric of the scenario against the expectation `e` (its array `expected` where read;
+/// `identical` when the bits match), with the scenario's tolerance for it.
 pub(super) fn check_metric(
     metric: Metric,
     scenario: &Scenario,
@@ -32,65 +34,95 @@ pub(super) fn check_metric(
     identical: bool,
 ) -> MetricCheck {
     let tol = scenario.tolerance_for(metric);
-    let row = |golden: String, got: String, delta: Option<f64>, verdict| MetricCheck {
-        metric: metric.to_string(),
-        golden,
-        got,
-        delta,
-        tolerance: describe_tolerance(metric, tol),
-        verdict,
-    };
+    let row = Row { metric, tol };
     if metric == Metric::Bits {
-        let Some(want) = &e.sha256 else {
-            return row(
-                "no bits".into(),
-                obs.sha256[..12].to_string(),
-                None,
-                Verdict::Failed,
-            );
-        };
-        let verdict = if identical {
-            Verdict::Identical
-        } else {
-            Verdict::Drifted
-        };
-        return row(
-            want[..12].to_string(),
-            obs.sha256[..12].to_string(),
-            None,
+        bits(row, obs, e, identical)
+    } else if metric.is_intrinsic() {
+        intrinsic(row, obs, e)
+    } else {
+        comparative(row, obs, expected, identical)
+    }
+}
+
+/// A metric's row in the result, with its tolerance described.
+#[derive(Clone, Copy)]
+struct Row {
+    metric: Metric,
+    tol: Tolerance,
+}
+
+impl Row {
+    fn check(
+        self,
+        golden: String,
+        got: String,
+        delta: Option<f64>,
+        verdict: Verdict,
+    ) -> MetricCheck {
+        MetricCheck {
+            metric: self.metric.to_string(),
+            golden,
+            got,
+            delta,
+            tolerance: describe_tolerance(self.metric, self.tol),
             verdict,
+        }
+    }
+}
+
+/// The output's sha256 against the expectation's.
+fn bits(row: Row, obs: &Observation, e: &Expectation, identical: bool) -> MetricCheck {
+    let got = obs.sha256[..12].to_string();
+    let Some(want) = &e.sha256 else {
+        return row.check("no bits".into(), got, None, Verdict::Failed);
+    };
+    let verdict = if identical {
+        Verdict::Identical
+    } else {
+        Verdict::Drifted
+    };
+    row.check(want[..12].to_string(), got, None, verdict)
+}
+
+/// A metric of the output alone (sum of abs, ...) against the expectation's stored value.
+fn intrinsic(row: Row, obs: &Observation, e: &Expectation) -> MetricCheck {
+    let name = row.metric.name();
+    let (Some(&want), Some(&got)) = (e.metrics.get(name), obs.metrics.get(name)) else {
+        return row.check("-".into(), "-".into(), None, Verdict::Failed);
+    };
+    let delta = (got - want).abs();
+    if !delta.is_finite() {
+        return row.check(
+            want.to_string(),
+            got.to_string(),
+            Some(delta),
+            Verdict::Failed,
         );
     }
-    if metric.is_intrinsic() {
-        let (Some(&want), Some(&got)) =
-            (e.metrics.get(metric.name()), obs.metrics.get(metric.name()))
-        else {
-            return row("-".into(), "-".into(), None, Verdict::Failed);
-        };
-        let delta = (got - want).abs();
-        if !delta.is_finite() {
-            return row(
-                want.to_string(),
-                got.to_string(),
-                Some(delta),
-                Verdict::Failed,
-            );
-        }
-        // Compared value to value even when the bits match: a stored value that disagrees with
-        // its own output (hand-edited, or computed by another definition) must not pass.
-        let verdict = if got.to_bits() == want.to_bits() {
-            Verdict::Identical
-        } else {
-            match tol {
-                Tolerance::Band { abs, rel } if delta <= abs + rel * want.abs() => {
-                    Verdict::WithinTolerance
-                }
-                _ => Verdict::Drifted,
+    // Compared value to value even when the bits match: a stored value that disagrees with
+    // its own output (hand-edited, or computed by another definition) must not pass.
+    let verdict = if got.to_bits() == want.to_bits() {
+        Verdict::Identical
+    } else {
+        match row.tol {
+            Tolerance::Band { abs, rel } if delta <= abs + rel * want.abs() => {
+                Verdict::WithinTolerance
             }
-        };
-        return row(want.to_string(), got.to_string(), Some(delta), verdict);
-    }
-    // Comparative metrics: need the expected array unless the bits are identical.
+            _ => Verdict::Drifted,
+        }
+    };
+    row.check(want.to_string(), got.to_string(), Some(delta), verdict)
+}
+
+/// A metric between the output and the expected array (L_inf, cosine distance, PSNR): it needs
+/// the array unless the bits are identical.
+fn comparative(
+    row: Row,
+    obs: &Observation,
+    expected: Option<&[f64]>,
+    identical: bool,
+) -> MetricCheck {
+    let metric = row.metric;
     let ideal = match metric {
         Metric::Psnr => f64::INFINITY,
         _ => 0.0,
@@ -102,22 +134,18 @@ pub(super) fn check_metric(
             Metric::LInf => metrics::l_inf(&obs.values, g).0,
             Metric::CosineDistance => metrics::cosine_distance(&obs.values, g),
             Metric::Psnr => metrics::psnr(&obs.values, g),
-            _ => unreachable!("intrinsic metrics handled above"),
+            _ => unreachable!("intrinsic metrics are checked by `intrinsic`"),
         }
     } else {
-        return row(
-            ideal.to_string(),
-            "no golden array".into(),
-            None,
-            Verdict::Failed,
-        );
+        let missing = "no golden array".into();
+        return row.check(ideal.to_string(), missing, None, Verdict::Failed);
     };
     let verdict = if got == ideal {
         Verdict::Identical
     } else if got.is_nan() || (metric != Metric::Psnr && !got.is_finite()) {
         Verdict::Failed
     } else {
-        let ok = match tol {
+        let ok = match row.tol {
             Tolerance::Max { max } => got <= max,
             Tolerance::Min { min } => got >= min,
             Tolerance::Band { .. } => false,
@@ -133,7 +161,7 @@ pub(super) fn check_metric(
     } else {
         Some(got)
     };
-    row(ideal.to_string(), got.to_string(), delta, verdict)
+    row.check(ideal.to_string(), got.to_string(), delta, verdict)
 }
 
 pub(super) fn describe_tolerance(metric: Metric, tol: Tolerance) -> String {
