@@ -220,21 +220,20 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
         ));
     }
     let store = fixtures.store();
-    let suites = fixtures.select(sel)?;
     let mut refusals = Vec::new();
     let mut changes = Vec::new();
-    // Per suite: the expectations to write and their arrays.
-    type Plan = (String, Vec<Blessed>, Vec<(String, tch::Tensor)>);
-    let mut plans: Vec<Plan> = Vec::new();
-
-    for suite in &suites {
+    let mut plans = Vec::new();
+    for suite in &fixtures.select(sel)? {
         let file = store
             .load(&suite.name)?
             .unwrap_or_else(|| GoldenFile::new(&suite.name));
-        let mut arrays = Vec::new();
-        let mut blessed = Vec::new();
+        let mut plan = SuitePlan {
+            suite: suite.name.clone(),
+            blessed: Vec::new(),
+            arrays: Vec::new(),
+        };
         for scenario in &suite.scenarios {
-            let a = match twice_identical(runner, suite, scenario) {
+            let observed = match twice_identical(runner, suite, scenario) {
                 Ok(Some(a)) => a,
                 Ok(None) => continue,
                 Err(why) => {
@@ -242,93 +241,18 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
                     continue;
                 }
             };
-            let class = a.environment.class(scenario.device);
-            let old_scenario = file.scenarios.get(&scenario.name);
-            if let Some(old) = old_scenario {
-                let others = old.expectations.iter().any(|e| e.class != class);
-                if (old.shape != a.shape || old.dtype != a.dtype) && others {
-                    refusals.push(format!(
-                        "{}/{}: the output is {} {:?} but the other classes' expectations are \
-                         {} {:?}: change the suite's goldens with the oracle",
-                        suite.name, scenario.name, a.dtype, a.shape, old.dtype, old.shape
-                    ));
-                    continue;
+            match decide(suite, scenario, &file, observed) {
+                Decision::Refused(why) => refusals.push(why),
+                Decision::Kept(change) => changes.push(change),
+                Decision::Unchanged => {}
+                Decision::Write(change, blessed, array) => {
+                    changes.push(change);
+                    plan.arrays.extend(array);
+                    plan.blessed.push(*blessed);
                 }
             }
-            let old = old_scenario.and_then(|s| s.expectation(&class));
-            if let Some(o) = old.filter(|o| o.provenance.producer != "reprodiff") {
-                if o.sha256.as_deref() != Some(a.sha256.as_str()) {
-                    changes.push(BlessChange {
-                        suite: suite.name.clone(),
-                        scenario: scenario.name.clone(),
-                        class: class.to_string(),
-                        changes: vec![format!(
-                            "kept: the {} expectation for this class is not bless's to replace \
-                         (it differs: sha256 {} here); {}",
-                            o.provenance.producer,
-                            &a.sha256[..12],
-                            o.provenance.command
-                        )],
-                        written: false,
-                    });
-                }
-                continue;
-            }
-            if old.is_some_and(|o| {
-                o.sha256.as_deref() == Some(a.sha256.as_str())
-                    && old_scenario.is_some_and(|s| s.shape == a.shape && s.dtype == a.dtype)
-            }) {
-                continue; // unchanged: keep the entry and its provenance as they are
-            }
-            let env_id = a.environment.id();
-            let array = scenario
-                .store_array
-                .then(|| GoldenStore::array_name(&suite.name, &scenario.name, &a.sha256));
-            let entry = Expectation {
-                class: class.clone(),
-                sha256: Some(a.sha256.clone()),
-                metrics: a.metrics.clone(),
-                array: array.clone(),
-                array_sha256: None,
-                local: None,
-                step_error: None,
-                provenance: Provenance {
-                    producer: "reprodiff".into(),
-                    tool: format!(
-                        "reprodiff {} on libtorch {}",
-                        env!("CARGO_PKG_VERSION"),
-                        a.environment.versions.libtorch
-                    ),
-                    command: format!(
-                        "reprodiff bless --suite {} --filter '^{}$'",
-                        suite.name,
-                        regex::escape(&scenario.name)
-                    ),
-                    environment: Some(env_id.clone()),
-                },
-            };
-            let mut notes = describe_change(old, &entry);
-            notes.extend(retired_order_rules(old_scenario, &class));
-            changes.push(BlessChange {
-                suite: suite.name.clone(),
-                scenario: scenario.name.clone(),
-                class: class.to_string(),
-                changes: notes,
-                written: true,
-            });
-            if let (Some(rel), Some(t)) = (array, a.stored) {
-                arrays.push((rel, t));
-            }
-            blessed.push(Blessed {
-                scenario: scenario.name.clone(),
-                shape: a.shape.clone(),
-                dtype: a.dtype,
-                env: (env_id, a.environment),
-                entry,
-                model_sha256: a.model_sha256,
-            });
         }
-        plans.push((suite.name.clone(), blessed, arrays));
+        plans.push(plan);
     }
     if !refusals.is_empty() {
         return Err(Error::BlessRefused(format!(
@@ -336,30 +260,154 @@ pub fn bless(runner: &Runner, fixtures: &Fixtures, sel: &Selection) -> Result<Ve
             refusals.join("\n  ")
         )));
     }
-    for (suite, blessed, arrays) in plans {
-        if blessed.is_empty() {
-            continue;
-        }
-        // Under the golden's lock, the file is read again and this bless's expectations put
-        // into it: a bless or merge that wrote meanwhile keeps its work.
-        let _lock = store.lock(&suite)?;
-        let mut file = store
-            .load(&suite)?
-            .unwrap_or_else(|| GoldenFile::new(&suite));
-        for (rel, t) in &arrays {
-            store.write_array(rel, t)?;
-        }
-        let retired: Vec<String> = blessed
-            .into_iter()
-            .flat_map(|b| b.put_into(&mut file))
-            .collect();
-        file.prune_environments();
-        store.save(&file)?;
-        for rel in &retired {
-            store.remove_unreferenced_array(&file, rel)?;
-        }
+    for plan in plans {
+        write_plan(&store, plan)?;
     }
     Ok(changes)
+}
+
+/// One suite's part of a bless: the expectations to write and their arrays.
+struct SuitePlan {
+    suite: String,
+    blessed: Vec<Blessed>,
+    arrays: Vec<(String, tch::Tensor)>,
+}
+
+/// What a bless does with one scenario's twice-identical output.
+enum Decision {
+    /// Nothing may be written (the whole bless is refused): why.
+    Refused(String),
+    /// Another producer's expectation stays, though the output differs from it.
+    Kept(BlessChange),
+    /// The expectation already holds these bits.
+    Unchanged,
+    /// A new or refreshed expectation, and its array where the suite stores one.
+    Write(BlessChange, Box<Blessed>, Option<(String, tch::Tensor)>),
+}
+
+/// What to do with `a`, `scenario`'s output, given the suite's golden file (see [`bless`]).
+fn decide(suite: &Suite, scenario: &Scenario, file: &GoldenFile, a: Observation) -> Decision {
+    let class = a.environment.class(scenario.device);
+    let change = |changes, written| BlessChange {
+        suite: suite.name.clone(),
+        scenario: scenario.name.clone(),
+        class: class.to_string(),
+        changes,
+        written,
+    };
+    let old_scenario = file.scenarios.get(&scenario.name);
+    if let Some(old) = old_scenario {
+        let others = old.expectations.iter().any(|e| e.class != class);
+        if (old.shape != a.shape || old.dtype != a.dtype) && others {
+            return Decision::Refused(format!(
+                "{}/{}: the output is {} {:?} but the other classes' expectations are {} {:?}: \
+                 change the suite's goldens with the oracle",
+                suite.name, scenario.name, a.dtype, a.shape, old.dtype, old.shape
+            ));
+        }
+    }
+    let old = old_scenario.and_then(|s| s.expectation(&class));
+    if let Some(o) = old.filter(|o| o.provenance.producer != compare::BLESSED) {
+        if o.sha256.as_deref() == Some(a.sha256.as_str()) {
+            return Decision::Unchanged;
+        }
+        return Decision::Kept(change(
+            vec![format!(
+                "kept: the {} expectation for this class is not bless's to replace (it \
+                 differs: sha256 {} here); {}",
+                o.provenance.producer,
+                &a.sha256[..12],
+                o.provenance.command
+            )],
+            false,
+        ));
+    }
+    if old.is_some_and(|o| {
+        o.sha256.as_deref() == Some(a.sha256.as_str())
+            && old_scenario.is_some_and(|s| s.shape == a.shape && s.dtype == a.dtype)
+    }) {
+        return Decision::Unchanged; // keep the entry and its provenance as they are
+    }
+    let array = scenario
+        .store_array
+        .then(|| GoldenStore::array_name(&suite.name, &scenario.name, &a.sha256));
+    let entry = blessed_expectation(suite, scenario, &a, class.clone(), array.clone());
+    let mut notes = describe_change(old, &entry);
+    notes.extend(retired_order_rules(old_scenario, &class));
+    let stored = array.zip(a.stored);
+    let blessed = Blessed {
+        scenario: scenario.name.clone(),
+        shape: a.shape,
+        dtype: a.dtype,
+        env: (a.environment.id(), a.environment),
+        entry,
+        model_sha256: a.model_sha256,
+    };
+    Decision::Write(change(notes, true), Box::new(blessed), stored)
+}
+
+/// The expectation bless writes for `a`, this class's output of `scenario`.
+fn blessed_expectation(
+    suite: &Suite,
+    scenario: &Scenario,
+    a: &Observation,
+    class: EnvClass,
+    array: Option<String>,
+) -> Expectation {
+    Expectation {
+        class,
+        sha256: Some(a.sha256.clone()),
+        metrics: a.metrics.clone(),
+        array,
+        array_sha256: None,
+        local: None,
+        step_error: None,
+        provenance: Provenance {
+            producer: compare::BLESSED.into(),
+            tool: format!(
+                "reprodiff {} on libtorch {}",
+                env!("CARGO_PKG_VERSION"),
+                a.environment.versions.libtorch
+            ),
+            command: format!(
+                "reprodiff bless --suite {} --filter '^{}$'",
+                suite.name,
+                regex::escape(&scenario.name)
+            ),
+            environment: Some(a.environment.id()),
+        },
+    }
+}
+
+/// Writes one suite's blessed expectations: under the golden's lock the file is read again and
+/// they are put into it (a bless or merge that wrote meanwhile keeps its work), their arrays
+/// first, then the arrays no expectation names any more removed.
+fn write_plan(store: &GoldenStore, plan: SuitePlan) -> Result<()> {
+    let SuitePlan {
+        suite,
+        blessed,
+        arrays,
+    } = plan;
+    if blessed.is_empty() {
+        return Ok(());
+    }
+    let _lock = store.lock(&suite)?;
+    let mut file = store
+        .load(&suite)?
+        .unwrap_or_else(|| GoldenFile::new(&suite));
+    for (rel, t) in &arrays {
+        store.write_array(rel, t)?;
+    }
+    let retired: Vec<String> = blessed
+        .into_iter()
+        .flat_map(|b| b.put_into(&mut file))
+        .collect();
+    file.prune_environments();
+    store.save(&file)?;
+    for rel in &retired {
+        store.remove_unreferenced_array(&file, rel)?;
+    }
+    Ok(())
 }
 
 /// One expectation a bless writes, with what its scenario's entry needs.
