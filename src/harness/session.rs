@@ -88,7 +88,7 @@ fn run_class(run: &Scenario, det: &crate::torch::Determinism, host: &Fingerprint
     fp.class(run.device)
 }
 
-/// The local pass's inputs where a run of `scenario` on `host` needs them (#26 A): the run is
+/// The local pass's inputs where a run of `scenario` on `host` needs them: the run is
 /// judged across classes (its class has no diffusers expectation of its own), the global rules
 /// cannot see all of it (`global_rules_blind`), the truth holds the local pass's inputs and a
 /// recorded class holds diffusers' local figures.

@@ -108,7 +108,7 @@ impl Truth {
 #[serde(deny_unknown_fields)]
 pub struct StepTruth {
     /// A float64 .npy of shape [steps, elements], relative to fixtures/golden/: every element
-    /// of each step's latent, or (truths recorded before #26) the
+    /// of each step's latent, or (truths recorded by an older oracle) the
     /// [`crate::pipelines::trace::STEP_TRUTH_ELEMENTS`] that
     /// [`crate::pipelines::trace::step_subset`] picks.
     pub array: String,

@@ -46,7 +46,7 @@ pub fn run<P: Pipeline>(
     })
 }
 
-/// The local pass (#26 A): one call teacher-forced by `forcing`, drawing nothing but the
+/// The local pass: one call teacher-forced by `forcing`, drawing nothing but the
 /// truth's own draws. The output holds what the call made from the truth's final latent and,
 /// as its trace, each step's own latent; an error when the call consumed other draws or made
 /// other steps than the truth.

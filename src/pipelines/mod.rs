@@ -71,7 +71,7 @@ pub trait WorkloadKind {
     /// Runs the workload on `device`; bare model names resolve under `models_dir`. With
     /// `trace`, a pipeline records its per-step trace (of the first run, for `twice`).
     fn run(&self, device: DeviceSpec, models_dir: Option<&Path>, trace: bool) -> Result<Output>;
-    /// The local pass (#26 A): the pipeline's call teacher-forced by the truth
+    /// The local pass: the pipeline's call teacher-forced by the truth
     /// ([`Forcing`]), its trace holding each step's own latent. `None` for a workload that is
     /// no denoising loop.
     fn run_forced(

@@ -22,12 +22,12 @@ pub struct StepTrace {
 
 pub const TRACE_SAMPLE: usize = 8;
 
-/// How many elements of each step's latent a per-step truth recorded before #26 holds: all of
+/// How many elements of each step's latent a per-step truth recorded by an older oracle holds: all of
 /// a latent this size or smaller, else this many at evenly spaced flat indices. Truths recorded
 /// since hold every element.
 pub const STEP_TRUTH_ELEMENTS: usize = 256;
 
-/// The elements of a step's latent (flat, in order) that a per-step truth recorded before #26
+/// The elements of a step's latent (flat, in order) that a per-step truth recorded by an older oracle
 /// holds, chosen by the size alone: all when there are at most [`STEP_TRUTH_ELEMENTS`], else
 /// those at flat indices `i * n / STEP_TRUTH_ELEMENTS`.
 pub fn step_subset(values: &[f64]) -> Vec<f64> {
@@ -84,7 +84,7 @@ pub fn planted(i: usize, latent: Tensor) -> Result<Tensor> {
     )?)
 }
 
-/// The local pass's inputs (#26 A): a run teacher-forced by the float64 truth. Every draw is
+/// The local pass's inputs: a run teacher-forced by the float64 truth. Every draw is
 /// the truth's own (its initial latent, then each step's eta noise), and after each step the
 /// truth's latent replaces the step's own, so that each step starts from the truth's input to
 /// it. The run's trace then holds each step's own latent: the step computed from the truth's

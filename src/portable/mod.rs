@@ -1,4 +1,4 @@
-//! Portable kernels (issue #14): computations whose every floating-point operation is fixed by
+//! Portable kernels: computations whose every floating-point operation is fixed by
 //! the shapes alone, so that one seed gives one result on every machine.
 //!
 //! A scenario chooses its [`Kernels`] (`kernels = "portable"` in a suite, `--kernels` on

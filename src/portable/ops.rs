@@ -10,8 +10,7 @@
 //!   correctly rounded result); the output is the blocks' sums added in order,
 //!   `((s0 + s1) + s2) + ...`. A bias is added last. For conv2d the
 //!   reduction index runs over the weight's own layout (`[in channel][ky][kx]`), a padded input
-//!   element being +0. (Version 1 summed in 16 interleaved lanes without fusing, then folded
-//!   them; it was load-bound at about half of libtorch's sgemm.)
+//!   element being +0.
 //! - **Statistics** (group_norm's mean and variance, softmax's denominator): float64, in
 //!   increasing flat index, two passes (mean, then the squared deviations).
 //! - **Normalisations** (group_norm, layer_norm): `((x - mean) * rstd)` in float64 with

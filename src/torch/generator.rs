@@ -262,7 +262,7 @@ pub enum Generators {
     One(Generator),
     List(Vec<Generator>),
     /// No generator: every draw is the next of these values (float64), in order, rounded to
-    /// the dtype asked for. The local pass (#26 A) replays the truth's own draws this way (the
+    /// the dtype asked for. The local pass replays the truth's own draws this way (the
     /// initial latent, then each step's eta noise), never drawing: CPU randn differs by ATen
     /// capability. A draw of another shape, or one past the last, is an error.
     Given(std::collections::VecDeque<Tensor>),

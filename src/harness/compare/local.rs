@@ -1,4 +1,4 @@
-//! The local rule (#26 A): every step and the output judged from the truth's own input to them.
+//! The local rule: every step and the output judged from the truth's own input to them.
 //!
 //! A step is a function of its input. The run's local pass ([`crate::harness::run::local`])
 //! computes each step from the float64 truth's latent before it (rounded to the run's dtype),

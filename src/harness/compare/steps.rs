@@ -94,7 +94,7 @@ pub(super) fn step_reading(
     let comparable = comparable_steps(&values, &st.noise_response, obs.dtype);
     let mut ratios = Vec::new();
     for (i, (step, response)) in trace.iter().zip(&st.noise_response).enumerate() {
-        // A truth recorded before #26 holds the elements step_subset picks.
+        // A truth recorded by an older oracle holds the elements step_subset picks.
         let got = if step.latent.len() == per {
             std::borrow::Cow::Borrowed(&step.latent)
         } else if per == STEP_TRUTH_ELEMENTS && step.latent.len() > per {

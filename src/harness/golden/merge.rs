@@ -627,7 +627,7 @@ fn merge_golden(
     Ok(())
 }
 
-/// How much of the per-step truth a truth holds: none, the latents (with, before #26, a
+/// How much of the per-step truth a truth holds: none, the latents (with, from an older oracle, a
 /// subset of their elements), or the latents and the local pass's inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum StepDepth {

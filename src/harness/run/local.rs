@@ -1,4 +1,4 @@
-//! The local pass of a scenario (#26 A): its pipeline run again, teacher-forced by the golden's
+//! The local pass of a scenario: its pipeline run again, teacher-forced by the golden's
 //! float64 truth ([`crate::pipelines::Forcing`]), so that every step and the output can be
 //! judged from the truth's own input to them, wherever the trajectory is chaotic. It runs after
 //! the scenario's own run, on a pipeline of its own: the run's bits are never touched.

@@ -43,7 +43,7 @@ pub struct Observation {
     /// The model's identity ([`crate::loading::model_sha256`]), for a pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_sha256: Option<String>,
-    /// The local pass (#26 A), where it was asked for.
+    /// The local pass, where it was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<super::local::LocalObservation>,
     #[serde(skip)]

@@ -68,7 +68,7 @@ pub enum CrossClass {
     /// The run's own trace is held to the truth alone, so the step rule judges scenarios whose
     /// output is too chaotic to compare, as far as their trajectory stays comparable.
     ///
-    /// `local_ulps` is the local rule's (#26 A, `harness::compare::local`), per dtype: each step
+    /// `local_ulps` is the local rule's (`harness::compare::local`), per dtype: each step
     /// and the output computed from the truth's own input to them, `rmse(truth_t, local_t) <=
     /// k * diffusers' local error_t + local_ulps * local response_t`.
     Truth {

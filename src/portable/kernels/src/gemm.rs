@@ -1,21 +1,13 @@
-//! Matrix products under the order rule (version 2). The reduction indices of output `(i, j)`
-//! fall into blocks of [`KC`] = 64 in increasing order (the last block may be shorter). Each
-//! block is one float32 chain that starts at +0 and takes `acc = fma(a[i][p], b[p][j], acc)` for
-//! its `p` in increasing order, every fused multiply-add rounded once (IEEE 754's
-//! fusedMultiplyAdd: the same bits from AVX-512's `vfmadd`, AVX2+FMA's and the libm crate's
-//! software `fmaf`). The output is the blocks' sums added in order, `((s0 + s1) + s2) + ...`,
-//! each addition rounded once. (Blocks keep a long reduction's error near that of a short one.
-//! rmse to the float64 truth over native's, full cifar10 architecture at 2 steps, where a
-//! 512-channel 3x3 convolution sums 4,608 products: one chain over all of k 2.14, blocks of 256
-//! 1.36, blocks of 64 1.07; on all of ddim-portable the median is 0.94 with 64. The speed of
-//! 64, 128 and 256 was the same within this host's noise.)
+//! The order rule's dot products (stated in full in reprodiff's `src/portable/ops.rs`): per
+//! output, blocks of [`KC`] = 64 reduction indices in increasing order, each a float32 chain of
+//! fused multiply-adds from +0, the blocks' sums added in order.
 //!
 //! So an output's bits depend on its own row of `a` and column of `b` alone: the tile shape, the
 //! vector width, the thread that computes it and the other rows of the batch change nothing.
 //! That freedom is what makes the kernels fast: vectors run across output columns, registers
 //! hold an `MR x NR` tile of accumulators, and b is packed into contiguous panels (the BLIS
 //! scheme) while a's rows are read in place, so neither a horizontal fold nor a transpose is
-//! needed.
+//! needed. (Why 64, and what it was measured against: docs/portable.md.)
 use crate::Isa;
 use rayon::prelude::*;
 

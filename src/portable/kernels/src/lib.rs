@@ -1,13 +1,7 @@
 //! reprodiff's portable kernels on plain float32 slices, under the **order rule** (version 2):
-//! every floating-point operation's order is fixed by the shapes alone. reprodiff's
-//! `src/portable/ops.rs` states the rule in full and wraps these kernels for tensors.
-//!
-//! - **Dot products** ([`mod@gemm`]): per output, blocks of 64 reduction indices in increasing
-//!   order, each a float32 chain of fused multiply-adds from +0, the blocks' sums added in
-//!   order; a bias last. How outputs are tiled, vectorised or threaded is a matter of speed per
-//!   ISA, never of bits.
-//! - Threads split output elements only, so neither the ISA nor the thread count nor the batch
-//!   size changes a bit.
+//! every floating-point operation's order is fixed by the shapes alone, so neither the ISA nor
+//! the thread count nor the batch size changes a bit. reprodiff's `src/portable/ops.rs` states
+//! the rule in full, once, and wraps these kernels for tensors.
 use rayon::prelude::*;
 
 pub mod attention;
@@ -18,10 +12,8 @@ pub mod norm;
 
 pub use gemm::{gemm, panel_width, Fill, Rhs, View};
 
-/// The order rule's version: a change of any order is a new version (and new goldens).
-/// Version 1 (stop 20) summed each dot product in 16 interleaved lanes without fused
-/// multiply-adds; version 2 is blocks of fused chains per output ([`mod@gemm`]), which lets the
-/// vectors run across outputs.
+/// The order rule's version: a change of any order is a new version (and new goldens; the
+/// versions' history is in docs/portable.md).
 pub const ORDER_RULE: u32 = 2;
 
 /// The instruction sets a kernel is compiled for; all give the same bits.
