@@ -149,8 +149,8 @@ pub(crate) enum Command {
         fixtures: Option<PathBuf>,
         /// md (for a pull-request comment), json (the same content) or html (one
         /// self-contained page with a verdict heatmap and per-step drift curves).
-        #[arg(long, default_value = "md", value_parser = ["md", "json", "html"])]
-        format: String,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+        format: ReportFormat,
         /// localize.jsonl files (`reprodiff localize --filter ... --a BASE --b SET`): each
         /// first divergence they cover also names the step and module where the runs part.
         #[arg(long, value_name = "FILE")]
@@ -246,6 +246,17 @@ pub(crate) enum GoldenAction {
     },
 }
 
+/// `report --format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReportFormat {
+    /// Markdown, for a pull-request comment.
+    Md,
+    /// The same content as JSON.
+    Json,
+    /// One self-contained HTML page.
+    Html,
+}
+
 /// The formats `reprodiff schema` prints.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub(crate) enum SchemaKind {
@@ -325,7 +336,7 @@ fn dispatch(cli: Cli) -> crate::Result<i32> {
             baseline.as_deref(),
             against.as_deref(),
             fixtures,
-            &format,
+            format,
             &localized,
         ),
         Command::Golden {

@@ -69,7 +69,7 @@ pub(crate) fn report(
     baseline: Option<&Path>,
     against_rev: Option<&str>,
     fixtures: Option<PathBuf>,
-    format: &str,
+    format: super::ReportFormat,
     localized: &[PathBuf],
 ) -> Result<i32> {
     for dir in records {
@@ -96,12 +96,12 @@ pub(crate) fn report(
     let mut report = drift::summarize(&sets, base.as_ref());
     drift::annotate(&mut report, &drift::load_localized(localized)?);
     match format {
-        "json" => println!(
+        super::ReportFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&report).expect("a report serialises")
         ),
-        "html" => print!("{}", html::html(&report, &sets, base.as_ref())),
-        _ => print!("{}", drift::markdown(&report)),
+        super::ReportFormat::Html => print!("{}", html::html(&report, &sets, base.as_ref())),
+        super::ReportFormat::Md => print!("{}", drift::markdown(&report)),
     }
     Ok(exit::OK)
 }

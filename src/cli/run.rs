@@ -8,7 +8,9 @@ use crate::harness::suite::Suite;
 use crate::pipelines::ddim::flags::DdimRunFlags;
 use crate::pipelines::stable_diffusion::flags::SdRunFlags;
 use crate::pipelines::{RunFlags, SharedRunFlags};
-use crate::torch::{DeviceSpec, GeneratorSpec};
+use crate::portable::Kernels;
+
+use crate::torch::{DeviceSpec, GeneratorKind, GeneratorSpec};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -40,9 +42,9 @@ pub(crate) struct RunArgs {
     /// One generator per image (its length must be the number of images).
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
-    /// cpu: torch.Generator("cpu"); cuda: torch.Generator("cuda"); global: torch.manual_seed.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "global"])]
-    generator: String,
+    /// Which generator the seeds go to.
+    #[arg(long, value_enum, default_value_t = GeneratorKind::Cpu)]
+    generator: GeneratorKind,
     /// [torch.Generator().manual_seed(S)] * images: one generator listed once per image.
     #[arg(long, requires = "seed")]
     repeat_generator: bool,
@@ -58,10 +60,10 @@ pub(crate) struct RunArgs {
     threads: Option<usize>,
     #[arg(long, default_value = "np")]
     output_type: String,
-    /// native: libtorch's kernels, bit for bit diffusers'; portable: reprodiff's own, the
-    /// same bits on every CPU (the scenario field `kernels`; float32, torch.Generator objects).
-    #[arg(long, default_value = "native", value_parser = ["native", "portable"])]
-    kernels: String,
+    /// Whose kernels compute the run (the scenario field `kernels`; portable takes float32 and
+    /// torch.Generator objects).
+    #[arg(long, value_enum, default_value_t = Kernels::Native)]
+    kernels: Kernels,
     /// Write the output as .npy, exactly as diffusers returns it (bf16 as f32).
     #[arg(long)]
     save: Option<PathBuf>,
@@ -85,7 +87,7 @@ impl RunArgs {
         GeneratorSpec::from_flags(
             self.seed,
             self.seeds.as_deref(),
-            &self.generator,
+            self.generator,
             self.repeat_generator,
             images,
             device,
@@ -96,7 +98,7 @@ impl RunArgs {
     fn run(&self, run: Workload, device: DeviceSpec, grid: Option<&Path>) -> Result<i32> {
         let mut scenario =
             crate::harness::oneoff::scenario(run, device, self.deterministic, self.threads);
-        scenario.kernels = crate::portable::Kernels::from_flag(&self.kernels);
+        scenario.kernels = self.kernels;
         let out = Outputs {
             save: self.save.as_deref(),
             grid,

@@ -113,15 +113,9 @@ pub struct BenchArgs {
     pub runs: usize,
     #[arg(long)]
     pub threads: Option<usize>,
-    /// native (libtorch's kernels) or portable (reprodiff's).
-    #[arg(long, default_value = "native", value_parser = ["native", "portable"])]
-    pub kernels: String,
-}
-
-impl BenchArgs {
-    pub fn kernels(&self) -> crate::portable::Kernels {
-        crate::portable::Kernels::from_flag(&self.kernels)
-    }
+    /// Whose kernels compute the run.
+    #[arg(long, value_enum, default_value_t = crate::portable::Kernels::Native)]
+    pub kernels: crate::portable::Kernels,
 }
 
 /// A pipeline's own `reprodiff bench` flags: load once, a warm-up call, timed calls.

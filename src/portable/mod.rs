@@ -19,27 +19,19 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Which kernels a scenario runs on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
     /// libtorch's: bit for bit diffusers' on the same libtorch and CPU class.
     #[default]
     Native,
-    /// reprodiff's own ([`ops`], [`randn`]): the same bits on every CPU, thread count and batch.
+    /// reprodiff's own kernels and noise: the same bits on every CPU, thread count and batch.
     Portable,
 }
 
 impl Kernels {
     pub fn is_native(&self) -> bool {
         *self == Kernels::Native
-    }
-
-    /// A `--kernels` value clap has checked against `native` and `portable`.
-    pub fn from_flag(value: &str) -> Kernels {
-        match value {
-            "portable" => Kernels::Portable,
-            _ => Kernels::Native,
-        }
     }
 }
 

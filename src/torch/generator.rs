@@ -268,6 +268,17 @@ pub enum Generators {
     Given(std::collections::VecDeque<Tensor>),
 }
 
+/// `--generator`: which generator the seeds go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GeneratorKind {
+    /// torch.Generator("cpu").
+    Cpu,
+    /// torch.Generator("cuda").
+    Cuda,
+    /// torch.manual_seed (the global generator).
+    Global,
+}
+
 impl GeneratorSpec {
     /// The `generator=` argument as the command line spells it: `--seed S` (one generator for
     /// the batch), `--seeds S1,S2,...` (one per sample), `--generator cpu|cuda|global`,
@@ -276,19 +287,20 @@ impl GeneratorSpec {
     pub fn from_flags(
         seed: Option<u64>,
         seeds: Option<&[u64]>,
-        kind: &str,
+        kind: GeneratorKind,
         repeat: bool,
         batch: usize,
         device: DeviceSpec,
     ) -> Result<Self> {
+        use GeneratorKind::Global;
         let gen_device = match (kind, device) {
-            ("cuda", DeviceSpec::Cuda(i)) => DeviceSpec::Cuda(i),
-            ("cuda", DeviceSpec::Cpu) => DeviceSpec::Cuda(0),
+            (GeneratorKind::Cuda, DeviceSpec::Cuda(i)) => DeviceSpec::Cuda(i),
+            (GeneratorKind::Cuda, DeviceSpec::Cpu) => DeviceSpec::Cuda(0),
             _ => DeviceSpec::Cpu,
         };
         let usage = |m: &str| Err(Error::InvalidArgument(m.into()));
         match (seeds, seed, kind, repeat) {
-            (Some(_), _, "global", _) => usage("--seeds cannot be used with --generator global"),
+            (Some(_), _, Global, _) => usage("--seeds cannot be used with --generator global"),
             (Some(seeds), _, _, _) if seeds.len() != batch => usage(&format!(
                 "--seeds has {} seeds but --batch is {batch}: one generator per sample",
                 seeds.len()
@@ -297,8 +309,8 @@ impl GeneratorSpec {
                 seeds: seeds.to_vec(),
                 device: gen_device,
             }),
-            (None, _, "global", true) => usage("--repeat-generator needs --generator cpu or cuda"),
-            (None, seed, "global", false) => Ok(GeneratorSpec::Global {
+            (None, _, Global, true) => usage("--repeat-generator needs --generator cpu or cuda"),
+            (None, seed, Global, false) => Ok(GeneratorSpec::Global {
                 seed: seed.unwrap_or(0),
             }),
             (None, Some(seed), _, true) => Ok(GeneratorSpec::Repeated {

@@ -16,7 +16,7 @@ mod types;
 
 pub use determinism::{CpuCapability, Determinism, DeterminismSpec, Preset};
 pub use generator::{
-    initial_noise, randn_tensor, Generator, GeneratorSpec, Generators, NUDGE_ENV,
+    initial_noise, randn_tensor, Generator, GeneratorKind, GeneratorSpec, Generators, NUDGE_ENV,
     PORTABLE_NOISE_CAPABILITY,
 };
 pub use types::{tensor_bytes, tensor_sha256, tensor_to_f64, DType, DeviceSpec};

@@ -63,7 +63,7 @@ impl BenchFlags for DdimBenchFlags {
     /// Loads the model once in float32 on the CPU, then `runs + 1` calls with a CPU generator
     /// seeded 0: the loop of ci/bench_diffusers.py --pipeline ddim.
     fn bench(&self) -> Result<Bench> {
-        crate::pipelines::bench_settings(self.shared.threads, self.shared.kernels())?;
+        crate::pipelines::bench_settings(self.shared.threads, self.shared.kernels)?;
         let folder = crate::loading::resolve(&self.model, None)?;
         let mut pipe =
             DdimPipeline::load(&folder, DType::F32, DeviceSpec::Cpu, &Default::default())?;

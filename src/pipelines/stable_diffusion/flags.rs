@@ -118,7 +118,7 @@ impl BenchFlags for SdBenchFlags {
     /// not counted) with a CPU generator re-seeded 0, the seed document's prompt and guidance
     /// 7.5: the loop of ci/bench_diffusers.py --pipeline sd.
     fn bench(&self) -> Result<Bench> {
-        crate::pipelines::bench_settings(self.shared.threads, self.shared.kernels())?;
+        crate::pipelines::bench_settings(self.shared.threads, self.shared.kernels)?;
         let dir = crate::loading::resolve_dir(&self.model, None)?;
         let mut pipe =
             SdPipeline::load(&dir, DType::F32, DeviceSpec::Cpu, None, &Default::default())?;
