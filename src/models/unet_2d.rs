@@ -2,7 +2,9 @@
 use super::embeddings::{broadcast_timestep, TimestepEmbedding, Timesteps};
 use super::nn::{Activation, Conv2d, GroupNorm};
 use super::params::ParamPath;
-use super::unet_2d_blocks::{AttnSpec, BlockConfig, DownBlock, MidBlock, UpBlock};
+use super::unet_2d_blocks::{
+    AttnSpec, BlockConfig, DownBlock, DownSpec, MidBlock, UpBlock, UpSpec,
+};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -229,16 +231,15 @@ impl UNet2DModel {
             } else {
                 AttnSpec::None
             };
-            down_blocks.push(DownBlock::new(
-                &p.sub("down_blocks").sub(i),
-                c,
-                config.layers_per_block,
+            let spec = DownSpec {
+                layers: config.layers_per_block,
                 cin,
-                out,
+                cout: out,
                 attn,
-                !last,
-                config.downsample_padding,
-            )?);
+                add_downsample: !last,
+                downsample_padding: config.downsample_padding,
+            };
+            down_blocks.push(DownBlock::new(&p.sub("down_blocks").sub(i), c, spec)?);
         }
 
         let last_ch = *ch.last().expect("validated non-empty");
@@ -274,16 +275,15 @@ impl UNet2DModel {
             } else {
                 AttnSpec::None
             };
-            up_blocks.push(UpBlock::new(
-                &p.sub("up_blocks").sub(i),
-                c,
-                config.layers_per_block + 1,
+            let spec = UpSpec {
+                layers: config.layers_per_block + 1,
                 cin,
-                prev,
-                out,
+                prev_out: prev,
+                cout: out,
                 attn,
-                !last,
-            )?);
+                add_upsample: !last,
+            };
+            up_blocks.push(UpBlock::new(&p.sub("up_blocks").sub(i), c, spec)?);
         }
 
         Ok(UNet2DModel {

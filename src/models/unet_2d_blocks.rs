@@ -137,18 +137,28 @@ pub struct DownBlock {
     downsampler: Option<Downsample2D>,
 }
 
+/// A down block's shape: `layers` resnets (with their attentions) from `cin` to `cout`
+/// channels, then a downsampler (`add_downsample`, padding `downsample_padding`).
+#[derive(Debug, Clone, Copy)]
+pub struct DownSpec {
+    pub layers: i64,
+    pub cin: i64,
+    pub cout: i64,
+    pub attn: AttnSpec,
+    pub add_downsample: bool,
+    pub downsample_padding: i64,
+}
+
 impl DownBlock {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        p: &ParamPath,
-        c: BlockConfig,
-        layers: i64,
-        cin: i64,
-        cout: i64,
-        attn: AttnSpec,
-        add_downsample: bool,
-        downsample_padding: i64,
-    ) -> Result<Self> {
+    pub fn new(p: &ParamPath, c: BlockConfig, spec: DownSpec) -> Result<Self> {
+        let DownSpec {
+            layers,
+            cin,
+            cout,
+            attn,
+            add_downsample,
+            downsample_padding,
+        } = spec;
         let mut resnets = Vec::new();
         let mut attentions = Vec::new();
         for i in 0..layers {
@@ -256,18 +266,28 @@ pub struct UpBlock {
     upsampler: Option<Upsample2D>,
 }
 
+/// An up block's shape: `layers` resnets taking the previous block's `prev_out` channels and
+/// the skips of the down block of `cin` to `cout`, then an upsampler (`add_upsample`).
+#[derive(Debug, Clone, Copy)]
+pub struct UpSpec {
+    pub layers: i64,
+    pub cin: i64,
+    pub prev_out: i64,
+    pub cout: i64,
+    pub attn: AttnSpec,
+    pub add_upsample: bool,
+}
+
 impl UpBlock {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        p: &ParamPath,
-        c: BlockConfig,
-        layers: i64,
-        cin: i64,
-        prev_out: i64,
-        cout: i64,
-        attn: AttnSpec,
-        add_upsample: bool,
-    ) -> Result<Self> {
+    pub fn new(p: &ParamPath, c: BlockConfig, spec: UpSpec) -> Result<Self> {
+        let UpSpec {
+            layers,
+            cin,
+            prev_out,
+            cout,
+            attn,
+            add_upsample,
+        } = spec;
         let mut resnets = Vec::new();
         let mut attentions = Vec::new();
         for i in 0..layers {

@@ -4,7 +4,9 @@ use super::embeddings::{broadcast_timestep, TimestepEmbedding, Timesteps};
 use super::nn::{Activation, Conv2d, GroupNorm};
 use super::params::ParamPath;
 use super::unet_2d::SampleSize;
-use super::unet_2d_blocks::{AttnSpec, BlockConfig, DownBlock, MidBlock, UpBlock};
+use super::unet_2d_blocks::{
+    AttnSpec, BlockConfig, DownBlock, DownSpec, MidBlock, UpBlock, UpSpec,
+};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -332,16 +334,15 @@ impl UNet2DConditionModel {
             } else {
                 AttnSpec::None
             };
-            down_blocks.push(DownBlock::new(
-                &p.sub("down_blocks").sub(i),
-                c,
-                e.layers[i],
+            let spec = DownSpec {
+                layers: e.layers[i],
                 cin,
-                out,
+                cout: out,
                 attn,
-                i != n - 1,
-                config.downsample_padding,
-            )?);
+                add_downsample: i != n - 1,
+                downsample_padding: config.downsample_padding,
+            };
+            down_blocks.push(DownBlock::new(&p.sub("down_blocks").sub(i), c, spec)?);
         }
 
         let mid_block = match config.mid_block_type.as_deref() {
@@ -367,16 +368,15 @@ impl UNet2DConditionModel {
             } else {
                 AttnSpec::None
             };
-            up_blocks.push(UpBlock::new(
-                &p.sub("up_blocks").sub(i),
-                c,
-                e.layers[r] + 1,
+            let spec = UpSpec {
+                layers: e.layers[r] + 1,
                 cin,
-                prev,
-                out,
+                prev_out: prev,
+                cout: out,
                 attn,
-                i != n - 1,
-            )?);
+                add_upsample: i != n - 1,
+            };
+            up_blocks.push(UpBlock::new(&p.sub("up_blocks").sub(i), c, spec)?);
         }
 
         Ok(UNet2DConditionModel {

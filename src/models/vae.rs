@@ -4,7 +4,7 @@
 use super::nn::{Activation, Conv2d, GroupNorm};
 use super::params::ParamPath;
 use super::resnet::{ResnetBlock2D, Upsample2D};
-use super::unet_2d_blocks::{AttnSpec, BlockConfig, DownBlock, MidBlock};
+use super::unet_2d_blocks::{AttnSpec, BlockConfig, DownBlock, DownSpec, MidBlock};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -208,16 +208,15 @@ impl Encoder {
         for (i, &channels) in ch.iter().enumerate() {
             let cin = out;
             out = channels;
-            down_blocks.push(DownBlock::new(
-                &p.sub("down_blocks").sub(i),
-                b,
-                c.layers_per_block,
+            let spec = DownSpec {
+                layers: c.layers_per_block,
                 cin,
-                out,
-                AttnSpec::None,
-                i != n - 1,
-                0,
-            )?);
+                cout: out,
+                attn: AttnSpec::None,
+                add_downsample: i != n - 1,
+                downsample_padding: 0,
+            };
+            down_blocks.push(DownBlock::new(&p.sub("down_blocks").sub(i), b, spec)?);
         }
         Ok(Encoder {
             conv_in: Conv2d::new(&p.sub("conv_in"), c.in_channels, ch[0], 3, 1, 1)?,
