@@ -16,12 +16,16 @@ pub(crate) enum BenchPipeline {
     /// The portable kernels' GEMM against libtorch's sgemm (matmul) on one float32 product of
     /// [m, k] by [k, n], timed in turn; prints JSON with each side's GFLOP/s and their medians.
     Gemm {
+        /// Rows of a (and of the output).
         #[arg(long, default_value_t = 1024)]
         m: usize,
+        /// Columns of b (and of the output).
         #[arg(long, default_value_t = 128)]
         n: usize,
+        /// The reduction's length.
         #[arg(long, default_value_t = 1152)]
         k: usize,
+        /// Samples per side (each a burst of products after a rest).
         #[arg(long, default_value_t = 9)]
         runs: usize,
         /// libtorch's threads (default: the portable kernels' count, rayon's).

@@ -102,60 +102,18 @@ pub(crate) enum Command {
         sel: SelectArgs,
         #[command(flatten)]
         axes: MatrixAxes,
+        /// Where each combination's records folder goes.
         #[arg(long, default_value = "reprodiff-out/matrix")]
         out: PathBuf,
     },
     /// Where two runs of one scenario part: each side (CLASS[-threadsN][+KNOB...], as matrix
     /// labels its combinations) runs it plain and with activation capture in child processes; the captured
     /// activations are walked in execution order to the first module whose bits differ.
-    Localize {
-        #[arg(long)]
-        suite: String,
-        /// One scenario (its dumps are kept under --out); without it, every scenario of the
-        /// suite matching --filter, written to <out>/localize.jsonl.
-        #[arg(long, conflicts_with = "filter")]
-        scenario: Option<String>,
-        /// A regular expression over scenario names, as for check.
-        #[arg(long)]
-        filter: Option<String>,
-        /// One side, e.g. native, avx2-threads1 or native+channels-last.
-        #[arg(long)]
-        a: String,
-        /// The other side.
-        #[arg(long)]
-        b: String,
-        #[arg(long, default_value = "reprodiff-out/localize")]
-        out: PathBuf,
-        /// The fixtures directory (suites/ and golden/).
-        #[arg(long, env = "REPRODIFF_FIXTURES", value_name = "DIR")]
-        fixtures: Option<PathBuf>,
-    },
+    Localize(LocalizeArgs),
     /// A Markdown drift report over check record folders (`check --out DIR`), one set per
     /// folder: per environment class, counts by verdict and the worst l_inf; with --baseline,
     /// each set against it (newly drifted, newly fixed, new, missing).
-    Report {
-        /// Record folders, one per host or run.
-        #[arg(required = true)]
-        records: Vec<PathBuf>,
-        /// A record folder to compare every set with.
-        #[arg(long, conflicts_with = "against")]
-        baseline: Option<PathBuf>,
-        /// Compare every set with the goldens as they were at this git revision (what an
-        /// upgrade moved): for each scenario, the expectation that revision held for its class.
-        #[arg(long, value_name = "REV")]
-        against: Option<String>,
-        /// The fixtures directory whose goldens --against reads (default: ./fixtures).
-        #[arg(long, env = "REPRODIFF_FIXTURES", value_name = "DIR")]
-        fixtures: Option<PathBuf>,
-        /// md (for a pull-request comment), json (the same content) or html (one
-        /// self-contained page with a verdict heatmap and per-step drift curves).
-        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
-        format: ReportFormat,
-        /// localize.jsonl files (`reprodiff localize --filter ... --a BASE --b SET`): each
-        /// first divergence they cover also names the step and module where the runs part.
-        #[arg(long, value_name = "FILE")]
-        localized: Vec<PathBuf>,
-    },
+    Report(ReportArgs),
     /// Maintain golden files.
     Golden {
         #[command(subcommand)]
@@ -246,6 +204,58 @@ pub(crate) enum GoldenAction {
     },
 }
 
+/// `localize`'s flags.
+#[derive(clap::Args)]
+pub(crate) struct LocalizeArgs {
+    /// The suite the scenarios belong to.
+    #[arg(long)]
+    pub suite: String,
+    /// One scenario (its dumps are kept under --out); without it, every scenario of the
+    /// suite matching --filter, written to <out>/localize.jsonl.
+    #[arg(long, conflicts_with = "filter")]
+    pub scenario: Option<String>,
+    /// A regular expression over scenario names, as for check.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// One side, e.g. native, avx2-threads1 or native+channels-last.
+    #[arg(long)]
+    pub a: String,
+    /// The other side.
+    #[arg(long)]
+    pub b: String,
+    /// Where the sides' records, activation dumps and localize.jsonl go.
+    #[arg(long, default_value = "reprodiff-out/localize")]
+    pub out: PathBuf,
+    /// The fixtures directory (suites/ and golden/).
+    #[arg(long, env = "REPRODIFF_FIXTURES", value_name = "DIR")]
+    pub fixtures: Option<PathBuf>,
+}
+
+/// `report`'s flags.
+#[derive(clap::Args)]
+pub(crate) struct ReportArgs {
+    /// Record folders, one per host or run.
+    #[arg(required = true)]
+    pub records: Vec<PathBuf>,
+    /// A record folder to compare every set with.
+    #[arg(long, conflicts_with = "against")]
+    pub baseline: Option<PathBuf>,
+    /// Compare every set with the goldens as they were at this git revision (what an
+    /// upgrade moved): for each scenario, the expectation that revision held for its class.
+    #[arg(long, value_name = "REV")]
+    pub against: Option<String>,
+    /// The fixtures directory whose goldens --against reads (default: ./fixtures).
+    #[arg(long, env = "REPRODIFF_FIXTURES", value_name = "DIR")]
+    pub fixtures: Option<PathBuf>,
+    /// How the report is written.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    pub format: ReportFormat,
+    /// localize.jsonl files (`reprodiff localize --filter ... --a BASE --b SET`): each
+    /// first divergence they cover also names the step and module where the runs part.
+    #[arg(long, value_name = "FILE")]
+    pub localized: Vec<PathBuf>,
+}
+
 /// `report --format`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ReportFormat {
@@ -253,7 +263,7 @@ pub(crate) enum ReportFormat {
     Md,
     /// The same content as JSON.
     Json,
-    /// One self-contained HTML page.
+    /// One self-contained HTML page, with a verdict heatmap and per-step drift curves.
     Html,
 }
 
@@ -307,38 +317,8 @@ fn dispatch(cli: Cli) -> crate::Result<i32> {
         Command::Calibrate { sel } => check::calibrate(&sel),
         Command::List { sel, json } => check::list(&sel, json),
         Command::Matrix { sel, axes, out } => check::matrix(&sel, &axes, &out),
-        Command::Localize {
-            suite,
-            scenario,
-            filter,
-            a,
-            b,
-            out,
-            fixtures,
-        } => report::localize(
-            &suite,
-            scenario.as_deref(),
-            filter.as_deref(),
-            &a,
-            &b,
-            &out,
-            fixtures,
-        ),
-        Command::Report {
-            records,
-            baseline,
-            against,
-            fixtures,
-            format,
-            localized,
-        } => report::report(
-            &records,
-            baseline.as_deref(),
-            against.as_deref(),
-            fixtures,
-            format,
-            &localized,
-        ),
+        Command::Localize(args) => report::localize(&args),
+        Command::Report(args) => report::report(&args),
         Command::Golden {
             action: GoldenAction::Compare { from, out, sel },
         } => report::golden_compare(&from, &out, &sel),

@@ -19,18 +19,20 @@ fn fixtures_root(fixtures: Option<PathBuf>) -> Result<crate::harness::suite::Fix
 }
 
 /// `localize`: one scenario (its activation dumps kept), or every scenario `filter` matches.
-pub(crate) fn localize(
-    suite: &str,
-    scenario: Option<&str>,
-    filter: Option<&str>,
-    a: &str,
-    b: &str,
-    out: &Path,
-    fixtures: Option<PathBuf>,
-) -> Result<i32> {
+pub(crate) fn localize(args: &super::LocalizeArgs) -> Result<i32> {
+    let super::LocalizeArgs {
+        suite,
+        scenario,
+        filter,
+        a,
+        b,
+        out,
+        fixtures,
+    } = args;
+    let (scenario, filter) = (scenario.as_deref(), filter.as_deref());
     let isa = Fingerprint::current()?.cpu.isa;
     let exe = std::env::current_exe().map_err(|e| Error::io("reprodiff", e))?;
-    let fx = fixtures_root(fixtures)?;
+    let fx = fixtures_root(fixtures.clone())?;
     if let Some(scenario) = scenario {
         let l = localize::localize(&exe, &fx, suite, scenario, a, b, &isa, out)?;
         println!("{suite}/{scenario}: {}", l.sentence);
@@ -64,14 +66,16 @@ pub(crate) fn localize(
 
 /// `report`: the drift report over record folders, against a baseline folder or the goldens of
 /// a git revision, as Markdown, JSON or one HTML page.
-pub(crate) fn report(
-    records: &[PathBuf],
-    baseline: Option<&Path>,
-    against_rev: Option<&str>,
-    fixtures: Option<PathBuf>,
-    format: super::ReportFormat,
-    localized: &[PathBuf],
-) -> Result<i32> {
+pub(crate) fn report(args: &super::ReportArgs) -> Result<i32> {
+    let super::ReportArgs {
+        records,
+        baseline,
+        against: against_rev,
+        fixtures,
+        format,
+        localized,
+    } = args;
+    let (baseline, against_rev) = (baseline.as_deref(), against_rev.as_deref());
     for dir in records {
         exists("RECORDS_DIR", dir)?;
     }
@@ -88,7 +92,7 @@ pub(crate) fn report(
     let base = match (baseline, against_rev) {
         (Some(dir), _) => Some(recorded::load(dir)?),
         (None, Some(rev)) => {
-            let root = fixtures_root(fixtures)?.root;
+            let root = fixtures_root(fixtures.clone())?.root;
             Some(against::baseline_at(&root, rev, &sets)?)
         }
         (None, None) => None,

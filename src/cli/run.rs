@@ -48,8 +48,10 @@ pub(crate) struct RunArgs {
     /// [torch.Generator().manual_seed(S)] * images: one generator listed once per image.
     #[arg(long, requires = "seed")]
     repeat_generator: bool,
+    /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The pipeline's dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// diffusers' enable_full_determinism().
@@ -58,6 +60,7 @@ pub(crate) struct RunArgs {
     /// Intra-op threads (torch.set_num_threads).
     #[arg(long)]
     threads: Option<usize>,
+    /// diffusers' output_type: np (images in [0, 1]) or latent (the last step's sample).
     #[arg(long, default_value = "np")]
     output_type: String,
     /// Whose kernels compute the run (the scenario field `kernels`; portable takes float32 and

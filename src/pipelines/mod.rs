@@ -109,8 +109,10 @@ pub trait RunFlags {
 /// The flags every `reprodiff bench PIPELINE` takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    /// Timed calls, after one warm-up call.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Intra-op threads (torch.set_num_threads; the portable kernels' too).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Whose kernels compute the run.

@@ -12,6 +12,7 @@ mod cli;
 mod ddim;
 mod determinism;
 mod drift;
+mod flags_doc;
 mod generators;
 mod goldens;
 mod hostile;

@@ -10,10 +10,13 @@ pub struct DdimRunFlags {
     /// A diffusers folder, a Hugging Face id in the local cache, or derived:ARCH.
     #[arg(long)]
     pub model: String,
+    /// num_inference_steps.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
+    /// DDIM's eta (0: deterministic steps; 1: DDPM-like noise at each step).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
+    /// batch_size: images per call.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
 }
@@ -43,8 +46,10 @@ impl RunFlags for DdimRunFlags {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DdimBenchFlags {
+    /// A diffusers folder, a Hugging Face id in the local cache, or derived:ARCH.
     #[arg(long)]
     pub model: String,
+    /// num_inference_steps of each call.
     #[arg(long)]
     pub steps: usize,
     #[command(flatten)]

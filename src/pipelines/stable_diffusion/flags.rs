@@ -24,12 +24,16 @@ pub struct SdRunFlags {
     /// Default: the UNet's sample_size × the VAE's scale factor.
     #[arg(long)]
     pub height: Option<i64>,
+    /// Default: as --height's.
     #[arg(long)]
     pub width: Option<i64>,
+    /// Images per prompt.
     #[arg(long, default_value_t = 1)]
     pub num_images_per_prompt: usize,
+    /// num_inference_steps.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
+    /// DDIM's eta (ignored by PNDM, as diffusers ignores it).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
     /// Swap the scheduler as `DDIMScheduler.from_config(pipe.scheduler.config)` does
@@ -94,8 +98,11 @@ impl RunFlags for SdRunFlags {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SdBenchFlags {
+    /// A diffusers Stable Diffusion folder, a Hugging Face id in the local cache, or
+    /// derived:ARCH.
     #[arg(long)]
     pub model: String,
+    /// num_inference_steps of each call.
     #[arg(long)]
     pub steps: usize,
     /// Height and width (default: the model's).
