@@ -29,7 +29,7 @@ that setting, and this shows what remains. `REPRODIFF_MALLOC=default` takes it f
 
 `--portable` adds reprodiff on its portable kernels (`bench --kernels portable`, issue #14) as a
 third process per round, interleaved with the other two: its median, its min and max, and its
-time over native reprodiff's (< 1.5 is the goal). Its bits are its own class's, not diffusers'.
+time over native reprodiff's (#28's goal: at most 1.25). Its bits are its own class's, not diffusers'.
 
 REPRODIFF_BIN selects the binary (default: target/release/reprodiff, else target/debug/reprodiff).
 """
@@ -65,6 +65,19 @@ def run(cmd: list[str], extra_env: dict[str, str] | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def require_diffusers() -> None:
+    """Stops at once, naming the fix, when this python cannot import diffusers (the diffusers
+    side runs under the same interpreter)."""
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        sys.exit(
+            f"ci/bench.py: {sys.executable} cannot import diffusers; run this script with the "
+            "oracle's venv: ~/.cache/reprodiff/torch-2.13.0/bin/python ci/bench.py ... "
+            "(ci/oracle/run.sh --self-check installs it)"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", default="2,50")
@@ -83,6 +96,7 @@ def main() -> None:
     ap.add_argument("--diffusers-malloc", choices=["default", "keep-freed"], default="default",
                     help="keep-freed: give diffusers reprodiff's malloc setting (GLIBC_TUNABLES)")
     a = ap.parse_args()
+    require_diffusers()
     exe = reprodiff_bin()
     arch = "ddpm-cifar10-32" if a.pipeline == "ddim" else "stable-diffusion-v1-5"
     model = Path(a.model) if a.model else REPO / "target" / "bench" / arch
