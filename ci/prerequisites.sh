@@ -21,7 +21,7 @@ need() { missing+=("$1"); }
 # before ldd has written everything (SIGPIPE), which a busy machine makes happen.
 libc_says="$(ldd --version 2>&1 || true)"
 if [ "$(uname -s)" != Linux ] || ! grep -qiE 'glibc|gnu libc' <<<"$libc_says"; then
-  need "Linux with glibc: libtorch's PyPI wheel is built for it (found $(uname -s))"
+  need "Linux with glibc: libtorch's PyPI wheel is built for it (found $(uname -s); \`ldd --version\` says: ${libc_says%%$'\n'*})"
 fi
 
 # The compilers cc-rs uses: $CC / $CXX where set, else cc / c++.
