@@ -284,7 +284,7 @@ fn whole_b(
                 let valid = ((m - i0).min(s.mr), (n - j0).min(s.nr));
                 let ap = (&arows[i0 * lda..], lda);
                 // SAFETY: this task alone owns the tile (i0, j0); `valid` keeps it in c.
-                unsafe { tile((isa, s), k, ap, panel, out, (i0, j0), valid, false) };
+                unsafe { tile((isa, s), k, ap, panel, out, (i0, j0), valid) };
             }
         }
     });
@@ -311,6 +311,8 @@ fn by_columns(
     tasks.for_each_init(Vec::new, |bufs: &mut Vec<f32>, t| {
         let cols = t * per..((t + 1) * per).min(panels);
         let width = cols.len() * s.nr;
+        let j0 = cols.start * s.nr;
+        let live = (cols.end * s.nr).min(n) - j0;
         let (b_len, c_len) = (width * K_CHUNK.min(k), row_tiles * s.mr * width);
         if bufs.len() < b_len + c_len {
             bufs.resize(b_len + c_len, 0.0);
@@ -320,9 +322,7 @@ fn by_columns(
         let mut p0 = 0;
         while p0 < k {
             let kb = K_CHUNK.min(k - p0);
-            let chunk = &mut buf[..width * kb];
-            let j0 = cols.start * s.nr;
-            fill(j0, (cols.end * s.nr).min(n) - j0, p0, s.nr, chunk);
+            fill(j0, live, p0, s.nr, &mut buf[..width * kb]);
             for group in (0..row_tiles).step_by(ROW_GROUP) {
                 for (jp, panel) in buf.chunks_exact(s.nr * kb).take(cols.len()).enumerate() {
                     for it in group..(group + ROW_GROUP).min(row_tiles) {
@@ -337,8 +337,6 @@ fn by_columns(
             }
             p0 += kb;
         }
-        let j0 = cols.start * s.nr;
-        let live = (cols.end * s.nr).min(n) - j0;
         for (i, row) in sums.chunks_exact(width).take(m).enumerate() {
             // SAFETY: this task alone owns these columns of c, all inside it.
             unsafe {
@@ -381,48 +379,31 @@ fn pack_panel(buf: &mut [f32], bt: View, (j0, live): (usize, usize), p0: usize, 
     }
 }
 
-/// One register tile over `kb` reduction indices (whole blocks of [`KC`] but the last): each
-/// block's chain from +0, added to the running sum (the tile's value when `partial`, else the
-/// first block's sum is stored); the `valid` part of the tile stored. a's rows are
-/// `ap.0[r * ap.1..][..kb]`, the rows past the valid ones repeating the last (their outputs
-/// are not stored); `bp` is the panel `[p][nr]` from the same index. A whole tile of a
+/// One register tile over all of `k` (whole blocks of [`KC`] but the last): each block's chain
+/// from +0, the first block's sum stored, the others added to it; the `valid` part of the tile
+/// stored. a's rows are `ap.0[r * ap.1..][..k]`, the rows past the valid ones repeating the
+/// last (their outputs are not stored); `bp` is the panel `[p][nr]`. A whole tile of a
 /// row-major output is summed in place, an edge tile (or a transposed output's) in a buffer.
 ///
 /// # Safety
 /// The tile lies inside `out` where `valid` says, and no other thread touches it.
-#[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     (isa, s): (Isa, Shape),
-    kb: usize,
+    k: usize,
     (a, lda): (&[f32], usize),
     bp: &[f32],
     out: Out,
     (i0, j0): (usize, usize),
     (mv, nv): (usize, usize),
-    partial: bool,
 ) {
-    assert!(mv >= 1 && a.len() >= (mv - 1) * lda + kb && bp.len() >= kb * s.nr);
+    assert!(mv >= 1 && a.len() >= (mv - 1) * lda + k && bp.len() >= k * s.nr);
     let at = |r: usize, c: usize| out.ptr.add((i0 + r) * out.rs + (j0 + c) * out.cs);
     if out.cs == 1 && mv == s.mr && nv == s.nr {
-        return blocks((isa, s), kb, (a, lda), mv, bp, (at(0, 0), out.rs), partial);
+        return blocks((isa, s), k, (a, lda), mv, bp, (at(0, 0), out.rs), false);
     }
     let mut acc = [0f32; 12 * 32];
-    if partial {
-        for r in 0..mv {
-            for col in 0..nv {
-                acc[r * s.nr + col] = *at(r, col);
-            }
-        }
-    }
-    blocks(
-        (isa, s),
-        kb,
-        (a, lda),
-        mv,
-        bp,
-        (acc.as_mut_ptr(), s.nr),
-        partial,
-    );
+    let c = (acc.as_mut_ptr(), s.nr);
+    blocks((isa, s), k, (a, lda), mv, bp, c, false);
     for r in 0..mv {
         for col in 0..nv {
             *at(r, col) = acc[r * s.nr + col];
