@@ -288,7 +288,8 @@ pub fn map(x: &Tensor, f: fn(f32) -> f32) -> Result<Tensor> {
     Ok(out)
 }
 
-/// [`elementwise::silu`] or [`elementwise::quick_gelu`] on every element, 16 at a time.
+/// [`elementwise::silu`], [`elementwise::quick_gelu`] or [`elementwise::gelu`] on every element,
+/// 16 at a time.
 fn sigmoidal(x: &Tensor, f: elementwise::Sigmoidal) -> Result<Tensor> {
     let isa = chosen_isa()?;
     let x = dense(x)?;
@@ -304,7 +305,7 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 
 /// GELU, erf form: `(x * 0.5) * (1 + erff(x * FRAC_1_SQRT_2))`, elementwise.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    map(x, elementwise::gelu)
+    sigmoidal(x, elementwise::Sigmoidal::Gelu)
 }
 
 /// transformers' QuickGELU: `x * (1 / (1 + expf(-(x * 1.702))))`, elementwise.
@@ -573,21 +574,25 @@ mod tests {
         }
     }
 
-    /// The 16-lane expf is the libm crate's, bit for bit: on every 61st float32 bit pattern
-    /// (all exponents, both signs, NaNs and infinities), in blocks that mix special values in
-    /// and blocks wholly in its main range.
-    #[test]
-    fn the_lane_expf_is_libms_bit_for_bit() {
+    /// `lane` on 16 values is `scalar` on each, bit for bit (NaN for NaN), on every ISA: on every
+    /// 61st float32 bit pattern (all exponents, both signs, NaNs and infinities), in blocks that
+    /// mix special values in, and on `dense` (2^22 blocks of 16 neighbouring values across it).
+    fn lanes_are_scalar(
+        name: &str,
+        lane: unsafe fn(Isa, [f32; 16]) -> [f32; 16],
+        scalar: fn(f32) -> f32,
+        dense: (f32, f32),
+    ) {
         let mut blocks = 0u64;
         let mut block = [0f32; 16];
         let mut check = |block: &[f32; 16]| {
             for isa in Isa::available() {
                 // SAFETY: `available` lists what this CPU runs.
-                let got = unsafe { reprodiff_kernels::expf::expf16(isa, *block) };
+                let got = unsafe { lane(isa, *block) };
                 for (g, x) in got.iter().zip(block) {
-                    let want = libm::expf(*x);
+                    let want = scalar(*x);
                     if g.to_bits() != want.to_bits() && !(g.is_nan() && want.is_nan()) {
-                        panic!("{isa:?}: expf({x:e}) = {g:e}, libm {want:e}");
+                        panic!("{isa:?}: {name}({x:e}) = {g:e}, libm {want:e}");
                     }
                 }
             }
@@ -599,13 +604,28 @@ mod tests {
                 check(&block);
             }
         }
-        // Dense in the main range: [-87.3, 87.3] in 2^22 steps, 16 neighbours at a time.
+        let (from, to) = dense;
         for i in 0..(1 << 22) {
-            let base = -87.3 + 174.6 * (i as f32 / (1u32 << 22) as f32);
+            let base = from + (to - from) * (i as f32 / (1u32 << 22) as f32);
             let b: [f32; 16] = std::array::from_fn(|j| f32::from_bits(base.to_bits() + j as u32));
             check(&b);
         }
-        assert!(blocks > 4_000_000, "{blocks} blocks");
+        assert!(blocks > 4_000_000, "{name}: {blocks} blocks");
+    }
+
+    /// The 16-lane expf is the libm crate's, bit for bit; dense in its main range.
+    #[test]
+    fn the_lane_expf_is_libms_bit_for_bit() {
+        let lane = reprodiff_kernels::expf::expf16;
+        lanes_are_scalar("expf", lane, libm::expf, (-87.3, 87.3));
+    }
+
+    /// The 16-lane erff is the libm crate's, bit for bit; dense across all its formulas (|x| < 2^-28,
+    /// below 0.84375, below 1.25, below 1/0.35, below 6, above).
+    #[test]
+    fn the_lane_erff_is_libms_bit_for_bit() {
+        let lane = reprodiff_kernels::erff::erff16;
+        lanes_are_scalar("erff", lane, libm::erff, (-7.0, 7.0));
     }
 
     /// Each sample of a batch is computed alone: a batch of 3 gives each image's own bits.

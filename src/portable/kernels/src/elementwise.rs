@@ -1,5 +1,7 @@
-//! Elementwise functions from the libm crate's transcendentals, never the platform's. SiLU and
-//! QuickGELU run 16 values at a time through [`crate::expf`], which gives libm's `expf` bits.
+//! Elementwise functions from the libm crate's transcendentals, never the platform's. SiLU,
+//! QuickGELU and GELU run 16 values at a time through [`crate::expf`] and [`crate::erff`], which
+//! give libm's `expf` and `erff` bits.
+use crate::erff::erff16;
 use crate::expf::expf16;
 use crate::Isa;
 use rayon::prelude::*;
@@ -34,14 +36,17 @@ pub fn quick_gelu(x: f32) -> f32 {
     x * (1.0 / (1.0 + libm::expf(-(x * 1.702))))
 }
 
-/// A function of [`crate::expf::expf16`]'s kind: [`silu`] or [`quick_gelu`], 16 values at a time.
+/// An activation computed 16 values at a time: [`silu`] or [`quick_gelu`] (through
+/// [`crate::expf::expf16`]) or [`gelu`] (through [`crate::erff::erff16`]).
 #[derive(Debug, Clone, Copy)]
 pub enum Sigmoidal {
     Silu,
     QuickGelu,
+    Gelu,
 }
 
-/// `out[i] = f(x[i])` for f [`silu`] or [`quick_gelu`], with their bits, vectorised for `isa`.
+/// `out[i] = f(x[i])` for f [`silu`], [`quick_gelu`] or [`gelu`], with their bits, vectorised
+/// for `isa`.
 pub fn map_sigmoidal(isa: Isa, x: &[f32], out: &mut [f32], f: Sigmoidal) {
     assert_eq!(x.len(), out.len());
     out.par_chunks_mut(CHUNK)
@@ -112,24 +117,48 @@ fn sigmoidal(isa: Isa, x: &[f32], out: &mut [f32], f: Sigmoidal) {
     let mut i = x.chunks_exact(16);
     for (o, x) in (&mut o).zip(&mut i) {
         let x: [f32; 16] = x.try_into().expect("16 values");
-        let mut arg = [0f32; 16];
-        for (a, v) in arg.iter_mut().zip(x) {
-            *a = match f {
-                Sigmoidal::Silu => -v,
-                Sigmoidal::QuickGelu => -(v * 1.702),
-            };
-        }
         // SAFETY: the caller runs with `isa`'s features.
-        let e = unsafe { expf16(isa, arg) };
-        for ((o, x), e) in o.iter_mut().zip(x).zip(e) {
-            *o = x * (1.0 / (1.0 + e));
-        }
+        let y = unsafe { lanes(isa, x, f) };
+        o.copy_from_slice(&y);
     }
     let scalar = match f {
         Sigmoidal::Silu => silu,
         Sigmoidal::QuickGelu => quick_gelu,
+        Sigmoidal::Gelu => gelu,
     };
     for (o, x) in o.into_remainder().iter_mut().zip(i.remainder()) {
         *o = scalar(*x);
     }
+}
+
+/// `f` on 16 values, each as its scalar form computes it.
+///
+/// # Safety
+/// The CPU runs `isa`.
+#[inline(always)]
+unsafe fn lanes(isa: Isa, x: [f32; 16], f: Sigmoidal) -> [f32; 16] {
+    let mut out = [0f32; 16];
+    if let Sigmoidal::Gelu = f {
+        let mut arg = [0f32; 16];
+        for (a, v) in arg.iter_mut().zip(x) {
+            *a = v * std::f32::consts::FRAC_1_SQRT_2;
+        }
+        let e = erff16(isa, arg);
+        for ((o, x), e) in out.iter_mut().zip(x).zip(e) {
+            *o = (x * 0.5) * (1.0 + e);
+        }
+        return out;
+    }
+    let mut arg = [0f32; 16];
+    for (a, v) in arg.iter_mut().zip(x) {
+        *a = match f {
+            Sigmoidal::QuickGelu => -(v * 1.702),
+            _ => -v,
+        };
+    }
+    let e = expf16(isa, arg);
+    for ((o, x), e) in out.iter_mut().zip(x).zip(e) {
+        *o = x * (1.0 / (1.0 + e));
+    }
+    out
 }

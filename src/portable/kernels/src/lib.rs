@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 pub mod attention;
 pub mod elementwise;
+pub mod erff;
 pub mod expf;
 pub mod gemm;
 pub mod norm;

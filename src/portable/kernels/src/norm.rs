@@ -72,7 +72,7 @@ pub fn layer_norm(x: &[f32], out: &mut [f32], d: usize, gamma: &[f32], beta: &[f
 /// softmax over rows of length `d` into out: [`softmax_rows`].
 pub fn softmax(isa: Isa, x: &[f32], out: &mut [f32], d: usize) {
     assert_eq!(x.len(), out.len());
-    let group = 4 * d.max(1);
+    let group = SIDE * d.max(1);
     out.par_chunks_mut(group)
         .zip(x.par_chunks(group))
         .for_each(|(rows, src)| {
@@ -83,7 +83,7 @@ pub fn softmax(isa: Isa, x: &[f32], out: &mut [f32], d: usize) {
 
 /// softmax of each row (of length `d`) of `rows` in place: `expf(x - max)` in float32 (libm's
 /// `expf`, 16 lanes at a time where they can be), the sum in float64 in increasing index, each
-/// value divided by it in float64 and rounded once ([`divide`]). Four rows at a time, so that
+/// value divided by it in float64 and rounded once ([`divide`]). [`SIDE`] rows at a time, so that
 /// their sums, each one chain in its own order, run side by side instead of waiting on each
 /// addition.
 pub fn softmax_rows(isa: Isa, rows: &mut [f32], d: usize) {
@@ -112,11 +112,15 @@ unsafe fn softmax_rows_avx2(rows: &mut [f32], d: usize) {
     softmax_rows_on(Isa::Avx2, rows, d)
 }
 
+/// Rows whose float64 sums run side by side: each sum is one chain of additions in its own order,
+/// and sixteen chains keep the adders busy where one would wait on each addition.
+const SIDE: usize = 16;
+
 /// [`softmax_rows`] with `isa`'s exp, inlined into a caller compiled for `isa` (so that the
 /// maximum and the division are vectorised for it too).
 #[inline(always)]
 fn softmax_rows_on(isa: Isa, rows: &mut [f32], d: usize) {
-    for group in rows.chunks_mut(4 * d) {
+    for group in rows.chunks_mut(SIDE * d) {
         for row in group.chunks_exact_mut(d) {
             let max = max_of(row);
             exp_shifted(isa, row, max);
@@ -135,11 +139,14 @@ fn softmax_rows_on(isa: Isa, rows: &mut [f32], d: usize) {
 /// `-0` and `+0` have the same `expf`, 1).
 #[inline(always)]
 fn max_of(row: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let mut chunks = row.chunks_exact(16);
+    // Four sets of 16 lanes, so that no maximum waits on the one before it.
+    let mut lanes = [[f32::NEG_INFINITY; 16]; 4];
+    let mut chunks = row.chunks_exact(64);
     for chunk in &mut chunks {
-        for (m, x) in lanes.iter_mut().zip(chunk) {
-            *m = m.max(*x);
+        for (set, part) in lanes.iter_mut().zip(chunk.chunks_exact(16)) {
+            for (m, x) in set.iter_mut().zip(part) {
+                *m = m.max(*x);
+            }
         }
     }
     let tail = chunks
@@ -147,7 +154,7 @@ fn max_of(row: &[f32]) -> f32 {
         .iter()
         .copied()
         .fold(f32::NEG_INFINITY, f32::max);
-    lanes.into_iter().fold(tail, f32::max)
+    lanes.into_iter().flatten().fold(tail, f32::max)
 }
 
 /// `x = (x as f64 / sum) as f32` for every value of `row`, bit for bit; the public form of the
@@ -211,8 +218,10 @@ unsafe fn divide_avx512(row: &mut [f32], sum: f64) {
     divide_exactly(chunks.into_remainder(), sum);
 }
 
-/// Each value divided by `sum` in float64, rounded once to float32.
-#[inline(always)]
+/// Each value divided by `sum` in float64, rounded once to float32: the rare way out of
+/// [`divide_in_place`] and [`divide_avx512`], kept out of their loops (see [`crate::expf`]'s).
+#[cold]
+#[inline(never)]
 fn divide_exactly(row: &mut [f32], sum: f64) {
     row.iter_mut()
         .for_each(|x| *x = (f64::from(*x) / sum) as f32);
@@ -271,19 +280,16 @@ fn divide_in_place(row: &mut [f32], sum: f64) {
     divide_exactly(chunks.into_remainder(), sum);
 }
 
-/// Each row's float64 sum from +0 in increasing index, for up to four rows (the entries past
-/// them stay 0); four side by side.
-fn row_sums(group: &[f32], d: usize) -> [f64; 4] {
-    let mut s = [0f64; 4];
-    if group.len() == 4 * d {
-        let (a, rest) = group.split_at(d);
-        let (b, rest) = rest.split_at(d);
-        let (c, e) = rest.split_at(d);
+/// Each row's float64 sum from +0 in increasing index, for up to [`SIDE`] rows (the entries
+/// past them stay 0); all side by side.
+fn row_sums(group: &[f32], d: usize) -> [f64; SIDE] {
+    let mut s = [0f64; SIDE];
+    if group.len() == SIDE * d {
+        let rows: [&[f32]; SIDE] = std::array::from_fn(|r| &group[r * d..][..d]);
         for i in 0..d {
-            s[0] += f64::from(a[i]);
-            s[1] += f64::from(b[i]);
-            s[2] += f64::from(c[i]);
-            s[3] += f64::from(e[i]);
+            for (sum, row) in s.iter_mut().zip(rows) {
+                *sum += f64::from(row[i]);
+            }
         }
     } else {
         for (sum, row) in s.iter_mut().zip(group.chunks_exact(d)) {
