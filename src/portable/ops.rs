@@ -473,7 +473,7 @@ mod tests {
         }
     }
 
-    /// softmax, four rows side by side, is each row's rule computed alone: libm's expf of
+    /// softmax, its rows side by side, is each row's rule computed alone: libm's expf of
     /// `x - max`, the float64 sum in increasing index, the float64 division rounded once.
     #[test]
     fn softmax_is_its_rule_row_by_row() {

@@ -47,17 +47,16 @@ pub fn attention(
     {
         let keys = pack(isa, (d, m), View::transposed(kh, d));
         let values = pack(isa, (m, d), View::rows(vh, d));
-        oh.par_chunks_mut(ROWS * d).enumerate().for_each(|(b, o)| {
+        // A task's scores reuse the thread's buffer: the product writes every value.
+        let blocks = oh.par_chunks_mut(ROWS * d).enumerate();
+        blocks.for_each_init(Vec::new, |buf: &mut Vec<f32>, (b, o)| {
             let (i0, rows) = (b * ROWS, o.len() / d.max(1));
             let qb = &qh[i0 * d..][..rows * d];
-            let mut s = vec![0f32; rows * m];
-            gemm(
-                isa,
-                (rows, m, d),
-                View::rows(qb, d),
-                Rhs::Packed(&keys),
-                &mut s,
-            );
+            if buf.len() < rows * m {
+                buf.resize(rows * m, 0.0);
+            }
+            let s = &mut buf[..rows * m];
+            gemm(isa, (rows, m, d), View::rows(qb, d), Rhs::Packed(&keys), s);
             for (r, row) in s.chunks_exact_mut(m.max(1)).enumerate() {
                 for x in row.iter_mut() {
                     *x *= scale;
@@ -68,14 +67,8 @@ pub fn attention(
                         .for_each(|x| *x = f32::NEG_INFINITY);
                 }
             }
-            crate::norm::softmax_rows(isa, &mut s, m);
-            gemm(
-                isa,
-                (rows, d, m),
-                View::rows(&s, m),
-                Rhs::Packed(&values),
-                o,
-            );
+            crate::norm::softmax_rows(isa, s, m);
+            gemm(isa, (rows, d, m), View::rows(s, m), Rhs::Packed(&values), o);
         });
     }
 }

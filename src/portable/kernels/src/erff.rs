@@ -105,25 +105,22 @@ const INF: u32 = 0x7f80_0000;
 
 type Lanes = [f32; 16];
 
-/// `p[0] + s * (p[1] + s * (... + s * p[N-1]))`, libm's nesting, in each lane; where `b` is
-/// given, lanes whose `use_b` is set take b's coefficients. Loops over the lanes inside loops
-/// over the coefficients, so that the compiler vectorises them.
+/// `p[0] + s * (p[1] + s * (... + s * p[N-1]))`, libm's nesting, in each lane; with `alt`,
+/// the lanes whose bits are at least [`SPLIT`] take alt's coefficients. Plain loops over the
+/// lanes inside the loop over the coefficients, so that the compiler vectorises them.
 #[inline(always)]
-fn horner<const N: usize>(s: &Lanes, p: [f32; N], b: Option<([f32; N], &[bool; 16])>) -> Lanes {
-    let pick = |i: usize| -> Lanes {
-        let mut c = [p[i]; 16];
-        if let Some((q, use_b)) = b {
-            for (c, u) in c.iter_mut().zip(use_b) {
-                *c = if *u { q[i] } else { *c };
-            }
-        }
-        c
+fn horner<const N: usize>(s: &Lanes, p: [f32; N], alt: Option<([f32; N], &[u32; 16])>) -> Lanes {
+    let coef = |i: usize, l: usize| match alt {
+        Some((q, ix)) if ix[l] >= SPLIT => q[i],
+        _ => p[i],
     };
-    let mut acc = pick(N - 1);
+    let mut acc = [0f32; 16];
+    for (l, a) in acc.iter_mut().enumerate() {
+        *a = coef(N - 1, l);
+    }
     for i in (0..N - 1).rev() {
-        let c = pick(i);
         for l in 0..16 {
-            acc[l] = c[l] + s[l] * acc[l];
+            acc[l] = coef(i, l) + s[l] * acc[l];
         }
     }
     acc
@@ -131,8 +128,11 @@ fn horner<const N: usize>(s: &Lanes, p: [f32; N], b: Option<([f32; N], &[bool; 1
 
 /// `1 + s * h` in each lane: libm's denominators, with `h` a [`horner`].
 #[inline(always)]
-fn one_plus(s: &Lanes, h: Lanes) -> Lanes {
-    std::array::from_fn(|l| 1.0 + s[l] * h[l])
+fn one_plus(s: &Lanes, mut h: Lanes) -> Lanes {
+    for l in 0..16 {
+        h[l] = 1.0 + s[l] * h[l];
+    }
+    h
 }
 
 /// The libm crate's `erff` on 16 values, bit for bit; each lane as libm computes it (the
@@ -142,13 +142,19 @@ fn one_plus(s: &Lanes, h: Lanes) -> Lanes {
 /// The CPU runs `isa`.
 #[inline(always)]
 pub unsafe fn erff16(isa: Isa, x: Lanes) -> Lanes {
-    let ix: [u32; 16] = std::array::from_fn(|l| x[l].to_bits() & 0x7fff_ffff);
+    let mut ix = [0u32; 16];
+    for l in 0..16 {
+        ix[l] = x[l].to_bits() & 0x7fff_ffff;
+    }
     if ix.iter().any(|&i| i >= INF) {
         return each(x);
     }
     let mut out = [0f32; 16];
     if ix.iter().any(|&i| i < SMALL) {
-        let z: Lanes = std::array::from_fn(|l| x[l] * x[l]);
+        let mut z = [0f32; 16];
+        for l in 0..16 {
+            z[l] = x[l] * x[l];
+        }
         let (r, s) = (horner(&z, PP, None), one_plus(&z, horner(&z, QQ, None)));
         for l in 0..16 {
             let tiny = 0.125 * (8.0 * x[l] + EFX8 * x[l]);
@@ -158,55 +164,55 @@ pub unsafe fn erff16(isa: Isa, x: Lanes) -> Lanes {
     }
     let mut tail = [0f32; 16];
     if ix.iter().any(|&i| (SMALL..ONE_QUARTER).contains(&i)) {
-        let s: Lanes = std::array::from_fn(|l| x[l].abs() - 1.0);
+        let mut s = [0f32; 16];
+        for l in 0..16 {
+            s[l] = x[l].abs() - 1.0;
+        }
         let (p, q) = (horner(&s, PA, None), one_plus(&s, horner(&s, QA, None)));
         for l in 0..16 {
             tail[l] = 1.0 - ERX - p[l] / q[l];
         }
     }
     if ix.iter().any(|&i| (ONE_QUARTER..SIX).contains(&i)) {
-        far_tail(isa, &x, &ix, &mut tail);
+        far_tail(isa, &ix, &mut tail);
     }
+    let one = 1.0 - f32::from_bits(0x0380_0000);
     for l in 0..16 {
-        let y = if ix[l] < SIX {
-            1.0 - tail[l]
-        } else {
-            1.0 - f32::from_bits(0x0380_0000)
-        };
-        let signed = if x[l].is_sign_negative() { -y } else { y };
+        let y = if ix[l] < SIX { 1.0 - tail[l] } else { one };
+        // `-y` where x is negative: its sign bit flipped.
+        let signed = f32::from_bits(y.to_bits() ^ (x[l].to_bits() & 0x8000_0000));
         out[l] = if ix[l] >= SMALL { signed } else { out[l] };
     }
     out
 }
 
-/// erfc(|x|) for the lanes with 1.25 <= |x| < 6 into `tail`:
+/// erfc(|x|) for the lanes with 1.25 <= |x| < 6 (`ix`, |x|'s bits) into `tail`:
 /// `expf(-z * z - 0.5625) * expf((z - x) * (z + x) + r / big_s) / x` with z x's top 12 bits.
 ///
 /// # Safety
 /// The CPU runs `isa`.
 #[inline(always)]
-unsafe fn far_tail(isa: Isa, x: &Lanes, ix: &[u32; 16], tail: &mut Lanes) {
-    let a: Lanes = std::array::from_fn(|l| x[l].abs());
-    let s: Lanes = std::array::from_fn(|l| 1.0 / (a[l] * a[l]));
-    let beyond: [bool; 16] = std::array::from_fn(|l| ix[l] >= SPLIT);
-    let r = horner(&s, RA, Some((RB, &beyond)));
-    let big_s = one_plus(&s, horner(&s, SA, Some((SB, &beyond))));
-    let far: [bool; 16] = std::array::from_fn(|l| (ONE_QUARTER..SIX).contains(&ix[l]));
+unsafe fn far_tail(isa: Isa, ix: &[u32; 16], tail: &mut Lanes) {
+    let (mut a, mut s) = ([0f32; 16], [0f32; 16]);
+    for l in 0..16 {
+        a[l] = f32::from_bits(ix[l]);
+        s[l] = 1.0 / (a[l] * a[l]);
+    }
+    let r = horner(&s, RA, Some((RB, ix)));
+    let big_s = one_plus(&s, horner(&s, SA, Some((SB, ix))));
+    let far = |l: usize| (ONE_QUARTER..SIX).contains(&ix[l]);
     let (mut first, mut second) = ([0f32; 16], [0f32; 16]);
     for l in 0..16 {
-        let z = f32::from_bits(a[l].to_bits() & 0xffff_e000);
+        let z = f32::from_bits(ix[l] & 0xffff_e000);
         // Other lanes take an argument in expf16's main range, so as not to leave its vectors.
-        first[l] = if far[l] { -z * z - 0.5625 } else { -1.0 };
-        second[l] = if far[l] {
-            (z - a[l]) * (z + a[l]) + r[l] / big_s[l]
-        } else {
-            -1.0
-        };
+        let (e1, e2) = (-z * z - 0.5625, (z - a[l]) * (z + a[l]) + r[l] / big_s[l]);
+        first[l] = if far(l) { e1 } else { -1.0 };
+        second[l] = if far(l) { e2 } else { -1.0 };
     }
     let (e1, e2) = (expf16(isa, first), expf16(isa, second));
     for l in 0..16 {
         let t = e1[l] * e2[l] / a[l];
-        tail[l] = if far[l] { t } else { tail[l] };
+        tail[l] = if far(l) { t } else { tail[l] };
     }
 }
 

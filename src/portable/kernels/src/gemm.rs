@@ -293,7 +293,8 @@ fn whole_b(
 /// [`product`] for a large b: one task per `per` panels of columns, each packing its panels
 /// a chunk of k at a time and running every row tile through the chunk. A task sums its
 /// columns in its own contiguous buffer (whole tiles, rows past m included: a row of a large
-/// output would put every row of a tile in the same cache set) and copies them out at the end.
+/// output would put every row of a tile in the same cache set); the last block of a whole tile
+/// stores its sums in c, the other tiles are copied out at the end.
 /// A task's buffers are reused by the next task on the thread (every value is written before
 /// it is read: the panels by `fill`, the sums by the first block, which stores).
 #[allow(clippy::too_many_arguments)]
@@ -319,9 +320,17 @@ fn by_columns(
         }
         let (buf, sums) = bufs.split_at_mut(b_len);
         let sums = &mut sums[..c_len];
+        // Whole tiles of a row-major output take their last block's sums straight from the
+        // buffer into c; the rest are copied out at the end.
+        let direct = out.cs == 1;
+        let (whole_rows, whole_cols) = match direct {
+            true => (m / s.mr * s.mr, live / s.nr * s.nr),
+            false => (0, 0),
+        };
         let mut p0 = 0;
         while p0 < k {
             let kb = K_CHUNK.min(k - p0);
+            let final_chunk = p0 + kb == k;
             fill(j0, live, p0, s.nr, &mut buf[..width * kb]);
             for group in (0..row_tiles).step_by(ROW_GROUP) {
                 for (jp, panel) in buf.chunks_exact(s.nr * kb).take(cols.len()).enumerate() {
@@ -330,18 +339,24 @@ fn by_columns(
                         let ap = (&arows[i0 * lda + p0..], lda);
                         let c = sums[i0 * width + jp * s.nr..].as_mut_ptr();
                         let mv = (m - i0).min(s.mr);
+                        let whole = i0 + s.mr <= whole_rows && (jp + 1) * s.nr <= whole_cols;
+                        // SAFETY: a whole tile lies in c, in columns this task alone owns.
+                        let last = (final_chunk && whole)
+                            .then(|| unsafe { (out.at(i0, j0 + jp * s.nr), out.rs) });
                         // SAFETY: the tile lies in this task's buffer.
-                        unsafe { blocks((isa, s), kb, ap, mv, panel, (c, width), p0 > 0) };
+                        unsafe { blocks((isa, s), kb, ap, mv, panel, (c, width), p0 > 0, last) };
                     }
                 }
             }
             p0 += kb;
         }
         for (i, row) in sums.chunks_exact(width).take(m).enumerate() {
+            let from = if i < whole_rows { whole_cols } else { 0 };
             // SAFETY: this task alone owns these columns of c, all inside it.
             unsafe {
-                if out.cs == 1 {
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), out.at(i, j0), live);
+                if direct {
+                    let n = live - from;
+                    std::ptr::copy_nonoverlapping(row[from..].as_ptr(), out.at(i, j0 + from), n);
                 } else {
                     for (j, v) in row[..live].iter().enumerate() {
                         *out.at(i, j0 + j) = *v;
@@ -399,11 +414,20 @@ unsafe fn tile(
     assert!(mv >= 1 && a.len() >= (mv - 1) * lda + k && bp.len() >= k * s.nr);
     let at = |r: usize, c: usize| out.ptr.add((i0 + r) * out.rs + (j0 + c) * out.cs);
     if out.cs == 1 && mv == s.mr && nv == s.nr {
-        return blocks((isa, s), k, (a, lda), mv, bp, (at(0, 0), out.rs), false);
+        return blocks(
+            (isa, s),
+            k,
+            (a, lda),
+            mv,
+            bp,
+            (at(0, 0), out.rs),
+            false,
+            None,
+        );
     }
     let mut acc = [0f32; 12 * 32];
     let c = (acc.as_mut_ptr(), s.nr);
-    blocks((isa, s), k, (a, lda), mv, bp, c, false);
+    blocks((isa, s), k, (a, lda), mv, bp, c, false, None);
     for r in 0..mv {
         for col in 0..nv {
             *at(r, col) = acc[r * s.nr + col];
@@ -412,11 +436,13 @@ unsafe fn tile(
 }
 
 /// [`tile`]'s blocks of k on the tile `c` (`c.0[r * c.1 + j]`), the first added to c's values
-/// when `partial`.
+/// when `partial`; with `last`, the last block's sums (c's values plus it) go to `last`'s tile
+/// instead of c's.
 ///
 /// # Safety
-/// As [`tile`]'s, for c's `mr x nr` values.
+/// As [`tile`]'s, for c's (and `last`'s) `mr x nr` values.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn blocks(
     (isa, s): (Isa, Shape),
     kb: usize,
@@ -425,6 +451,7 @@ unsafe fn blocks(
     bp: &[f32],
     c: (*mut f32, usize),
     partial: bool,
+    last: Option<(*mut f32, usize)>,
 ) {
     let mut rows = [a.as_ptr(); 12];
     let mut p0 = 0;
@@ -433,34 +460,43 @@ unsafe fn blocks(
         for (r, row) in rows.iter_mut().enumerate().take(s.mr) {
             *row = a.as_ptr().add(r.min(mv - 1) * lda + p0);
         }
-        micro((isa, s), kc, &rows, &bp[p0 * s.nr..], c, partial || p0 > 0);
+        let add = (partial || p0 > 0).then_some((c.0 as *const f32, c.1));
+        let dst = match last {
+            Some(d) if p0 + kc == kb => d,
+            _ => c,
+        };
+        micro((isa, s), kc, &rows, &bp[p0 * s.nr..], add, dst);
         p0 += kc;
     }
 }
 
-/// The ISA's micro kernel on an `mr x nr` tile of c (`c.0[r * c.1 + j]`): each output's chain
-/// over the block from +0, then, when `add`, c's value plus it (else it alone).
+/// A tile's values a micro kernel adds its sums to (`add.0[r * add.1 + j]`), when it has any.
+type Add = Option<(*const f32, usize)>;
+
+/// The ISA's micro kernel on an `mr x nr` tile: each output's chain over the block from +0,
+/// then `add`'s value plus it (or it alone, without `add`), stored in c (`c.0[r * c.1 + j]`).
 ///
 /// # Safety
-/// `rows[..mr]` each point at kc values, bp holds kc * nr, c's tile is writable.
+/// `rows[..mr]` each point at kc values, bp holds kc * nr, add's tile is readable and c's
+/// writable (they may be the same).
 unsafe fn micro(
     (isa, s): (Isa, Shape),
     kc: usize,
     rows: &[*const f32; 12],
     bp: &[f32],
+    add: Add,
     c: (*mut f32, usize),
-    add: bool,
 ) {
     match isa {
-        Isa::Baseline => micro_scalar::<4, 4>(kc, rows, bp, c, add),
+        Isa::Baseline => micro_scalar::<4, 4>(kc, rows, bp, add, c),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => micro_avx2(kc, rows, bp, c, add),
+        Isa::Avx2 => micro_avx2(kc, rows, bp, add, c),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if s.nr == 16 => micro_avx512::<12, 1>(kc, rows, bp, c, add),
+        Isa::Avx512 if s.nr == 16 => micro_avx512::<12, 1>(kc, rows, bp, add, c),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if s.nr == 48 => micro_avx512::<8, 3>(kc, rows, bp, c, add),
+        Isa::Avx512 if s.nr == 48 => micro_avx512::<8, 3>(kc, rows, bp, add, c),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => micro_avx512::<12, 2>(kc, rows, bp, c, add),
+        Isa::Avx512 => micro_avx512::<12, 2>(kc, rows, bp, add, c),
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("only x86-64 has the AVX ISAs"),
     }
@@ -471,8 +507,8 @@ unsafe fn micro_scalar<const MR: usize, const NR: usize>(
     kc: usize,
     rows: &[*const f32; 12],
     bp: &[f32],
+    add: Add,
     (c, ldc): (*mut f32, usize),
-    add: bool,
 ) {
     let mut acc = [[0f32; NR]; MR];
     for p in 0..kc {
@@ -485,8 +521,11 @@ unsafe fn micro_scalar<const MR: usize, const NR: usize>(
     }
     for (r, row) in acc.iter().enumerate() {
         for (j, x) in row.iter().enumerate() {
-            let c = c.add(r * ldc + j);
-            *c = if add { *c + *x } else { *x };
+            let v = match add {
+                Some((a, lda)) => *a.add(r * lda + j) + *x,
+                None => *x,
+            };
+            *c.add(r * ldc + j) = v;
         }
     }
 }
@@ -498,8 +537,8 @@ unsafe fn micro_avx2(
     kc: usize,
     rows: &[*const f32; 12],
     bp: &[f32],
+    add: Add,
     (c, ldc): (*mut f32, usize),
-    add: bool,
 ) {
     use std::arch::x86_64::*;
     const MR: usize = 6;
@@ -520,13 +559,11 @@ unsafe fn micro_avx2(
     }
     for (r, row) in v.iter().enumerate() {
         for (h, x) in row.iter().enumerate() {
-            let c = c.add(r * ldc + h * 8);
-            let x = if add {
-                _mm256_add_ps(_mm256_loadu_ps(c), *x)
-            } else {
-                *x
+            let x = match add {
+                Some((a, lda)) => _mm256_add_ps(_mm256_loadu_ps(a.add(r * lda + h * 8)), *x),
+                None => *x,
             };
-            _mm256_storeu_ps(c, x);
+            _mm256_storeu_ps(c.add(r * ldc + h * 8), x);
         }
     }
 }
@@ -538,8 +575,8 @@ unsafe fn micro_avx512<const MR: usize, const NV: usize>(
     kc: usize,
     rows: &[*const f32; 12],
     bp: &[f32],
+    add: Add,
     (c, ldc): (*mut f32, usize),
-    add: bool,
 ) {
     use std::arch::x86_64::*;
     let nr = 16 * NV;
@@ -559,13 +596,11 @@ unsafe fn micro_avx512<const MR: usize, const NV: usize>(
     }
     for (r, row) in v.iter().enumerate() {
         for (h, x) in row.iter().enumerate() {
-            let c = c.add(r * ldc + h * 16);
-            let x = if add {
-                _mm512_add_ps(_mm512_loadu_ps(c), *x)
-            } else {
-                *x
+            let x = match add {
+                Some((a, lda)) => _mm512_add_ps(_mm512_loadu_ps(a.add(r * lda + h * 16)), *x),
+                None => *x,
             };
-            _mm512_storeu_ps(c, x);
+            _mm512_storeu_ps(c.add(r * ldc + h * 16), x);
         }
     }
 }
