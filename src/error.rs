@@ -21,7 +21,22 @@ pub enum Error {
     /// A file (suite, golden, config, weights) is malformed; names the file and the field.
     #[error("{}: {message}", path.display())]
     InvalidFile { path: PathBuf, message: String },
-    /// A flag or a parameter is out of range or inconsistent.
+    /// A flag's value is not one it takes: the flag (without its dashes), the value, what it
+    /// expects.
+    #[error("--{flag} {value}: {expected}")]
+    InvalidFlag {
+        flag: &'static str,
+        value: String,
+        expected: String,
+    },
+    /// An environment variable's value is not one it takes: its name, the value, what it expects.
+    #[error("{name}={value}: {expected}")]
+    InvalidEnv {
+        name: &'static str,
+        value: String,
+        expected: String,
+    },
+    /// A flag or a parameter is out of range or inconsistent, beyond one flag's value.
     #[error("{0}")]
     InvalidArgument(String),
     /// The request needs something this host does not have (CUDA, a CPU capability).
@@ -51,9 +66,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::InvalidFile { .. } | Error::InvalidArgument(_) | Error::Unavailable(_) => {
-                exit::USAGE
-            }
+            Error::InvalidFile { .. }
+            | Error::InvalidFlag { .. }
+            | Error::InvalidEnv { .. }
+            | Error::InvalidArgument(_)
+            | Error::Unavailable(_) => exit::USAGE,
             Error::BlessRefused(_) => exit::REFUSED,
             Error::Torch(_) | Error::Internal(_) | Error::Io { .. } => exit::INTERNAL,
         }
@@ -72,6 +89,32 @@ impl Error {
         match e {
             tch::TchError::Io(source) => Error::io(path, source),
             e => Error::Torch(format!("writing {}: {e}", path.display())),
+        }
+    }
+
+    /// `--flag value` is not a value the flag takes: `expected` says what it takes.
+    pub fn flag(
+        flag: &'static str,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::InvalidFlag {
+            flag,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    /// `name=value` in the environment is not a value it takes: `expected` says what it takes.
+    pub fn env(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::InvalidEnv {
+            name,
+            value: value.to_string(),
+            expected: expected.into(),
         }
     }
 
@@ -108,5 +151,35 @@ mod tests {
         assert!(text.starts_with(&path.display().to_string()), "{text}");
         assert!(!text.contains("libtorch"), "{text}");
         assert_eq!(e.exit_code(), exit::INTERNAL);
+    }
+
+    /// A flag's or a variable's bad value is typed: it carries the flag (or the name), the
+    /// value and what was expected, reads as `--flag value: expected` (`NAME=value: expected`),
+    /// and is the user's to fix (exit 2).
+    #[test]
+    fn a_bad_flag_or_variable_carries_its_name_and_value() {
+        let e = Error::flag("eta", -1.5, "must be >= 0");
+        assert!(
+            matches!(&e, Error::InvalidFlag { flag: "eta", value, .. } if value == "-1.5"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "--eta -1.5: must be >= 0");
+        assert_eq!(e.exit_code(), exit::USAGE);
+        let e = Error::env("REPRODIFF_THREADS", "0", "must be a whole number >= 1");
+        assert!(
+            matches!(
+                &e,
+                Error::InvalidEnv {
+                    name: "REPRODIFF_THREADS",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "REPRODIFF_THREADS=0: must be a whole number >= 1"
+        );
+        assert_eq!(e.exit_code(), exit::USAGE);
     }
 }

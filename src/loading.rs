@@ -91,9 +91,7 @@ pub fn resolve_dir(spec: &str, models_dir: Option<&Path>) -> Result<PathBuf> {
     if is_hub_id(spec) {
         return hub_snapshot(spec);
     }
-    Err(Error::InvalidArgument(format!(
-        "--model {spec}: no such folder"
-    )))
+    Err(Error::flag("model", spec, "no such folder"))
 }
 
 /// A pipeline folder or a single model folder.

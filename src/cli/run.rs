@@ -155,12 +155,7 @@ pub(crate) fn observe_child(
         .scenarios
         .iter()
         .find(|s| s.name == name)
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "--scenario {name}: not in {}",
-                suite_file.display()
-            ))
-        })?;
+        .ok_or_else(|| Error::flag("scenario", name, format!("not in {}", suite_file.display())))?;
     let runner = Runner { exe: None };
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     match runner.observe(suite_file, scenario, local.as_ref()) {

@@ -34,10 +34,8 @@ impl SelectArgs {
             None => Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
         };
         if !root.join("suites").is_dir() {
-            return Err(Error::InvalidArgument(format!(
-                "--fixtures {}: no suites/ directory there",
-                root.display()
-            )));
+            let expected = "no suites/ directory there";
+            return Err(Error::flag("fixtures", root.display(), expected));
         }
         Ok(Fixtures::new(root))
     }

@@ -123,11 +123,9 @@ pub fn check_kernel_env() -> Result<()> {
             None => !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
         };
         if !ok {
-            return Err(Error::InvalidArgument(format!(
-                "{name}={}: not a value it takes ({})",
-                value.escape_debug(),
-                allowed.map_or("letters, digits and _".into(), |l| l.join(", "))
-            )));
+            let takes = allowed.map_or("letters, digits and _".into(), |l| l.join(", "));
+            let expected = format!("not a value it takes ({takes})");
+            return Err(Error::env(name, value.escape_debug(), expected));
         }
     }
     Ok(())

@@ -203,7 +203,7 @@ pub fn localize_many(
             filter.unwrap_or("")
         )));
     }
-    let (ca, cb) = (side("--a", a, isa)?, side("--b", b, isa)?);
+    let (ca, cb) = (side("a", a, isa)?, side("b", b, isa)?);
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut records = Vec::new();
     for sc in &s.scenarios {
@@ -257,24 +257,29 @@ pub fn localize(
 ) -> Result<Localized> {
     let s = &select(fixtures, suite, None)?;
     if !s.scenarios.iter().any(|x| x.name == scenario) {
-        return Err(Error::InvalidArgument(format!(
-            "--scenario {scenario}: not in suite {suite} (see `reprodiff list --suite {suite}`)"
-        )));
+        let expected = format!("not in suite {suite} (see `reprodiff list --suite {suite}`)");
+        return Err(Error::flag("scenario", scenario, expected));
     }
-    let (ca, cb) = (side("--a", a, isa)?, side("--b", b, isa)?);
+    let (ca, cb) = (side("a", a, isa)?, side("b", b, isa)?);
     localize_one(exe, fixtures, s, scenario, (&ca, &cb), out)
 }
 
 /// A side of the comparison from its label, an error naming the flag that gave it.
-fn side(flag: &str, label: &str, isa: &[String]) -> Result<Combination> {
-    parse_label(label, isa).map_err(|e| match e {
-        Error::InvalidArgument(m) | Error::Unavailable(m) => Error::InvalidArgument(format!(
-            "{flag} {label}: {} (a side is CLASS[-threadsN][+KNOB...], as `matrix` labels \
-             its combinations)",
-            m.trim_start_matches("--cpu-class ")
-                .trim_start_matches("--threads: ")
-        )),
-        other => other,
+fn side(flag: &'static str, label: &str, isa: &[String]) -> Result<Combination> {
+    parse_label(label, isa).map_err(|e| {
+        let why = match e {
+            Error::InvalidFlag {
+                value, expected, ..
+            } => format!("{value}: {expected}"),
+            Error::InvalidArgument(m) | Error::Unavailable(m) => {
+                m.trim_start_matches("--threads: ").to_string()
+            }
+            other => return other,
+        };
+        let expected = format!(
+            "{why} (a side is CLASS[-threadsN][+KNOB...], as `matrix` labels its combinations)"
+        );
+        Error::flag(flag, label, expected)
     })
 }
 
@@ -293,11 +298,10 @@ fn select(
         .into_iter()
         .find(|s| s.name == suite)
         .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "--filter {}: no scenario of suite {suite} matches (see `reprodiff list --suite \
-                 {suite}`)",
-                filter.unwrap_or("")
-            ))
+            let expected = format!(
+                "no scenario of suite {suite} matches (see `reprodiff list --suite {suite}`)"
+            );
+            Error::flag("filter", filter.unwrap_or(""), expected)
         })
 }
 

@@ -220,10 +220,8 @@ impl RecordWriter {
     pub fn create(out: &Path, planned: usize) -> Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
         if out.exists() && !out.is_dir() {
-            return Err(Error::InvalidArgument(format!(
-                "--out {}: is a file, not a folder",
-                out.display()
-            )));
+            let expected = "is a file, not a folder";
+            return Err(Error::flag("out", out.display(), expected));
         }
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let path = out.join("records.jsonl");

@@ -165,10 +165,8 @@ impl ClipTextModel {
         }
         let skip = clip_skip.unwrap_or(0);
         if skip > self.layers.len() {
-            return Err(Error::InvalidArgument(format!(
-                "--clip-skip {skip}: the text encoder has {} layers",
-                self.layers.len()
-            )));
+            let expected = format!("the text encoder has {} layers", self.layers.len());
+            return Err(Error::flag("clip-skip", skip, expected));
         }
         // One prefix per call (the pipeline encodes the prompt, then the negative prompt).
         static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -176,10 +176,11 @@ fn folder(arch: &str) -> Result<Folder> {
             })
         }
         "stable-diffusion-v1-5" => super::derived_sd::folder(),
-        _ => Err(Error::InvalidArgument(format!(
-            "--arch {arch}: unknown architecture (known: {})",
-            ARCHS.join(", ")
-        ))),
+        _ => Err(Error::flag(
+            "arch",
+            arch,
+            format!("unknown architecture (known: {})", ARCHS.join(", ")),
+        )),
     }
 }
 

@@ -27,10 +27,8 @@ impl Dump {
     pub fn write(&self, module: &str, x: &Tensor) -> Result<()> {
         if let Some(dir) = &self.dir {
             if !dir.is_dir() {
-                return Err(Error::InvalidArgument(format!(
-                    "REPRODIFF_DUMP_DIR={}: no such folder (create it first)",
-                    dir.display()
-                )));
+                let expected = "no such folder (create it first)";
+                return Err(Error::env("REPRODIFF_DUMP_DIR", dir.display(), expected));
             }
             let path = dir.join(format!("{}{module}.npy", self.prefix));
             // .npy has no bfloat16: such activations are written as float32 (exactly).

@@ -108,9 +108,10 @@ pub fn weights_sha256(path: &Path, dtype: DType) -> Result<String> {
 impl SafetensorsSource {
     pub fn load(path: &Path, dtype: DType, device: Device) -> Result<Self> {
         let scale = match std::env::var(PLANT_SCALE_ENV) {
-            Ok(v) => Some(v.parse::<f64>().map_err(|_| {
-                Error::InvalidArgument(format!("{PLANT_SCALE_ENV}={v}: not a number"))
-            })?),
+            Ok(v) => Some(
+                v.parse::<f64>()
+                    .map_err(|_| Error::env(PLANT_SCALE_ENV, &v, "not a number"))?,
+            ),
             Err(_) => None,
         };
         let tensors: BTreeMap<String, Tensor> = read_tensors(path, scale)?.into_iter().collect();

@@ -145,9 +145,11 @@ impl std::str::FromStr for OutputType {
         match s {
             "np" => Ok(OutputType::Np),
             "latent" => Ok(OutputType::Latent),
-            _ => Err(crate::Error::InvalidArgument(format!(
-                "--output-type {s}: expected np or latent"
-            ))),
+            _ => Err(crate::Error::flag(
+                "output-type",
+                s,
+                "expected np or latent",
+            )),
         }
     }
 }

@@ -69,7 +69,7 @@ pub fn planted(i: usize, latent: Tensor) -> Result<Tensor> {
     let Ok(spec) = std::env::var(PLANT_STEP_ENV) else {
         return Ok(latent);
     };
-    let bad = || Error::InvalidArgument(format!("{PLANT_STEP_ENV}={spec}: expected STEP:AMOUNT"));
+    let bad = || Error::env(PLANT_STEP_ENV, &spec, "expected STEP:AMOUNT");
     let (step, amount) = spec.split_once(':').ok_or_else(bad)?;
     let step: usize = step.parse().map_err(|_| bad())?;
     let amount: f64 = amount.parse().map_err(|_| bad())?;

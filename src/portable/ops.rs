@@ -54,11 +54,7 @@ pub fn parse_isa(v: &str, available: &[Isa]) -> Result<Isa> {
         "baseline" => Isa::Baseline,
         "avx2" => Isa::Avx2,
         "avx512" => Isa::Avx512,
-        _ => {
-            return Err(Error::InvalidArgument(format!(
-                "{ISA_ENV}={v}: expected baseline, avx2 or avx512"
-            )))
-        }
+        _ => return Err(Error::env(ISA_ENV, v, "expected baseline, avx2 or avx512")),
     };
     if !available.contains(&isa) {
         return Err(Error::Unavailable(format!(

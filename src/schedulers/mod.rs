@@ -207,9 +207,7 @@ impl std::str::FromStr for SchedulerClass {
         match s {
             "ddim" => Ok(SchedulerClass::Ddim),
             "pndm" => Ok(SchedulerClass::Pndm),
-            _ => Err(crate::Error::InvalidArgument(format!(
-                "--scheduler {s}: expected ddim or pndm"
-            ))),
+            _ => Err(crate::Error::flag("scheduler", s, "expected ddim or pndm")),
         }
     }
 }

@@ -16,9 +16,7 @@ pub fn threads_override() -> Result<Option<usize>> {
         Err(_) => Ok(None),
         Ok(v) => match v.parse::<usize>() {
             Ok(n) if n >= 1 => Ok(Some(n)),
-            _ => Err(Error::InvalidArgument(format!(
-                "{THREADS_ENV}={v}: must be a whole number >= 1"
-            ))),
+            _ => Err(Error::env(THREADS_ENV, v, "must be a whole number >= 1")),
         },
     }
 }
@@ -104,13 +102,13 @@ pub struct SettingAxes {
 /// native,portable`, `--knob none,channels-last,...`), an absent axis adding nothing. `cpu`,
 /// `native` and `none` add no knob; a `--knob` value may join several with `+`.
 pub fn knob_sets(axes: &SettingAxes) -> Result<Vec<Knobs>> {
-    let axis = |flag: &str, values: &[String], f: &dyn Fn(&str) -> Result<String>| {
+    let axis = |flag: &'static str, values: &[String], f: &dyn Fn(&str) -> Result<String>| {
         if values.is_empty() {
             return Ok(vec![String::new()]);
         }
         values
             .iter()
-            .map(|v| f(v).map_err(|e| Error::InvalidArgument(format!("--{flag} {v}: {e}"))))
+            .map(|v| f(v).map_err(|e| Error::flag(flag, v, e.to_string())))
             .collect::<Result<Vec<String>>>()
     };
     let axes = [
@@ -161,10 +159,8 @@ pub fn combinations(
     for name in cpu_classes {
         let Some(class) = CPU_CLASSES.iter().find(|c| c.name == name) else {
             let known: Vec<&str> = CPU_CLASSES.iter().map(|c| c.name).collect();
-            return Err(Error::InvalidArgument(format!(
-                "--cpu-class {name}: unknown (known: {})",
-                known.join(", ")
-            )));
+            let expected = format!("unknown (known: {})", known.join(", "));
+            return Err(Error::flag("cpu-class", name, expected));
         };
         let missing: Vec<&str> = class
             .needs

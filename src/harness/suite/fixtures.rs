@@ -44,11 +44,12 @@ impl Fixtures {
         for wanted in &sel.suites {
             if !all.iter().any(|s| &s.name == wanted) {
                 let known: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
-                return Err(Error::InvalidArgument(format!(
-                    "--suite {wanted}: no such suite in {} (known: {})",
+                let expected = format!(
+                    "no such suite in {} (known: {})",
                     self.suites_dir().display(),
                     known.join(", ")
-                )));
+                );
+                return Err(Error::flag("suite", wanted, expected));
             }
         }
         let filter = sel

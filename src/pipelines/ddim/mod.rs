@@ -107,10 +107,7 @@ impl DdimPipeline {
             return Err(Error::InvalidArgument("--batch must be >= 1".into()));
         }
         if args.eta < 0.0 || !args.eta.is_finite() {
-            return Err(Error::InvalidArgument(format!(
-                "--eta {}: must be >= 0",
-                args.eta
-            )));
+            return Err(Error::flag("eta", args.eta, "must be >= 0"));
         }
         if let Generators::List(g) = generators {
             if g.len() != args.batch_size {
