@@ -83,7 +83,7 @@ pub fn softmax(isa: Isa, x: &[f32], out: &mut [f32], d: usize) {
 
 /// softmax of each row (of length `d`) of `rows` in place: `expf(x - max)` in float32 (libm's
 /// `expf`, 16 lanes at a time where they can be), the sum in float64 in increasing index, each
-/// value divided by it in float64 and rounded once ([`divide`]). [`SIDE`] rows at a time, so that
+/// value divided by it in float64 and rounded once ([`divide`]). Sixteen rows at a time, so that
 /// their sums, each one chain in its own order, run side by side instead of waiting on each
 /// addition.
 pub fn softmax_rows(isa: Isa, rows: &mut [f32], d: usize) {
