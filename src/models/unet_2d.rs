@@ -218,29 +218,7 @@ impl UNet2DModel {
         let time_embedding =
             TimestepEmbedding::new(&p.sub("time_embedding"), ch[0], time_embed_dim, act)?;
 
-        let mut down_blocks = Vec::new();
-        let mut out = ch[0];
-        for (i, kind) in config.down_block_types.iter().enumerate() {
-            let cin = out;
-            out = ch[i];
-            let last = i == ch.len() - 1;
-            let attn = if kind == "AttnDownBlock2D" {
-                AttnSpec::Spatial {
-                    head_dim: head_dim(out),
-                }
-            } else {
-                AttnSpec::None
-            };
-            let spec = DownSpec {
-                layers: config.layers_per_block,
-                cin,
-                cout: out,
-                attn,
-                add_downsample: !last,
-                downsample_padding: config.downsample_padding,
-            };
-            down_blocks.push(DownBlock::new(&p.sub("down_blocks").sub(i), c, spec)?);
-        }
+        let down_blocks = down_blocks(p, &config, c)?;
 
         let last_ch = *ch.last().expect("validated non-empty");
         let mid_block = match &config.mid_block_type {
@@ -260,31 +238,7 @@ impl UNet2DModel {
             None => None,
         };
 
-        let rev: Vec<i64> = ch.iter().rev().copied().collect();
-        let mut up_blocks = Vec::new();
-        let mut out = rev[0];
-        for (i, kind) in config.up_block_types.iter().enumerate() {
-            let prev = out;
-            out = rev[i];
-            let cin = rev[(i + 1).min(ch.len() - 1)];
-            let last = i == ch.len() - 1;
-            let attn = if kind == "AttnUpBlock2D" {
-                AttnSpec::Spatial {
-                    head_dim: head_dim(out),
-                }
-            } else {
-                AttnSpec::None
-            };
-            let spec = UpSpec {
-                layers: config.layers_per_block + 1,
-                cin,
-                prev_out: prev,
-                cout: out,
-                attn,
-                add_upsample: !last,
-            };
-            up_blocks.push(UpBlock::new(&p.sub("up_blocks").sub(i), c, spec)?);
-        }
+        let up_blocks = up_blocks(p, &config, c)?;
 
         Ok(UNet2DModel {
             conv_norm_out: GroupNorm::new(&p.sub("conv_norm_out"), groups, ch[0], config.norm_eps)?,
@@ -348,4 +302,66 @@ impl UNet2DModel {
         dump("conv_out", &out)?;
         Ok(out)
     }
+}
+
+/// The down blocks, one per `down_block_types` entry, attention where it says `AttnDownBlock2D`.
+fn down_blocks(p: &ParamPath, config: &UNet2DConfig, c: BlockConfig) -> Result<Vec<DownBlock>> {
+    let ch = &config.block_out_channels;
+    let head_dim = |channels: i64| config.attention_head_dim.unwrap_or(channels);
+    let mut down_blocks = Vec::new();
+    let mut out = ch[0];
+    for (i, kind) in config.down_block_types.iter().enumerate() {
+        let cin = out;
+        out = ch[i];
+        let last = i == ch.len() - 1;
+        let attn = if kind == "AttnDownBlock2D" {
+            AttnSpec::Spatial {
+                head_dim: head_dim(out),
+            }
+        } else {
+            AttnSpec::None
+        };
+        let spec = DownSpec {
+            layers: config.layers_per_block,
+            cin,
+            cout: out,
+            attn,
+            add_downsample: !last,
+            downsample_padding: config.downsample_padding,
+        };
+        down_blocks.push(DownBlock::new(&p.sub("down_blocks").sub(i), c, spec)?);
+    }
+    Ok(down_blocks)
+}
+
+/// The up blocks, one per `up_block_types` entry, attention where it says `AttnUpBlock2D`.
+fn up_blocks(p: &ParamPath, config: &UNet2DConfig, c: BlockConfig) -> Result<Vec<UpBlock>> {
+    let ch = &config.block_out_channels;
+    let head_dim = |channels: i64| config.attention_head_dim.unwrap_or(channels);
+    let rev: Vec<i64> = ch.iter().rev().copied().collect();
+    let mut up_blocks = Vec::new();
+    let mut out = rev[0];
+    for (i, kind) in config.up_block_types.iter().enumerate() {
+        let prev = out;
+        out = rev[i];
+        let cin = rev[(i + 1).min(ch.len() - 1)];
+        let last = i == ch.len() - 1;
+        let attn = if kind == "AttnUpBlock2D" {
+            AttnSpec::Spatial {
+                head_dim: head_dim(out),
+            }
+        } else {
+            AttnSpec::None
+        };
+        let spec = UpSpec {
+            layers: config.layers_per_block + 1,
+            cin,
+            prev_out: prev,
+            cout: out,
+            attn,
+            add_upsample: !last,
+        };
+        up_blocks.push(UpBlock::new(&p.sub("up_blocks").sub(i), c, spec)?);
+    }
+    Ok(up_blocks)
 }

@@ -146,6 +146,11 @@ struct Expanded {
     only_cross: Vec<bool>,
 }
 
+/// `unsupported {key} = {value:?}`: a config value this implementation does not compute.
+fn unsupported<T>(key: &str, value: &dyn std::fmt::Debug) -> std::result::Result<T, String> {
+    Err(format!("unsupported {key} = {value:?}"))
+}
+
 impl UNet2DConditionConfig {
     pub fn load(path: &Path) -> Result<Self> {
         super::load_config(path, Self::validate)
@@ -168,10 +173,16 @@ impl UNet2DConditionConfig {
         })
     }
 
-    /// Rejects what this implementation does not compute, naming the key and value.
+    /// Rejects what this implementation does not compute, naming the key and value: the keys
+    /// it takes only at their defaults, then the blocks' kinds and counts, then their heads.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let unsupported =
-            |key: &str, value: &dyn std::fmt::Debug| Err(format!("unsupported {key} = {value:?}"));
+        self.validate_keys()?;
+        self.validate_blocks()?;
+        self.validate_heads()
+    }
+
+    /// The keys this implementation takes only at one value (or absent).
+    fn validate_keys(&self) -> std::result::Result<(), String> {
         let defaults = [
             (
                 "resnet_time_scale_shift",
@@ -220,6 +231,11 @@ impl UNet2DConditionConfig {
         if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
             return unsupported("conv_in_kernel/conv_out_kernel", &self.conv_in_kernel);
         }
+        Ok(())
+    }
+
+    /// The blocks' kinds, and one of each per entry of `block_out_channels`.
+    fn validate_blocks(&self) -> std::result::Result<(), String> {
         match self.mid_block_type.as_deref() {
             None | Some("UNetMidBlock2DCrossAttn") => {}
             Some(m) => return unsupported("mid_block_type", &m),
@@ -242,6 +258,11 @@ impl UNet2DConditionConfig {
                 self.up_block_types.len()
             ));
         }
+        Ok(())
+    }
+
+    /// Each attending block's head count divides its channels; every block has a layer.
+    fn validate_heads(&self) -> std::result::Result<(), String> {
         let e = self.expanded()?;
         // Only blocks with attention use their head count (diffusers: channels // heads).
         let n_blocks = self.block_out_channels.len();
