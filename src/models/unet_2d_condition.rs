@@ -322,13 +322,6 @@ impl UNet2DConditionModel {
             eps: config.norm_eps,
             act,
         };
-        let cross = |i: usize| AttnSpec::Cross {
-            heads: e.heads[i],
-            layers: e.transformer_layers[i],
-            cross_attention_dim: e.cross[i],
-            use_linear_projection: config.use_linear_projection,
-            only_cross_attention: e.only_cross[i],
-        };
         let conv_in = Conv2d::new(
             &p.sub("conv_in"),
             config.in_channels,
@@ -345,26 +338,7 @@ impl UNet2DConditionModel {
         let time_embedding =
             TimestepEmbedding::new(&p.sub("time_embedding"), ch[0], time_embed_dim, act)?;
 
-        let mut down_blocks = Vec::new();
-        let mut out = ch[0];
-        for (i, kind) in config.down_block_types.iter().enumerate() {
-            let cin = out;
-            out = ch[i];
-            let attn = if kind == "CrossAttnDownBlock2D" {
-                cross(i)
-            } else {
-                AttnSpec::None
-            };
-            let spec = DownSpec {
-                layers: e.layers[i],
-                cin,
-                cout: out,
-                attn,
-                add_downsample: i != n - 1,
-                downsample_padding: config.downsample_padding,
-            };
-            down_blocks.push(DownBlock::new(&p.sub("down_blocks").sub(i), c, spec)?);
-        }
+        let down_blocks = down_blocks(p, &config, &e, c)?;
 
         let mid_block = match config.mid_block_type.as_deref() {
             None => None,
@@ -372,33 +346,12 @@ impl UNet2DConditionModel {
                 &p.sub("mid_block"),
                 c,
                 ch[n - 1],
-                cross(n - 1),
+                cross(&config, &e, n - 1),
                 config.mid_block_scale_factor,
             )?),
         };
 
-        let mut up_blocks = Vec::new();
-        let mut out = ch[n - 1];
-        for (i, kind) in config.up_block_types.iter().enumerate() {
-            let r = n - 1 - i; // reversed_*[i]
-            let prev = out;
-            out = ch[r];
-            let cin = ch[r.saturating_sub(1)];
-            let attn = if kind == "CrossAttnUpBlock2D" {
-                cross(r)
-            } else {
-                AttnSpec::None
-            };
-            let spec = UpSpec {
-                layers: e.layers[r] + 1,
-                cin,
-                prev_out: prev,
-                cout: out,
-                attn,
-                add_upsample: i != n - 1,
-            };
-            up_blocks.push(UpBlock::new(&p.sub("up_blocks").sub(i), c, spec)?);
-        }
+        let up_blocks = up_blocks(p, &config, &e, c)?;
 
         Ok(UNet2DConditionModel {
             conv_norm_out: GroupNorm::new(&p.sub("conv_norm_out"), groups, ch[0], config.norm_eps)?,
@@ -471,4 +424,83 @@ impl UNet2DConditionModel {
         dump.write("conv_out", &out)?;
         Ok(out)
     }
+}
+
+/// Block `i`'s cross-attention: its heads, transformer layers and cross-attention width.
+fn cross(config: &UNet2DConditionConfig, e: &Expanded, i: usize) -> AttnSpec {
+    AttnSpec::Cross {
+        heads: e.heads[i],
+        layers: e.transformer_layers[i],
+        cross_attention_dim: e.cross[i],
+        use_linear_projection: config.use_linear_projection,
+        only_cross_attention: e.only_cross[i],
+    }
+}
+
+/// The down blocks, one per `down_block_types` entry, cross-attention where it says
+/// `CrossAttnDownBlock2D`.
+fn down_blocks(
+    p: &ParamPath,
+    config: &UNet2DConditionConfig,
+    e: &Expanded,
+    c: BlockConfig,
+) -> Result<Vec<DownBlock>> {
+    let ch = &config.block_out_channels;
+    let n = ch.len();
+    let mut down_blocks = Vec::new();
+    let mut out = ch[0];
+    for (i, kind) in config.down_block_types.iter().enumerate() {
+        let cin = out;
+        out = ch[i];
+        let attn = if kind == "CrossAttnDownBlock2D" {
+            cross(config, e, i)
+        } else {
+            AttnSpec::None
+        };
+        let spec = DownSpec {
+            layers: e.layers[i],
+            cin,
+            cout: out,
+            attn,
+            add_downsample: i != n - 1,
+            downsample_padding: config.downsample_padding,
+        };
+        down_blocks.push(DownBlock::new(&p.sub("down_blocks").sub(i), c, spec)?);
+    }
+    Ok(down_blocks)
+}
+
+/// The up blocks, one per `up_block_types` entry (block `i` on the channels of `n - 1 - i`),
+/// cross-attention where it says `CrossAttnUpBlock2D`.
+fn up_blocks(
+    p: &ParamPath,
+    config: &UNet2DConditionConfig,
+    e: &Expanded,
+    c: BlockConfig,
+) -> Result<Vec<UpBlock>> {
+    let ch = &config.block_out_channels;
+    let n = ch.len();
+    let mut up_blocks = Vec::new();
+    let mut out = ch[n - 1];
+    for (i, kind) in config.up_block_types.iter().enumerate() {
+        let r = n - 1 - i; // reversed_*[i]
+        let prev = out;
+        out = ch[r];
+        let cin = ch[r.saturating_sub(1)];
+        let attn = if kind == "CrossAttnUpBlock2D" {
+            cross(config, e, r)
+        } else {
+            AttnSpec::None
+        };
+        let spec = UpSpec {
+            layers: e.layers[r] + 1,
+            cin,
+            prev_out: prev,
+            cout: out,
+            attn,
+            add_upsample: i != n - 1,
+        };
+        up_blocks.push(UpBlock::new(&p.sub("up_blocks").sub(i), c, spec)?);
+    }
+    Ok(up_blocks)
 }
