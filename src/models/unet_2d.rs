@@ -207,7 +207,6 @@ impl UNet2DModel {
             eps: config.norm_eps,
             act,
         };
-        let head_dim = |channels: i64| config.attention_head_dim.unwrap_or(channels);
 
         let conv_in = Conv2d::new(&p.sub("conv_in"), config.in_channels, ch[0], 3, 1, 1)?;
         let time_proj = Timesteps {
@@ -226,13 +225,7 @@ impl UNet2DModel {
                 &p.sub("mid_block"),
                 c,
                 last_ch,
-                if config.add_attention {
-                    AttnSpec::Spatial {
-                        head_dim: head_dim(last_ch),
-                    }
-                } else {
-                    AttnSpec::None
-                },
+                spatial(&config, config.add_attention, last_ch),
                 config.mid_block_scale_factor,
             )?),
             None => None,
@@ -304,23 +297,27 @@ impl UNet2DModel {
     }
 }
 
+/// A block's self-attention over `channels` where it `attends` (heads of `attention_head_dim`
+/// values, else one head of all channels), else none.
+fn spatial(config: &UNet2DConfig, attends: bool, channels: i64) -> AttnSpec {
+    match attends {
+        true => AttnSpec::Spatial {
+            head_dim: config.attention_head_dim.unwrap_or(channels),
+        },
+        false => AttnSpec::None,
+    }
+}
+
 /// The down blocks, one per `down_block_types` entry, attention where it says `AttnDownBlock2D`.
 fn down_blocks(p: &ParamPath, config: &UNet2DConfig, c: BlockConfig) -> Result<Vec<DownBlock>> {
     let ch = &config.block_out_channels;
-    let head_dim = |channels: i64| config.attention_head_dim.unwrap_or(channels);
     let mut down_blocks = Vec::new();
     let mut out = ch[0];
     for (i, kind) in config.down_block_types.iter().enumerate() {
         let cin = out;
         out = ch[i];
         let last = i == ch.len() - 1;
-        let attn = if kind == "AttnDownBlock2D" {
-            AttnSpec::Spatial {
-                head_dim: head_dim(out),
-            }
-        } else {
-            AttnSpec::None
-        };
+        let attn = spatial(config, kind == "AttnDownBlock2D", out);
         let spec = DownSpec {
             layers: config.layers_per_block,
             cin,
@@ -337,7 +334,6 @@ fn down_blocks(p: &ParamPath, config: &UNet2DConfig, c: BlockConfig) -> Result<V
 /// The up blocks, one per `up_block_types` entry, attention where it says `AttnUpBlock2D`.
 fn up_blocks(p: &ParamPath, config: &UNet2DConfig, c: BlockConfig) -> Result<Vec<UpBlock>> {
     let ch = &config.block_out_channels;
-    let head_dim = |channels: i64| config.attention_head_dim.unwrap_or(channels);
     let rev: Vec<i64> = ch.iter().rev().copied().collect();
     let mut up_blocks = Vec::new();
     let mut out = rev[0];
@@ -346,13 +342,7 @@ fn up_blocks(p: &ParamPath, config: &UNet2DConfig, c: BlockConfig) -> Result<Vec
         out = rev[i];
         let cin = rev[(i + 1).min(ch.len() - 1)];
         let last = i == ch.len() - 1;
-        let attn = if kind == "AttnUpBlock2D" {
-            AttnSpec::Spatial {
-                head_dim: head_dim(out),
-            }
-        } else {
-            AttnSpec::None
-        };
+        let attn = spatial(config, kind == "AttnUpBlock2D", out);
         let spec = UpSpec {
             layers: config.layers_per_block + 1,
             cin,

@@ -346,7 +346,7 @@ impl UNet2DConditionModel {
                 &p.sub("mid_block"),
                 c,
                 ch[n - 1],
-                cross(&config, &e, n - 1),
+                cross(&config, &e, n - 1, true),
                 config.mid_block_scale_factor,
             )?),
         };
@@ -426,8 +426,12 @@ impl UNet2DConditionModel {
     }
 }
 
-/// Block `i`'s cross-attention: its heads, transformer layers and cross-attention width.
-fn cross(config: &UNet2DConditionConfig, e: &Expanded, i: usize) -> AttnSpec {
+/// Block `i`'s cross-attention where it `attends` (its heads, transformer layers and
+/// cross-attention width), else none.
+fn cross(config: &UNet2DConditionConfig, e: &Expanded, i: usize, attends: bool) -> AttnSpec {
+    if !attends {
+        return AttnSpec::None;
+    }
     AttnSpec::Cross {
         heads: e.heads[i],
         layers: e.transformer_layers[i],
@@ -452,11 +456,7 @@ fn down_blocks(
     for (i, kind) in config.down_block_types.iter().enumerate() {
         let cin = out;
         out = ch[i];
-        let attn = if kind == "CrossAttnDownBlock2D" {
-            cross(config, e, i)
-        } else {
-            AttnSpec::None
-        };
+        let attn = cross(config, e, i, kind == "CrossAttnDownBlock2D");
         let spec = DownSpec {
             layers: e.layers[i],
             cin,
@@ -487,11 +487,7 @@ fn up_blocks(
         let prev = out;
         out = ch[r];
         let cin = ch[r.saturating_sub(1)];
-        let attn = if kind == "CrossAttnUpBlock2D" {
-            cross(config, e, r)
-        } else {
-            AttnSpec::None
-        };
+        let attn = cross(config, e, r, kind == "CrossAttnUpBlock2D");
         let spec = UpSpec {
             layers: e.layers[r] + 1,
             cin,

@@ -1,7 +1,7 @@
 //! The libm crate's `erff` (FreeBSD's s_erff.c) on 16 values at a time, bit for bit: [`erff16`].
 //!
-//! libm picks one of five formulas by |x|; here every lane computes the formulas some lane of its
-//! block needs, in the same float32 operations and order as libm, and keeps its own. Its two
+//! libm picks one of five formulas by |x|; [`erff16`] has every lane compute the formulas some
+//! lane of its block needs, in the same float32 operations and order as libm, and keep its own. Its two
 //! `expf` calls go through [`crate::expf::expf16`], libm's `expf` bits.
 use crate::expf::expf16;
 use crate::Isa;
@@ -94,11 +94,11 @@ const SB: [f32; 8] = [
 ];
 
 /// libm's bounds on |x|'s bits: below TINY, `0.125 * (8x + EFX8 x)`; below SMALL, `x + x r/s`;
-/// below ONE_QUARTER (1.25), erfc's first formula; below SIX, its second (RA below SPLIT, RB
+/// below FIVE_QUARTERS (1.25), erfc's first formula; below SIX, its second (RA below SPLIT, RB
 /// above); from SIX on, `1 - 2^-120`; from INF on (NaN, infinities), libm itself.
 const TINY: u32 = 0x3180_0000;
 const SMALL: u32 = 0x3f58_0000;
-const ONE_QUARTER: u32 = 0x3fa0_0000;
+const FIVE_QUARTERS: u32 = 0x3fa0_0000;
 const SPLIT: u32 = 0x4036_db6d;
 const SIX: u32 = 0x40c0_0000;
 const INF: u32 = 0x7f80_0000;
@@ -163,7 +163,7 @@ pub unsafe fn erff16(isa: Isa, x: Lanes) -> Lanes {
         }
     }
     let mut tail = [0f32; 16];
-    if ix.iter().any(|&i| (SMALL..ONE_QUARTER).contains(&i)) {
+    if ix.iter().any(|&i| (SMALL..FIVE_QUARTERS).contains(&i)) {
         let mut s = [0f32; 16];
         for l in 0..16 {
             s[l] = x[l].abs() - 1.0;
@@ -173,7 +173,7 @@ pub unsafe fn erff16(isa: Isa, x: Lanes) -> Lanes {
             tail[l] = 1.0 - ERX - p[l] / q[l];
         }
     }
-    if ix.iter().any(|&i| (ONE_QUARTER..SIX).contains(&i)) {
+    if ix.iter().any(|&i| (FIVE_QUARTERS..SIX).contains(&i)) {
         far_tail(isa, &ix, &mut tail);
     }
     let one = 1.0 - f32::from_bits(0x0380_0000);
@@ -200,7 +200,7 @@ unsafe fn far_tail(isa: Isa, ix: &[u32; 16], tail: &mut Lanes) {
     }
     let r = horner(&s, RA, Some((RB, ix)));
     let big_s = one_plus(&s, horner(&s, SA, Some((SB, ix))));
-    let far = |l: usize| (ONE_QUARTER..SIX).contains(&ix[l]);
+    let far = |l: usize| (FIVE_QUARTERS..SIX).contains(&ix[l]);
     let (mut first, mut second) = ([0f32; 16], [0f32; 16]);
     for l in 0..16 {
         let z = f32::from_bits(ix[l] & 0xffff_e000);
