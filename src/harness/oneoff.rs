@@ -53,18 +53,7 @@ pub fn scenario(
 pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
     scenario.validate().map_err(Error::InvalidArgument)?;
     // Where the output goes is checked before any work, so a typo costs no computation.
-    for (flag, path) in [("--save", out.save), ("--grid", out.grid)] {
-        if let Some(path) = path {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-            if dir.is_some_and(|d| !d.is_dir()) {
-                return Err(Error::InvalidArgument(format!(
-                    "{flag} {}: the folder {} does not exist",
-                    path.display(),
-                    dir.expect("checked").display()
-                )));
-            }
-        }
-    }
+    check_folders(&out)?;
     // The knobs in force (REPRODIFF_KNOBS; `--kernels portable` is the scenario's field), as
     // `check` applies them.
     let knobs = crate::torch::knobs::Knobs::from_env()?;
@@ -86,18 +75,8 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
     let output = scenario
         .run
         .run(scenario.device, None, out.json || out.trace.is_some())?;
-    if let (Some(dir), Some((pipeline, model, call))) = (out.trace, trace_info) {
-        let own = crate::harness::run_record::OwnRun {
-            environment: crate::env::Fingerprint::current()?,
-            pipeline,
-            model,
-            call,
-            steps: output.trace.as_deref().unwrap_or_default(),
-            initial: output.initial.as_ref(),
-            output: &output.tensor,
-        };
-        let path = crate::harness::run_record::write(dir, &own)?;
-        eprintln!("run record: {}", path.display());
+    if let (Some(dir), Some(info)) = (out.trace, trace_info) {
+        write_trace(dir, info, &output)?;
     }
     let mut obs = crate::harness::run::observe::describe(
         output.tensor,
@@ -128,6 +107,51 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
         print!("{}", record.line());
         return Ok(());
     }
+    print_summary(&obs, &out);
+    Ok(())
+}
+
+/// `--save` and `--grid`: each one's folder exists.
+fn check_folders(out: &Outputs) -> Result<()> {
+    for (flag, path) in [("save", out.save), ("grid", out.grid)] {
+        if let Some(path) = path {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                let dir = dir.expect("checked").display();
+                return Err(Error::flag(
+                    flag,
+                    path.display(),
+                    format!("the folder {dir} does not exist"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `run --trace DIR`: the run written as a run record into DIR.
+fn write_trace(
+    dir: &Path,
+    (pipeline, model, call): crate::harness::own_record::Info,
+    output: &crate::pipelines::Output,
+) -> Result<()> {
+    let own = crate::harness::run_record::OwnRun {
+        environment: crate::env::Fingerprint::current()?,
+        pipeline,
+        model,
+        call,
+        steps: output.trace.as_deref().unwrap_or_default(),
+        initial: output.initial.as_ref(),
+        output: &output.tensor,
+    };
+    let path = crate::harness::run_record::write(dir, &own)?;
+    eprintln!("run record: {}", path.display());
+    Ok(())
+}
+
+/// The line `run` prints (shape, dtype, sum_abs, max_abs, sha256, time), the seed it chose
+/// where none was given, and the files it saved.
+fn print_summary(obs: &crate::harness::run::observe::Observation, out: &Outputs) {
     println!(
         "{:?} {}  sum_abs {}  max_abs {}  sha256 {}  ({:.2} s)",
         obs.shape,
@@ -143,7 +167,6 @@ pub fn run(scenario: &Scenario, out: Outputs) -> Result<()> {
     for path in [out.save, out.grid].into_iter().flatten() {
         println!("saved {}", path.display());
     }
-    Ok(())
 }
 
 /// `make_image_grid(numpy_to_pil(images), rows, cols)` of diffusers, written as a PNG

@@ -12,8 +12,11 @@ use crate::pipelines::stable_diffusion::workload::SdWorkload;
 use crate::torch::{DType, GeneratorSpec};
 use serde_json::{Map, Value};
 
+/// A run's pipeline, model and call, as its run record says them.
+pub type Info = (PipelineInfo, ModelInfo, Map<String, Value>);
+
 /// The pipeline, model and call of `scenario`'s run.
-pub fn info(scenario: &Scenario) -> Result<(PipelineInfo, ModelInfo, Map<String, Value>)> {
+pub fn info(scenario: &Scenario) -> Result<Info> {
     let device = scenario.device.to_string();
     match &scenario.run {
         Workload::Ddim(w) => ddim(w, device),

@@ -3,7 +3,7 @@
 //! releases, and `matrix` (classes, threads, knobs), with the reports' insta snapshots.
 use crate::common::*;
 use reprodiff::error::exit;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use tch::Tensor;
 
@@ -561,7 +561,27 @@ fn matrix_knobs_are_applied_recorded_and_skipped_where_the_host_lacks_them() {
         "native-threads2+det-full",
         "native-threads2+math-attention+det-full",
     );
-    let loc = tmp.path().join("localize");
+    let r = localized_report(tmp.path(), &out, base_label, math_label);
+    assert!(
+        r.contains("; localize: first differs at step 0 (t = 500) in down_blocks.1"),
+        "{r}"
+    );
+    let has_cuda = base["environment"]["cuda"]["available"] == true;
+    if !has_cuda {
+        assert!(
+            t.contains("native-threads2+det-full+cuda skipped: no CUDA device on this host"),
+            "{t}"
+        );
+    }
+    let bad = reprodiff(&["matrix", "--knob", "turbo"], None);
+    assert_eq!(bad.status.code(), Some(exit::USAGE), "{}", text(&bad));
+    assert!(text(&bad).contains("'turbo'"), "{}", text(&bad));
+}
+
+/// `localize` between the matrix sets `a` and `b` of `tiny-ddim-a/steps2`, then `report` of
+/// `b` against `a` with what localize found: the report's text.
+fn localized_report(dir: &Path, out: &Path, base_label: &str, math_label: &str) -> String {
+    let loc = dir.join("localize");
     let l = reprodiff(
         &[
             "localize",
@@ -592,20 +612,7 @@ fn matrix_knobs_are_applied_recorded_and_skipped_where_the_host_lacks_them() {
     );
     let r = text(&report);
     assert_eq!(report.status.code(), Some(exit::OK), "{r}");
-    assert!(
-        r.contains("; localize: first differs at step 0 (t = 500) in down_blocks.1"),
-        "{r}"
-    );
-    let has_cuda = base["environment"]["cuda"]["available"] == true;
-    if !has_cuda {
-        assert!(
-            t.contains("native-threads2+det-full+cuda skipped: no CUDA device on this host"),
-            "{t}"
-        );
-    }
-    let bad = reprodiff(&["matrix", "--knob", "turbo"], None);
-    assert_eq!(bad.status.code(), Some(exit::USAGE), "{}", text(&bad));
-    assert!(text(&bad).contains("'turbo'"), "{}", text(&bad));
+    r
 }
 
 /// The optimisation audit over committed matrix records (fixtures/records/intel-xeon-avx512/
@@ -705,23 +712,51 @@ fn html_report_shows_the_deterministic_batch_grids() {
 /// loads without console errors and renders the heatmap cells and the per-step drift curves.
 #[test]
 fn drift_report_html_renders_in_a_headless_browser() {
-    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
+    let chromium = find_chromium();
+    let tmp = tempfile::tempdir().unwrap();
+    let page = sse41_against_native_html(tmp.path());
+    let browse = |extra: &[&str]| headless(chromium, tmp.path(), &page, extra);
+    let dom = browse(&["--dump-dom"]);
+    let log = String::from_utf8_lossy(&dom.stderr);
+    assert!(
+        !log.contains("CONSOLE") && !log.contains("Uncaught"),
+        "{log}"
+    );
+    assert_rendered(&String::from_utf8_lossy(&dom.stdout));
+    let shot = tmp.path().join("report.png");
+    let s = browse(&[&format!("--screenshot={}", shot.display())]);
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+}
+
+/// A browser to test in; without one the test fails (a test that passes doing nothing is no
+/// test).
+fn find_chromium() -> &'static str {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
         .find(|b| {
             Command::new(b)
                 .arg("--version")
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
-    else {
-        // A test that passes doing nothing is no test: without a browser it fails.
-        panic!(
-            "no chromium on this machine: the HTML report is tested in a real browser \
-             (`apt-get install chromium`; .ci/run installs it)"
-        );
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("matrix");
+        .unwrap_or_else(|| {
+            panic!(
+                "no chromium on this machine: the HTML report is tested in a real browser \
+                 (`apt-get install chromium`; .ci/run installs it)"
+            )
+        })
+}
+
+/// The HTML report of two tiny DDIM scenarios under the SSE4.1 capability against native,
+/// written to `dir`/report.html.
+fn sse41_against_native_html(dir: &Path) -> PathBuf {
+    let out = dir.join("matrix");
     let run = reprodiff_native(
         &[
             "matrix",
@@ -750,38 +785,36 @@ fn drift_report_html_renders_in_a_headless_browser() {
         None,
     );
     assert_eq!(report.status.code(), Some(exit::OK), "{}", text(&report));
-    let page = tmp.path().join("report.html");
+    let page = dir.join("report.html");
     std::fs::write(&page, &report.stdout).unwrap();
-    let browse = |extra: &[&str]| {
-        Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--enable-logging=stderr",
-                "--v=0",
-                "--window-size=1200,1600",
-            ])
-            .arg(format!(
-                "--user-data-dir={}",
-                tmp.path().join("profile").display()
-            ))
-            .args(extra)
-            .arg(format!("file://{}", page.display()))
-            .output()
-            .unwrap()
-    };
-    let dom = browse(&["--dump-dom"]);
-    let dom_text = String::from_utf8_lossy(&dom.stdout);
-    let log = String::from_utf8_lossy(&dom.stderr);
-    assert!(
-        !log.contains("CONSOLE") && !log.contains("Uncaught"),
-        "{log}"
-    );
+    page
+}
+
+/// Chromium, headless, on `page` with `extra` flags, its profile in `dir`.
+fn headless(chromium: &str, dir: &Path, page: &Path, extra: &[&str]) -> Output {
+    Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1200,1600",
+        ])
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .args(extra)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap()
+}
+
+/// What the page must show once rendered: the heatmap's cells, the curves, the image
+/// comparisons, and what a reviewer reads first.
+fn assert_rendered(dom_text: &str) {
     assert_eq!(
         dom_text.matches("class=\"cell\"").count(),
         4,
@@ -814,20 +847,11 @@ fn drift_report_html_renders_in_a_headless_browser() {
     assert!(dom_text.matches("class=\"step-tick\"").count() >= 2);
     assert_eq!(dom_text.matches("<th>difference</th>").count(), 2);
     assert_eq!(dom_text.matches("class=\"scale\"").count(), 2);
-    let pngs = inline_pngs(&dom_text);
+    let pngs = inline_pngs(dom_text);
     assert_eq!(pngs.len(), 6);
     for img in pngs {
         assert_eq!((img.width(), img.height()), (8, 8));
     }
-    let shot = tmp.path().join("report.png");
-    let s = browse(&[&format!("--screenshot={}", shot.display())]);
-    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
-    let png = std::fs::read(&shot).unwrap();
-    assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 10_000,
-        "{} bytes",
-        png.len()
-    );
 }
 
 /// diffusers 0.35.2 and 0.38.0 against 0.42.1 (the oracle's records on one host,

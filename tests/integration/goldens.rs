@@ -140,9 +140,7 @@ fn every_rerun_difference_has_its_first_run_pinned() {
 /// scenarios the steps judge are named.
 #[test]
 fn own_class_only_marks_exactly_the_scenarios_nothing_can_judge_across_classes() {
-    use reprodiff::harness::compare::{
-        comparable_steps, relative_sensitivity, POWERLESS_SENSITIVITY,
-    };
+    use reprodiff::harness::compare::POWERLESS_SENSITIVITY;
     use reprodiff::harness::suite::CrossClass;
     let fixtures = reprodiff::harness::suite::Fixtures::new(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
@@ -173,21 +171,14 @@ fn own_class_only_marks_exactly_the_scenarios_nothing_can_judge_across_classes()
                 );
                 continue;
             };
-            let (values, _) = store.read_array(&truth.array).unwrap();
-            let relative = relative_sensitivity(truth.sensitivity, &values);
+            let (relative, steps, local) = what_judges(
+                &store,
+                g,
+                truth,
+                step_ulps.get(g.dtype),
+                local_ulps.get(g.dtype),
+            );
             let powerless = relative > POWERLESS_SENSITIVITY;
-            let steps = match (&truth.steps, step_ulps.get(g.dtype)) {
-                (Some(st), Some(_)) => {
-                    let (v, _) = store.read_array(&st.array).unwrap();
-                    comparable_steps(&v, &st.noise_response, g.dtype)
-                }
-                _ => 0,
-            };
-            // The local rule judges every step and the output where the truth holds its inputs,
-            // a class its figures and the suite a value for the dtype.
-            let local = truth.steps.as_ref().is_some_and(|st| st.local.is_some())
-                && g.expectations.iter().any(|e| e.local.is_some())
-                && local_ulps.get(g.dtype).is_some();
             let nothing_judges = powerless && steps == 0 && !local;
             assert_eq!(
                 nothing_judges,
@@ -226,6 +217,33 @@ fn own_class_only_marks_exactly_the_scenarios_nothing_can_judge_across_classes()
         ],
         "judged by their steps"
     );
+}
+
+/// What can judge a scenario across classes: its recorded sensitivity relative to the truth's
+/// RMS, its comparable steps under a step rule (`step_ulps` for its dtype), and whether the
+/// local rule judges it (the truth holds the local inputs, a class its figures, and the suite
+/// gives `local_ulps` for the dtype).
+fn what_judges(
+    store: &reprodiff::harness::store::GoldenStore,
+    g: &reprodiff::harness::store::GoldenScenario,
+    truth: &reprodiff::harness::store::Truth,
+    step_ulps: Option<f64>,
+    local_ulps: Option<f64>,
+) -> (f64, usize, bool) {
+    use reprodiff::harness::compare::{comparable_steps, relative_sensitivity};
+    let (values, _) = store.read_array(&truth.array).unwrap();
+    let relative = relative_sensitivity(truth.sensitivity, &values);
+    let steps = match (&truth.steps, step_ulps) {
+        (Some(st), Some(_)) => {
+            let (v, _) = store.read_array(&st.array).unwrap();
+            comparable_steps(&v, &st.noise_response, g.dtype)
+        }
+        _ => 0,
+    };
+    let local = truth.steps.as_ref().is_some_and(|st| st.local.is_some())
+        && g.expectations.iter().any(|e| e.local.is_some())
+        && local_ulps.is_some();
+    (relative, steps, local)
 }
 
 /// Every truth rule keeps the calibration policy, from diffusers' recorded classes alone: each

@@ -6,42 +6,34 @@ use std::path::PathBuf;
 use std::process::Output;
 use tch::Tensor;
 
-/// The portable kernels (#14) on the DDIM pipeline: one seed, one image, whatever ATen's CPU
-/// capability, oneDNN's ISA, the portable kernels' own ISA and the thread count; and each image
-/// of a batch made with per-sample generators is, bit for bit, the image made alone with its
-/// seed. A control shows the same settings do move native's bits.
 /// Asserts that `run` (a `reprodiff run ...` command line) on the portable kernels gives one
 /// sha256 under each setting that moves native bits, one axis at a time, that the record names
 /// the ISA and kernel threads a setting forces, and (the control) that native's bits do move
 /// between ATen's default and avx2 capabilities.
 fn assert_portable_bits_ignore_the_machine(run: &[&str]) {
-    let sha = |extra: &[&str], env: &[(&str, &str)]| -> String {
-        let mut args = run.to_vec();
-        args.push("--json");
-        args.extend_from_slice(extra);
-        let out = reprodiff_with_env(&args, None, env);
-        let t = text(&out);
-        assert_eq!(out.status.code(), Some(exit::OK), "{t}");
-        let record: serde_json::Value = serde_json::from_str(t.lines().last().unwrap()).unwrap();
-        // Which path ran: the ISA a setting forces is the one the record names.
-        let ran = &record["environment"]["portable"];
-        if extra.contains(&"portable") {
-            let forced = env.iter().find(|(k, _)| *k == "REPRODIFF_PORTABLE_ISA");
-            if let Some((_, isa)) = forced {
-                assert_eq!(ran["isa"], *isa, "{record}");
-            }
-            let threads = env.iter().find(|(k, _)| *k == "RAYON_NUM_THREADS");
-            if let Some((_, n)) = threads {
-                assert_eq!(ran["threads"].to_string(), *n, "{record}");
-            }
-        } else {
-            assert!(ran.is_null(), "{record}");
-        }
-        record["output"]["sha256"].as_str().unwrap().to_string()
-    };
+    let sha = |extra: &[&str], env: &[(&str, &str)]| run_sha(run, extra, env);
     let portable = ["--kernels", "portable"];
     let reference = sha(&portable, &[]);
-    type Setting<'a> = (String, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let settings = machine_settings();
+    for (name, env, extra) in &settings {
+        let mut args = portable.to_vec();
+        args.extend_from_slice(extra);
+        assert_eq!(sha(&args, env), reference, "portable under {name}");
+    }
+    // Control: native's bits do depend on ATen's capability (linspace, randn, convolutions).
+    assert_ne!(
+        sha(&[], &[("ATEN_CPU_CAPABILITY", "default")]),
+        sha(&[], &[("ATEN_CPU_CAPABILITY", "avx2")]),
+        "native under default and avx2"
+    );
+}
+
+/// One setting that moves native's bits: its name, its environment and its extra flags.
+type Setting = (String, Vec<(&'static str, &'static str)>, Vec<&'static str>);
+
+/// The settings, one axis at a time: ATen's capability, oneDNN's ISA, the portable ISA, the
+/// libtorch and kernel threads (the ISAs the host has).
+fn machine_settings() -> Vec<Setting> {
     let mut settings: Vec<Setting> = vec![
         (
             "aten default".into(),
@@ -96,19 +88,40 @@ fn assert_portable_bits_ignore_the_machine(run: &[&str]) {
             vec![],
         ));
     }
-    for (name, env, extra) in &settings {
-        let mut args = portable.to_vec();
-        args.extend_from_slice(extra);
-        assert_eq!(sha(&args, env), reference, "portable under {name}");
-    }
-    // Control: native's bits do depend on ATen's capability (linspace, randn, convolutions).
-    assert_ne!(
-        sha(&[], &[("ATEN_CPU_CAPABILITY", "default")]),
-        sha(&[], &[("ATEN_CPU_CAPABILITY", "avx2")]),
-        "native under default and avx2"
-    );
+    settings
 }
 
+/// The output's sha256 of `run` with `extra` flags and `env`, asserting that the record names
+/// the portable ISA and kernel threads the environment forces (and no portable path on native).
+fn run_sha(run: &[&str], extra: &[&str], env: &[(&str, &str)]) -> String {
+    let mut args = run.to_vec();
+    args.push("--json");
+    args.extend_from_slice(extra);
+    let out = reprodiff_with_env(&args, None, env);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+    let record: serde_json::Value = serde_json::from_str(t.lines().last().unwrap()).unwrap();
+    // Which path ran: the ISA a setting forces is the one the record names.
+    let ran = &record["environment"]["portable"];
+    if extra.contains(&"portable") {
+        let forced = env.iter().find(|(k, _)| *k == "REPRODIFF_PORTABLE_ISA");
+        if let Some((_, isa)) = forced {
+            assert_eq!(ran["isa"], *isa, "{record}");
+        }
+        let threads = env.iter().find(|(k, _)| *k == "RAYON_NUM_THREADS");
+        if let Some((_, n)) = threads {
+            assert_eq!(ran["threads"].to_string(), *n, "{record}");
+        }
+    } else {
+        assert!(ran.is_null(), "{record}");
+    }
+    record["output"]["sha256"].as_str().unwrap().to_string()
+}
+
+/// The portable kernels (#14) on the DDIM pipeline: one seed, one image, whatever ATen's CPU
+/// capability, oneDNN's ISA, the portable kernels' own ISA and the thread count; and each image
+/// of a batch made with per-sample generators is, bit for bit, the image made alone with its
+/// seed. A control shows the same settings do move native's bits.
 #[test]
 fn portable_ddim_gives_one_image_whatever_the_cpu_kernels_threads_and_batch() {
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/tiny-ddim-b");

@@ -372,94 +372,119 @@ pub struct MergeSummary {
 
 /// Merges `from` (a results directory or a golden directory) into `fixtures`' golden store.
 pub fn merge(fixtures: &Fixtures, from: &Path, replace_changed: bool) -> Result<Vec<MergeSummary>> {
-    let store = fixtures.store();
+    let mut opened = Opened {
+        store: fixtures.store(),
+        replace_changed,
+        locks: Vec::new(),
+        files: BTreeMap::new(),
+    };
+    if from.join("results.jsonl").is_file() {
+        merge_results(fixtures, from, &mut opened)?;
+    } else {
+        merge_goldens(from, &mut opened)?;
+    }
+    let mut out = Vec::new();
+    for (_, (mut file, summary)) in opened.files {
+        file.prune_environments();
+        opened.store.save(&file)?;
+        out.push(summary);
+    }
+    drop(opened.locks);
+    Ok(out)
+}
+
+/// The suites' golden files a merge has opened, each read under its lock and held until it is
+/// written: a bless or another merge at the same time waits, then reads what this one wrote.
+struct Opened {
+    store: GoldenStore,
+    replace_changed: bool,
+    locks: Vec<crate::harness::store::GoldenLock>,
+    files: BTreeMap<String, (GoldenFile, MergeSummary)>,
+}
+
+impl Opened {
+    /// The suite's golden file (an empty one where none exists) and its summary, opened once.
+    fn get(&mut self, suite: &str) -> Result<(&GoldenStore, &mut GoldenFile, &mut MergeSummary)> {
+        if !self.files.contains_key(suite) {
+            self.locks.push(self.store.lock(suite)?);
+            let file = self
+                .store
+                .load(suite)?
+                .unwrap_or_else(|| GoldenFile::new(suite));
+            let summary = MergeSummary {
+                suite: suite.into(),
+                replace_changed: self.replace_changed,
+                ..Default::default()
+            };
+            self.files.insert(suite.into(), (file, summary));
+        }
+        let (file, summary) = self.files.get_mut(suite).expect("opened");
+        Ok((&self.store, file, summary))
+    }
+}
+
+/// The oracle's results directory: each result becomes its class's expectation.
+fn merge_results(fixtures: &Fixtures, from: &Path, opened: &mut Opened) -> Result<()> {
     let suites = fixtures.select(&Default::default())?;
-    let scenario_of = |suite: &str, scenario: &str| -> Result<&crate::harness::suite::Scenario> {
-        suites
+    let models = fixtures.root.join("models");
+    for r in read_results(from)? {
+        let scenario = suites
             .iter()
-            .find(|s| s.name == suite)
-            .and_then(|s| s.scenarios.iter().find(|x| x.name == scenario))
+            .find(|s| s.name == r.suite)
+            .and_then(|s| s.scenarios.iter().find(|x| x.name == r.scenario))
             .ok_or_else(|| {
                 Error::invalid_file(
                     from,
                     format!(
-                        "{suite}/{scenario} is not a scenario of {}",
+                        "{}/{} is not a scenario of {}",
+                        r.suite,
+                        r.scenario,
                         fixtures.suites_dir().display()
                     ),
                 )
-            })
-    };
-    let results = from.join("results.jsonl");
-    // Each suite's golden is read under its lock, held until it is written: a bless or another
-    // merge at the same time waits, then reads what this one wrote.
-    let mut locks: Vec<crate::harness::store::GoldenLock> = Vec::new();
-    let mut files: BTreeMap<String, (GoldenFile, MergeSummary)> = BTreeMap::new();
-    let mut open =
-        |files: &mut BTreeMap<String, (GoldenFile, MergeSummary)>, suite: &str| -> Result<()> {
-            if !files.contains_key(suite) {
-                locks.push(store.lock(suite)?);
-                let file = store.load(suite)?.unwrap_or_else(|| GoldenFile::new(suite));
-                let summary = MergeSummary {
-                    suite: suite.into(),
-                    replace_changed,
-                    ..Default::default()
-                };
-                files.insert(suite.into(), (file, summary));
-            }
-            Ok(())
-        };
-    if results.is_file() {
-        let models = fixtures.root.join("models");
-        for r in read_results(from)? {
-            let scenario = scenario_of(&r.suite, &r.scenario)?;
-            // The oracle loaded the model reprodiff resolves for the scenario: its identity.
-            let model = scenario
-                .run
-                .model()
-                .map(|m| crate::loading::model_sha256(m, Some(&models)))
-                .transpose()?;
-            open(&mut files, &r.suite)?;
-            let (file, summary) = files.get_mut(&r.suite).expect("opened");
-            let name = r.scenario.clone();
-            merge_result(&store, from, file, summary, r, scenario.device)?;
-            if let Some(s) = file.scenarios.get_mut(&name) {
-                s.model_sha256 = model.or(s.model_sha256.take());
-            }
-        }
-    } else {
-        let entries = std::fs::read_dir(from).map_err(|e| Error::io(from, e))?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        paths.sort();
-        if paths.is_empty() {
-            return Err(Error::invalid_file(
-                from,
-                "neither results.jsonl nor golden <suite>.json files here",
-            ));
-        }
-        let other = GoldenStore::new(from);
-        for path in paths {
-            let suite = path
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .to_string();
-            let theirs = other.load(&suite)?.expect("the file exists");
-            open(&mut files, &suite)?;
-            let (file, summary) = files.get_mut(&suite).expect("opened");
-            merge_golden(&store, &other, file, summary, theirs)?;
+            })?;
+        // The oracle loaded the model reprodiff resolves for the scenario: its identity.
+        let model = scenario
+            .run
+            .model()
+            .map(|m| crate::loading::model_sha256(m, Some(&models)))
+            .transpose()?;
+        let name = r.scenario.clone();
+        let (store, file, summary) = opened.get(&r.suite)?;
+        merge_result(store, from, file, summary, r, scenario.device)?;
+        if let Some(s) = file.scenarios.get_mut(&name) {
+            s.model_sha256 = model.or(s.model_sha256.take());
         }
     }
-    let mut out = Vec::new();
-    for (_, (mut file, summary)) in files {
-        file.prune_environments();
-        store.save(&file)?;
-        out.push(summary);
+    Ok(())
+}
+
+/// Another golden directory (`<suite>.json` files): each suite merged into ours.
+fn merge_goldens(from: &Path, opened: &mut Opened) -> Result<()> {
+    let entries = std::fs::read_dir(from).map_err(|e| Error::io(from, e))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(Error::invalid_file(
+            from,
+            "neither results.jsonl nor golden <suite>.json files here",
+        ));
     }
-    drop(locks);
-    Ok(out)
+    let other = GoldenStore::new(from);
+    for path in paths {
+        let suite = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let theirs = other.load(&suite)?.expect("the file exists");
+        let (store, file, summary) = opened.get(&suite)?;
+        merge_golden(store, &other, file, summary, theirs)?;
+    }
+    Ok(())
 }
 
 fn merge_result(
@@ -509,45 +534,9 @@ fn merge_result(
         },
     };
     let truth = match r.truth {
-        Some(t)
-            if keeps_recorded_truth(
-                store,
-                file,
-                &r.scenario,
-                &expectation.class,
-                &r.shape,
-                device,
-                &t.sha256,
-                &from.join(&t.array),
-                t.steps
-                    .as_ref()
-                    .map_or(StepDepth::None, StepDepth::of_results),
-            )? =>
-        {
-            None
-        }
         Some(t) => {
-            let (tensor, _) = read_verified(&from.join(&t.array), DType::F64, &t.sha256, &where_)?;
-            let name = truth_array_name(&r.suite, &r.scenario, &t.sha256);
-            store.write_array(&name, &tensor)?;
-            let steps = t
-                .steps
-                .as_ref()
-                .map(|st| step_truth(store, from, st, &r.suite, &r.scenario))
-                .transpose()?;
-            Some(Truth {
-                array: name,
-                sha256: t.sha256,
-                sensitivity: t.sensitivity,
-                components: t.components,
-                steps,
-                provenance: Provenance {
-                    producer: expectation.provenance.producer.clone(),
-                    tool: t.tool,
-                    command: expectation.provenance.command.clone(),
-                    environment: Some(env_id.clone()),
-                },
-            })
+            let at = (r.suite.as_str(), r.scenario.as_str(), r.shape.as_slice());
+            result_truth(store, from, file, at, &expectation, device, t)?
         }
         None => None,
     };
@@ -561,6 +550,52 @@ fn merge_result(
         expectation,
         truth,
     )
+}
+
+/// The result's float64 truth as the golden records it (its arrays written), or None where the
+/// recorded truth is kept.
+fn result_truth(
+    store: &GoldenStore,
+    from: &Path,
+    file: &GoldenFile,
+    (suite, scenario, shape): (&str, &str, &[i64]),
+    expectation: &Expectation,
+    device: crate::torch::DeviceSpec,
+    t: OracleTruth,
+) -> Result<Option<Truth>> {
+    let depth = t
+        .steps
+        .as_ref()
+        .map_or(StepDepth::None, StepDepth::of_results);
+    let array = from.join(&t.array);
+    let class = &expectation.class;
+    if keeps_recorded_truth(
+        store, file, scenario, class, shape, device, &t.sha256, &array, depth,
+    )? {
+        return Ok(None);
+    }
+    let where_ = format!("{suite}/{scenario}");
+    let (tensor, _) = read_verified(&array, DType::F64, &t.sha256, &where_)?;
+    let name = truth_array_name(suite, scenario, &t.sha256);
+    store.write_array(&name, &tensor)?;
+    let steps = t
+        .steps
+        .as_ref()
+        .map(|st| step_truth(store, from, st, suite, scenario))
+        .transpose()?;
+    Ok(Some(Truth {
+        array: name,
+        sha256: t.sha256,
+        sensitivity: t.sensitivity,
+        components: t.components,
+        steps,
+        provenance: Provenance {
+            producer: expectation.provenance.producer.clone(),
+            tool: t.tool,
+            command: expectation.provenance.command.clone(),
+            environment: expectation.provenance.environment.clone(),
+        },
+    }))
 }
 
 fn merge_golden(
@@ -733,39 +768,70 @@ fn put(
             model_sha256: None,
         });
     if s.shape != shape || s.dtype != dtype {
-        let diffusers: Vec<String> = s
-            .expectations
-            .iter()
-            .filter(|x| x.provenance.producer != BLESSED)
-            .map(|x| format!("{} [{}]", x.provenance.producer, x.class))
-            .chain(s.truth.as_ref().map(|_| "the float64 truth".to_string()))
-            .collect();
-        if !diffusers.is_empty() && !summary.replace_changed {
-            return Err(Error::InvalidArgument(format!(
-                "{}/{name}: the output is now {dtype} {shape:?} (was {} {:?}); merging would drop \
-                 {}. Nothing was written. If the scenario changed on purpose, re-record its \
-                 classes with the oracle and merge with --replace-changed",
-                file.suite,
-                s.dtype,
-                s.shape,
-                diffusers.join(", ")
-            )));
-        }
-        eprintln!(
-            "{}/{name}: the output is now {dtype} {shape:?} (was {} {:?}): dropping {} old expectation(s)",
-            file.suite,
+        reset_changed(&file.suite, name, s, summary.replace_changed, shape, dtype)?;
+    }
+    place(&file.suite, name, s, summary, e);
+    if let Some(t) = truth {
+        summary.truths += 1;
+        s.truth = Some(t);
+    }
+    Ok(())
+}
+
+/// An output of another shape or dtype than the scenario's recorded one: blessed expectations
+/// are dropped; diffusers' and the truth only with `replace_changed`, else an error naming them.
+fn reset_changed(
+    suite: &str,
+    name: &str,
+    s: &mut GoldenScenario,
+    replace_changed: bool,
+    shape: Vec<i64>,
+    dtype: DType,
+) -> Result<()> {
+    let diffusers: Vec<String> = s
+        .expectations
+        .iter()
+        .filter(|x| x.provenance.producer != BLESSED)
+        .map(|x| format!("{} [{}]", x.provenance.producer, x.class))
+        .chain(s.truth.as_ref().map(|_| "the float64 truth".to_string()))
+        .collect();
+    if !diffusers.is_empty() && !replace_changed {
+        return Err(Error::InvalidArgument(format!(
+            "{}/{name}: the output is now {dtype} {shape:?} (was {} {:?}); merging would drop \
+             {}. Nothing was written. If the scenario changed on purpose, re-record its \
+             classes with the oracle and merge with --replace-changed",
+            suite,
             s.dtype,
             s.shape,
-            s.expectations.len()
-        );
-        *s = GoldenScenario {
-            shape,
-            dtype,
-            truth: None,
-            expectations: Vec::new(),
-            model_sha256: None,
-        };
+            diffusers.join(", ")
+        )));
     }
+    eprintln!(
+        "{}/{name}: the output is now {dtype} {shape:?} (was {} {:?}): dropping {} old expectation(s)",
+        suite,
+        s.dtype,
+        s.shape,
+        s.expectations.len()
+    );
+    *s = GoldenScenario {
+        shape,
+        dtype,
+        truth: None,
+        expectations: Vec::new(),
+        model_sha256: None,
+    };
+    Ok(())
+}
+
+/// Puts `e` in place of its class's expectation, counting whether it was added, replaced, kept
+/// out (diffusers' is never replaced by a blessed one) or unchanged.
+fn place(
+    suite: &str,
+    name: &str,
+    s: &mut GoldenScenario,
+    summary: &mut MergeSummary,
+    e: Expectation,
+) {
     match s.expectation(&e.class) {
         Some(old)
             if old.sha256 == e.sha256
@@ -786,7 +852,7 @@ fn put(
             summary.kept += 1;
             eprintln!(
                 "{}/{name} [{}]: kept the {} expectation ({}); not merged over it: {}",
-                file.suite,
+                suite,
                 e.class,
                 old.provenance.producer,
                 described(old),
@@ -797,7 +863,7 @@ fn put(
             summary.replaced += 1;
             eprintln!(
                 "{}/{name} [{}]: replaced {} -> {}",
-                file.suite,
+                suite,
                 e.class,
                 described(old),
                 described(&e)
@@ -809,11 +875,6 @@ fn put(
             s.put(e);
         }
     }
-    if let Some(t) = truth {
-        summary.truths += 1;
-        s.truth = Some(t);
-    }
-    Ok(())
 }
 
 /// "oracle sha256 0123456789ab": who made an expectation and its bits.

@@ -408,103 +408,118 @@ fn compare(base: &RecordSet, new: &RecordSet) -> Comparison {
 pub fn markdown(report: &Report) -> String {
     let mut out = String::from("# reprodiff drift report\n");
     for set in &report.sets {
-        let _ = writeln!(out, "\n## {}\n", set.label);
-        out.push_str("| class | scenarios |");
-        for v in Verdict::ALL {
-            let _ = write!(out, " {} |", v.label());
-        }
-        out.push_str(" worst l_inf | worst rmse to truth |\n|---|---|");
-        out.push_str(&"---|".repeat(Verdict::ALL.len() + 2));
-        out.push('\n');
-        for c in &set.classes {
-            let _ = write!(out, "| `{}` | {} |", c.class, c.scenarios);
-            for (_, k) in &c.verdicts {
-                let _ = write!(out, " {k} |");
-            }
-            for worst in [&c.worst_l_inf, &c.worst_rmse_truth] {
-                match worst {
-                    Some(w) if w.value > 0.0 => {
-                        let _ = write!(out, " {:.3e} ({}) |", w.value, w.scenario);
-                    }
-                    Some(_) => out.push_str(" 0 |"),
-                    None => out.push_str(" - |"),
-                }
-            }
-            out.push('\n');
-        }
-        for u in &set.unreadable {
-            let _ = writeln!(out, "\nunreadable, skipped: {u}");
-        }
-        for i in &set.incomplete {
-            let _ = writeln!(out, "\nincomplete run: {i}");
-        }
-        if set.duplicates > 0 {
-            let _ = writeln!(
-                out,
-                "\n{} duplicate record(s) (same scenario, class and output as another) counted once",
-                set.duplicates
-            );
-        }
-        for c in &set.conflicts {
-            let _ = writeln!(
-                out,
-                "\nconflicting: {c} has records with different outputs in one class"
-            );
-        }
+        markdown_set(&mut out, set);
     }
     if let Some(base) = report.comparisons.first().map(|c| &c.base) {
-        let _ = write!(
-            out,
-            "\n## Optimisation audit against {base}\n\n| set | scenarios | seconds | speed-up | same bits | worst l_inf to expectation | worst rmse to truth | rmse to truth / baseline's (median) |\n|---|---|---|---|---|---|---|---|\n"
-        );
-        for r in &report.audit {
-            let speedup = if r.seconds > 0.0 {
-                format!("{:.2}x", r.baseline_seconds / r.seconds)
-            } else {
-                "-".into()
-            };
-            let num = |x: Option<f64>| x.map_or("-".into(), |w| format!("{w:.3e}"));
-            let ratio = r.truth_ratio.map_or("-".into(), |x| format!("{x:.2}x"));
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.3} | {speedup} | {} of {} | {} | {} | {ratio} |",
-                r.set,
-                r.scenarios,
-                r.seconds,
-                r.same_bits,
-                r.scenarios,
-                num(r.worst_l_inf),
-                num(r.worst_rmse_truth)
-            );
-        }
+        markdown_audit(&mut out, base, &report.audit);
     }
     for c in &report.comparisons {
-        let _ = write!(
-            out,
-            "\n## {} against {}\n\n| verdict | base | new | change |\n|---|---|---|---|\n",
-            c.new, c.base
-        );
-        for (v, cb, cn) in &c.verdicts {
-            let _ = writeln!(
-                out,
-                "| {} | {cb} | {cn} | {:+} |",
-                v.replace('-', " "),
-                *cn as i64 - *cb as i64
-            );
-        }
-        for (title, lines) in &c.groups {
-            let _ = writeln!(
-                out,
-                "\n<details><summary>{title} ({})</summary>\n",
-                lines.len()
-            );
-            for l in lines {
-                let _ = writeln!(out, "- {l}");
-            }
-            out.push_str("\n</details>\n");
-        }
+        markdown_comparison(&mut out, c);
     }
     out
+}
+
+/// One set's table (rows: classes) and what could not be counted.
+fn markdown_set(out: &mut String, set: &SetSummary) {
+    let _ = writeln!(out, "\n## {}\n", set.label);
+    out.push_str("| class | scenarios |");
+    for v in Verdict::ALL {
+        let _ = write!(out, " {} |", v.label());
+    }
+    out.push_str(" worst l_inf | worst rmse to truth |\n|---|---|");
+    out.push_str(&"---|".repeat(Verdict::ALL.len() + 2));
+    out.push('\n');
+    for c in &set.classes {
+        let _ = write!(out, "| `{}` | {} |", c.class, c.scenarios);
+        for (_, k) in &c.verdicts {
+            let _ = write!(out, " {k} |");
+        }
+        for worst in [&c.worst_l_inf, &c.worst_rmse_truth] {
+            match worst {
+                Some(w) if w.value > 0.0 => {
+                    let _ = write!(out, " {:.3e} ({}) |", w.value, w.scenario);
+                }
+                Some(_) => out.push_str(" 0 |"),
+                None => out.push_str(" - |"),
+            }
+        }
+        out.push('\n');
+    }
+    for u in &set.unreadable {
+        let _ = writeln!(out, "\nunreadable, skipped: {u}");
+    }
+    for i in &set.incomplete {
+        let _ = writeln!(out, "\nincomplete run: {i}");
+    }
+    if set.duplicates > 0 {
+        let _ = writeln!(
+            out,
+            "\n{} duplicate record(s) (same scenario, class and output as another) counted once",
+            set.duplicates
+        );
+    }
+    for c in &set.conflicts {
+        let _ = writeln!(
+            out,
+            "\nconflicting: {c} has records with different outputs in one class"
+        );
+    }
+}
+
+/// The optimisation audit: each set's time, speed-up and accuracy against the baseline `base`.
+fn markdown_audit(out: &mut String, base: &str, audit: &[AuditRow]) {
+    let _ = write!(
+        out,
+        "\n## Optimisation audit against {base}\n\n| set | scenarios | seconds | speed-up | same bits | worst l_inf to expectation | worst rmse to truth | rmse to truth / baseline's (median) |\n|---|---|---|---|---|---|---|---|\n"
+    );
+    for r in audit {
+        let speedup = if r.seconds > 0.0 {
+            format!("{:.2}x", r.baseline_seconds / r.seconds)
+        } else {
+            "-".into()
+        };
+        let num = |x: Option<f64>| x.map_or("-".into(), |w| format!("{w:.3e}"));
+        let ratio = r.truth_ratio.map_or("-".into(), |x| format!("{x:.2}x"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.3} | {speedup} | {} of {} | {} | {} | {ratio} |",
+            r.set,
+            r.scenarios,
+            r.seconds,
+            r.same_bits,
+            r.scenarios,
+            num(r.worst_l_inf),
+            num(r.worst_rmse_truth)
+        );
+    }
+}
+
+/// One set against the baseline: verdict counts and the collapsible lists.
+fn markdown_comparison(out: &mut String, c: &Comparison) {
+    let _ = write!(
+        out,
+        "\n## {} against {}\n\n| verdict | base | new | change |\n|---|---|---|---|\n",
+        c.new, c.base
+    );
+    for (v, cb, cn) in &c.verdicts {
+        let _ = writeln!(
+            out,
+            "| {} | {cb} | {cn} | {:+} |",
+            v.replace('-', " "),
+            *cn as i64 - *cb as i64
+        );
+    }
+    for (title, lines) in &c.groups {
+        let _ = writeln!(
+            out,
+            "\n<details><summary>{title} ({})</summary>\n",
+            lines.len()
+        );
+        for l in lines {
+            let _ = writeln!(out, "- {l}");
+        }
+        out.push_str("\n</details>\n");
+    }
 }
 
 /// One line of `localize.jsonl` (`reprodiff localize --filter ...`), as the report uses it.

@@ -224,6 +224,45 @@ fn heatmap<'a>(sets: impl Iterator<Item = &'a RecordSet> + Clone) -> String {
 /// output changed, on a log scale from 1e-12 to 1e2; the x axis numbers the denoising steps,
 /// and each curve is labelled with its scenario at its end (and in the list below the plot).
 fn curves(base: &RecordSet, set: &RecordSet) -> String {
+    let lines = changed(base, set);
+    let plot = Plot {
+        w: 820.0,
+        h: 280.0,
+        pad: 44.0,
+        right: 220.0,
+    };
+    let mut svg = format!(
+        "<h3>{} against {}</h3>\n<svg class=\"curves\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\">\n",
+        escape(&set.label),
+        escape(&base.label),
+        plot.w,
+        plot.h
+    );
+    let steps = lines.iter().map(|l| l.2.len()).max().unwrap_or(0);
+    plot.axes(&mut svg, steps);
+    if lines.is_empty() {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" font-size=\"12\">no changed output with a per-step trace</text>",
+            plot.pad,
+            plot.h / 2.0
+        );
+    }
+    let mut list = String::from("<ol class=\"curve-list\">");
+    for (i, (_, name, d)) in lines.iter().enumerate() {
+        plot.curve(&mut svg, &mut list, i, name, d);
+    }
+    svg.push_str("</svg>\n");
+    list.push_str("</ol>\n");
+    if !lines.is_empty() {
+        svg.push_str(&list);
+    }
+    svg
+}
+
+/// The scenarios whose output changed and whose traces match in length, with |Δ sum_abs| per
+/// step (floored at 1e-12), the CURVES largest by their last step's.
+fn changed<'a>(base: &RecordSet, set: &'a RecordSet) -> Vec<(f64, &'a str, Vec<f64>)> {
     let base_by: BTreeMap<&str, _> = base.entries.iter().map(|e| (e.name.as_str(), e)).collect();
     let mut lines: Vec<(f64, &str, Vec<f64>)> = set
         .entries
@@ -244,56 +283,66 @@ fn curves(base: &RecordSet, set: &RecordSet) -> String {
         .collect();
     lines.sort_by(|a, b| b.0.total_cmp(&a.0));
     lines.truncate(CURVES);
-    // The right margin holds the curves' labels.
-    let (w, h, pad, right) = (820.0, 280.0, 44.0, 220.0);
-    let mut svg = format!(
-        "<h3>{} against {}</h3>\n<svg class=\"curves\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\">\n",
-        escape(&set.label),
-        escape(&base.label)
-    );
-    let y_of = |d: f64| pad + (h - 2.0 * pad) * (2.0 - d.log10()) / 14.0;
-    let plot_w = w - pad - right;
-    for exp in [-12, -8, -4, 0] {
-        let y = y_of(10f64.powi(exp));
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{pad}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"2\" y=\"{:.1}\" font-size=\"10\">1e{exp}</text>",
-            pad + plot_w,
-            y + 3.0
-        );
+    lines
+}
+
+/// The curves' plot: its size, the padding round it and the right margin that holds the
+/// curves' labels.
+struct Plot {
+    w: f64,
+    h: f64,
+    pad: f64,
+    right: f64,
+}
+
+impl Plot {
+    fn y_of(&self, d: f64) -> f64 {
+        self.pad + (self.h - 2.0 * self.pad) * (2.0 - d.log10()) / 14.0
     }
-    // Step numbers: every step up to 12 of them, else about ten evenly spaced.
-    let steps = lines.iter().map(|l| l.2.len()).max().unwrap_or(0);
-    if steps > 0 {
-        let every = steps.div_ceil(10).max(1);
-        let n = (steps.max(2) - 1) as f64;
-        for k in (0..steps).filter(|k| k % every == 0 || *k == steps - 1) {
-            let x = pad + plot_w * k as f64 / n;
+
+    fn plot_w(&self) -> f64 {
+        self.w - self.pad - self.right
+    }
+
+    /// The decades' grid lines, the step numbers (every step up to 12 of them, else about ten
+    /// evenly spaced) and the axes' titles.
+    fn axes(&self, svg: &mut String, steps: usize) {
+        let (pad, h, plot_w) = (self.pad, self.h, self.plot_w());
+        for exp in [-12, -8, -4, 0] {
+            let y = self.y_of(10f64.powi(exp));
             let _ = writeln!(
                 svg,
-                "<text class=\"step-tick\" x=\"{x:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
-                h - pad + 14.0,
-                k + 1
+                "<line x1=\"{pad}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"2\" y=\"{:.1}\" font-size=\"10\">1e{exp}</text>",
+                pad + plot_w,
+                y + 3.0
             );
         }
-    }
-    let _ = writeln!(
-        svg,
-        "<text x=\"{pad}\" y=\"{}\" font-size=\"11\">denoising step</text>\
-         <text x=\"{pad}\" y=\"14\" font-size=\"11\">|Δ sum_abs| of the latent against the baseline (log)</text>",
-        h - 6.0
-    );
-    if lines.is_empty() {
+        if steps > 0 {
+            let every = steps.div_ceil(10).max(1);
+            let n = (steps.max(2) - 1) as f64;
+            for k in (0..steps).filter(|k| k % every == 0 || *k == steps - 1) {
+                let x = pad + plot_w * k as f64 / n;
+                let _ = writeln!(
+                    svg,
+                    "<text class=\"step-tick\" x=\"{x:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
+                    h - pad + 14.0,
+                    k + 1
+                );
+            }
+        }
         let _ = writeln!(
             svg,
-            "<text x=\"{pad}\" y=\"{}\" font-size=\"12\">no changed output with a per-step trace</text>",
-            h / 2.0
+            "<text x=\"{pad}\" y=\"{}\" font-size=\"11\">denoising step</text>\
+             <text x=\"{pad}\" y=\"14\" font-size=\"11\">|Δ sum_abs| of the latent against the baseline (log)</text>",
+            h - 6.0
         );
     }
-    let mut list = String::from("<ol class=\"curve-list\">");
-    for (i, (_, name, d)) in lines.iter().enumerate() {
+
+    /// Curve `i`: its polyline, its label at its end (the scenario's name, shortened from the
+    /// left to fit the margin) and its line in the list below the plot.
+    fn curve(&self, svg: &mut String, list: &mut String, i: usize, name: &str, d: &[f64]) {
         let n = (d.len().max(2) - 1) as f64;
-        let at = |k: usize, v: f64| (pad + plot_w * k as f64 / n, y_of(v));
+        let at = |k: usize, v: f64| (self.pad + self.plot_w() * k as f64 / n, self.y_of(v));
         let points: Vec<String> = d
             .iter()
             .enumerate()
@@ -304,7 +353,6 @@ fn curves(base: &RecordSet, set: &RecordSet) -> String {
             .collect();
         let hue = (i * 360 / CURVES) % 360;
         let (x_end, y_end) = at(d.len() - 1, d[d.len() - 1]);
-        // The label: the scenario's name, shortened from the left to fit the margin.
         let chars: Vec<char> = name.chars().collect();
         let short: String = if chars.len() > 34 {
             std::iter::once('…')
@@ -331,12 +379,6 @@ fn curves(base: &RecordSet, set: &RecordSet) -> String {
             d[d.len() - 1]
         );
     }
-    svg.push_str("</svg>\n");
-    list.push_str("</ol>\n");
-    if !lines.is_empty() {
-        svg.push_str(&list);
-    }
-    svg
 }
 
 /// An image output read back from its record's array: (shape, values), if it is an image.

@@ -51,47 +51,10 @@ fn setting_changes(x: &RunRecord, y: &RunRecord) -> Vec<String> {
             out.push(format!("{what} {a} -> {b}"));
         }
     };
+    for (what, a, b) in environment_pairs(x, y) {
+        change(what, a, b);
+    }
     let (ex, ey) = (&x.environment, &y.environment);
-    change("class", x.class().to_string(), y.class().to_string());
-    change(
-        "torch",
-        ex.versions.libtorch.clone(),
-        ey.versions.libtorch.clone(),
-    );
-    change(
-        "torch build",
-        opt(&ex.versions.torch_build),
-        opt(&ey.versions.torch_build),
-    );
-    change(
-        "diffusers",
-        opt(&ex.versions.diffusers),
-        opt(&ey.versions.diffusers),
-    );
-    change(
-        "transformers",
-        opt(&ex.versions.transformers),
-        opt(&ey.versions.transformers),
-    );
-    change("python", opt(&ex.versions.python), opt(&ey.versions.python));
-    change("CPU", ex.cpu.model.clone(), ey.cpu.model.clone());
-    change("ATen", ex.cpu.capability.clone(), ey.cpu.capability.clone());
-    change(
-        "threads",
-        ex.cpu.threads.to_string(),
-        ey.cpu.threads.to_string(),
-    );
-    change(
-        "kernel variables",
-        format!("{:?}", ex.cpu.kernel_env),
-        format!("{:?}", ey.cpu.kernel_env),
-    );
-    change("libc", opt(&ex.os.libc), opt(&ey.os.libc));
-    change(
-        "GPUs",
-        format!("{:?}", ex.cuda.devices),
-        format!("{:?}", ey.cuda.devices),
-    );
     change(
         "device",
         x.pipeline.device.clone(),
@@ -134,6 +97,53 @@ fn setting_changes(x: &RunRecord, y: &RunRecord) -> Vec<String> {
         }
     }
     out
+}
+
+/// The class, versions, CPU, threads, kernel variables, libc and GPUs of both runs, named.
+fn environment_pairs(x: &RunRecord, y: &RunRecord) -> Vec<(&'static str, String, String)> {
+    let (ex, ey) = (&x.environment, &y.environment);
+    vec![
+        ("class", x.class().to_string(), y.class().to_string()),
+        (
+            "torch",
+            ex.versions.libtorch.clone(),
+            ey.versions.libtorch.clone(),
+        ),
+        (
+            "torch build",
+            opt(&ex.versions.torch_build),
+            opt(&ey.versions.torch_build),
+        ),
+        (
+            "diffusers",
+            opt(&ex.versions.diffusers),
+            opt(&ey.versions.diffusers),
+        ),
+        (
+            "transformers",
+            opt(&ex.versions.transformers),
+            opt(&ey.versions.transformers),
+        ),
+        ("python", opt(&ex.versions.python), opt(&ey.versions.python)),
+        ("CPU", ex.cpu.model.clone(), ey.cpu.model.clone()),
+        ("ATen", ex.cpu.capability.clone(), ey.cpu.capability.clone()),
+        (
+            "threads",
+            ex.cpu.threads.to_string(),
+            ey.cpu.threads.to_string(),
+        ),
+        (
+            "kernel variables",
+            format!("{:?}", ex.cpu.kernel_env),
+            format!("{:?}", ey.cpu.kernel_env),
+        ),
+        ("libc", opt(&ex.os.libc), opt(&ey.os.libc)),
+        (
+            "GPUs",
+            format!("{:?}", ex.cuda.devices),
+            format!("{:?}", ey.cuda.devices),
+        ),
+    ]
 }
 
 fn opt(v: &Option<String>) -> String {

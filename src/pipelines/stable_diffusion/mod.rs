@@ -261,6 +261,33 @@ impl SdPipeline {
     /// `pipe(prompt, ..., generator=generators)`.images: NHWC float32 in [0, 1] for "np", the
     /// NCHW latents for "latent".
     pub fn call(&mut self, args: &SdCall, generators: &mut Generators) -> Result<Tensor> {
+        let (batch, height, width) = self.checked_size(args, generators)?;
+        let _guard = tch::no_grad_guard();
+        let embeds = self.prompt_embeds(args)?;
+        self.scheduler.set_timesteps(args.num_inference_steps)?;
+        self.scheduler.set_eta(args.eta);
+        let vsf = self.vae.config.scale_factor();
+        let shape = [
+            batch as i64,
+            self.unet.config.in_channels,
+            height / vsf,
+            width / vsf,
+        ];
+        let latents = initial_noise(randn_tensor(&shape, generators, self.device, self.dtype)?)?
+            .f_mul_scalar(self.scheduler.init_noise_sigma())?;
+        if self.trace.is_some() {
+            self.initial = Some(latents.shallow_clone());
+        }
+        let latents = self.denoise(args, &embeds, latents, generators)?;
+        match args.output_type {
+            OutputType::Latent => Ok(latents),
+            OutputType::Np => self.decode_np(&latents),
+        }
+    }
+
+    /// The call's effective batch (checked against a generator list's length) and the image's
+    /// height and width (the UNet's sample_size times the VAE's scale factor by default).
+    fn checked_size(&self, args: &SdCall, generators: &Generators) -> Result<(usize, i64, i64)> {
         let batch = args.validate().map_err(Error::InvalidArgument)?;
         if let Generators::List(g) = generators {
             if g.len() != batch {
@@ -282,10 +309,14 @@ impl SdPipeline {
         };
         let height = args.height.unwrap_or(default_size.0 * vsf);
         let width = args.width.unwrap_or(default_size.1 * vsf);
+        Ok((batch, height, width))
+    }
+
+    /// `encode_prompt`: the prompts' embeddings, each repeated per image, with the negative
+    /// prompts' in front under classifier-free guidance.
+    fn prompt_embeds(&mut self, args: &SdCall) -> Result<Tensor> {
         let prompts = args.prompt.list();
         let n = args.num_images_per_prompt;
-
-        let _guard = tch::no_grad_guard();
         let mut embeds = Self::per_image(&self.encode(&prompts, args.clip_skip)?, n)?;
         if args.guided() {
             let uncond = match &args.negative_prompt {
@@ -296,21 +327,18 @@ impl SdPipeline {
             let negative = Self::per_image(&self.encode(&uncond, None)?, n)?;
             embeds = Tensor::f_cat(&[&negative, &embeds], 0)?;
         }
+        Ok(embeds)
+    }
 
-        self.scheduler.set_timesteps(args.num_inference_steps)?;
-        self.scheduler.set_eta(args.eta);
-        let shape = [
-            batch as i64,
-            self.unet.config.in_channels,
-            height / vsf,
-            width / vsf,
-        ];
-        let mut latents =
-            initial_noise(randn_tensor(&shape, generators, self.device, self.dtype)?)?
-                .f_mul_scalar(self.scheduler.init_noise_sigma())?;
-        if self.trace.is_some() {
-            self.initial = Some(latents.shallow_clone());
-        }
+    /// The denoising loop: the UNet's noise (guided), the scheduler's step, and the trace, the
+    /// planted defect and the forcing after each step.
+    fn denoise(
+        &mut self,
+        args: &SdCall,
+        embeds: &Tensor,
+        mut latents: Tensor,
+        generators: &mut Generators,
+    ) -> Result<Tensor> {
         for (i, &t) in self.scheduler.timesteps().to_vec().iter().enumerate() {
             let input = if args.guided() {
                 Tensor::f_cat(&[&latents, &latents], 0)?
@@ -318,7 +346,7 @@ impl SdPipeline {
                 latents.shallow_clone()
             };
             let input = self.scheduler.scale_model_input(input, t)?;
-            let mut noise = self.unet.forward(&input, t, &embeds)?;
+            let mut noise = self.unet.forward(&input, t, embeds)?;
             if args.guided() {
                 let parts = noise.f_chunk(2, 0)?;
                 let (uncond, text) = (&parts[0], &parts[1]);
@@ -334,22 +362,22 @@ impl SdPipeline {
                 latents = forcing.after(i, &latents)?;
             }
         }
-        match args.output_type {
-            OutputType::Latent => Ok(latents),
-            OutputType::Np => {
-                let z = latents.f_div_scalar(self.vae.config.scaling_factor)?;
-                let image = self.vae.decode(&z)?;
-                // VaeImageProcessor.postprocess: (x * 0.5 + 0.5).clamp(0, 1), NHWC float32
-                Ok(image
-                    .f_mul_scalar(0.5)?
-                    .f_add_scalar(0.5)?
-                    .f_clamp(0, 1)?
-                    .f_to_device(tch::Device::Cpu)?
-                    .f_permute([0, 2, 3, 1])?
-                    .f_to_kind(Kind::Float)?
-                    .f_contiguous()?)
-            }
-        }
+        Ok(latents)
+    }
+
+    /// The VAE's decode and VaeImageProcessor.postprocess: (x * 0.5 + 0.5).clamp(0, 1), NHWC
+    /// float32 on the CPU.
+    fn decode_np(&self, latents: &Tensor) -> Result<Tensor> {
+        let z = latents.f_div_scalar(self.vae.config.scaling_factor)?;
+        let image = self.vae.decode(&z)?;
+        Ok(image
+            .f_mul_scalar(0.5)?
+            .f_add_scalar(0.5)?
+            .f_clamp(0, 1)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_permute([0, 2, 3, 1])?
+            .f_to_kind(Kind::Float)?
+            .f_contiguous()?)
     }
 }
 
