@@ -10,13 +10,15 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 /// `check`: runs the selection, compares each scenario with its golden, writes the records.
-pub(crate) fn check(
-    sel: &SelectArgs,
-    json: bool,
-    verbose: bool,
-    out: &Path,
-    save_outputs: bool,
-) -> Result<i32> {
+pub(crate) fn check(args: &super::CheckArgs) -> Result<i32> {
+    let super::CheckArgs {
+        sel,
+        json,
+        verbose,
+        out,
+        save_outputs,
+    } = args;
+    let (json, verbose, save_outputs) = (*json, *verbose, *save_outputs);
     let fixtures = sel.fixtures()?;
     let suites = fixtures.select(&sel.selection())?;
     if suites.is_empty() {

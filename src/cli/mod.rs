@@ -52,24 +52,7 @@ pub(crate) enum Command {
         kind: SchemaKind,
     },
     /// Run scenarios and compare them with their goldens (exit 0 pass, 1 drift/failure, 2 bad input).
-    Check {
-        #[command(flatten)]
-        sel: SelectArgs,
-        /// Print the results as JSON instead of the table.
-        #[arg(long)]
-        json: bool,
-        /// Print every scenario's metric rows and notes, not only those that are not identical.
-        #[arg(long, short)]
-        verbose: bool,
-        /// Directory for the records: <DIR>/records.jsonl, one JSON line per scenario run,
-        /// started afresh, or appended to while another check is writing there.
-        #[arg(long, default_value = "reprodiff-out/records")]
-        out: PathBuf,
-        /// Also write each output array to <DIR>/outputs/<suite>/<scenario>.<sha12>.npy (what the
-        /// HTML report draws images and difference maps from).
-        #[arg(long)]
-        save_outputs: bool,
-    },
+    Check(CheckArgs),
     /// Deliberately refresh goldens: each scenario runs twice and must repeat bit for bit.
     Bless {
         #[command(flatten)]
@@ -204,6 +187,27 @@ pub(crate) enum GoldenAction {
     },
 }
 
+/// `check`'s flags.
+#[derive(clap::Args)]
+pub(crate) struct CheckArgs {
+    #[command(flatten)]
+    pub sel: SelectArgs,
+    /// Print the results as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Print every scenario's metric rows and notes, not only those that are not identical.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Directory for the records: <DIR>/records.jsonl, one JSON line per scenario run,
+    /// started afresh, or appended to while another check is writing there.
+    #[arg(long, default_value = "reprodiff-out/records")]
+    pub out: PathBuf,
+    /// Also write each output array to <DIR>/outputs/<suite>/<scenario>.<sha12>.npy (what the
+    /// HTML report draws images and difference maps from).
+    #[arg(long)]
+    pub save_outputs: bool,
+}
+
 /// `localize`'s flags.
 #[derive(clap::Args)]
 pub(crate) struct LocalizeArgs {
@@ -306,13 +310,7 @@ fn check_environment() -> crate::Result<()> {
 fn dispatch(cli: Cli) -> crate::Result<i32> {
     check_environment()?;
     match cli.command {
-        Command::Check {
-            sel,
-            json,
-            verbose,
-            out,
-            save_outputs,
-        } => check::check(&sel, json, verbose, &out, save_outputs),
+        Command::Check(args) => check::check(&args),
         Command::Bless { sel } => check::bless(&sel),
         Command::Calibrate { sel } => check::calibrate(&sel),
         Command::List { sel, json } => check::list(&sel, json),

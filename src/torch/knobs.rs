@@ -102,7 +102,7 @@ impl Knobs {
     /// The knobs `REPRODIFF_KNOBS` asks for (none when it is unset).
     pub fn from_env() -> Result<Knobs> {
         match std::env::var(ENV) {
-            Ok(v) => Knobs::parse(&v).map_err(|e| Error::InvalidArgument(format!("{ENV}: {e}"))),
+            Ok(v) => Knobs::parse(&v).map_err(|e| Error::env(ENV, &v, e.to_string())),
             Err(_) => Ok(Knobs::default()),
         }
     }

@@ -104,7 +104,7 @@ impl DdimPipeline {
     /// output_type)`. The generators supply the initial noise and every eta noise, in order.
     pub fn call(&mut self, args: &DdimCall, generators: &mut Generators) -> Result<Tensor> {
         if args.batch_size == 0 {
-            return Err(Error::InvalidArgument("--batch must be >= 1".into()));
+            return Err(Error::flag("batch", args.batch_size, "must be >= 1"));
         }
         if args.eta < 0.0 || !args.eta.is_finite() {
             return Err(Error::flag("eta", args.eta, "must be >= 0"));
