@@ -174,12 +174,19 @@ def measure(a, exe: Path, model: Path, extra: list[str], steps: int) -> dict:
     return row
 
 
+def regenerate(a) -> str:
+    """The flags this run was given, with its thread count always said (the default is the
+    host's core count, so a bare command measures another setup on a bigger host)."""
+    given = sys.argv[1:]
+    return " ".join(given if "--threads" in given else [*given, "--threads", str(a.threads)])
+
+
 def print_markdown(a, env: dict, build: str, when: str, rows: dict[int, list[dict]],
                    malloc: str) -> None:
     print(f"{a.pipeline}, {a.threads} threads, {a.rounds} rounds x {a.runs} timed calls, "
           f"{a.repeat} run(s) of the script; {env['cpu']['model']} (class `{env['class']}`), "
           f"{build}, {when}; malloc: reprodiff {malloc}, "
-          f"diffusers {a.diffusers_malloc}; regenerate: `ci/bench.py {' '.join(sys.argv[1:])}`")
+          f"diffusers {a.diffusers_malloc}; regenerate: `ci/bench.py {regenerate(a)}`")
     print()
     print("| steps | run | reprodiff s (min-max) | diffusers s (min-max) | diffusers / reprodiff "
           "| peak RSS reprodiff | peak RSS diffusers | same bits |")

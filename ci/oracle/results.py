@@ -1,7 +1,7 @@
 """The oracle's results directory, and handing it to `reprodiff golden merge`.
 
 The golden files (format, environment classes, metrics, atomic writes) belong to reprodiff
-(src/harness/golden.rs, merge.rs), so the oracle writes only what it computed: DIR/results.jsonl,
+(src/harness/store.rs, src/harness/golden/merge.rs), so the oracle writes only what it computed: DIR/results.jsonl,
 one JSON line per scenario, and the arrays under DIR/arrays/. `reprodiff golden merge --from
 DIR` checks every array against its SHA-256, recomputes the metrics from it and makes it the
 expectation of the class its fingerprint gives. A line:

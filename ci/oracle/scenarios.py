@@ -227,7 +227,7 @@ def parse_generator(gen: Table) -> GeneratorSpec:
 
 def parse_slice(text: str) -> tuple[int | slice, ...]:
     """A numpy-style slice of indices and start:stop ranges ("0, -3:, -3:, -1"), as
-    src/harness/suite.rs reads it (no steps)."""
+    src/harness/suite/slice.rs reads it (no steps)."""
 
     def integer(part: str) -> int | None:
         part = part.strip()

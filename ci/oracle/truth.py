@@ -3,7 +3,7 @@ the initial noise and (SD) to each component's rounding.
 
 Across environment classes (another CPU vendor, ISA or thread count) bits cannot match, and
 reprodiff compares such runs with a reference no class owns: the truth, the same pipeline
-computed in float64 (src/harness/check.rs, cross-class rule "truth"). The models' weights (the
+computed in float64 (src/harness/compare/judge.rs, cross-class rule "truth"). The models' weights (the
 aligned float32 values every class loads: DDIM's UNet; SD's text encoder, UNet and VAE) are
 cast to float64, and every random number is the one the float32 run draws: the same generator
 objects in the same call order, drawn in float32 and then cast. The scheduler's constants
