@@ -115,8 +115,8 @@ pub(crate) enum Command {
     },
     /// Write a diffusers pipeline folder with deterministically derived weights.
     DeriveWeights {
-        /// Architecture: ddpm-cifar10-32 or stable-diffusion-v1-5 (`models::derived::ARCHS`).
-        #[arg(long)]
+        /// The architecture whose weights are derived (`models::derived::ARCHS`).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::models::derived::ARCHS))]
         arch: String,
         /// Output folder (replaced atomically).
         #[arg(long)]
