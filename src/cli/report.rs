@@ -113,7 +113,7 @@ pub(crate) fn report(args: &super::ReportArgs) -> Result<i32> {
 /// `golden compare`: the oracle's outputs from elsewhere judged as `check` judges a run.
 pub(crate) fn golden_compare(from: &Path, out: &Path, sel: &SelectArgs) -> Result<i32> {
     exists("--from", from)?;
-    let c = ingest::compare_results(&sel.fixtures()?, from, out)?;
+    let c = ingest::compare_results(&sel.fixtures()?, from, out, &sel.selection())?;
     let counts: Vec<String> = c.verdicts.iter().map(|(v, n)| format!("{n} {v}")).collect();
     println!(
         "{} results compared: {}; records: {}",
@@ -136,7 +136,7 @@ pub(crate) fn golden_merge(
     if let Some(dir) = golden_dir {
         fixtures.golden = dir;
     }
-    for m in merge::merge(&fixtures, from, replace_changed)? {
+    for m in merge::merge(&fixtures, from, replace_changed, &sel.selection())? {
         println!(
             "{}: {} expectation(s) added, {} replaced, {} unchanged, {} kept over a \
              blessed one; {} truth(s) written",

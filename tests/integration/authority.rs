@@ -121,3 +121,56 @@ fn a_merge_never_drops_a_diffusers_expectation_without_refusing() {
     assert_eq!(out.status.code(), Some(exit::OK), "{t}");
     assert!(t.contains("dropping"), "{t}");
 }
+
+/// Another host's whole golden folder, as the docs say to merge it: files that are not the
+/// golden of a selected suite (tokenizer-ids.json, suites not selected) are named and left
+/// alone, and `--suite` / `--filter` choose what is merged. Their rng golden with one
+/// scenario's expectation altered is the witness: merged only where selected.
+#[test]
+fn a_golden_folder_merge_takes_only_the_selected_suites_and_scenarios() {
+    let (_tmp, fixtures) = fixtures_copy();
+    let theirs_tmp = tempfile::tempdir().unwrap();
+    let theirs = theirs_tmp.path().join("golden");
+    copy_dir(&fixtures.join("golden"), &theirs);
+    assert!(theirs.join("tokenizer-ids.json").is_file());
+    let other = reprodiff::torch::Generator::cpu(3)
+        .unwrap()
+        .randn(&[17], reprodiff::torch::DType::F32, CPU)
+        .unwrap();
+    edit_json(&theirs.join("rng.json"), |v| {
+        let s = &mut v["scenarios"][ONE_NAME];
+        let list = s["expectations"].as_array_mut().unwrap();
+        list.truncate(1);
+        plant_expectation(&theirs, &mut list[0], &other);
+    });
+    let before = std::fs::read(fixtures.join("golden/rng.json")).unwrap();
+    let merge = |extra: &[&str]| {
+        let mut args = vec!["golden", "merge", "--from", theirs.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = reprodiff(&args, Some(&fixtures));
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(exit::OK), "{t}");
+        t
+    };
+    // Another suite selected: rng's golden is not touched.
+    let t = merge(&["--suite", "ddim-tiny"]);
+    assert!(
+        t.contains("tokenizer-ids.json: not the golden of a selected suite"),
+        "{t}"
+    );
+    assert!(t.contains("ddim-tiny:") && !t.contains("rng:"), "{t}");
+    assert_eq!(
+        std::fs::read(fixtures.join("golden/rng.json")).unwrap(),
+        before
+    );
+    // rng selected, but a filter that misses the altered scenario: nothing replaced.
+    let t = merge(&["--suite", "rng", "--filter", "^randn/cpu-generator/seed0/"]);
+    assert!(t.contains("rng: 0 expectation(s) added, 0 replaced"), "{t}");
+    // The altered scenario selected: its expectation is replaced.
+    let t = merge(&["--suite", "rng"]);
+    assert!(t.contains("rng: 0 expectation(s) added, 1 replaced"), "{t}");
+    assert_ne!(
+        std::fs::read(fixtures.join("golden/rng.json")).unwrap(),
+        before
+    );
+}

@@ -381,6 +381,40 @@ fn golden_compare_judges_results_from_another_torch_release() {
     assert_eq!(sd_tiny(), before, "compare changed the goldens");
 }
 
+/// `golden compare` reads and verifies every selected result before it opens the records: a
+/// result whose array is missing is exit 2 with no records file written.
+#[test]
+fn golden_compare_finds_bad_input_before_writing_a_record() {
+    let env = reprodiff(&["env", "--json"], None);
+    let mut env: serde_json::Value = serde_json::from_slice(&env.stdout).unwrap();
+    env.as_object_mut().unwrap().remove("class");
+    env["producer"] = "oracle".into();
+    let image = Tensor::zeros([1, 8, 8, 3], (tch::Kind::Float, tch::Device::Cpu));
+    let tmp = tempfile::tempdir().unwrap();
+    let line = serde_json::json!({
+        "suite": "sd-tiny", "scenario": "tiny-sd-a/own-scheduler/steps2", "shape": image.size(),
+        "dtype": "f32", "sha256": reprodiff::torch::tensor_sha256(&image).unwrap(),
+        "array": "arrays/out.npy", "environment": env,
+        "provenance": {"producer": "oracle", "tool": "test", "command": "test"},
+    });
+    std::fs::write(tmp.path().join("results.jsonl"), format!("{line}\n")).unwrap();
+    let records = tmp.path().join("records");
+    let from = tmp.path().to_str().unwrap();
+    let args = [
+        "golden",
+        "compare",
+        "--from",
+        from,
+        "--out",
+        records.to_str().unwrap(),
+    ];
+    let run = reprodiff(&args, None);
+    let t = text(&run);
+    assert_eq!(run.status.code(), Some(exit::USAGE), "{t}");
+    assert!(t.contains("out.npy"), "{t}");
+    assert!(!records.join("records.jsonl").exists(), "{t}");
+}
+
 /// diffusers on torch 2.11.0 and 2.12.1 (the oracle's records, fixtures/records/diffusers-torch-*,
 /// judged by `golden compare`) against the torch 2.13.0 goldens: what a torch release moves.
 #[test]

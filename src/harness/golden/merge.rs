@@ -19,13 +19,13 @@ use crate::harness::store::{
     Expectation, GoldenFile, GoldenScenario, GoldenStore, LocalFigures, LocalInputs, Provenance,
     StepTruth, Truth, TruthArray,
 };
-use crate::harness::suite::Fixtures;
+use crate::harness::suite::{Fixtures, Selection};
 use crate::metrics;
 use crate::pipelines::StepTrace;
 use crate::torch::{tensor_sha256, tensor_to_f64, DType};
 use serde::Deserialize;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 /// One line of the oracle's results.jsonl.
 #[derive(Debug, Deserialize)]
@@ -370,18 +370,25 @@ pub struct MergeSummary {
     pub replace_changed: bool,
 }
 
-/// Merges `from` (a results directory or a golden directory) into `fixtures`' golden store.
-pub fn merge(fixtures: &Fixtures, from: &Path, replace_changed: bool) -> Result<Vec<MergeSummary>> {
+/// Merges `from` (a results directory or a golden directory) into `fixtures`' golden store:
+/// the scenarios `sel` selects (all by default).
+pub fn merge(
+    fixtures: &Fixtures,
+    from: &Path,
+    replace_changed: bool,
+    sel: &Selection,
+) -> Result<Vec<MergeSummary>> {
     let mut opened = Opened {
         store: fixtures.store(),
         replace_changed,
         locks: Vec::new(),
         files: BTreeMap::new(),
     };
+    let selected = selected_names(fixtures, sel)?;
     if from.join("results.jsonl").is_file() {
-        merge_results(fixtures, from, &mut opened)?;
+        merge_results(fixtures, from, &selected, &mut opened)?;
     } else {
-        merge_goldens(from, &mut opened)?;
+        merge_goldens(from, &selected, &mut opened)?;
     }
     let mut out = Vec::new();
     for (_, (mut file, summary)) in opened.files {
@@ -423,8 +430,35 @@ impl Opened {
     }
 }
 
-/// The oracle's results directory: each result becomes its class's expectation.
-fn merge_results(fixtures: &Fixtures, from: &Path, opened: &mut Opened) -> Result<()> {
+/// Each selected suite's name and its selected scenarios' names.
+pub(crate) fn selected_names(
+    fixtures: &Fixtures,
+    sel: &Selection,
+) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    Ok(fixtures
+        .select(sel)?
+        .into_iter()
+        .map(|s| (s.name, s.scenarios.into_iter().map(|x| x.name).collect()))
+        .collect())
+}
+
+/// Whether `selected` holds `suite`/`scenario`.
+pub(crate) fn is_selected(
+    selected: &BTreeMap<String, BTreeSet<String>>,
+    suite: &str,
+    scenario: &str,
+) -> bool {
+    selected.get(suite).is_some_and(|s| s.contains(scenario))
+}
+
+/// The oracle's results directory: each selected result becomes its class's expectation (a
+/// result of no scenario of the fixtures is an error, selected or not).
+fn merge_results(
+    fixtures: &Fixtures,
+    from: &Path,
+    selected: &BTreeMap<String, BTreeSet<String>>,
+    opened: &mut Opened,
+) -> Result<()> {
     let suites = fixtures.select(&Default::default())?;
     let models = fixtures.root.join("models");
     for r in read_results(from)? {
@@ -443,6 +477,9 @@ fn merge_results(fixtures: &Fixtures, from: &Path, opened: &mut Opened) -> Resul
                     ),
                 )
             })?;
+        if !is_selected(selected, &r.suite, &r.scenario) {
+            continue;
+        }
         // The oracle loaded the model reprodiff resolves for the scenario: its identity.
         let model = scenario
             .run
@@ -459,28 +496,46 @@ fn merge_results(fixtures: &Fixtures, from: &Path, opened: &mut Opened) -> Resul
     Ok(())
 }
 
-/// Another golden directory (`<suite>.json` files): each suite merged into ours.
-fn merge_goldens(from: &Path, opened: &mut Opened) -> Result<()> {
+/// Another golden directory: the golden file (`<suite>.json`) of each selected suite, its
+/// selected scenarios merged into ours. Other files there (tokenizer-ids.json, suites this
+/// fixtures tree lacks) are not goldens of ours: named on stderr and left alone.
+fn merge_goldens(
+    from: &Path,
+    selected: &BTreeMap<String, BTreeSet<String>>,
+    opened: &mut Opened,
+) -> Result<()> {
     let entries = std::fs::read_dir(from).map_err(|e| Error::io(from, e))?;
-    let mut paths: Vec<PathBuf> = entries
+    let mut stems: Vec<String> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            p.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string()
+        })
         .collect();
-    paths.sort();
-    if paths.is_empty() {
+    stems.sort();
+    let (suites, others): (Vec<String>, Vec<String>) =
+        stems.into_iter().partition(|s| selected.contains_key(s));
+    for other in &others {
+        eprintln!(
+            "{}: not the golden of a selected suite; left alone",
+            from.join(format!("{other}.json")).display()
+        );
+    }
+    if suites.is_empty() {
         return Err(Error::invalid_file(
             from,
-            "neither results.jsonl nor golden <suite>.json files here",
+            "neither results.jsonl nor the golden <suite>.json of a selected suite here",
         ));
     }
     let other = GoldenStore::new(from);
-    for path in paths {
-        let suite = path
-            .file_stem()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
-        let theirs = other.load(&suite)?.expect("the file exists");
+    for suite in suites {
+        let mut theirs = other.load(&suite)?.expect("the file exists");
+        theirs
+            .scenarios
+            .retain(|name, _| is_selected(selected, &suite, name));
         let (store, file, summary) = opened.get(&suite)?;
         merge_golden(store, &other, file, summary, theirs)?;
     }
