@@ -188,17 +188,23 @@ def print_markdown(a, env: dict, build: str, when: str, rows: dict[int, list[dic
           f"{build}, {when}; malloc: reprodiff {malloc}, "
           f"diffusers {a.diffusers_malloc}; regenerate: `ci/bench.py {regenerate(a)}`")
     print()
+    # With --portable, the portable call's seconds and its ratio to native, as the text table.
+    extra = " portable s (min-max) | portable / native |" if a.portable else ""
     print("| steps | run | reprodiff s (min-max) | diffusers s (min-max) | diffusers / reprodiff "
-          "| peak RSS reprodiff | peak RSS diffusers | same bits |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| peak RSS reprodiff | peak RSS diffusers | same bits |" + extra)
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if a.portable else ""))
     for steps, runs in rows.items():
         for i, r in enumerate(runs, 1):
+            cells = (f" {r['spread']['portable']} | {r['portable_ratio']:.2f} |"
+                     if a.portable else "")
             print(f"| {steps} | {i} | {r['spread']['reprodiff']} | {r['spread']['diffusers']} | "
                   f"{r['ratio']:.2f} | {r['mem']['reprodiff']:.0f} MiB | "
-                  f"{r['mem']['diffusers']:.0f} MiB | {'yes' if r['same'] else 'NO'} |")
+                  f"{r['mem']['diffusers']:.0f} MiB | {'yes' if r['same'] else 'NO'} |" + cells)
         if len(runs) > 1:
             med = statistics.median(r["ratio"] for r in runs)
-            print(f"| {steps} | median of {len(runs)} | | | **{med:.2f}** | | | |")
+            tail = (f" | **{statistics.median(r['portable_ratio'] for r in runs):.2f}** |"
+                    if a.portable else "")
+            print(f"| {steps} | median of {len(runs)} | | | **{med:.2f}** | | | |" + tail)
 
 if __name__ == "__main__":
     main()
