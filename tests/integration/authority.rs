@@ -90,17 +90,7 @@ fn a_merge_never_drops_a_diffusers_expectation_without_refusing() {
     std::fs::create_dir_all(&theirs).unwrap();
     std::fs::copy(fixtures.join("golden/rng.json"), theirs.join("rng.json")).unwrap();
     copy_dir(&fixtures.join("golden/rng"), &theirs.join("rng"));
-    let other = reprodiff::torch::Generator::cpu(3)
-        .unwrap()
-        .randn(&[18], reprodiff::torch::DType::F32, CPU)
-        .unwrap();
-    edit_json(&theirs.join("rng.json"), |v| {
-        let s = &mut v["scenarios"][ONE_NAME];
-        s["shape"] = serde_json::json!([18]);
-        let list = s["expectations"].as_array_mut().unwrap();
-        list.truncate(1);
-        plant_expectation(&theirs, &mut list[0], &other);
-    });
+    plant_their_output(&theirs, 18);
     let before = std::fs::read(fixtures.join("golden/rng.json")).unwrap();
     let args = ["golden", "merge", "--from", theirs.to_str().unwrap()];
     let out = reprodiff(&args, Some(&fixtures));
@@ -133,16 +123,7 @@ fn a_golden_folder_merge_takes_only_the_selected_suites_and_scenarios() {
     let theirs = theirs_tmp.path().join("golden");
     copy_dir(&fixtures.join("golden"), &theirs);
     assert!(theirs.join("tokenizer-ids.json").is_file());
-    let other = reprodiff::torch::Generator::cpu(3)
-        .unwrap()
-        .randn(&[17], reprodiff::torch::DType::F32, CPU)
-        .unwrap();
-    edit_json(&theirs.join("rng.json"), |v| {
-        let s = &mut v["scenarios"][ONE_NAME];
-        let list = s["expectations"].as_array_mut().unwrap();
-        list.truncate(1);
-        plant_expectation(&theirs, &mut list[0], &other);
-    });
+    plant_their_output(&theirs, 17);
     let before = std::fs::read(fixtures.join("golden/rng.json")).unwrap();
     let merge = |extra: &[&str]| {
         let mut args = vec!["golden", "merge", "--from", theirs.to_str().unwrap()];
@@ -173,4 +154,21 @@ fn a_golden_folder_merge_takes_only_the_selected_suites_and_scenarios() {
         std::fs::read(fixtures.join("golden/rng.json")).unwrap(),
         before
     );
+}
+
+/// In the golden folder `theirs`, ONE_NAME's output becomes `len` other values (shape [len]:
+/// 17 is its own shape, anything else a changed one), its first expectation holding them and
+/// the others dropped.
+fn plant_their_output(theirs: &Path, len: i64) {
+    let other = reprodiff::torch::Generator::cpu(3)
+        .unwrap()
+        .randn(&[len], reprodiff::torch::DType::F32, CPU)
+        .unwrap();
+    edit_json(&theirs.join("rng.json"), |v| {
+        let s = &mut v["scenarios"][ONE_NAME];
+        s["shape"] = serde_json::json!([len]);
+        let list = s["expectations"].as_array_mut().unwrap();
+        list.truncate(1);
+        plant_expectation(theirs, &mut list[0], &other);
+    });
 }

@@ -30,12 +30,13 @@ pub fn compare_results(
 ) -> Result<Compared> {
     let store = fixtures.store();
     let inputs = read_inputs(fixtures, from, sel)?;
-    let mut writer = RecordWriter::create(out, inputs.len())?;
+    let scenarios = inputs.len();
+    let mut writer = RecordWriter::create(out, scenarios)?;
     // The oracle's arrays travel with its records, for the HTML report's images.
     writer.save_outputs = true;
     let mut goldens: BTreeMap<String, Option<GoldenFile>> = BTreeMap::new();
     let mut verdicts = BTreeMap::new();
-    for input in &inputs {
+    for input in inputs {
         let (r, scenario) = (&input.result, &input.scenario);
         if !goldens.contains_key(&r.suite) {
             goldens.insert(r.suite.clone(), store.load(&r.suite)?);
@@ -46,7 +47,7 @@ pub fn compare_results(
         let tensor = input.tensor.f_to_kind(r.dtype.kind())?;
         let mut obs = crate::harness::run::observe::describe(tensor, None, 0.0)?;
         obs.environment = r.environment.clone();
-        obs.trace = input.trace.clone();
+        obs.trace = input.trace;
         let result = compare::compare(&r.suite, scenario, &obs, golden, &store);
         *verdicts.entry(result.verdict.to_string()).or_insert(0) += 1;
         writer.append(
@@ -60,7 +61,7 @@ pub fn compare_results(
     writer.finish()?;
     Ok(Compared {
         records,
-        scenarios: inputs.len(),
+        scenarios,
         verdicts,
     })
 }
@@ -91,19 +92,8 @@ fn read_inputs(fixtures: &Fixtures, from: &Path, sel: &Selection) -> Result<Vec<
     let mut inputs = Vec::new();
     for r in results {
         let where_ = format!("{}/{}", r.suite, r.scenario);
-        let scenario = suites
-            .iter()
-            .find(|s| s.name == r.suite)
-            .and_then(|s| s.scenarios.iter().find(|x| x.name == r.scenario))
-            .ok_or_else(|| {
-                Error::invalid_file(
-                    from.join("results.jsonl"),
-                    format!(
-                        "{where_} is not a scenario of {}",
-                        fixtures.suites_dir().display()
-                    ),
-                )
-            })?
+        let scenario = r
+            .scenario_in(&suites, fixtures, &from.join("results.jsonl"))?
             .clone();
         if !is_selected(&selected, &r.suite, &r.scenario) {
             continue;

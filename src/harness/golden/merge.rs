@@ -44,6 +44,31 @@ pub(crate) struct OracleResult {
 }
 
 impl OracleResult {
+    /// The scenario of `suites` (the fixtures' own, expanded) this result is of; a result of
+    /// none is bad input in `file`.
+    pub(crate) fn scenario_in<'a>(
+        &self,
+        suites: &'a [crate::harness::suite::Suite],
+        fixtures: &Fixtures,
+        file: &Path,
+    ) -> Result<&'a crate::harness::suite::Scenario> {
+        suites
+            .iter()
+            .find(|s| s.name == self.suite)
+            .and_then(|s| s.scenarios.iter().find(|x| x.name == self.scenario))
+            .ok_or_else(|| {
+                Error::invalid_file(
+                    file,
+                    format!(
+                        "{}/{} is not a scenario of {}",
+                        self.suite,
+                        self.scenario,
+                        fixtures.suites_dir().display()
+                    ),
+                )
+            })
+    }
+
     /// The run's latent after every scheduler step, as a trace (`None` for a result without
     /// per-step latents). The results hold no timesteps: each step's is -1, "not recorded".
     pub(crate) fn run_trace(&self, from: &Path) -> Result<Option<Vec<StepTrace>>> {
@@ -462,21 +487,7 @@ fn merge_results(
     let suites = fixtures.select(&Default::default())?;
     let models = fixtures.root.join("models");
     for r in read_results(from)? {
-        let scenario = suites
-            .iter()
-            .find(|s| s.name == r.suite)
-            .and_then(|s| s.scenarios.iter().find(|x| x.name == r.scenario))
-            .ok_or_else(|| {
-                Error::invalid_file(
-                    from,
-                    format!(
-                        "{}/{} is not a scenario of {}",
-                        r.suite,
-                        r.scenario,
-                        fixtures.suites_dir().display()
-                    ),
-                )
-            })?;
+        let scenario = r.scenario_in(&suites, fixtures, from)?;
         if !is_selected(selected, &r.suite, &r.scenario) {
             continue;
         }
