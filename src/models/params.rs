@@ -66,8 +66,7 @@ fn read_tensors(path: &Path, scale: Option<f64>) -> Result<Vec<(String, Tensor)>
     if let Some(tensors) = cached {
         return Ok(tensors);
     }
-    let raw = Tensor::read_safetensors(path)
-        .map_err(|e| Error::invalid_file(path, format!("not a readable safetensors file: {e}")))?;
+    let raw = crate::torch::safetensors::read(path)?;
     let mut tensors = Vec::with_capacity(raw.len());
     for (name, t) in raw {
         let t = match scale {

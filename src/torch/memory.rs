@@ -36,3 +36,20 @@ pub fn keep_freed_memory() {
         }
     }
 }
+
+/// Asks the kernel for transparent huge pages under the whole 2 MiB pages of `buf`
+/// (`madvise(MADV_HUGEPAGE)`): one fault per 2 MiB instead of per 4 KiB where the host's
+/// `transparent_hugepage` setting is `madvise` (with `always` they come anyway, with `never`
+/// the advice is ignored). For large buffers about to be written whole (a model's weights as
+/// they are read). Speed only: the buffer's address, and so every bit, is unchanged.
+pub fn advise_huge_pages(buf: &mut [u8]) {
+    const HUGE: usize = 2 << 20;
+    let start = (buf.as_ptr() as usize).next_multiple_of(HUGE);
+    let end = (buf.as_ptr() as usize + buf.len()) / HUGE * HUGE;
+    #[cfg(target_os = "linux")]
+    if end > start {
+        // SAFETY: the range lies inside `buf`; advice changes no contents. A refusal (an older
+        // kernel, THP compiled out) leaves 4 KiB pages, which are correct.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}

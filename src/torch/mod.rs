@@ -7,11 +7,13 @@
 //! - [`DType`] and [`DeviceSpec`]: the spellings suites and flags use.
 //! - [`knobs`]: channels_last, oneDNN off, math attention and the other speed settings.
 //! - [`memory`]: glibc's malloc kept from unmapping what libtorch frees (speed, no bit changes).
+//! - [`safetensors`]: a weights file read straight into libtorch tensors.
 mod determinism;
 mod ffi;
 mod generator;
 pub mod knobs;
 pub mod memory;
+pub mod safetensors;
 mod types;
 
 pub use determinism::{CpuCapability, Determinism, DeterminismSpec, Preset};
