@@ -59,8 +59,7 @@ const ROW_GROUP: usize = 4;
 /// The most values of b packed whole (1 MiB; a larger b is packed by chunks).
 const WHOLE_B_MAX: usize = 1 << 18;
 /// How many reduction indices ahead the AVX-512 micro kernel prefetches its panel into L1
-/// (speed only: the panel then streams from L2 faster than the hardware prefetchers bring it;
-/// measured +5-9% on the pipelines' shapes, and nothing on the AVX2 kernel, which has none).
+/// (speed only; the measurements, and why the AVX2 kernel has none: docs/portable.md).
 const PREFETCH_P: usize = 8;
 
 /// The shape of one ISA's register tile.
