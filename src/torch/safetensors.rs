@@ -52,28 +52,53 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
         serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
     entries.remove("__metadata__");
     let data_start = 8 + header_len;
-    let mut tensors = Vec::with_capacity(entries.len());
+    let mut parsed = Vec::with_capacity(entries.len());
     for (name, value) in entries {
         let entry: Entry =
             serde_json::from_value(value).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+        parsed.push((name, entry));
+    }
+    check_layout(&parsed, file_len - data_start).map_err(&bad)?;
+    let mut tensors = Vec::with_capacity(parsed.len());
+    for (name, entry) in parsed {
         let (from, to) = entry.data_offsets;
-        if from > to || data_start + to > file_len {
-            return Err(bad(format!(
-                "tensor `{name}`: bytes {from}..{to} past the file's {} bytes of data",
-                file_len - data_start
-            )));
-        }
         let t = tensor(
             &file,
             &name,
             &entry,
             data_start + from,
             (to - from) as usize,
-        )
-        .map_err(&bad)?;
-        tensors.push((name, t));
+        );
+        tensors.push((name, t.map_err(&bad)?));
     }
     Ok(tensors)
+}
+
+/// The tensors' byte ranges tile the data exactly, as the format requires: in offset order
+/// each starts where the one before ended, from 0 to the data's end (no gap, overlap or tail).
+fn check_layout(entries: &[(String, Entry)], data_len: u64) -> std::result::Result<(), String> {
+    let mut ranges: Vec<(u64, u64, &str)> = entries
+        .iter()
+        .map(|(n, e)| (e.data_offsets.0, e.data_offsets.1, n.as_str()))
+        .collect();
+    ranges.sort_unstable();
+    let mut end = 0;
+    for (from, to, name) in ranges {
+        if from != end || to < from || to > data_len {
+            return Err(format!(
+                "tensor `{name}`: bytes {from}..{to}, where the data has {data_len} bytes and \
+                 the tensor before it ends at {end}"
+            ));
+        }
+        end = to;
+    }
+    if end != data_len {
+        return Err(format!(
+            "{} bytes of data after the last tensor",
+            data_len - end
+        ));
+    }
+    Ok(())
 }
 
 /// One tensor: allocated by libtorch, advised huge pages, read from `offset`.
@@ -156,6 +181,20 @@ mod tests {
             let bytes = |t: &Tensor| crate::torch::tensor_bytes(t).unwrap();
             assert_eq!(bytes(t), bytes(u), "{name}");
         }
+    }
+
+    /// Bytes after the last tensor (a file cut and glued, or two written over each other).
+    #[test]
+    fn a_tail_after_the_last_tensor_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let x = Tensor::ones([64], (Kind::Float, tch::Device::Cpu));
+        Tensor::write_safetensors(&[("w", x)], &path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0; 4]);
+        std::fs::write(&path, bytes).unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("4 bytes of data after the last tensor"), "{e}");
     }
 
     /// A header that promises more bytes than the file holds names the tensor.
